@@ -1,0 +1,300 @@
+"""Typed configuration, read once at start.
+
+One TOML file (``IMAGING_SYNC_CONFIG``, default ``./imaging-sync.toml``),
+overridden by environment variables named ``IMAGING_SYNC__SECTION__KEY``
+(double underscores separate the path; ``IMAGING_SYNC__PARTNERS__B__PAGE_SIZE=50``).
+With no file at all the service runs on embedded defaults: a SQLite database
+under ``./var/`` and no partners.
+
+Secrets (partner API keys, database passwords, cloud credentials) are never
+read from the TOML: the config names an environment variable or a file that
+holds them, and they are checked at start so a missing key fails before any
+work, naming the config key to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+
+from imaging_sync.errors import ConfigError
+from imaging_sync.vocabulary import FIELDS as VOCABULARY_FIELDS
+from imaging_sync.vocabulary import Vocabulary
+
+CONFIG_ENV = "IMAGING_SYNC_CONFIG"
+ENV_PREFIX = "IMAGING_SYNC__"
+DEFAULT_CONFIG_PATH = Path("imaging-sync.toml")
+DEFAULT_DATABASE_URL = "sqlite:///./var/imaging-sync.db"
+
+# Keys that would put a secret in the file itself.
+_SECRET_KEYS = {"api_key", "password", "secret", "secret_access_key", "aws_secret_access_key", "token"}
+_PARTNER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value that never shows itself in repr, str or logs."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How a partner call is retried on 5xx, timeouts, connection errors and 429."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 6
+    initial_backoff: PositiveFloat = 0.5
+    max_backoff: PositiveFloat = 30.0
+    max_total_seconds: PositiveFloat = 300.0
+    # A Retry-After longer than this is not waited out: the run fails instead.
+    max_retry_after: PositiveFloat = 120.0
+
+
+class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One partner service: where it is, how to authenticate, how to map it."""
+
+    base_url: str
+    name: str = ""
+    adapter: Literal["reference-v1"] = "reference-v1"
+    enabled: bool = True
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    auth_header: str = "X-API-Key"
+    auth_scheme: str | None = None
+    default_bucket: str | None = None
+    allowed_buckets: list[str] = []
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 200
+    overlap_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    connect_timeout: PositiveFloat = 5.0
+    read_timeout: PositiveFloat = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    # Higher wins: field values of an entity come from its highest-priority partner.
+    priority: int = 0
+    # Accept values that already are DICOM defined terms (e.g. "CT") when the
+    # vocabulary table has no entry for them.
+    passthrough_dicom_terms: bool = True
+    # field name -> {partner value -> DICOM value}
+    vocabulary: dict[str, dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url: must start with http:// or https://")
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("api_key_env and api_key_file: set only one")
+        for bucket in self.buckets:
+            if not _BUCKET_NAME.match(bucket):
+                raise ValueError(f"allowed_buckets/default_bucket: {bucket!r} is not a valid S3 bucket name")
+        for field in self.vocabulary:
+            if field not in VOCABULARY_FIELDS:
+                raise ValueError(f"vocabulary.{field}: unknown coded field (known: {', '.join(sorted(VOCABULARY_FIELDS))})")
+        Vocabulary(self.vocabulary, passthrough_dicom_terms=self.passthrough_dicom_terms)  # raises naming the bad entry
+
+    @property
+    def buckets(self) -> frozenset[str]:
+        """Every bucket this partner may point at: its default plus the allowed list."""
+        return frozenset([*self.allowed_buckets, *([self.default_bucket] if self.default_bucket else [])])
+
+
+class DatabaseConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    url: str = DEFAULT_DATABASE_URL
+    password_env: str | None = None
+    password_file: str | None = None
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 5
+    echo: bool = False
+
+
+class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class SyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # How often a page token may expire (410) in one run before the run fails.
+    max_token_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    # How often a page transaction is retried after a deadlock or serialization failure.
+    max_page_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    database: DatabaseConfig = DatabaseConfig()
+    logging: LoggingConfig = LoggingConfig()
+    sync: SyncConfig = SyncConfig()
+    partners: dict[str, PartnerConfig] = {}
+    # Where the settings came from, for `imaging-sync doctor` and error messages.
+    source: str = "embedded defaults"
+
+    def partner(self, name: str) -> PartnerConfig:
+        try:
+            return self.partners[name]
+        except KeyError:
+            known = ", ".join(sorted(self.partners)) or "none configured"
+            raise ConfigError(f"partners.{name}", f"no such partner (known: {known})") from None
+
+    def priorities(self) -> dict[str, int]:
+        return {name: p.priority for name, p in self.partners.items()}
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file and environment overrides; raise ConfigError naming the key."""
+    environ = os.environ if environ is None else environ
+    file_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    explicit = path is not None or CONFIG_ENV in environ
+    raw: dict[str, Any] = {}
+    source = "embedded defaults"
+    if file_path.is_file():
+        try:
+            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file_path), f"not valid TOML: {exc}") from None
+        source = str(file_path)
+    elif explicit:
+        raise ConfigError(CONFIG_ENV, f"config file {file_path} does not exist")
+    _refuse_secrets(raw, "")
+    env_keys = _apply_env_overrides(raw, environ)
+    if env_keys:
+        source += f" + environment ({len(env_keys)} overrides)"
+    settings = _convert(raw, source)
+    _check_database_url(settings, env_keys)
+    for partner in settings.partners.values():
+        resolve_api_key(partner, environ)
+    return settings
+
+
+def resolve_api_key(partner: PartnerConfig, environ: Mapping[str, str] | None = None) -> Secret:
+    """The partner's key, from its environment variable or file; fails naming the key."""
+    environ = os.environ if environ is None else environ
+    prefix = f"partners.{partner.name}"
+    if partner.api_key_env:
+        value = environ.get(partner.api_key_env, "")
+        if not value.strip():
+            raise ConfigError(f"{prefix}.api_key_env", f"environment variable {partner.api_key_env} is not set")
+        return Secret(value.strip())
+    if partner.api_key_file:
+        try:
+            value = Path(partner.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{prefix}.api_key_file", f"cannot read {partner.api_key_file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{prefix}.api_key_file", f"{partner.api_key_file} is empty")
+        return Secret(value)
+    raise ConfigError(prefix, "no API key source: set api_key_env or api_key_file")
+
+
+def database_password(config: DatabaseConfig, environ: Mapping[str, str] | None = None) -> Secret | None:
+    environ = os.environ if environ is None else environ
+    if config.password_env:
+        if config.password_env not in environ:
+            raise ConfigError("database.password_env", f"environment variable {config.password_env} is not set")
+        return Secret(environ[config.password_env])
+    if config.password_file:
+        try:
+            return Secret(Path(config.password_file).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ConfigError("database.password_file", f"cannot read {config.password_file}: {exc.strerror}") from None
+    return None
+
+
+def _refuse_secrets(node: Any, path: str) -> None:
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        where = f"{path}.{key}" if path else key
+        if key.lower() in _SECRET_KEYS:
+            raise ConfigError(where, "secrets must not be written in the config file; name an environment variable (…_env) or a file (…_file) instead")
+        _refuse_secrets(value, where)
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> set[str]:
+    """Set ``IMAGING_SYNC__A__B=v`` as raw[a][b] = v, matching existing keys loosely."""
+    applied: set[str] = set()
+    for env_name, value in sorted(environ.items()):
+        if not env_name.startswith(ENV_PREFIX):
+            continue
+        parts = [p for p in env_name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node = raw
+        for part in parts[:-1]:
+            key = _match_key(node, part)
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(env_name, f"{key} is not a table, cannot set a key below it")
+        node[_match_key(node, parts[-1])] = value
+        applied.add(".".join(p.lower() for p in parts))
+    return applied
+
+
+def _match_key(node: dict[str, Any], env_part: str) -> str:
+    wanted = env_part.lower().replace("-", "_")
+    for key in node:
+        if key.lower().replace("-", "_") == wanted:
+            return key
+    return env_part.lower()
+
+
+def _convert(raw: dict[str, Any], source: str) -> Settings:
+    partners_raw = raw.pop("partners", {})
+    if not isinstance(partners_raw, dict):
+        raise ConfigError("partners", "must be a table of [partners.NAME] sections")
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc, "") from None
+    partners: dict[str, PartnerConfig] = {}
+    for name, body in partners_raw.items():
+        if not _PARTNER_NAME.match(name):
+            raise ConfigError(f"partners.{name}", "partner names are lower-case letters, digits, '-' and '_' (at most 63)")
+        if not isinstance(body, dict):
+            raise ConfigError(f"partners.{name}", "must be a table")
+        try:
+            partners[name] = msgspec.convert({**body, "name": name}, PartnerConfig, strict=False)
+        except msgspec.ValidationError as exc:
+            raise _config_error(exc, f"partners.{name}") from None
+    return msgspec.structs.replace(settings, partners=partners, source=source)
+
+
+def _config_error(exc: msgspec.ValidationError, prefix: str) -> ConfigError:
+    """Turn msgspec's "reason - at `$.a.b`" into ConfigError("prefix.a.b", reason)."""
+    message = str(exc)
+    reason, _, where = message.rpartition(" - at `")
+    if not reason:
+        reason, where = message, "$`"
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    # A __post_init__ message "field: reason" names the field itself.
+    field, sep, rest = reason.partition(": ")
+    if sep and re.fullmatch(r"[a-z_./ ]+", field) and " " not in field.strip():
+        path, reason = ".".join(p for p in (path, field) if p), rest
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", reason)
+    if unknown:
+        path, reason = ".".join(p for p in (path, unknown.group(1)) if p), "unknown key"
+    return ConfigError(".".join(p for p in (prefix, path) if p) or "(root)", reason)
+
+
+def _check_database_url(settings: Settings, env_keys: set[str]) -> None:
+    from sqlalchemy.engine import make_url  # local: keep config import light
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(settings.database.url)
+    except ArgumentError as exc:
+        raise ConfigError("database.url", f"not a database URL: {exc}") from None
+    if url.password and "database.url" not in env_keys:
+        raise ConfigError("database.url", "contains a password; use database.password_env or database.password_file")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError("database.url", f"unsupported database {url.get_backend_name()!r} (sqlite or postgresql)")

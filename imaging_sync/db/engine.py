@@ -1,0 +1,56 @@
+"""One engine and session factory per process, created at start and passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from imaging_sync.config import DatabaseConfig, database_password
+
+
+def create_db_engine(config: DatabaseConfig) -> Engine:
+    url = make_url(config.url)
+    password = database_password(config)
+    if password is not None:
+        url = url.set(password=password.reveal())
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, config)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return create_engine(url, pool_size=config.pool_size, max_overflow=config.pool_size, pool_pre_ping=True, echo=config.echo)
+
+
+def _sqlite_engine(url: Any, config: DatabaseConfig) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=config.echo, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, emit BEGIN (see _begin below).
+        dbapi_connection.isolation_level = None
+        # WAL lets the API read while a sync writes; foreign keys are off by default in SQLite.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # A write transaction that starts as a reader and later wants to write
+        # fails at once in WAL mode if another writer committed meanwhile;
+        # BEGIN IMMEDIATE takes the write lock up front and waits (busy_timeout).
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,212 @@
+"""The federated index.
+
+Entities (subject → study → series → instance) carry our own UUIDv7 keys and
+the DICOM identity that merges partners: the same UID from two partners is one
+row. Which partner has which entity, under which partner id, is recorded in
+``entity_link``; where each partner keeps each file is ``instance_location``.
+
+Relationships point only from child to parent and never load implicitly
+(``lazy="raise"``): changing an instance never loads its series or study.
+Entities are soft-deleted (``deleted_at``) when no partner has them any more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from imaging_sync.db.types import JSONType, UTCDateTime
+from imaging_sync.ids import new_id
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {uuid.UUID: Uuid(), dt.datetime: UTCDateTime(), dict[str, Any]: JSONType}
+
+
+class _Entity:
+    """Columns every federated entity has: identity, provenance of its values, lifecycle."""
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    # The partner whose values the row currently shows (highest priority that has it).
+    source_partner: Mapped[str] = mapped_column(String(63))
+    source_priority: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Subject(_Entity, Base):
+    __tablename__ = "subject"
+    __table_args__ = (
+        UniqueConstraint("issuer", "patient_id"),
+        Index(None, "patient_id"),
+        Index(None, "patient_name_search"),
+    )
+
+    issuer: Mapped[str] = mapped_column(String(64))  # "" when the partner sent none
+    patient_id: Mapped[str] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(200))
+    patient_name_search: Mapped[str | None] = mapped_column(String(200))
+    birth_date: Mapped[dt.date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(16))
+
+
+class Study(_Entity, Base):
+    __tablename__ = "study"
+    __table_args__ = (
+        Index(None, "subject_id"),
+        Index(None, "accession_number"),
+        Index(None, "study_date"),
+    )
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subject.id"))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[dt.date | None] = mapped_column(Date)
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    description: Mapped[str | None] = mapped_column(String(64))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(200))
+
+    subject: Mapped[Subject] = relationship(lazy="raise")
+
+
+class Series(_Entity, Base):
+    __tablename__ = "series"
+    __table_args__ = (Index(None, "study_id"), Index(None, "modality"))
+
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("study.id"))
+    modality: Mapped[str] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(String(64))
+    body_part_examined: Mapped[str | None] = mapped_column(String(16))
+
+    study: Mapped[Study] = relationship(lazy="raise")
+
+
+class Instance(_Entity, Base):
+    __tablename__ = "instance"
+    __table_args__ = (Index(None, "series_id"),)
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("series.id"))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+
+    series: Mapped[Series] = relationship(lazy="raise")
+
+
+class EntityLink(Base):
+    """Provenance: partner P has entity E (under P's id X) as part of P's study S.
+
+    ``partner_study_id`` is the partner id of the study snapshot that listed the
+    entity; a new snapshot of S removes the links it no longer lists. ``attrs``
+    keeps this partner's own values so a lower-priority partner's values can
+    take over when a higher one drops the entity.
+    """
+
+    __tablename__ = "entity_link"
+    __table_args__ = (
+        UniqueConstraint("partner", "entity_type", "entity_id", "partner_study_id"),
+        Index(None, "partner", "partner_study_id"),
+        Index(None, "entity_type", "entity_id"),
+        Index(None, "partner", "entity_type", "partner_entity_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    partner: Mapped[str] = mapped_column(String(63))
+    entity_type: Mapped[str] = mapped_column(String(16))  # subject | study | series | instance
+    entity_id: Mapped[uuid.UUID] = mapped_column(Uuid())
+    partner_entity_id: Mapped[str] = mapped_column(String(128))
+    partner_study_id: Mapped[str] = mapped_column(String(128))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    attrs: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class InstanceLocation(Base):
+    """Where one partner keeps one instance's file: always bucket and key, never a path."""
+
+    __tablename__ = "instance_location"
+    __table_args__ = (UniqueConstraint("instance_id", "partner"), Index(None, "partner", "bucket"))
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instance.id"))
+    partner: Mapped[str] = mapped_column(String(63))
+    bucket: Mapped[str] = mapped_column(String(63))
+    key: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PartnerState(Base):
+    """Per-partner bookmark: the largest partner ``updated_at`` fully committed."""
+
+    __tablename__ = "partner_state"
+
+    partner: Mapped[str] = mapped_column(String(63), primary_key=True)
+    bookmark: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_run_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_run"
+    __table_args__ = (Index(None, "partner", "started_at"), Index(None, "status"))
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    partner: Mapped[str] = mapped_column(String(63))
+    # running | succeeded | failed | skipped | abandoned
+    status: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16), default="cli")
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    since: Mapped[dt.datetime | None] = mapped_column(default=None)
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    fetched: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    deleted: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    instances: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    error_kind: Mapped[str | None] = mapped_column(String(32), default=None)
+    host: Mapped[str | None] = mapped_column(String(255), default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class RejectedItem(Base):
+    __tablename__ = "rejected_item"
+    __table_args__ = (Index(None, "partner", "created_at"), Index(None, "run_id"))
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sync_run.id"))
+    partner: Mapped[str] = mapped_column(String(63))
+    partner_item_id: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # validation | mapping
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,99 @@
+"""The service's own exception hierarchy.
+
+Each edge (CLI exit code, HTTP status, DIMSE status) maps these once; the core
+raises nothing else on purpose. ``kind`` is a stable, countable failure class
+for logs and alerts (network, auth, rate_limit, validation, mapping, database,
+storage, config, protocol, locked).
+"""
+
+from __future__ import annotations
+
+
+class ImagingSyncError(Exception):
+    """Base of every error the service raises deliberately."""
+
+    kind = "internal"
+
+
+class ConfigError(ImagingSyncError):
+    """The configuration is unusable; the message names the key and the reason."""
+
+    kind = "config"
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"config error at {key}: {reason}")
+
+
+class ValidationError(ImagingSyncError):
+    """A partner item breaks the wire contract; ``path`` points into the item."""
+
+    kind = "validation"
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class MappingError(ValidationError):
+    """A coded value has no entry in the partner's vocabulary table."""
+
+    kind = "mapping"
+
+
+class PartnerError(ImagingSyncError):
+    """The partner API failed in a way that ends this run."""
+
+    kind = "protocol"
+
+    def __init__(self, partner: str, message: str) -> None:
+        self.partner = partner
+        super().__init__(f"partner {partner!r}: {message}")
+
+
+class PartnerUnavailableError(PartnerError):
+    """5xx, connection errors or timeouts that outlasted the retry budget."""
+
+    kind = "network"
+
+
+class PartnerAuthError(PartnerError):
+    """401/403: the key is wrong or revoked; retrying cannot help."""
+
+    kind = "auth"
+
+
+class PartnerRateLimitedError(PartnerError):
+    """429s that outlasted the retry budget (or asked for too long a wait)."""
+
+    kind = "rate_limit"
+
+
+class PageTokenExpiredError(PartnerError):
+    """410 Gone on a page token: the listing restarts from the bookmark."""
+
+    kind = "protocol"
+
+
+class SyncLockedError(ImagingSyncError):
+    """Another process holds this partner's sync lock."""
+
+    kind = "locked"
+
+    def __init__(self, partner: str) -> None:
+        self.partner = partner
+        super().__init__(f"partner {partner!r} is already being synced by another process")
+
+
+class NotFoundError(ImagingSyncError):
+    """A named thing (partner, run, entity) does not exist."""
+
+    kind = "not_found"
+
+
+class DatabaseError(ImagingSyncError):
+    """The database is unreachable or its schema is not current."""
+
+    kind = "database"
