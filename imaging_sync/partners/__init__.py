@@ -1,0 +1,1 @@
+"""Partner sources: the protocol and its adapters (one per wire format)."""
