@@ -1,0 +1,1 @@
+"""The pull sync: page application, the partner lock, run orchestration."""

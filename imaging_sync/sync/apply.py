@@ -1,0 +1,416 @@
+"""Applying one page of a partner's studies to the index, set-based.
+
+Everything here runs inside the page's transaction (the caller commits it
+together with the bookmark). Per entity level there is one SELECT of the
+existing rows, one batched INSERT … ON CONFLICT DO NOTHING for the new ones and
+one executemany UPDATE for the changed ones; no ORM unit-of-work, no
+per-row round trips.
+
+Federation rules, in one place:
+- the same DICOM UID (subject: issuer + patient ID) from two partners is one row;
+- a row shows the values of the highest-priority partner that has it (ties: the
+  partner name that sorts first); each partner's own values are kept in its
+  link's ``attrs`` so the next partner can take over when one drops out;
+- a study item is a snapshot: links of this partner under that study that the
+  item no longer lists are removed, and so are its locations;
+- an entity that no partner links any more is soft-deleted; one that comes
+  back is revived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
+from imaging_sync.dto import DeletedStudyDTO, PageItem, RejectedItemDTO, StudyDTO
+from imaging_sync.ids import new_id
+from imaging_sync.person_names import search_form
+
+CHUNK = 500
+_links = EntityLink.__table__
+_locations = InstanceLocation.__table__
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class Level:
+    """One entity level: its table, identity columns and the values partners supply."""
+
+    name: str
+    table: Table
+    key_columns: tuple[str, ...]
+    value_columns: tuple[str, ...]
+
+    def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[c] for c in self.key_columns)
+
+
+SUBJECT = Level("subject", Subject.__table__, ("issuer", "patient_id"), ("patient_name", "patient_name_search", "birth_date", "sex"))
+STUDY = Level(
+    "study",
+    Study.__table__,
+    ("study_instance_uid",),
+    ("subject_id", "accession_number", "study_date", "study_time", "description", "referring_physician_name"),
+)
+SERIES = Level("series", Series.__table__, ("series_instance_uid",), ("study_id", "modality", "series_number", "description", "body_part_examined"))
+INSTANCE = Level("instance", Instance.__table__, ("sop_instance_uid",), ("series_id", "sop_class_uid", "transfer_syntax_uid", "instance_number"))
+LEVELS = {level.name: level for level in (SUBJECT, STUDY, SERIES, INSTANCE)}
+
+
+@dataclass
+class PageOutcome:
+    fetched: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    instances: int = 0
+    rejections: list[RejectedItemDTO] = field(default_factory=list)
+
+
+@dataclass
+class _Wanted:
+    """What this page says the partner has: entity rows and the partner's links."""
+
+    rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = field(default_factory=lambda: {name: {} for name in LEVELS})
+    # (level, key, partner_entity_id, partner_study_id, hash of the whole item for study links)
+    links: list[tuple[str, tuple[Any, ...], str, str, str | None]] = field(default_factory=list)
+    # sop_instance_uid -> location values
+    locations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class PageWriter:
+    """Writes pages for one partner; ``priorities`` is every configured partner's priority."""
+
+    def __init__(self, partner: str, priorities: Mapping[str, int]) -> None:
+        self.partner = partner
+        self.priorities = dict(priorities)
+        self.priority = self.priorities.get(partner, 0)
+
+    def apply(self, conn: Connection, items: Sequence[PageItem], run_id: uuid.UUID, now: dt.datetime) -> PageOutcome:
+        outcome = PageOutcome(fetched=len(items))
+        studies = [i for i in items if isinstance(i, StudyDTO)]
+        deletions = [i for i in items if isinstance(i, DeletedStudyDTO)]
+        outcome.rejections = [i for i in items if isinstance(i, RejectedItemDTO)]
+        outcome.rejected = len(outcome.rejections)
+        outcome.instances = sum(s.instance_count for s in studies)
+        self._record_rejections(conn, outcome.rejections, run_id, now)
+
+        known = self._study_link_hashes(conn, [i.partner_id for i in (*studies, *deletions)])
+        changed = [s for s in studies if known.get(s.partner_id) != s.content_hash]
+        outcome.unchanged = len(studies) - len(changed)
+        outcome.created = sum(1 for s in changed if s.partner_id not in known)
+        outcome.updated = len(changed) - outcome.created
+        outcome.deleted = sum(1 for d in deletions if d.partner_id in known)
+        outcome.unchanged += len(deletions) - outcome.deleted
+        snapshot_ids = [s.partner_id for s in changed] + [d.partner_id for d in deletions if d.partner_id in known]
+        if not snapshot_ids:
+            return outcome
+
+        wanted = self._wanted(changed)
+        ids: dict[str, dict[tuple[Any, ...], uuid.UUID]] = {}
+        for level, parent_level, parent_column in ((SUBJECT, None, None), (STUDY, SUBJECT, "subject_id"), (SERIES, STUDY, "study_id"), (INSTANCE, SERIES, "series_id")):
+            rows = wanted.rows[level.name]
+            if parent_level is not None:
+                parent_ids = ids[parent_level.name]
+                for row in rows.values():
+                    row[parent_column] = parent_ids[row.pop("_parent_key")]
+            ids[level.name] = self._upsert_entities(conn, level, rows, now)
+        removed = self._write_links(conn, wanted, ids, snapshot_ids, now)
+        self._write_locations(conn, wanted, ids[INSTANCE.name], now)
+        self._drop_removed(conn, removed, now)
+        return outcome
+
+    # -- what the page says -------------------------------------------------
+
+    def _wanted(self, studies: Iterable[StudyDTO]) -> _Wanted:
+        wanted = _Wanted()
+        rows = wanted.rows
+        for study in studies:
+            sid = study.partner_id
+            subject = study.subject
+            subject_key = (subject.issuer, subject.patient_id)
+            rows["subject"][subject_key] = {
+                "issuer": subject.issuer,
+                "patient_id": subject.patient_id,
+                "patient_name": subject.name,
+                "patient_name_search": search_form(subject.name),
+                "birth_date": subject.birth_date,
+                "sex": subject.sex,
+            }
+            wanted.links.append(("subject", subject_key, subject.partner_id, sid, None))
+            study_key = (study.study_instance_uid,)
+            rows["study"][study_key] = {
+                "study_instance_uid": study.study_instance_uid,
+                "_parent_key": subject_key,
+                "accession_number": study.accession_number,
+                "study_date": study.study_date,
+                "study_time": study.study_time,
+                "description": study.description,
+                "referring_physician_name": study.referring_physician_name,
+            }
+            # The study link carries the whole item's hash: equal next time means "skip the item".
+            wanted.links.append(("study", study_key, sid, sid, study.content_hash))
+            for series in study.series:
+                series_key = (series.series_instance_uid,)
+                rows["series"][series_key] = {
+                    "series_instance_uid": series.series_instance_uid,
+                    "_parent_key": study_key,
+                    "modality": series.modality,
+                    "series_number": series.series_number,
+                    "description": series.description,
+                    "body_part_examined": series.body_part_examined,
+                }
+                wanted.links.append(("series", series_key, series.partner_id, sid, None))
+                for inst in series.instances:
+                    rows["instance"][(inst.sop_instance_uid,)] = {
+                        "sop_instance_uid": inst.sop_instance_uid,
+                        "_parent_key": series_key,
+                        "sop_class_uid": inst.sop_class_uid,
+                        "transfer_syntax_uid": inst.transfer_syntax_uid,
+                        "instance_number": inst.instance_number,
+                    }
+                    wanted.links.append(("instance", (inst.sop_instance_uid,), inst.partner_id, sid, None))
+                    wanted.locations[inst.sop_instance_uid] = {
+                        "bucket": inst.bucket,
+                        "key": inst.key,
+                        "size_bytes": inst.size_bytes,
+                        "sha256": inst.sha256,
+                    }
+        return wanted
+
+    # -- entities -------------------------------------------------------------
+
+    def _upsert_entities(self, conn: Connection, level: Level, rows: dict[tuple[Any, ...], dict[str, Any]], now: dt.datetime) -> dict[tuple[Any, ...], uuid.UUID]:
+        """Insert new rows, update rows this partner owns whose values changed; return key → id."""
+        table = level.table
+        existing = self._existing_entities(conn, level, list(rows))
+        fresh = [key for key in rows if key not in existing]
+        if fresh:
+            new_rows = [
+                {**rows[key], "id": new_id(), "source_partner": self.partner, "source_priority": self.priority, "created_at": now, "updated_at": now, "deleted_at": None}
+                for key in sorted(fresh)
+            ]
+            inserted = self._insert_ignoring_conflicts(conn, level, new_rows)
+            ids = {level.key_of(r): r["id"] for r in new_rows if level.key_of(r) in inserted}
+            lost_race = [key for key in fresh if key not in ids]
+            if lost_race:  # another partner's sync inserted it meanwhile: treat as existing
+                existing.update(self._existing_entities(conn, level, lost_race))
+        else:
+            ids = {}
+        changes = []
+        for key, current in existing.items():
+            ids[key] = current["id"]
+            incoming = rows[key]
+            takes_over = current["deleted_at"] is not None or self.outranks(current["source_partner"], current["source_priority"])
+            if not takes_over:
+                continue
+            if current["source_partner"] == self.partner and current["deleted_at"] is None and all(current[c] == incoming[c] for c in level.value_columns):
+                continue
+            changes.append({"_id": current["id"], **{c: incoming[c] for c in level.value_columns}})
+        if changes:
+            changes.sort(key=lambda r: r["_id"])  # one lock order for concurrent partners
+            stmt = (
+                update(table)
+                .where(table.c.id == bindparam("_id"))
+                .values({c: bindparam(c) for c in level.value_columns})
+                .values(source_partner=self.partner, source_priority=self.priority, updated_at=now, deleted_at=None)
+            )
+            conn.execute(stmt, changes)
+        return ids
+
+    def _existing_entities(self, conn: Connection, level: Level, keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        table = level.table
+        columns = [table.c.id, *(table.c[c] for c in level.key_columns), *(table.c[c] for c in level.value_columns), table.c.source_partner, table.c.source_priority, table.c.deleted_at]
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for chunk in _chunks(keys):
+            if len(level.key_columns) == 1:
+                condition = table.c[level.key_columns[0]].in_([k[0] for k in chunk])
+            else:
+                condition = tuple_(*(table.c[c] for c in level.key_columns)).in_(chunk)
+            for row in conn.execute(select(*columns).where(condition)).mappings():
+                found[level.key_of(row)] = dict(row)
+        return found
+
+    def _insert_ignoring_conflicts(self, conn: Connection, level: Level, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        """INSERT … ON CONFLICT DO NOTHING RETURNING the keys that went in."""
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        table = level.table
+        stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=list(level.key_columns))
+        stmt = stmt.returning(*(table.c[c] for c in level.key_columns))
+        inserted: set[tuple[Any, ...]] = set()
+        for chunk in _chunks(rows, 2000):
+            inserted.update(tuple(r) for r in conn.execute(stmt, chunk))
+        return inserted
+
+    def outranks(self, other: str, stored_priority: int) -> bool:
+        """This partner's values win over ``other``'s (higher priority; ties: name order)."""
+        if other == self.partner:
+            return True
+        theirs = self.priorities.get(other, stored_priority)
+        return self.priority > theirs or (self.priority == theirs and self.partner < other)
+
+    # -- links and locations --------------------------------------------------
+
+    def _study_link_hashes(self, conn: Connection, partner_ids: list[str]) -> dict[str, str]:
+        hashes: dict[str, str] = {}
+        for chunk in _chunks(partner_ids):
+            stmt = select(_links.c.partner_study_id, _links.c.content_hash).where(
+                _links.c.partner == self.partner, _links.c.entity_type == "study", _links.c.partner_study_id.in_(chunk)
+            )
+            hashes.update((study_id, content_hash) for study_id, content_hash in conn.execute(stmt))
+        return hashes
+
+    def _write_links(self, conn: Connection, wanted: _Wanted, ids: Mapping[str, Mapping[tuple[Any, ...], uuid.UUID]], snapshot_ids: list[str], now: dt.datetime) -> list[tuple[str, uuid.UUID]]:
+        """Make this partner's links under the page's studies exactly what the page says.
+
+        Returns the (level, entity id) pairs whose link went away.
+        """
+        existing: dict[tuple[str, uuid.UUID, str], tuple[uuid.UUID, str]] = {}
+        for chunk in _chunks(snapshot_ids):
+            stmt = select(_links.c.id, _links.c.entity_type, _links.c.entity_id, _links.c.partner_study_id, _links.c.content_hash).where(
+                _links.c.partner == self.partner, _links.c.partner_study_id.in_(chunk)
+            )
+            for link_id, level, entity_id, study_id, content_hash in conn.execute(stmt):
+                existing[(level, entity_id, study_id)] = (link_id, content_hash)
+        inserts, updates, seen = [], [], set()
+        for level_name, key, partner_entity_id, partner_study_id, item_hash in wanted.links:
+            entity_id = ids[level_name][key]
+            ident = (level_name, entity_id, partner_study_id)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            attrs = _attrs(LEVELS[level_name], wanted.rows[level_name][key])
+            content_hash = item_hash or hashlib.sha256(_encode([partner_entity_id, attrs])).hexdigest()
+            current = existing.get(ident)
+            if current is None:
+                inserts.append(
+                    {"id": new_id(), "partner": self.partner, "entity_type": level_name, "entity_id": entity_id, "partner_entity_id": partner_entity_id,
+                     "partner_study_id": partner_study_id, "content_hash": content_hash, "attrs": attrs, "created_at": now, "updated_at": now}
+                )
+            elif current[1] != content_hash:
+                updates.append({"_id": current[0], "partner_entity_id": partner_entity_id, "content_hash": content_hash, "attrs": attrs, "updated_at": now})
+        gone = [(ident, link_id) for ident, (link_id, _) in existing.items() if ident not in seen]
+        if inserts:
+            for chunk in _chunks(inserts, 2000):
+                conn.execute(insert(_links), chunk)
+        if updates:
+            stmt = update(_links).where(_links.c.id == bindparam("_id")).values(
+                partner_entity_id=bindparam("partner_entity_id"), content_hash=bindparam("content_hash"), attrs=bindparam("attrs"), updated_at=bindparam("updated_at")
+            )
+            conn.execute(stmt, updates)
+        for chunk in _chunks([link_id for _, link_id in gone]):
+            conn.execute(delete(_links).where(_links.c.id.in_(chunk)))
+        return [(level, entity_id) for (level, entity_id, _), _ in gone]
+
+    def _write_locations(self, conn: Connection, wanted: _Wanted, instance_ids: Mapping[tuple[Any, ...], uuid.UUID], now: dt.datetime) -> None:
+        by_instance = {instance_ids[(uid,)]: values for uid, values in wanted.locations.items()}
+        existing: dict[uuid.UUID, dict[str, Any]] = {}
+        for chunk in _chunks(list(by_instance)):
+            stmt = select(_locations.c.id, _locations.c.instance_id, _locations.c.bucket, _locations.c.key, _locations.c.size_bytes, _locations.c.sha256).where(
+                _locations.c.partner == self.partner, _locations.c.instance_id.in_(chunk)
+            )
+            existing.update((row["instance_id"], dict(row)) for row in conn.execute(stmt).mappings())
+        inserts, updates = [], []
+        for instance_id, values in by_instance.items():
+            current = existing.get(instance_id)
+            if current is None:
+                inserts.append({"id": new_id(), "instance_id": instance_id, "partner": self.partner, **values, "created_at": now, "updated_at": now})
+            elif any(current[c] != v for c, v in values.items()):
+                updates.append({"_id": current["id"], **values, "updated_at": now})
+        for chunk in _chunks(inserts, 2000):
+            conn.execute(insert(_locations), chunk)
+        if updates:
+            stmt = update(_locations).where(_locations.c.id == bindparam("_id")).values(
+                bucket=bindparam("bucket"), key=bindparam("key"), size_bytes=bindparam("size_bytes"), sha256=bindparam("sha256"), updated_at=bindparam("updated_at")
+            )
+            conn.execute(stmt, updates)
+
+    # -- what went away ---------------------------------------------------------
+
+    def _drop_removed(self, conn: Connection, removed: list[tuple[str, uuid.UUID]], now: dt.datetime) -> None:
+        """After links went away: drop this partner's files, retire orphans, hand rows over."""
+        if not removed:
+            return
+        entity_ids = list({entity_id for _, entity_id in removed})
+        remaining: dict[uuid.UUID, list[tuple[str, dict[str, Any]]]] = {}
+        for chunk in _chunks(entity_ids):
+            stmt = select(_links.c.entity_id, _links.c.partner, _links.c.attrs).where(_links.c.entity_id.in_(chunk))
+            for entity_id, partner, attrs in conn.execute(stmt):
+                remaining.setdefault(entity_id, []).append((partner, attrs))
+        gone_instances = [eid for level, eid in removed if level == "instance" and not any(p == self.partner for p, _ in remaining.get(eid, ()))]
+        for chunk in _chunks(gone_instances):
+            conn.execute(delete(_locations).where(_locations.c.partner == self.partner, _locations.c.instance_id.in_(chunk)))
+        for level_name in LEVELS:
+            level = LEVELS[level_name]
+            ids = {eid for name, eid in removed if name == level_name}
+            orphans = sorted(eid for eid in ids if eid not in remaining)
+            for chunk in _chunks(orphans):
+                conn.execute(update(level.table).where(level.table.c.id.in_(chunk), level.table.c.deleted_at.is_(None)).values(deleted_at=now, updated_at=now))
+            self._hand_over(conn, level, {eid: remaining[eid] for eid in ids if eid in remaining}, now)
+
+    def _hand_over(self, conn: Connection, level: Level, candidates: Mapping[uuid.UUID, list[tuple[str, dict[str, Any]]]], now: dt.datetime) -> None:
+        """Rows whose values came from this partner, which no longer has them, take the next partner's values."""
+        if not candidates:
+            return
+        table = level.table
+        owned: list[uuid.UUID] = []
+        for chunk in _chunks(list(candidates)):
+            stmt = select(table.c.id).where(table.c.id.in_(chunk), table.c.source_partner == self.partner)
+            owned.extend(conn.execute(stmt).scalars())
+        for entity_id in owned:
+            links = candidates[entity_id]
+            if any(partner == self.partner for partner, _ in links):
+                continue  # still ours, listed under another of our studies
+            best_partner, best_attrs = min(links, key=lambda pa: (-self.priorities.get(pa[0], 0), pa[0]))
+            values = _from_attrs(level, best_attrs)
+            stmt = update(table).where(table.c.id == entity_id).values(**values, source_partner=best_partner, source_priority=self.priorities.get(best_partner, 0), updated_at=now)
+            conn.execute(stmt)
+
+    def _record_rejections(self, conn: Connection, rejections: list[RejectedItemDTO], run_id: uuid.UUID, now: dt.datetime) -> None:
+        if not rejections:
+            return
+        rows = [
+            {"id": new_id(), "run_id": run_id, "partner": self.partner, "partner_item_id": r.partner_id, "kind": r.kind, "reason": r.reason, "payload": r.payload, "created_at": now}
+            for r in rejections
+        ]
+        conn.execute(insert(RejectedItem.__table__), rows)
+
+
+def _attrs(level: Level, row: Mapping[str, Any]) -> dict[str, Any]:
+    """This partner's values for the row, JSON-ready (kept in its link)."""
+    out: dict[str, Any] = {}
+    for column in level.value_columns:
+        value = row[column]
+        if isinstance(value, (dt.date, uuid.UUID)):
+            value = value.isoformat() if isinstance(value, dt.date) else str(value)
+        out[column] = value
+    return out
+
+
+def _from_attrs(level: Level, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for column in level.value_columns:
+        value = attrs.get(column)
+        column_type = level.table.c[column].type
+        if value is not None and isinstance(column_type, Date):
+            value = dt.date.fromisoformat(value)
+        elif value is not None and isinstance(column_type, Uuid):
+            value = uuid.UUID(value)
+        values[column] = value
+    return values
+
+
+def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

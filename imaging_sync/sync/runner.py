@@ -1,0 +1,224 @@
+"""One sync run of one partner: lock, pages, bookmark, the run record.
+
+Each page is one transaction that also advances the bookmark and the run's
+counts, so a process killed anywhere resumes on the next run from the last
+committed page: nothing lost (the bookmark never passes uncommitted data) and
+nothing doubled (upserts are idempotent, unchanged items cost no write).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from imaging_sync.config import PartnerConfig, Settings
+from imaging_sync.db.models import PartnerState, SyncRun, utcnow
+from imaging_sync.dto import Page
+from imaging_sync.ids import new_id
+from imaging_sync.errors import ImagingSyncError, PageTokenExpiredError, PartnerError, SyncLockedError
+from imaging_sync.logs import run_context
+from imaging_sync.partners.factory import build_source
+from imaging_sync.partners.source import PartnerSource
+from imaging_sync.sync.apply import PageOutcome, PageWriter
+from imaging_sync.sync.lock import partner_lock
+
+log = logging.getLogger(__name__)
+_runs = SyncRun.__table__
+_state = PartnerState.__table__
+COUNTERS = ("pages", "fetched", "created", "updated", "unchanged", "deleted", "rejected", "instances")
+# PostgreSQL SQLSTATEs worth retrying the page for: deadlock, serialization failure.
+_RETRYABLE_SQLSTATE = {"40P01", "40001"}
+
+
+@dataclass
+class RunResult:
+    run_id: uuid.UUID
+    partner: str
+    status: str  # succeeded | failed | skipped
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    seconds: float = 0.0
+    error: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    def summary(self) -> str:
+        c = self.counts
+        rate = c["instances"] / self.seconds if self.seconds > 0 else 0.0
+        line = (
+            f"{self.partner}: {self.status} in {self.seconds:.1f}s — {c['fetched']} studies fetched "
+            f"({c['created']} created, {c['updated']} updated, {c['unchanged']} unchanged, {c['deleted']} deleted, "
+            f"{c['rejected']} rejected), {c['instances']} instances ({rate:,.0f}/s), {c['pages']} pages; run {self.run_id}"
+        )
+        return line + (f"\n  error ({self.error_kind}): {self.error}" if self.error else "")
+
+
+ProgressCallback = Callable[[RunResult], None]
+
+
+class SyncRunner:
+    """Runs partner syncs against one database; built once per process."""
+
+    def __init__(self, engine: Engine, settings: Settings, *, source_factory: Callable[[PartnerConfig], PartnerSource] = build_source) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.source_factory = source_factory
+
+    def sync(self, partner_name: str, *, full: bool = False, trigger: str = "cli", progress: ProgressCallback | None = None) -> RunResult:
+        """Sync one partner; never raises for partner or data failures (the result says)."""
+        config = self.settings.partner(partner_name)
+        run_id = self._start_run(partner_name, trigger, full)
+        result = RunResult(run_id=run_id, partner=partner_name, status="running")
+        started = time.monotonic()
+        with run_context(run_id, partner_name):
+            try:
+                with partner_lock(self.engine, partner_name):
+                    self._abandon_stale_runs(partner_name, run_id)
+                    source = self.source_factory(config)
+                    try:
+                        self._pull(config, source, result, full, progress, started)
+                    finally:
+                        source.close()
+                result.status = "succeeded"
+            except SyncLockedError as exc:
+                result.status, result.error, result.error_kind = "skipped", str(exc), exc.kind
+            except ImagingSyncError as exc:
+                result.status, result.error, result.error_kind = "failed", str(exc), exc.kind
+            except SQLAlchemyError as exc:
+                result.status, result.error, result.error_kind = "failed", f"database error: {type(exc).__name__}: {exc.orig if isinstance(exc, DBAPIError) else exc}", "database"
+            except BaseException as exc:  # a bug or an interrupt: record it, then let it surface
+                what = "internal error" if isinstance(exc, Exception) else "interrupted"
+                result.status, result.error, result.error_kind = "failed", f"{what}: {type(exc).__name__}: {exc}", "internal"
+                result.seconds = time.monotonic() - started
+                self._finish_run(result)
+                raise
+            result.seconds = time.monotonic() - started
+            self._finish_run(result)
+            level = logging.INFO if result.status == "succeeded" else logging.WARNING
+            log.log(level, "sync %s %s: %s", partner_name, result.status, _counts_text(result.counts), extra={"error": result.error, "error_kind": result.error_kind})
+        return result
+
+    def sync_all(self, *, full: bool = False, trigger: str = "cli", progress: ProgressCallback | None = None) -> list[RunResult]:
+        """Every enabled partner, highest priority first; one failing does not stop the others."""
+        partners = sorted((p for p in self.settings.partners.values() if p.enabled), key=lambda p: (-p.priority, p.name))
+        return [self.sync(p.name, full=full, trigger=trigger, progress=progress) for p in partners]
+
+    # -- the pull loop ----------------------------------------------------------
+
+    def _pull(self, config: PartnerConfig, source: PartnerSource, result: RunResult, full: bool, progress: ProgressCallback | None, started: float) -> None:
+        writer = PageWriter(config.name, self.settings.priorities())
+        bookmark = None if full else self._bookmark(config.name)
+        since = None if bookmark is None else bookmark - dt.timedelta(seconds=config.overlap_seconds)
+        self._set_run_since(result.run_id, since)
+        restarts = 0
+        while True:
+            try:
+                for page in source.list_changed(since):
+                    self._commit_page(writer, config.name, page, result)
+                    result.seconds = time.monotonic() - started
+                    if progress is not None:
+                        progress(result)
+                return
+            except PageTokenExpiredError:
+                restarts += 1
+                if restarts > self.settings.sync.max_token_restarts:
+                    raise PartnerError(config.name, f"page tokens kept expiring ({restarts} restarts); giving up") from None
+                since = self._bookmark(config.name)  # what this run has committed so far
+                log.warning("partner %s: page token expired, restarting listing from the bookmark", config.name)
+
+    def _commit_page(self, writer: PageWriter, partner: str, page: Page, result: RunResult) -> None:
+        attempts = self.settings.sync.max_page_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.engine.connect() as conn:
+                    conn = conn.execution_options(sqlite_immediate=True)
+                    with conn.begin():
+                        now = utcnow()
+                        outcome = writer.apply(conn, page.items, result.run_id, now)
+                        self._advance_bookmark(conn, partner, page.max_updated_at, now)
+                        self._add_counts(conn, result.run_id, outcome)
+                break
+            except DBAPIError as exc:
+                if attempt == attempts or getattr(exc.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATE:
+                    raise
+                log.warning("partner %s: page transaction conflicted (%s), retrying", partner, getattr(exc.orig, "sqlstate", "?"))
+        for name in COUNTERS:
+            result.counts[name] += 1 if name == "pages" else getattr(outcome, name)
+
+    # -- run records and state ----------------------------------------------------
+
+    def _start_run(self, partner: str, trigger: str, full: bool) -> uuid.UUID:
+        run_id = new_id()
+        with self.engine.begin() as conn:
+            conn.execute(
+                _runs.insert().values(
+                    id=run_id, partner=partner, status="running", trigger=trigger, full=full, started_at=utcnow(),
+                    host=socket.gethostname()[:255], pid=os.getpid(), **dict.fromkeys(COUNTERS, 0),
+                )
+            )
+        return run_id
+
+    def _set_run_since(self, run_id: uuid.UUID, since: dt.datetime | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(_runs).where(_runs.c.id == run_id).values(since=since))
+
+    def _abandon_stale_runs(self, partner: str, current: uuid.UUID) -> None:
+        """Runs still 'running' while we hold the lock died without finishing."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_runs)
+                .where(_runs.c.partner == partner, _runs.c.status == "running", _runs.c.id != current)
+                .values(status="abandoned", finished_at=utcnow(), error="process ended before the run finished (killed or crashed)")
+            )
+
+    def _finish_run(self, result: RunResult) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_runs).where(_runs.c.id == result.run_id).values(status=result.status, finished_at=now, error=result.error, error_kind=result.error_kind)
+            )
+            if result.status == "skipped":
+                return
+            self._ensure_state(conn, result.partner, now)
+            values: dict[str, object] = {"last_run_id": result.run_id, "updated_at": now}
+            if result.ok:
+                values["last_success_at"] = now
+            conn.execute(update(_state).where(_state.c.partner == result.partner).values(**values))
+
+    def _bookmark(self, partner: str) -> dt.datetime | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(_state.c.bookmark).where(_state.c.partner == partner)).scalar_one_or_none()
+
+    def _advance_bookmark(self, conn: Connection, partner: str, page_max: dt.datetime | None, now: dt.datetime) -> None:
+        self._ensure_state(conn, partner, now)
+        if page_max is None:
+            return
+        current = conn.execute(select(_state.c.bookmark).where(_state.c.partner == partner)).scalar_one()
+        if current is None or page_max > current:
+            conn.execute(update(_state).where(_state.c.partner == partner).values(bookmark=page_max, updated_at=now))
+
+    @staticmethod
+    def _ensure_state(conn: Connection, partner: str, now: dt.datetime) -> None:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(dialect_insert(_state).values(partner=partner, updated_at=now).on_conflict_do_nothing(index_elements=["partner"]))
+
+    @staticmethod
+    def _add_counts(conn: Connection, run_id: uuid.UUID, outcome: PageOutcome) -> None:
+        increments = {name: _runs.c[name] + (1 if name == "pages" else getattr(outcome, name)) for name in COUNTERS}
+        conn.execute(update(_runs).where(_runs.c.id == run_id).values(**increments))
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in counts.items())
