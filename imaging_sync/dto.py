@@ -8,6 +8,7 @@ key. The sync engine trusts these and nothing else.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -88,7 +89,24 @@ class RejectedItemDTO:
     kind: str = "validation"  # or "mapping"
 
 
-PageItem = StudyDTO | DeletedStudyDTO | RejectedItemDTO
+@dataclass(frozen=True, slots=True)
+class PendingStudy:
+    """A study item identified and fingerprinted but not yet validated.
+
+    Validating every instance costs more than fetching it; the engine compares
+    ``content_hash`` with what it committed last time and calls ``resolve()``
+    (full validation and mapping) only for items that changed. An item whose
+    hash matches was valid, under the same mapping, when it was committed.
+    """
+
+    partner_id: str
+    updated_at: dt.datetime
+    content_hash: str
+    instance_count: int
+    resolve: Callable[[], StudyDTO | RejectedItemDTO]
+
+
+PageItem = StudyDTO | PendingStudy | DeletedStudyDTO | RejectedItemDTO
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,10 @@ class ValidationError(ImagingSyncError):
         self.reason = reason
         super().__init__(f"{path}: {reason}" if path else reason)
 
+    def within(self, prefix: str) -> ValidationError:
+        """The same error seen from an enclosing object (``prefix.path``)."""
+        return type(self)(f"{prefix}.{self.path}" if self.path else prefix, self.reason)
+
 
 class MappingError(ValidationError):
     """A coded value has no entry in the partner's vocabulary table."""

@@ -30,7 +30,8 @@ from imaging_sync.errors import (
     PartnerUnavailableError,
     ValidationError,
 )
-from imaging_sync.partners.wire import ItemParser, format_rfc3339
+from imaging_sync.partners.prefetch import prefetch
+from imaging_sync.partners.wire import ItemParser, format_rfc3339, next_page_token
 from imaging_sync.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,22 @@ class ReferenceV1Source:
         )
 
     def list_changed(self, since: dt.datetime | None) -> Iterator[Page]:
+        """Pages in order; the next page's HTTP request runs while the caller writes this one."""
+        for body in prefetch(self._listing_bodies(since)):
+            try:
+                items, token = self.parser.parse_page(body)
+            except ValidationError as exc:
+                raise PartnerError(self.name, f"malformed listing response: {exc}") from None
+            yield Page(items=items, next_page_token=token)
+
+    def _listing_bodies(self, since: dt.datetime | None) -> Iterator[bytes]:
         params: dict[str, Any] = {"page_size": self.config.page_size}
         if since is not None:
             params["updated_since"] = format_rfc3339(since)
         while True:
-            response = self._get("/v1/studies", params, listing_page="page_token" in params)
-            try:
-                items, token = self.parser.parse_page(response.content)
-            except ValidationError as exc:
-                raise PartnerError(self.name, f"malformed listing response: {exc}") from None
-            yield Page(items=items, next_page_token=token)
+            body = self._get("/v1/studies", params, listing_page="page_token" in params).content
+            yield body
+            token = next_page_token(body)
             if not token:
                 return
             params["page_token"] = token

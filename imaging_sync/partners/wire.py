@@ -14,10 +14,11 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable
+from functools import partial
 
 import msgspec
 
-from imaging_sync.dto import DeletedStudyDTO, InstanceDTO, PageItem, RejectedItemDTO, SeriesDTO, StudyDTO, SubjectDTO
+from imaging_sync.dto import DeletedStudyDTO, InstanceDTO, PageItem, PendingStudy, RejectedItemDTO, SeriesDTO, StudyDTO, SubjectDTO
 from imaging_sync.errors import MappingError, ValidationError
 from imaging_sync.person_names import check_person_name
 from imaging_sync.uids import check_uid
@@ -26,6 +27,7 @@ from imaging_sync.vocabulary import Vocabulary
 ID_MAX_LENGTH = 128
 PAYLOAD_MAX_CHARS = 256 * 1024
 INT32 = (-(2**31), 2**31 - 1)
+INT64_MAX = 2**63 - 1
 # Bump when validation or mapping changes what a given item produces: stored
 # hashes then no longer match and every item is re-applied once.
 VALIDATION_VERSION = "1"
@@ -87,7 +89,12 @@ class WirePage(msgspec.Struct):
     next_page_token: str | None = None
 
 
+class _TokenOnly(msgspec.Struct):
+    next_page_token: str | None = None
+
+
 _page_decoder = msgspec.json.Decoder(WirePage)
+_token_decoder = msgspec.json.Decoder(_TokenOnly)
 _study_decoder = msgspec.json.Decoder(WireStudy)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -103,45 +110,71 @@ class ItemParser:
         self.allowed_buckets = frozenset(allowed_buckets)
         fingerprint = f"{VALIDATION_VERSION}|{vocabulary.fingerprint}|{default_bucket}|{sorted(self.allowed_buckets)}"
         self._hash_salt = fingerprint.encode()
+        self._checked_uids: set[str] = set()
 
     def parse_page(self, body: bytes) -> tuple[list[PageItem], str | None]:
-        """Decode a listing response; raise ValidationError only if the envelope itself is broken."""
+        """Decode a listing response; raise ValidationError only if the envelope itself is broken.
+
+        Studies come back as ``PendingStudy``: identified and fingerprinted, not
+        yet validated (the engine validates only what changed).
+        """
         try:
             page = _page_decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise ValidationError("page", f"response is not a listing page: {exc}") from None
         except msgspec.DecodeError as exc:
             raise ValidationError("page", f"response is not JSON: {exc}") from None
-        items = [self.parse_item(raw) for raw in page.items]
-        return _reject_page_duplicates(items, page.items), page.next_page_token
+        decoded = [self._decode(raw) for raw in page.items]
+        items = [self._envelope(raw, wire, error) for raw, wire, error in decoded]
+        return _reject_page_duplicates(items, decoded), page.next_page_token
 
-    def parse_item(self, raw: bytes | msgspec.Raw) -> PageItem:
+    def parse_item(self, raw: bytes | msgspec.Raw) -> StudyDTO | DeletedStudyDTO | RejectedItemDTO:
+        """One item, fully validated."""
+        item = self._envelope(*self._decode(raw))
+        return item.resolve() if isinstance(item, PendingStudy) else item
+
+    @staticmethod
+    def _decode(raw: bytes | msgspec.Raw) -> tuple[bytes | msgspec.Raw, WireStudy | None, str | None]:
         try:
-            wire = _study_decoder.decode(raw)
+            return raw, _study_decoder.decode(raw), None
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return self._rejected(raw, _msgspec_reason(exc), "validation")
+            return raw, None, _msgspec_reason(exc)
+
+    def _envelope(self, raw: bytes | msgspec.Raw, wire: WireStudy | None, error: str | None) -> PageItem:
+        """What the engine needs before validation: identity, timestamp, fingerprint."""
+        if wire is None:
+            return self._rejected(raw, error or "not a study item", "validation")
         try:
-            return self._to_dto(wire)
+            partner_id = _check_id(wire.id, "id")
+            updated_at = parse_rfc3339(wire.updated_at, "updated_at")
+            if wire.deleted:
+                uid = check_uid(wire.study_instance_uid, "study_instance_uid")
+                return DeletedStudyDTO(partner_id=partner_id, updated_at=updated_at, study_instance_uid=uid)
+        except ValidationError as exc:
+            return self._rejected(raw, str(exc), "validation", wire)
+        content = _encoder.encode(msgspec.structs.replace(wire, updated_at=""))
+        content_hash = hashlib.sha256(self._hash_salt + content).hexdigest()
+        instances = sum(len(s.instances) for s in wire.series or ())
+        return PendingStudy(partner_id, updated_at, content_hash, instances, partial(self._resolve, raw, wire, partner_id, updated_at, content_hash))
+
+    def _resolve(self, raw: bytes | msgspec.Raw, wire: WireStudy, partner_id: str, updated_at: dt.datetime, content_hash: str) -> StudyDTO | RejectedItemDTO:
+        try:
+            return self._to_dto(wire, partner_id, updated_at, content_hash)
         except MappingError as exc:
             return self._rejected(raw, str(exc), "mapping", wire)
         except ValidationError as exc:
             return self._rejected(raw, str(exc), "validation", wire)
 
-    def _to_dto(self, wire: WireStudy) -> StudyDTO | DeletedStudyDTO:
-        partner_id = _check_id(wire.id, "id")
-        updated_at = parse_rfc3339(wire.updated_at, "updated_at")
+    def _to_dto(self, wire: WireStudy, partner_id: str, updated_at: dt.datetime, content_hash: str) -> StudyDTO:
         uid = check_uid(wire.study_instance_uid, "study_instance_uid")
-        if wire.deleted:
-            return DeletedStudyDTO(partner_id=partner_id, updated_at=updated_at, study_instance_uid=uid)
         if wire.subject is None:
             raise ValidationError("subject", "required on a study that is not deleted")
         if wire.series is None:
             raise ValidationError("series", "required on a study that is not deleted")
-        content = _encoder.encode(msgspec.structs.replace(wire, updated_at=""))
         return StudyDTO(
             partner_id=partner_id,
             updated_at=updated_at,
-            content_hash=hashlib.sha256(self._hash_salt + content).hexdigest(),
+            content_hash=content_hash,
             study_instance_uid=uid,
             accession_number=_text(wire.accession_number, 16, "accession_number"),
             study_date=_date(wire.study_date, "study_date"),
@@ -169,7 +202,12 @@ class ItemParser:
         modality = self.vocabulary.map("modality", wire.modality, f"{path}.modality")
         if modality is None:
             raise ValidationError(f"{path}.modality", "must not be empty")
-        instances = tuple(self._instance(inst, f"{path}.instances[{i}]") for i, inst in enumerate(wire.instances))
+        instances = []
+        for index, inst in enumerate(wire.instances):
+            try:
+                instances.append(self._instance(inst))
+            except ValidationError as exc:  # paths are built only on failure: this loop is hot
+                raise exc.within(f"{path}.instances[{index}]") from None
         return SeriesDTO(
             partner_id=_check_id(wire.id, f"{path}.id"),
             series_instance_uid=check_uid(wire.series_instance_uid, f"{path}.series_instance_uid"),
@@ -177,26 +215,35 @@ class ItemParser:
             series_number=_int32(wire.series_number, f"{path}.series_number"),
             description=_text(wire.description, 64, f"{path}.description"),
             body_part_examined=self.vocabulary.map("body_part_examined", wire.body_part_examined, f"{path}.body_part_examined"),
-            instances=instances,
+            instances=tuple(instances),
         )
 
-    def _instance(self, wire: WireInstance, path: str) -> InstanceDTO:
-        bucket, key = self.split_location(wire.location, f"{path}.location")
-        if wire.size_bytes is not None and wire.size_bytes < 0:
-            raise ValidationError(f"{path}.size_bytes", "must not be negative")
+    def _instance(self, wire: WireInstance) -> InstanceDTO:
+        """One instance; error paths are relative to it."""
+        bucket, key = self.split_location(wire.location, "location")
+        if wire.size_bytes is not None and not 0 <= wire.size_bytes <= INT64_MAX:
+            raise ValidationError("size_bytes", "must not be negative" if wire.size_bytes < 0 else "is larger than a 64-bit size")
         if wire.sha256 is not None and not _SHA256.fullmatch(wire.sha256):
-            raise ValidationError(f"{path}.sha256", "must be 64 hexadecimal digits")
+            raise ValidationError("sha256", "must be 64 hexadecimal digits")
         return InstanceDTO(
-            partner_id=_check_id(wire.id, f"{path}.id"),
-            sop_instance_uid=check_uid(wire.sop_instance_uid, f"{path}.sop_instance_uid"),
-            sop_class_uid=check_uid(wire.sop_class_uid, f"{path}.sop_class_uid"),
-            transfer_syntax_uid=None if wire.transfer_syntax_uid is None else check_uid(wire.transfer_syntax_uid, f"{path}.transfer_syntax_uid"),
-            instance_number=_int32(wire.instance_number, f"{path}.instance_number"),
+            partner_id=_check_id(wire.id, "id"),
+            sop_instance_uid=check_uid(wire.sop_instance_uid, "sop_instance_uid"),
+            sop_class_uid=self._repeated_uid(wire.sop_class_uid, "sop_class_uid"),
+            transfer_syntax_uid=None if wire.transfer_syntax_uid is None else self._repeated_uid(wire.transfer_syntax_uid, "transfer_syntax_uid"),
+            instance_number=_int32(wire.instance_number, "instance_number"),
             size_bytes=wire.size_bytes,
             sha256=None if wire.sha256 is None else wire.sha256.lower(),
             bucket=bucket,
             key=key,
         )
+
+    def _repeated_uid(self, value: str, path: str) -> str:
+        """SOP class and transfer syntax UIDs repeat on every instance: check each distinct one once."""
+        if value not in self._checked_uids:
+            check_uid(value, path)
+            if len(self._checked_uids) < 10_000:
+                self._checked_uids.add(value)
+        return value
 
     def split_location(self, location: str, path: str) -> tuple[str, str]:
         """``s3://bucket/key`` or a bare key in the partner's default bucket; only allowed buckets."""
@@ -227,6 +274,14 @@ class ItemParser:
         return RejectedItemDTO(partner_id=partner_id, updated_at=updated_at, reason=reason, payload=payload, kind=kind)
 
 
+def next_page_token(body: bytes) -> str | None:
+    """Only the continuation token of a listing page (C-speed skip over the items)."""
+    try:
+        return _token_decoder.decode(body).next_page_token
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None  # the full parse of the same body reports what is wrong
+
+
 def parse_rfc3339(value: str, path: str) -> dt.datetime:
     if not _RFC3339.fullmatch(value):
         raise ValidationError(path, f"not an RFC 3339 timestamp with offset: {value[:40]!r}")
@@ -240,12 +295,12 @@ def format_rfc3339(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _reject_page_duplicates(items: list[PageItem], raws: list[msgspec.Raw]) -> list[PageItem]:
+def _reject_page_duplicates(items: list[PageItem], decoded: list[tuple[bytes | msgspec.Raw, WireStudy | None, str | None]]) -> list[PageItem]:
     """Reject every item whose id, or any of whose UIDs, appears in another item of the page."""
-    keys_per_item = [_identity_keys(item) for item in items]
+    keys_per_item = [_identity_keys(wire) if wire is not None and not isinstance(item, RejectedItemDTO) else _rejected_keys(item) for item, (_, wire, _) in zip(items, decoded)]
     counts = Counter(key for keys in keys_per_item for key in keys)
     result: list[PageItem] = []
-    for item, keys, raw in zip(items, keys_per_item, raws):
+    for item, keys, (raw, _, _) in zip(items, keys_per_item, decoded):
         clashes = sorted(key for key in keys if counts[key] > 1)
         if clashes and not isinstance(item, RejectedItemDTO):
             kind, _, value = clashes[0].partition(":")
@@ -256,14 +311,15 @@ def _reject_page_duplicates(items: list[PageItem], raws: list[msgspec.Raw]) -> l
     return result
 
 
-def _identity_keys(item: PageItem) -> set[str]:
-    if isinstance(item, RejectedItemDTO):
-        return {f"id:{item.partner_id}"} if item.partner_id is not None else set()
-    keys = {f"id:{item.partner_id}", f"study_instance_uid:{item.study_instance_uid}"}
-    if isinstance(item, StudyDTO):
-        for series in item.series:
-            keys.add(f"series_instance_uid:{series.series_instance_uid}")
-            keys.update(f"sop_instance_uid:{inst.sop_instance_uid}" for inst in series.instances)
+def _rejected_keys(item: PageItem) -> set[str]:
+    return {f"id:{item.partner_id}"} if item.partner_id is not None else set()
+
+
+def _identity_keys(wire: WireStudy) -> set[str]:
+    keys = {f"id:{wire.id}", f"study_instance_uid:{wire.study_instance_uid}"}
+    for series in wire.series or ():
+        keys.add(f"series_instance_uid:{series.series_instance_uid}")
+        keys.update(f"sop_instance_uid:{inst.sop_instance_uid}" for inst in series.instances)
     return keys
 
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, select, tuple_, update
 
+from imaging_sync.db import bulk
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
-from imaging_sync.dto import DeletedStudyDTO, PageItem, RejectedItemDTO, StudyDTO
-from imaging_sync.ids import new_id
+from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
+from imaging_sync.ids import new_ids
 from imaging_sync.person_names import search_form
 
 CHUNK = 500
@@ -75,6 +75,7 @@ class PageOutcome:
     deleted: int = 0
     rejected: int = 0
     instances: int = 0
+    instances_written: int = 0  # instances of created or changed studies
     rejections: list[RejectedItemDTO] = field(default_factory=list)
 
 
@@ -99,17 +100,26 @@ class PageWriter:
 
     def apply(self, conn: Connection, items: Sequence[PageItem], run_id: uuid.UUID, now: dt.datetime) -> PageOutcome:
         outcome = PageOutcome(fetched=len(items))
-        studies = [i for i in items if isinstance(i, StudyDTO)]
+        studies = [i for i in items if isinstance(i, (StudyDTO, PendingStudy))]
         deletions = [i for i in items if isinstance(i, DeletedStudyDTO)]
         outcome.rejections = [i for i in items if isinstance(i, RejectedItemDTO)]
-        outcome.rejected = len(outcome.rejections)
         outcome.instances = sum(s.instance_count for s in studies)
-        self._record_rejections(conn, outcome.rejections, run_id, now)
 
         known = self._study_link_hashes(conn, [i.partner_id for i in (*studies, *deletions)])
-        changed = [s for s in studies if known.get(s.partner_id) != s.content_hash]
-        outcome.unchanged = len(studies) - len(changed)
+        changed: list[StudyDTO] = []
+        for study in studies:
+            if known.get(study.partner_id) == study.content_hash:
+                outcome.unchanged += 1
+                continue
+            resolved = study.resolve() if isinstance(study, PendingStudy) else study
+            if isinstance(resolved, RejectedItemDTO):
+                outcome.rejections.append(resolved)
+            else:
+                changed.append(resolved)
+        outcome.rejected = len(outcome.rejections)
+        self._record_rejections(conn, outcome.rejections, run_id, now)
         outcome.created = sum(1 for s in changed if s.partner_id not in known)
+        outcome.instances_written = sum(s.instance_count for s in changed)
         outcome.updated = len(changed) - outcome.created
         outcome.deleted = sum(1 for d in deletions if d.partner_id in known)
         outcome.unchanged += len(deletions) - outcome.deleted
@@ -119,13 +129,17 @@ class PageWriter:
 
         wanted = self._wanted(changed)
         ids: dict[str, dict[tuple[Any, ...], uuid.UUID]] = {}
+        created: set[uuid.UUID] = set()
         for level, parent_level, parent_column in ((SUBJECT, None, None), (STUDY, SUBJECT, "subject_id"), (SERIES, STUDY, "study_id"), (INSTANCE, SERIES, "series_id")):
             rows = wanted.rows[level.name]
+            surely_new: set[tuple[Any, ...]] = set()
             if parent_level is not None:
                 parent_ids = ids[parent_level.name]
-                for row in rows.values():
+                for key, row in rows.items():
                     row[parent_column] = parent_ids[row.pop("_parent_key")]
-            ids[level.name] = self._upsert_entities(conn, level, rows, now)
+                    if parent_column != "subject_id" and row[parent_column] in created:
+                        surely_new.add(key)
+            ids[level.name], created = self._upsert_entities(conn, level, rows, now, surely_new)
         removed = self._write_links(conn, wanted, ids, snapshot_ids, now)
         self._write_locations(conn, wanted, ids[INSTANCE.name], now)
         self._drop_removed(conn, removed, now)
@@ -191,23 +205,35 @@ class PageWriter:
 
     # -- entities -------------------------------------------------------------
 
-    def _upsert_entities(self, conn: Connection, level: Level, rows: dict[tuple[Any, ...], dict[str, Any]], now: dt.datetime) -> dict[tuple[Any, ...], uuid.UUID]:
-        """Insert new rows, update rows this partner owns whose values changed; return key → id."""
+    def _upsert_entities(
+        self, conn: Connection, level: Level, rows: dict[tuple[Any, ...], dict[str, Any]], now: dt.datetime, surely_new: set[tuple[Any, ...]]
+    ) -> tuple[dict[tuple[Any, ...], uuid.UUID], set[uuid.UUID]]:
+        """Insert new rows, update rows this partner owns whose values changed.
+
+        Returns key → id for every row, and the ids created here. Rows whose
+        parent was created in this page are not looked up first: they can only
+        exist already if they moved from another parent, and then the insert's
+        ON CONFLICT finds them (the "lost race" path below).
+        """
         table = level.table
-        existing = self._existing_entities(conn, level, list(rows))
-        fresh = [key for key in rows if key not in existing]
+        existing = self._existing_entities(conn, level, [key for key in rows if key not in surely_new])
+        fresh = sorted(key for key in rows if key not in existing)
+        ids: dict[tuple[Any, ...], uuid.UUID] = {}
+        created: set[uuid.UUID] = set()
         if fresh:
             new_rows = [
-                {**rows[key], "id": new_id(), "source_partner": self.partner, "source_priority": self.priority, "created_at": now, "updated_at": now, "deleted_at": None}
-                for key in sorted(fresh)
+                {**rows[key], "id": new, "source_partner": self.partner, "source_priority": self.priority, "created_at": now, "updated_at": now, "deleted_at": None}
+                for key, new in zip(fresh, new_ids(len(fresh)))
             ]
-            inserted = self._insert_ignoring_conflicts(conn, level, new_rows)
-            ids = {level.key_of(r): r["id"] for r in new_rows if level.key_of(r) in inserted}
+            inserted = bulk.insert_ignoring_conflicts(conn, level.table, new_rows, level.key_columns)
+            for row in new_rows:
+                key = level.key_of(row)
+                if key in inserted:
+                    ids[key] = row["id"]
+                    created.add(row["id"])
             lost_race = [key for key in fresh if key not in ids]
-            if lost_race:  # another partner's sync inserted it meanwhile: treat as existing
+            if lost_race:  # another partner's sync inserted it meanwhile, or it moved here: treat as existing
                 existing.update(self._existing_entities(conn, level, lost_race))
-        else:
-            ids = {}
         changes = []
         for key, current in existing.items():
             ids[key] = current["id"]
@@ -227,31 +253,20 @@ class PageWriter:
                 .values(source_partner=self.partner, source_priority=self.priority, updated_at=now, deleted_at=None)
             )
             conn.execute(stmt, changes)
-        return ids
+        return ids, created
 
     def _existing_entities(self, conn: Connection, level: Level, keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
         table = level.table
         columns = [table.c.id, *(table.c[c] for c in level.key_columns), *(table.c[c] for c in level.value_columns), table.c.source_partner, table.c.source_priority, table.c.deleted_at]
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for chunk in _chunks(keys):
+        for chunk in _chunks(keys, bulk.chunk_size(conn)):
             if len(level.key_columns) == 1:
-                condition = table.c[level.key_columns[0]].in_([k[0] for k in chunk])
+                condition = bulk.key_in(conn, table.c[level.key_columns[0]], [k[0] for k in chunk])
             else:
                 condition = tuple_(*(table.c[c] for c in level.key_columns)).in_(chunk)
             for row in conn.execute(select(*columns).where(condition)).mappings():
                 found[level.key_of(row)] = dict(row)
         return found
-
-    def _insert_ignoring_conflicts(self, conn: Connection, level: Level, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
-        """INSERT … ON CONFLICT DO NOTHING RETURNING the keys that went in."""
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        table = level.table
-        stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=list(level.key_columns))
-        stmt = stmt.returning(*(table.c[c] for c in level.key_columns))
-        inserted: set[tuple[Any, ...]] = set()
-        for chunk in _chunks(rows, 2000):
-            inserted.update(tuple(r) for r in conn.execute(stmt, chunk))
-        return inserted
 
     def outranks(self, other: str, stored_priority: int) -> bool:
         """This partner's values win over ``other``'s (higher priority; ties: name order)."""
@@ -264,9 +279,11 @@ class PageWriter:
 
     def _study_link_hashes(self, conn: Connection, partner_ids: list[str]) -> dict[str, str]:
         hashes: dict[str, str] = {}
-        for chunk in _chunks(partner_ids):
-            stmt = select(_links.c.partner_study_id, _links.c.content_hash).where(
-                _links.c.partner == self.partner, _links.c.entity_type == "study", _links.c.partner_study_id.in_(chunk)
+        for chunk in _chunks(partner_ids, bulk.chunk_size(conn)):
+            # A study link's partner_entity_id is its own partner study id: this
+            # matches the (partner, entity_type, partner_entity_id) index exactly.
+            stmt = select(_links.c.partner_entity_id, _links.c.content_hash).where(
+                _links.c.partner == self.partner, _links.c.entity_type == "study", bulk.key_in(conn, _links.c.partner_entity_id, chunk)
             )
             hashes.update((study_id, content_hash) for study_id, content_hash in conn.execute(stmt))
         return hashes
@@ -277,9 +294,9 @@ class PageWriter:
         Returns the (level, entity id) pairs whose link went away.
         """
         existing: dict[tuple[str, uuid.UUID, str], tuple[uuid.UUID, str]] = {}
-        for chunk in _chunks(snapshot_ids):
+        for chunk in _chunks(snapshot_ids, bulk.chunk_size(conn)):
             stmt = select(_links.c.id, _links.c.entity_type, _links.c.entity_id, _links.c.partner_study_id, _links.c.content_hash).where(
-                _links.c.partner == self.partner, _links.c.partner_study_id.in_(chunk)
+                _links.c.partner == self.partner, bulk.key_in(conn, _links.c.partner_study_id, chunk)
             )
             for link_id, level, entity_id, study_id, content_hash in conn.execute(stmt):
                 existing[(level, entity_id, study_id)] = (link_id, content_hash)
@@ -295,15 +312,14 @@ class PageWriter:
             current = existing.get(ident)
             if current is None:
                 inserts.append(
-                    {"id": new_id(), "partner": self.partner, "entity_type": level_name, "entity_id": entity_id, "partner_entity_id": partner_entity_id,
+                    {"partner": self.partner, "entity_type": level_name, "entity_id": entity_id, "partner_entity_id": partner_entity_id,
                      "partner_study_id": partner_study_id, "content_hash": content_hash, "attrs": attrs, "created_at": now, "updated_at": now}
                 )
             elif current[1] != content_hash:
                 updates.append({"_id": current[0], "partner_entity_id": partner_entity_id, "content_hash": content_hash, "attrs": attrs, "updated_at": now})
         gone = [(ident, link_id) for ident, (link_id, _) in existing.items() if ident not in seen]
-        if inserts:
-            for chunk in _chunks(inserts, 2000):
-                conn.execute(insert(_links), chunk)
+        _assign_ids(inserts)
+        bulk.insert_rows(conn, _links, inserts)
         if updates:
             stmt = update(_links).where(_links.c.id == bindparam("_id")).values(
                 partner_entity_id=bindparam("partner_entity_id"), content_hash=bindparam("content_hash"), attrs=bindparam("attrs"), updated_at=bindparam("updated_at")
@@ -316,20 +332,22 @@ class PageWriter:
     def _write_locations(self, conn: Connection, wanted: _Wanted, instance_ids: Mapping[tuple[Any, ...], uuid.UUID], now: dt.datetime) -> None:
         by_instance = {instance_ids[(uid,)]: values for uid, values in wanted.locations.items()}
         existing: dict[uuid.UUID, dict[str, Any]] = {}
-        for chunk in _chunks(list(by_instance)):
-            stmt = select(_locations.c.id, _locations.c.instance_id, _locations.c.bucket, _locations.c.key, _locations.c.size_bytes, _locations.c.sha256).where(
-                _locations.c.partner == self.partner, _locations.c.instance_id.in_(chunk)
+        for chunk in _chunks(list(by_instance), bulk.chunk_size(conn)):
+            # By instance id alone (the unique index's leading column); the partner is
+            # filtered here, so the planner cannot pick the (partner, bucket) index and scan.
+            stmt = select(_locations.c.id, _locations.c.instance_id, _locations.c.partner, _locations.c.bucket, _locations.c.key, _locations.c.size_bytes, _locations.c.sha256).where(
+                bulk.key_in(conn, _locations.c.instance_id, chunk)
             )
-            existing.update((row["instance_id"], dict(row)) for row in conn.execute(stmt).mappings())
+            existing.update((row["instance_id"], dict(row)) for row in conn.execute(stmt).mappings() if row["partner"] == self.partner)
         inserts, updates = [], []
         for instance_id, values in by_instance.items():
             current = existing.get(instance_id)
             if current is None:
-                inserts.append({"id": new_id(), "instance_id": instance_id, "partner": self.partner, **values, "created_at": now, "updated_at": now})
-            elif any(current[c] != v for c, v in values.items()):
+                inserts.append({"instance_id": instance_id, "partner": self.partner, **values, "created_at": now, "updated_at": now})
+            elif any(current[c] != v for c, v in values.items()):  # values: bucket, key, size, sha256
                 updates.append({"_id": current["id"], **values, "updated_at": now})
-        for chunk in _chunks(inserts, 2000):
-            conn.execute(insert(_locations), chunk)
+        _assign_ids(inserts)
+        bulk.insert_rows(conn, _locations, inserts)
         if updates:
             stmt = update(_locations).where(_locations.c.id == bindparam("_id")).values(
                 bucket=bindparam("bucket"), key=bindparam("key"), size_bytes=bindparam("size_bytes"), sha256=bindparam("sha256"), updated_at=bindparam("updated_at")
@@ -381,10 +399,16 @@ class PageWriter:
         if not rejections:
             return
         rows = [
-            {"id": new_id(), "run_id": run_id, "partner": self.partner, "partner_item_id": r.partner_id, "kind": r.kind, "reason": r.reason, "payload": r.payload, "created_at": now}
+            {"run_id": run_id, "partner": self.partner, "partner_item_id": r.partner_id, "kind": r.kind, "reason": r.reason, "payload": r.payload, "created_at": now}
             for r in rejections
         ]
-        conn.execute(insert(RejectedItem.__table__), rows)
+        _assign_ids(rows)
+        bulk.insert_rows(conn, RejectedItem.__table__, rows)
+
+
+def _assign_ids(rows: list[dict[str, Any]]) -> None:
+    for row, new in zip(rows, new_ids(len(rows))):
+        row["id"] = new
 
 
 def _attrs(level: Level, row: Mapping[str, Any]) -> dict[str, Any]:

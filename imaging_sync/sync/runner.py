@@ -122,11 +122,18 @@ class SyncRunner:
         bookmark = None if full else self._bookmark(config.name)
         since = None if bookmark is None else bookmark - dt.timedelta(seconds=config.overlap_seconds)
         self._set_run_since(result.run_id, since)
+        analyzer = _Analyzer(self.engine)
         restarts = 0
+        # The largest updated_at this run has committed: the listing is ordered,
+        # so after a 410 everything before it is done (inclusive restart).
+        reached: dt.datetime | None = None
         while True:
             try:
                 for page in source.list_changed(since):
-                    self._commit_page(writer, config.name, page, result)
+                    outcome = self._commit_page(writer, config.name, page, result)
+                    analyzer.after_page(outcome.instances_written)
+                    if page.max_updated_at is not None and (reached is None or page.max_updated_at > reached):
+                        reached = page.max_updated_at
                     result.seconds = time.monotonic() - started
                     if progress is not None:
                         progress(result)
@@ -135,10 +142,10 @@ class SyncRunner:
                 restarts += 1
                 if restarts > self.settings.sync.max_token_restarts:
                     raise PartnerError(config.name, f"page tokens kept expiring ({restarts} restarts); giving up") from None
-                since = self._bookmark(config.name)  # what this run has committed so far
-                log.warning("partner %s: page token expired, restarting listing from the bookmark", config.name)
+                since = reached if reached is not None else since
+                log.warning("partner %s: page token expired, restarting the listing from what this run committed", config.name)
 
-    def _commit_page(self, writer: PageWriter, partner: str, page: Page, result: RunResult) -> None:
+    def _commit_page(self, writer: PageWriter, partner: str, page: Page, result: RunResult) -> PageOutcome:
         attempts = self.settings.sync.max_page_attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -156,6 +163,7 @@ class SyncRunner:
                 log.warning("partner %s: page transaction conflicted (%s), retrying", partner, getattr(exc.orig, "sqlstate", "?"))
         for name in COUNTERS:
             result.counts[name] += 1 if name == "pages" else getattr(outcome, name)
+        return outcome
 
     # -- run records and state ----------------------------------------------------
 
@@ -218,6 +226,35 @@ class SyncRunner:
     def _add_counts(conn: Connection, run_id: uuid.UUID, outcome: PageOutcome) -> None:
         increments = {name: _runs.c[name] + (1 if name == "pages" else getattr(outcome, name)) for name in COUNTERS}
         conn.execute(update(_runs).where(_runs.c.id == run_id).values(**increments))
+
+
+class _Analyzer:
+    """Refresh PostgreSQL's planner statistics while a bulk load grows the tables.
+
+    The page lookups (``= ANY(array)`` on the link and location indexes) are
+    only planned as index lookups once the tables have statistics; a first
+    load of millions of rows must not wait for autovacuum (which may run late,
+    or be off). Analyzing at each doubling of what this run wrote costs a few
+    sampled scans in total.
+    """
+
+    TABLES = "subject, study, series, instance, entity_link, instance_location"
+
+    def __init__(self, engine: Engine, first_at: int = 10_000) -> None:
+        self.engine = engine
+        self.written = 0
+        self.next_at = first_at
+
+    def after_page(self, instances_written: int) -> None:
+        if self.engine.dialect.name != "postgresql":
+            return
+        self.written += instances_written
+        if self.written < self.next_at:
+            return
+        self.next_at = self.written * 2
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql(f"ANALYZE {self.TABLES}")
+            conn.commit()
 
 
 def _counts_text(counts: dict[str, int]) -> str:

@@ -164,7 +164,8 @@ def test_duplicate_ids_in_a_page_reject_every_copy_and_keep_the_rest() -> None:
     other["subject"] = study_item()["subject"]
     items, token = parser().parse_page(page(study_item(), study_item(description="copy"), other))
     assert token is None
-    assert [type(i).__name__ for i in items] == ["RejectedItemDTO", "RejectedItemDTO", "StudyDTO"]
+    assert [type(i).__name__ for i in items] == ["RejectedItemDTO", "RejectedItemDTO", "PendingStudy"]
+    assert isinstance(items[2].resolve(), StudyDTO)
     assert "appears in more than one item" in items[0].reason
 
 
@@ -173,6 +174,14 @@ def test_the_same_sop_uid_in_two_items_rejects_both() -> None:
     items, _ = parser().parse_page(page(study_item(), twin))
     assert all(isinstance(i, RejectedItemDTO) for i in items)
     assert "series_instance_uid" in items[0].reason or "sop_instance_uid" in items[0].reason
+
+
+def test_page_items_are_fingerprinted_before_validation() -> None:
+    bad_inside = mutate("series.0.instances.0.sop_instance_uid", "1.02")
+    (pending,), _ = parser().parse_page(page(bad_inside))
+    assert pending.partner_id == "b-study-1" and pending.instance_count == 2 and len(pending.content_hash) == 64
+    resolved = pending.resolve()  # the engine resolves only items whose hash changed
+    assert isinstance(resolved, RejectedItemDTO) and "sop_instance_uid" in resolved.reason
 
 
 def test_a_broken_envelope_is_a_page_error_not_an_item_error() -> None:
