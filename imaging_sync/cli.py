@@ -1,0 +1,296 @@
+"""The ``imaging-sync`` command line.
+
+Commands parse, call the core, print. Errors are mapped to exit codes once,
+in ``main``: 0 success, 1 a sync failed, 2 bad usage or configuration,
+3 another process is syncing that partner, 4 the database is unreachable or
+its schema is not current.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.db import migrate
+from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun
+from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError
+from imaging_sync.sync.runner import RunResult
+
+EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_DATABASE = 1, 2, 3, 4
+
+
+class _Context:
+    """Builds the core lazily so `--help` works without a database."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._core: Core | None = None
+
+    @property
+    def core(self) -> Core:
+        if self._core is None:
+            from imaging_sync.config import load_settings
+
+            self._core = bootstrap(load_settings(self.config_path))
+        return self._core
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group()
+@click.option("--config", "config_path", envvar="IMAGING_SYNC_CONFIG", help="TOML config file (default ./imaging-sync.toml).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """imaging-sync: a federated index of partner imaging studies."""
+    ctx.obj = _Context(config_path)
+
+
+# -- db ----------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+def db_upgrade(ctx: _Context, revision: str) -> None:
+    """Apply migrations (PostgreSQL or SQLite)."""
+    migrate.upgrade(ctx.core.engine, revision)
+    click.echo(f"database at revision {migrate.current_revision(ctx.core.engine)}")
+
+
+@db.command("current")
+@pass_ctx
+def db_current(ctx: _Context) -> None:
+    """Show the schema revision and whether it is current."""
+    current, head = migrate.current_revision(ctx.core.engine), migrate.head_revision()
+    click.echo(f"current: {current or '(empty database)'}; code expects: {head}; {'up to date' if current == head else 'run `imaging-sync db upgrade`'}")
+
+
+# -- sync ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--partner", "partners", multiple=True, help="Partner to sync (repeatable); default: every enabled partner.")
+@click.option("--full", is_flag=True, help="Ignore the bookmark and re-read everything (unchanged items still cost no write).")
+@click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
+@pass_ctx
+def sync(ctx: _Context, partners: Sequence[str], full: bool, quiet: bool) -> None:
+    """Pull changed studies from partners into the index."""
+    core = ctx.core
+    core.require_current_schema()
+    names = list(partners) or [p.name for p in sorted(core.settings.partners.values(), key=lambda p: (-p.priority, p.name)) if p.enabled]
+    if not names:
+        raise ConfigError("partners", "no partners configured: add a [partners.NAME] section (see README)")
+    for name in names:
+        core.settings.partner(name)  # fail on a typo before syncing anything
+    progress = None if quiet else _progress_printer()
+    results = [core.runner.sync(name, full=full, progress=progress) for name in names]
+    for result in results:
+        click.echo(result.summary())
+    _exit_for(results)
+
+
+def _progress_printer() -> Callable[[RunResult], None]:
+    last = {"at": 0.0}
+
+    def show(result: RunResult) -> None:
+        now = time.monotonic()
+        if now - last["at"] < 1.0:
+            return
+        last["at"] = now
+        c = result.counts
+        rate = c["instances"] / result.seconds if result.seconds else 0.0
+        click.echo(f"  {result.partner}: page {c['pages']}, {c['fetched']} studies, {c['instances']} instances ({rate:,.0f}/s), {c['rejected']} rejected", err=True)
+
+    return show
+
+
+def _exit_for(results: Sequence[RunResult]) -> None:
+    if any(r.status == "failed" for r in results):
+        sys.exit(EXIT_FAILED)
+    if any(r.status == "skipped" for r in results):
+        sys.exit(EXIT_LOCKED)
+
+
+# -- partners, runs, rejected ------------------------------------------------------
+
+
+@cli.group()
+def partners() -> None:
+    """Configured partners and their sync state."""
+
+
+@partners.command("list")
+@pass_ctx
+def partners_list(ctx: _Context) -> None:
+    core = ctx.core
+    with core.engine.connect() as conn:
+        states = {row.partner: row for row in conn.execute(select(PartnerState.__table__))}
+        last_runs = {}
+        for name in core.settings.partners:
+            last_runs[name] = conn.execute(
+                select(SyncRun.__table__).where(SyncRun.partner == name).order_by(SyncRun.started_at.desc()).limit(1)
+            ).first()
+    rows = []
+    for name, partner in sorted(core.settings.partners.items()):
+        state, run = states.get(name), last_runs.get(name)
+        rows.append([
+            name, partner.adapter, str(partner.priority), "yes" if partner.enabled else "no", partner.base_url,
+            _fmt(state.bookmark if state else None),
+            f"{run.status} {_fmt(run.started_at)}" if run else "-",
+            _fmt(state.last_success_at if state else None),
+        ])
+    _table(["partner", "adapter", "priority", "enabled", "base url", "bookmark", "last run", "last success"], rows)
+
+
+@cli.group()
+def runs() -> None:
+    """Sync run history."""
+
+
+@runs.command("list")
+@click.option("--partner")
+@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "skipped", "abandoned"]))
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@pass_ctx
+def runs_list(ctx: _Context, partner: str | None, status: str | None, limit: int) -> None:
+    stmt = select(SyncRun).order_by(SyncRun.started_at.desc()).limit(limit)
+    if partner:
+        stmt = stmt.where(SyncRun.partner == partner)
+    if status:
+        stmt = stmt.where(SyncRun.status == status)
+    with ctx.core.sessions() as session:
+        found = session.scalars(stmt).all()
+    rows = [
+        [str(r.id), r.partner, r.status, _fmt(r.started_at), _duration(r), str(r.fetched), str(r.created), str(r.updated), str(r.unchanged), str(r.deleted), str(r.rejected), (r.error_kind or "")]
+        for r in found
+    ]
+    _table(["run", "partner", "status", "started", "took", "fetched", "created", "updated", "unchanged", "deleted", "rejected", "error"], rows)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@pass_ctx
+def runs_show(ctx: _Context, run_id: str) -> None:
+    with ctx.core.sessions() as session:
+        run = session.get(SyncRun, _uuid(run_id, "RUN_ID"))
+        if run is None:
+            raise NotFoundError(f"no sync run {run_id}")
+        rejected = session.scalar(select(func.count()).select_from(RejectedItem).where(RejectedItem.run_id == run.id))
+    for label, value in [
+        ("run", run.id), ("partner", run.partner), ("status", run.status), ("trigger", run.trigger), ("full", run.full),
+        ("started", _fmt(run.started_at)), ("finished", _fmt(run.finished_at)), ("took", _duration(run)), ("since", _fmt(run.since)),
+        ("pages", run.pages), ("fetched", run.fetched), ("created", run.created), ("updated", run.updated), ("unchanged", run.unchanged),
+        ("deleted", run.deleted), ("rejected", f"{run.rejected} (see `imaging-sync rejected list --run {run.id}`: {rejected})"),
+        ("instances", run.instances), ("host/pid", f"{run.host}/{run.pid}"), ("error kind", run.error_kind or "-"), ("error", run.error or "-"),
+    ]:
+        click.echo(f"{label:>10}: {value}")
+
+
+@cli.group()
+def rejected() -> None:
+    """Partner items that broke the contract."""
+
+
+@rejected.command("list")
+@click.option("--partner")
+@click.option("--run", "run_id")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--payload", is_flag=True, help="Also print each item's JSON (contains patient data).")
+@pass_ctx
+def rejected_list(ctx: _Context, partner: str | None, run_id: str | None, limit: int, payload: bool) -> None:
+    stmt = select(RejectedItem).order_by(RejectedItem.created_at.desc()).limit(limit)
+    if partner:
+        stmt = stmt.where(RejectedItem.partner == partner)
+    if run_id:
+        stmt = stmt.where(RejectedItem.run_id == _uuid(run_id, "--run"))
+    with ctx.core.sessions() as session:
+        found = session.scalars(stmt).all()
+    if payload:
+        for item in found:
+            click.echo(f"{_fmt(item.created_at)} {item.partner} {item.partner_item_id or '(no id)'} [{item.kind}] {item.reason}\n  {item.payload}")
+        return
+    _table(["when", "partner", "partner id", "kind", "reason", "run"], [
+        [_fmt(i.created_at), i.partner, i.partner_item_id or "(no id)", i.kind, i.reason, str(i.run_id)] for i in found
+    ])
+
+
+# -- demo -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--studies", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--database", default="sqlite:///./var/demo.db", show_default=True, help="Database URL for the demo index.")
+def demo(studies: int, database: str) -> None:
+    """Start the demo partner (a simulator on 127.0.0.1), sync it into a local index, and say what happened."""
+    from imaging_sync.demo import run_demo
+
+    run_demo(studies=studies, database_url=database, echo=click.echo)
+
+
+# -- helpers and the single error edge ----------------------------------------------
+
+
+def _uuid(value: str, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a UUID", param_hint=name) from None
+
+
+def _fmt(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
+
+
+def _duration(run: SyncRun) -> str:
+    if run.finished_at is None:
+        return "-"
+    return f"{(run.finished_at - run.started_at).total_seconds():.1f}s"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: every deliberate error becomes a message and an exit code here."""
+    try:
+        cli.main(args=argv, prog_name="imaging-sync", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_FAILED)
+    except SyncLockedError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_LOCKED)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (DatabaseError, OperationalError) as exc:
+        reason = exc.orig if isinstance(exc, OperationalError) else exc
+        click.echo(f"error: database: {reason}".strip(), err=True)
+        sys.exit(EXIT_DATABASE)
+    except ImagingSyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)

@@ -1,0 +1,75 @@
+"""Read the live index back in the simulator's ``expected_state()`` shape.
+
+Tests and the benchmark compare the two dicts for equality, so a sync that
+drops, doubles or mangles anything shows up as a precise diff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject
+
+
+def _wire_time(tm: str | None) -> str | None:
+    """DICOM TM ``HHMMSS[.ffffff]`` back to the wire's ``HH:MM:SS[.ffffff]``."""
+    if tm is None:
+        return None
+    head, dot, fraction = tm.partition(".")
+    return f"{head[0:2]}:{head[2:4]}:{head[4:6]}" + (f".{fraction}" if dot else "")
+
+
+def live_index(engine: Engine, partner: str) -> dict[str, dict[str, Any]]:
+    """Every live study with its subject, series, instances and ``partner``'s file locations."""
+    with engine.connect() as conn:
+        subjects = {row.id: row for row in conn.execute(select(Subject).where(Subject.deleted_at.is_(None)))}
+        studies = {row.id: row for row in conn.execute(select(Study).where(Study.deleted_at.is_(None)))}
+        series_rows = list(conn.execute(select(Series).where(Series.deleted_at.is_(None))))
+        instance_rows = list(conn.execute(select(Instance).where(Instance.deleted_at.is_(None))))
+        locations = {row.instance_id: row for row in conn.execute(select(InstanceLocation).where(InstanceLocation.partner == partner))}
+    state: dict[str, dict[str, Any]] = {}
+    by_study_id: dict[Any, dict[str, Any]] = {}
+    for study in studies.values():
+        subject = subjects[study.subject_id]
+        entry = {
+            "accession_number": study.accession_number,
+            "study_date": study.study_date.isoformat() if study.study_date else None,
+            "study_time": _wire_time(study.study_time),
+            "description": study.description,
+            "referring_physician_name": study.referring_physician_name,
+            "subject": {
+                "patient_id": subject.patient_id,
+                "issuer_of_patient_id": subject.issuer or None,
+                "name": subject.patient_name,
+                "birth_date": subject.birth_date.isoformat() if subject.birth_date else None,
+                "sex": subject.sex,
+            },
+            "series": {},
+        }
+        state[study.study_instance_uid] = entry
+        by_study_id[study.id] = entry
+    by_series_id: dict[Any, dict[str, Any]] = {}
+    for series in series_rows:
+        entry = {
+            "modality": series.modality,
+            "series_number": series.series_number,
+            "description": series.description,
+            "body_part_examined": series.body_part_examined,
+            "instances": {},
+        }
+        by_study_id[series.study_id]["series"][series.series_instance_uid] = entry
+        by_series_id[series.id] = entry
+    for inst in instance_rows:
+        location = locations.get(inst.id)
+        by_series_id[inst.series_id]["instances"][inst.sop_instance_uid] = {
+            "sop_class_uid": inst.sop_class_uid,
+            "transfer_syntax_uid": inst.transfer_syntax_uid,
+            "instance_number": inst.instance_number,
+            "size_bytes": location.size_bytes if location else None,
+            "sha256": location.sha256 if location else None,
+            "bucket": location.bucket if location else None,
+            "key": location.key if location else None,
+        }
+    return state

@@ -1,0 +1,135 @@
+"""The command line, end to end: real config file, real database, real simulator."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imaging_sync.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, main
+from imaging_sync.config import DatabaseConfig
+from imaging_sync.db import migrate
+from imaging_sync.db.engine import create_db_engine
+from imaging_sync.sync.lock import partner_lock
+from imaging_sync.testing.datagen import DatasetSpec
+from imaging_sync.testing.factories import simulator_partner
+from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from imaging_sync.testing.toml_config import write_config
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def simulator() -> Iterator[PartnerSimulator]:
+    with PartnerSimulator(DatasetSpec(partner="b", studies=12), SimulatorConfig(api_key="sim-key")) as sim:
+        yield sim
+
+
+@pytest.fixture
+def config(tmp_path: Path, simulator: PartnerSimulator, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = write_config(tmp_path / "imaging-sync.toml", f"sqlite:///{tmp_path / 'index.db'}", simulator_partner("b", simulator.base_url))
+    monkeypatch.setenv("IMAGING_SYNC_CONFIG", str(path))
+    return path
+
+
+def run(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def test_sync_refuses_an_unmigrated_database_and_says_what_to_run(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("sync") == EXIT_DATABASE
+    assert "imaging-sync db upgrade" in capsys.readouterr().err
+
+
+def test_upgrade_then_sync_then_inspect(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("db", "upgrade") == 0
+    assert run("db", "current") == 0
+    assert "up to date" in capsys.readouterr().out
+
+    assert run("sync") == 0
+    out = capsys.readouterr().out
+    assert "b: succeeded" in out and "12 studies fetched (12 created" in out
+
+    assert run("partners", "list") == 0
+    listing = capsys.readouterr().out
+    assert "b " in listing and "succeeded" in listing and "2026-" in listing  # bookmark shown
+
+    assert run("runs", "list") == 0
+    run_id = capsys.readouterr().out.splitlines()[1].split()[0]
+    assert run("runs", "show", run_id) == 0
+    shown = capsys.readouterr().out
+    assert "succeeded" in shown and "created: 12" in shown
+
+
+def test_rejected_items_are_listed_with_their_reason(config: Path, simulator: PartnerSimulator, capsys: pytest.CaptureFixture[str]) -> None:
+    simulator.dataset.inject_raw({"id": "broken-1", "updated_at": "2026-01-01T00:00:00Z", "study_instance_uid": "1.02"}, sort_id="broken-1")
+    run("db", "upgrade")
+    assert run("sync", "--quiet") == 0
+    capsys.readouterr()
+    assert run("rejected", "list") == 0
+    out = capsys.readouterr().out
+    assert "broken-1" in out and "invalid UID" in out
+
+
+def test_unknown_partner_is_a_usage_error(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run("db", "upgrade")
+    assert run("sync", "--partner", "nope") == EXIT_USAGE
+    assert "partners.nope" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[partners.b]\nbase_url = "ftp://x"\napi_key_env = "K"\n')
+    monkeypatch.setenv("K", "v")
+    monkeypatch.setenv("IMAGING_SYNC_CONFIG", str(path))
+    assert run("partners", "list") == EXIT_USAGE
+    assert "partners.b.base_url" in capsys.readouterr().err
+
+
+def test_auth_failure_exits_1_with_an_actionable_message(config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    run("db", "upgrade")
+    monkeypatch.setenv("IMAGING_SYNC_TEST_PARTNER_KEY", "wrong")
+    assert run("sync", "--quiet") == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert "failed" in out and "401" in out and "partners.b api key" in out
+
+
+def test_a_partner_locked_elsewhere_exits_3(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run("db", "upgrade")
+    engine = create_db_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'index.db'}"))
+    with partner_lock(engine, "b"):
+        assert run("sync", "--quiet") == EXIT_LOCKED
+    assert "skipped" in capsys.readouterr().out
+    engine.dispose()
+
+
+def test_migrations_run_on_an_empty_database(tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'fresh.db'}"))
+    migrate.upgrade(engine)
+    assert migrate.is_current(engine)
+    engine.dispose()
+
+
+def test_a_sync_process_refuses_while_another_process_holds_the_partner(config: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run("db", "upgrade")
+    engine = create_db_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'index.db'}"))
+    with partner_lock(engine, "b"):
+        other = subprocess.run([sys.executable, "-m", "imaging_sync", "sync", "--quiet"], capture_output=True, text=True, timeout=60)
+    engine.dispose()
+    assert other.returncode == EXIT_LOCKED, other.stdout + other.stderr
+    assert "already being synced by another process" in other.stdout
