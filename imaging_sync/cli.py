@@ -85,12 +85,20 @@ def db_current(ctx: _Context) -> None:
 @cli.command()
 @click.option("--partner", "partners", multiple=True, help="Partner to sync (repeatable); default: every enabled partner.")
 @click.option("--full", is_flag=True, help="Ignore the bookmark and re-read everything (unchanged items still cost no write).")
+@click.option("--study", "study_id", help="Refresh only this study (the partner's id) now; needs one --partner.")
 @click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
 @pass_ctx
-def sync(ctx: _Context, partners: Sequence[str], full: bool, quiet: bool) -> None:
+def sync(ctx: _Context, partners: Sequence[str], full: bool, study_id: str | None, quiet: bool) -> None:
     """Pull changed studies from partners into the index."""
     core = ctx.core
     core.require_current_schema()
+    if study_id is not None:
+        if len(partners) != 1 or full:
+            raise click.UsageError("--study needs exactly one --partner and no --full")
+        result = core.runner.refresh_study(partners[0], study_id)
+        click.echo(result.summary())
+        _exit_for([result])
+        return
     names = list(partners) or [p.name for p in sorted(core.settings.partners.values(), key=lambda p: (-p.priority, p.name)) if p.enabled]
     if not names:
         raise ConfigError("partners", "no partners configured: add a [partners.NAME] section (see README)")

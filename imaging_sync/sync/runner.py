@@ -25,7 +25,7 @@ from imaging_sync.config import PartnerConfig, Settings
 from imaging_sync.db.models import PartnerState, SyncRun, utcnow
 from imaging_sync.dto import Page
 from imaging_sync.ids import new_id
-from imaging_sync.errors import ImagingSyncError, PageTokenExpiredError, PartnerError, SyncLockedError
+from imaging_sync.errors import ImagingSyncError, NotFoundError, PageTokenExpiredError, PartnerError, SyncLockedError
 from imaging_sync.logs import run_context
 from imaging_sync.partners.factory import build_source
 from imaging_sync.partners.source import PartnerSource
@@ -55,6 +55,7 @@ class RunResult:
         return self.status == "succeeded"
 
     def summary(self) -> str:
+        """One line a person can act on (and the error on a second line)."""
         c = self.counts
         rate = c["instances"] / self.seconds if self.seconds > 0 else 0.0
         line = (
@@ -78,6 +79,26 @@ class SyncRunner:
 
     def sync(self, partner_name: str, *, full: bool = False, trigger: str = "cli", progress: ProgressCallback | None = None) -> RunResult:
         """Sync one partner; never raises for partner or data failures (the result says)."""
+
+        def pull(config: PartnerConfig, source: PartnerSource, result: RunResult, started: float) -> None:
+            self._pull(config, source, result, full, progress, started)
+
+        return self._run(partner_name, trigger, full, pull)
+
+    def refresh_study(self, partner_name: str, partner_study_id: str, *, trigger: str = "cli") -> RunResult:
+        """Re-read one study from the partner now (``GET /v1/studies/{id}``); the bookmark stays."""
+
+        def refresh(config: PartnerConfig, source: PartnerSource, result: RunResult, started: float) -> None:
+            item = source.get_study(partner_study_id)
+            if item is None:
+                raise NotFoundError(f"partner {partner_name!r} has no study {partner_study_id!r}")
+            writer = PageWriter(config.name, self.settings.priorities())
+            self._commit_page(writer, config.name, Page(items=[item], next_page_token=None), result, advance_bookmark=False)
+
+        return self._run(partner_name, trigger, False, refresh)
+
+    def _run(self, partner_name: str, trigger: str, full: bool, work: Callable[[PartnerConfig, PartnerSource, RunResult, float], None]) -> RunResult:
+        """A recorded run under the partner lock; every outcome ends in the run record."""
         config = self.settings.partner(partner_name)
         run_id = self._start_run(partner_name, trigger, full)
         result = RunResult(run_id=run_id, partner=partner_name, status="running")
@@ -88,7 +109,7 @@ class SyncRunner:
                     self._abandon_stale_runs(partner_name, run_id)
                     source = self.source_factory(config)
                     try:
-                        self._pull(config, source, result, full, progress, started)
+                        work(config, source, result, started)
                     finally:
                         source.close()
                 result.status = "succeeded"
@@ -145,7 +166,7 @@ class SyncRunner:
                 since = reached if reached is not None else since
                 log.warning("partner %s: page token expired, restarting the listing from what this run committed", config.name)
 
-    def _commit_page(self, writer: PageWriter, partner: str, page: Page, result: RunResult) -> PageOutcome:
+    def _commit_page(self, writer: PageWriter, partner: str, page: Page, result: RunResult, *, advance_bookmark: bool = True) -> PageOutcome:
         attempts = self.settings.sync.max_page_attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -154,7 +175,7 @@ class SyncRunner:
                     with conn.begin():
                         now = utcnow()
                         outcome = writer.apply(conn, page.items, result.run_id, now)
-                        self._advance_bookmark(conn, partner, page.max_updated_at, now)
+                        self._advance_bookmark(conn, partner, page.max_updated_at if advance_bookmark else None, now)
                         self._add_counts(conn, result.run_id, outcome)
                 break
             except DBAPIError as exc:

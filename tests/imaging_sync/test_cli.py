@@ -133,3 +133,12 @@ def test_a_sync_process_refuses_while_another_process_holds_the_partner(config: 
     engine.dispose()
     assert other.returncode == EXIT_LOCKED, other.stdout + other.stderr
     assert "already being synced by another process" in other.stdout
+
+
+def test_sync_study_refreshes_one_study(config: Path, simulator: PartnerSimulator, capsys: pytest.CaptureFixture[str]) -> None:
+    run("db", "upgrade")
+    run("sync", "--quiet")
+    capsys.readouterr()
+    assert run("sync", "--partner", "b", "--study", simulator.dataset.spec.study_id(3)) == 0
+    assert "1 studies fetched (0 created, 0 updated, 1 unchanged" in capsys.readouterr().out
+    assert run("sync", "--study", "x") == EXIT_USAGE

@@ -307,3 +307,23 @@ def test_an_instance_moved_into_a_new_series_keeps_its_identity(engine: Engine, 
     with engine.connect() as conn:
         after = conn.execute(select(Instance.id, Instance.deleted_at).where(Instance.sop_instance_uid == moved["sop_instance_uid"])).one()
     assert after == (before, None)  # the same row, now under the new series
+
+
+def test_refreshing_one_study_applies_it_without_moving_the_bookmark(engine: Engine, start_simulator: StartSimulator) -> None:
+    sim = start_simulator(studies=8)
+    runner = runner_for(engine, simulator_partner("b", sim.base_url))
+    assert runner.sync("b").ok
+    with engine.connect() as conn:
+        bookmark = conn.execute(select(PartnerState.bookmark)).scalar_one()
+    target = sim.dataset.spec.study_id(5)
+    sim.dataset.update_study(target, lambda item: item.update(description="REFRESHED"))
+
+    result = runner.refresh_study("b", target)
+    assert result.ok and result.counts["updated"] == 1
+    uid = sim.dataset.item(target)["study_instance_uid"]
+    with engine.connect() as conn:
+        assert conn.execute(select(Study.description).where(Study.study_instance_uid == uid)).scalar_one() == "REFRESHED"
+        assert conn.execute(select(PartnerState.bookmark)).scalar_one() == bookmark
+
+    missing = runner.refresh_study("b", "no-such-study")
+    assert (missing.status, missing.error_kind) == ("failed", "not_found")
