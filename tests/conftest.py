@@ -45,7 +45,8 @@ def postgres_url(worker_id: str) -> Iterator[str]:
         if REQUIRE_POSTGRES:
             pytest.fail(f"{problem} (IMAGING_SYNC_REQUIRE_POSTGRES=1 forbids skipping)")
         pytest.skip(problem)
-    name = f"imaging_sync_test_{worker_id}"
+    # Per process, so two test runs on one server (a developer and CI) never share a database.
+    name = f"imaging_sync_test_{worker_id}_{os.getpid()}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
