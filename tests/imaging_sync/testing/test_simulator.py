@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from imaging_sync.testing import simulator as simulator_module
+from imaging_sync.testing import sim_dataset
 from imaging_sync.testing.datagen import (
     PARTNER_VOCABULARY,
     DatasetSpec,
@@ -138,7 +138,7 @@ def test_a_page_of_a_large_dataset_generates_only_that_page(
 
     dataset = PartnerDataset(DatasetSpec(studies=100_000))
     dataset.update_study(dataset.spec.study_id(99_990), lambda item: None)
-    monkeypatch.setattr(simulator_module, "generate_study", counting_generate)
+    monkeypatch.setattr(sim_dataset, "generate_study", counting_generate)
     since = parse_rfc3339(generate_study(dataset.spec, 99_980)["updated_at"])
 
     items, last = dataset.page(since, None, 50)
