@@ -6,8 +6,8 @@ Profiling the sync showed executemany INSERTs spending most of a page in
 client-side parameter handling; COPY removes that. SQLite: executemany, which
 is already in-process and fast.
 
-Rows are dicts of column → Python value; JSON columns take already-encoded
-JSON text on PostgreSQL and dicts elsewhere (see ``json_value``).
+Rows are dicts of column → Python value; JSON columns take any value msgspec
+can encode (dicts with dates and UUIDs included), on both backends.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Table, insert
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-_encode_json = msgspec.json.Encoder().encode
+from imaging_sync.db.engine import json_text
+
 
 
 def _is_postgres(conn: Connection) -> bool:
@@ -79,13 +80,30 @@ def _columns(table: Table, rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _copy(conn: Connection, target: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Binary COPY: psycopg's C dumpers write UUIDs, times and integers without text round trips."""
     columns = _columns(table, rows)
-    json_columns = {c.name for c in table.columns if c.name in columns and c.type._type_affinity.__name__ in ("JSON", "JSONB")}  # noqa: SLF001
+    types = [_pg_type(table.c[c]) for c in columns]
+    json_at = [i for i, t in enumerate(types) if t == "jsonb"]
     raw = conn.connection.driver_connection
     column_list = ", ".join(f'"{c}"' for c in columns)
-    with raw.cursor() as cursor, cursor.copy(f'COPY "{target}" ({column_list}) FROM STDIN') as copy:
+    with raw.cursor() as cursor, cursor.copy(f'COPY "{target}" ({column_list}) FROM STDIN (FORMAT BINARY)') as copy:
+        copy.set_types(types)
         for row in rows:
-            copy.write_row([_encode_json(row[c]).decode() if c in json_columns and row[c] is not None else row[c] for c in columns])
+            values = [row[c] for c in columns]
+            for i in json_at:
+                if values[i] is not None:
+                    values[i] = Jsonb(values[i], dumps=json_text)
+            copy.write_row(values)
+
+
+def _pg_type(column: Any) -> str:
+    """The PostgreSQL type name psycopg needs to dump a column in binary COPY."""
+    compiled = column.type.dialect_impl(postgresql.dialect()).compile(dialect=postgresql.dialect()).lower()
+    if compiled.startswith(("varchar", "character varying")):
+        return "varchar"
+    if compiled.startswith("timestamp"):
+        return "timestamptz" if "with time zone" in compiled else "timestamp"
+    return {"integer": "int4", "bigint": "int8", "smallint": "int2", "boolean": "bool"}.get(compiled, compiled)
 
 
 def _copy_then_insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key_columns: Sequence[str]) -> set[tuple[Any, ...]]:

@@ -140,8 +140,9 @@ class PageWriter:
                     if parent_column != "subject_id" and row[parent_column] in created:
                         surely_new.add(key)
             ids[level.name], created = self._upsert_entities(conn, level, rows, now, surely_new)
-        removed = self._write_links(conn, wanted, ids, snapshot_ids, now)
-        self._write_locations(conn, wanted, ids[INSTANCE.name], now)
+        # Only studies this partner listed before can have links to diff against.
+        removed = self._write_links(conn, wanted, ids, [sid for sid in snapshot_ids if sid in known], now)
+        self._write_locations(conn, wanted, ids[INSTANCE.name], created, now)  # created: the last level's, instances
         self._drop_removed(conn, removed, now)
         return outcome
 
@@ -329,10 +330,11 @@ class PageWriter:
             conn.execute(delete(_links).where(_links.c.id.in_(chunk)))
         return [(level, entity_id) for (level, entity_id, _), _ in gone]
 
-    def _write_locations(self, conn: Connection, wanted: _Wanted, instance_ids: Mapping[tuple[Any, ...], uuid.UUID], now: dt.datetime) -> None:
+    def _write_locations(self, conn: Connection, wanted: _Wanted, instance_ids: Mapping[tuple[Any, ...], uuid.UUID], new_instances: set[uuid.UUID], now: dt.datetime) -> None:
         by_instance = {instance_ids[(uid,)]: values for uid, values in wanted.locations.items()}
         existing: dict[uuid.UUID, dict[str, Any]] = {}
-        for chunk in _chunks(list(by_instance), bulk.chunk_size(conn)):
+        # An instance created in this page has no location yet: nothing to look up.
+        for chunk in _chunks([i for i in by_instance if i not in new_instances], bulk.chunk_size(conn)):
             # By instance id alone (the unique index's leading column); the partner is
             # filtered here, so the planner cannot pick the (partner, bucket) index and scan.
             stmt = select(_locations.c.id, _locations.c.instance_id, _locations.c.partner, _locations.c.bucket, _locations.c.key, _locations.c.size_bytes, _locations.c.sha256).where(
@@ -412,14 +414,8 @@ def _assign_ids(rows: list[dict[str, Any]]) -> None:
 
 
 def _attrs(level: Level, row: Mapping[str, Any]) -> dict[str, Any]:
-    """This partner's values for the row, JSON-ready (kept in its link)."""
-    out: dict[str, Any] = {}
-    for column in level.value_columns:
-        value = row[column]
-        if isinstance(value, (dt.date, uuid.UUID)):
-            value = value.isoformat() if isinstance(value, dt.date) else str(value)
-        out[column] = value
-    return out
+    """This partner's values for the row (kept in its link; JSON-encoded by msgspec, dates and UUIDs included)."""
+    return {column: row[column] for column in level.value_columns}
 
 
 def _from_attrs(level: Level, attrs: Mapping[str, Any]) -> dict[str, Any]:
