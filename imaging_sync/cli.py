@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 import click
@@ -52,6 +53,34 @@ pass_ctx = click.make_pass_decorator(_Context)
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """imaging-sync: a federated index of partner imaging studies."""
     ctx.obj = _Context(config_path)
+
+
+# -- serve: commands contributed by the outer packages ----------------------------
+
+
+class _PluginGroup(click.Group):
+    """Subcommands registered by other packages (entry point group ``imaging_sync.<group>``).
+
+    The core never imports ``api``, ``dicom`` or ``jobs``: they register their
+    commands through package metadata, loaded only when one is invoked.
+    """
+
+    def _entry_points(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group=f"imaging_sync.{self.name}")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._entry_points()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in (eps := self._entry_points()):
+            command = eps[name].load()
+        return command
+
+
+@cli.group(cls=_PluginGroup)
+def serve() -> None:
+    """Run a server (api, dicom, …: each from the package that provides it)."""
 
 
 # -- db ----------------------------------------------------------------------

@@ -131,10 +131,77 @@ class SyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_page_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
 
 
+class BucketConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One S3 bucket the service may sign or read, and how to reach it.
+
+    Different buckets may live in different accounts and regions; buckets with
+    the same settings share one boto3 client.
+    """
+
+    region: str = "us-east-1"
+    # MinIO, moto or another S3-compatible store; None for AWS itself.
+    endpoint_url: str | None = None
+    # default: the boto3 credential chain; profile: a named profile;
+    # keys: access keys from environment variables; assume_role: STS AssumeRole.
+    auth: Literal["default", "profile", "keys", "assume_role"] = "default"
+    profile: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    role_arn: str | None = None
+    external_id_env: str | None = None
+    role_session_name: str = "imaging-sync"
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.auth == "profile" and not self.profile:
+            raise ValueError("profile: required when auth = \"profile\"")
+        if self.auth == "keys" and not (self.access_key_id_env and self.secret_access_key_env):
+            raise ValueError("access_key_id_env: auth = \"keys\" needs access_key_id_env and secret_access_key_env")
+        if self.auth == "assume_role" and not self.role_arn:
+            raise ValueError("role_arn: required when auth = \"assume_role\"")
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError("endpoint_url: must start with http:// or https://")
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The bucket registry: only these buckets are ever signed or read."""
+
+    presign_default_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    presign_max_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 3600
+    # Start an S3 endpoint on 127.0.0.1 (moto's server) for local use and the demo.
+    embedded: bool = False
+    embedded_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    buckets: dict[str, BucketConfig] = {}
+
+    def __post_init__(self) -> None:
+        if self.presign_default_seconds > self.presign_max_seconds:
+            raise ValueError("presign_default_seconds: larger than presign_max_seconds")
+        for name in self.buckets:
+            if not _BUCKET_NAME.match(name):
+                raise ValueError(f"buckets: {name!r} is not a valid S3 bucket name")
+
+
+class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    default_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+    max_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
+    # Client addresses are taken from X-Forwarded-For only when the peer is one of these.
+    trusted_proxies: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size: larger than max_page_size")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database: DatabaseConfig = DatabaseConfig()
     logging: LoggingConfig = LoggingConfig()
     sync: SyncConfig = SyncConfig()
+    storage: StorageConfig = StorageConfig()
+    api: ApiConfig = ApiConfig()
     partners: dict[str, PartnerConfig] = {}
     # Where the settings came from, for `imaging-sync doctor` and error messages.
     source: str = "embedded defaults"
@@ -171,6 +238,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         source += f" + environment ({len(env_keys)} overrides)"
     settings = _convert(raw, source)
     _check_database_url(settings, env_keys)
+    _check_partner_buckets(settings)
     for partner in settings.partners.values():
         resolve_api_key(partner, environ)
     return settings
@@ -284,6 +352,17 @@ def _config_error(exc: msgspec.ValidationError, prefix: str) -> ConfigError:
     if unknown:
         path, reason = ".".join(p for p in (path, unknown.group(1)) if p), "unknown key"
     return ConfigError(".".join(p for p in (prefix, path) if p) or "(root)", reason)
+
+
+def _check_partner_buckets(settings: Settings) -> None:
+    """With a bucket registry, every bucket a partner may point at must be in it."""
+    registry = settings.storage.buckets
+    if not registry:
+        return
+    for partner in settings.partners.values():
+        missing = sorted(partner.buckets - set(registry))
+        if missing:
+            raise ConfigError(f"partners.{partner.name}.allowed_buckets", f"bucket {missing[0]!r} is not in [storage.buckets]")
 
 
 def _check_database_url(settings: Settings, env_keys: set[str]) -> None:

@@ -101,3 +101,35 @@ class DatabaseError(ImagingSyncError):
     """The database is unreachable or its schema is not current."""
 
     kind = "database"
+
+
+class StorageError(ImagingSyncError):
+    """Object storage failed or refused (access denied, endpoint down)."""
+
+    kind = "storage"
+
+
+class BucketNotAllowedError(StorageError):
+    """A bucket outside the configured registry: never signed, never read."""
+
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+        super().__init__(f"bucket {bucket!r} is not in the storage registry ([storage.buckets])")
+
+
+class ObjectNotFoundError(StorageError):
+    """The location is registered but the object is not there (any more)."""
+
+    kind = "not_found"
+
+
+class AccessDeniedError(ImagingSyncError):
+    """The caller is known but its role may not do this."""
+
+    kind = "denied"
+
+
+class AuthenticationError(ImagingSyncError):
+    """No credentials, or unknown, expired or revoked ones."""
+
+    kind = "unauthenticated"

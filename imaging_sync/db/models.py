@@ -73,6 +73,7 @@ class Study(_Entity, Base):
         Index(None, "subject_id"),
         Index(None, "accession_number"),
         Index(None, "study_date"),
+        Index(None, "study_date", "id"),  # keyset pagination of study searches
     )
 
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -210,3 +211,46 @@ class RejectedItem(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; ``prefix`` finds it and is safe to show."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))  # viewer | operator | auditor
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """Append-only record of every access to patient data and every privileged action.
+
+    On PostgreSQL a trigger rejects UPDATE, DELETE and TRUNCATE (migration 0002).
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index(None, "at"), Index(None, "actor", "at"), Index(None, "resource_type", "resource_id"))
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    channel: Mapped[str] = mapped_column(String(8))  # http | dicom | cli
+    actor: Mapped[str] = mapped_column(String(128))  # api key prefix, AE title, or "cli:<user>"
+    actor_key_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    actor_role: Mapped[str | None] = mapped_column(String(16), default=None)
+    client_addr: Mapped[str | None] = mapped_column(String(64), default=None)
+    action: Mapped[str] = mapped_column(String(32))  # e.g. search, read, issue_url, trigger_sync, c-find
+    method: Mapped[str | None] = mapped_column(String(16), default=None)
+    path: Mapped[str | None] = mapped_column(Text, default=None)
+    query: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    resource_type: Mapped[str | None] = mapped_column(String(32), default=None)
+    resource_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    outcome: Mapped[str] = mapped_column(String(16))  # success | denied | not_found | invalid | error
+    status: Mapped[int | None] = mapped_column(Integer, default=None)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)

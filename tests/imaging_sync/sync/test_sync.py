@@ -239,13 +239,19 @@ def test_bad_items_are_rejected_alone_and_the_rest_of_the_page_lands(engine: Eng
     assert (None, "validation") in rejected
 
 
+def sync_in_thread(runner: SyncRunner) -> tuple[threading.Thread, list[Any]]:
+    """Start a sync of partner b in a thread; its result lands in the returned list."""
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(runner.sync("b")))
+    thread.start()
+    return thread, results
+
+
 def test_two_concurrent_syncs_of_one_partner_one_runs_one_refuses(engine: Engine, start_simulator: StartSimulator) -> None:
     sim = start_simulator(studies=20)
     runner = runner_for(engine, simulator_partner("b", sim.base_url, page_size=5))
     gate = sim.faults.block_on_page(2)
-    results: list[Any] = []
-    first = threading.Thread(target=lambda: results.append(runner.sync("b")))
-    first.start()
+    first, results = sync_in_thread(runner)
     assert gate.wait_until_blocked(timeout=10)
     second = runner.sync("b")
     gate.release()
@@ -261,9 +267,7 @@ def test_expired_page_token_restarts_from_the_bookmark(engine: Engine, start_sim
     sim = start_simulator(studies=30)
     runner = runner_for(engine, simulator_partner("b", sim.base_url, page_size=5))
     gate = sim.faults.block_on_page(3)
-    results: list[Any] = []
-    worker = threading.Thread(target=lambda: results.append(runner.sync("b")))
-    worker.start()
+    worker, results = sync_in_thread(runner)
     assert gate.wait_until_blocked(timeout=10)
     sim.faults.expire_tokens()  # the blocked request carries a token that is now stale
     gate.release()
