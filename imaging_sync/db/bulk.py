@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from imaging_sync.db.engine import json_text
 
@@ -51,7 +51,7 @@ def insert_ignoring_conflicts(conn: Connection, table: Table, rows: Sequence[dic
             with conn.begin_nested():
                 _copy(conn, table.name, table, rows)
             return {tuple(row[c] for c in key_columns) for row in rows}
-        except (IntegrityError, psycopg.errors.IntegrityError):
+        except IntegrityError:
             return _copy_then_insert(conn, table, rows, key_columns)
     stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(key_columns)).returning(*(table.c[c] for c in key_columns))
     inserted: set[tuple[Any, ...]] = set()
@@ -86,14 +86,19 @@ def _copy(conn: Connection, target: str, table: Table, rows: Sequence[dict[str, 
     json_at = [i for i, t in enumerate(types) if t == "jsonb"]
     raw = conn.connection.driver_connection
     column_list = ", ".join(f'"{c}"' for c in columns)
-    with raw.cursor() as cursor, cursor.copy(f'COPY "{target}" ({column_list}) FROM STDIN (FORMAT BINARY)') as copy:
-        copy.set_types(types)
-        for row in rows:
-            values = [row[c] for c in columns]
-            for i in json_at:
-                if values[i] is not None:
-                    values[i] = Jsonb(values[i], dumps=json_text)
-            copy.write_row(values)
+    statement = f'COPY "{target}" ({column_list}) FROM STDIN (FORMAT BINARY)'
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                values = [row[c] for c in columns]
+                for i in json_at:
+                    if values[i] is not None:
+                        values[i] = Jsonb(values[i], dumps=json_text)
+                copy.write_row(values)
+    except psycopg.Error as exc:
+        # Surface driver errors as SQLAlchemy's, like every other statement (IntegrityError, OperationalError, …).
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 def _pg_type(column: Any) -> str:

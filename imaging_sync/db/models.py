@@ -254,3 +254,29 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # success | denied | not_found | invalid | error
     status: Mapped[int | None] = mapped_column(Integer, default=None)
     detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class OutboxEvent(Base):
+    """A change to the index, to be told downstream: written in the same transaction as the change.
+
+    pending → processing (claimed by a relay until ``claimed_until``) → done, or
+    back to pending with ``next_attempt_at`` after a failed delivery, or failed
+    after the attempt limit. A relay that dies leaves its claim to expire.
+    """
+
+    __tablename__ = "outbox_event"
+    __table_args__ = (Index(None, "status", "next_attempt_at"), Index(None, "aggregate_id", "id"))
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    event_type: Mapped[str] = mapped_column(String(32))  # study.created | study.updated | study.deleted
+    aggregate_type: Mapped[str] = mapped_column(String(16))
+    aggregate_id: Mapped[uuid.UUID] = mapped_column(Uuid())
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(default=None)

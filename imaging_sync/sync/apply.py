@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, select, tuple_, update
 
+from imaging_sync import outbox
 from imaging_sync.db import bulk
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
 from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
@@ -129,21 +130,33 @@ class PageWriter:
 
         wanted = self._wanted(changed)
         ids: dict[str, dict[tuple[Any, ...], uuid.UUID]] = {}
-        created: set[uuid.UUID] = set()
+        created: dict[str, set[uuid.UUID]] = {}
+        revived: dict[str, set[uuid.UUID]] = {}
         for level, parent_level, parent_column in ((SUBJECT, None, None), (STUDY, SUBJECT, "subject_id"), (SERIES, STUDY, "study_id"), (INSTANCE, SERIES, "series_id")):
             rows = wanted.rows[level.name]
             surely_new: set[tuple[Any, ...]] = set()
             if parent_level is not None:
-                parent_ids = ids[parent_level.name]
+                parent_ids, new_parents = ids[parent_level.name], created[parent_level.name]
                 for key, row in rows.items():
                     row[parent_column] = parent_ids[row.pop("_parent_key")]
-                    if parent_column != "subject_id" and row[parent_column] in created:
+                    if parent_column != "subject_id" and row[parent_column] in new_parents:
                         surely_new.add(key)
-            ids[level.name], created = self._upsert_entities(conn, level, rows, now, surely_new)
+            ids[level.name], created[level.name], revived[level.name] = self._upsert_entities(conn, level, rows, now, surely_new)
         # Only studies this partner listed before can have links to diff against.
         removed = self._write_links(conn, wanted, ids, [sid for sid in snapshot_ids if sid in known], now)
-        self._write_locations(conn, wanted, ids[INSTANCE.name], created, now)  # created: the last level's, instances
-        self._drop_removed(conn, removed, now)
+        self._write_locations(conn, wanted, ids[INSTANCE.name], created[INSTANCE.name], now)
+        retired = self._drop_removed(conn, removed, now)
+
+        # The outbox rows commit with the changes they describe (same transaction).
+        events: dict[uuid.UUID, str] = {}
+        for study in changed:
+            study_id = ids[STUDY.name][(study.study_instance_uid,)]
+            is_new = study_id in created[STUDY.name] or study_id in revived[STUDY.name]
+            events[study_id] = "study.created" if is_new else "study.updated"
+        for level_name, entity_id in removed:
+            if level_name == STUDY.name:
+                events[entity_id] = "study.deleted" if entity_id in retired else events.get(entity_id, "study.updated")
+        outbox.add_study_events(conn, self.partner, events, now)
         return outcome
 
     # -- what the page says -------------------------------------------------
@@ -208,10 +221,11 @@ class PageWriter:
 
     def _upsert_entities(
         self, conn: Connection, level: Level, rows: dict[tuple[Any, ...], dict[str, Any]], now: dt.datetime, surely_new: set[tuple[Any, ...]]
-    ) -> tuple[dict[tuple[Any, ...], uuid.UUID], set[uuid.UUID]]:
+    ) -> tuple[dict[tuple[Any, ...], uuid.UUID], set[uuid.UUID], set[uuid.UUID]]:
         """Insert new rows, update rows this partner owns whose values changed.
 
-        Returns key → id for every row, and the ids created here. Rows whose
+        Returns key → id for every row, the ids created here and the ids revived
+        (soft-deleted rows this partner brings back). Rows whose
         parent was created in this page are not looked up first: they can only
         exist already if they moved from another parent, and then the insert's
         ON CONFLICT finds them (the "lost race" path below).
@@ -236,6 +250,7 @@ class PageWriter:
             if lost_race:  # another partner's sync inserted it meanwhile, or it moved here: treat as existing
                 existing.update(self._existing_entities(conn, level, lost_race))
         changes = []
+        revived: set[uuid.UUID] = set()
         for key, current in existing.items():
             ids[key] = current["id"]
             incoming = rows[key]
@@ -245,6 +260,8 @@ class PageWriter:
             if current["source_partner"] == self.partner and current["deleted_at"] is None and all(current[c] == incoming[c] for c in level.value_columns):
                 continue
             changes.append({"_id": current["id"], **{c: incoming[c] for c in level.value_columns}})
+            if current["deleted_at"] is not None:
+                revived.add(current["id"])
         if changes:
             changes.sort(key=lambda r: r["_id"])  # one lock order for concurrent partners
             stmt = (
@@ -254,7 +271,7 @@ class PageWriter:
                 .values(source_partner=self.partner, source_priority=self.priority, updated_at=now, deleted_at=None)
             )
             conn.execute(stmt, changes)
-        return ids, created
+        return ids, created, revived
 
     def _existing_entities(self, conn: Connection, level: Level, keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
         table = level.table
@@ -358,10 +375,14 @@ class PageWriter:
 
     # -- what went away ---------------------------------------------------------
 
-    def _drop_removed(self, conn: Connection, removed: list[tuple[str, uuid.UUID]], now: dt.datetime) -> None:
-        """After links went away: drop this partner's files, retire orphans, hand rows over."""
+    def _drop_removed(self, conn: Connection, removed: list[tuple[str, uuid.UUID]], now: dt.datetime) -> set[uuid.UUID]:
+        """After links went away: drop this partner's files, retire orphans, hand rows over.
+
+        Returns the ids of the entities retired (soft-deleted) here.
+        """
+        retired: set[uuid.UUID] = set()
         if not removed:
-            return
+            return retired
         entity_ids = list({entity_id for _, entity_id in removed})
         remaining: dict[uuid.UUID, list[tuple[str, dict[str, Any]]]] = {}
         for chunk in _chunks(entity_ids):
@@ -376,8 +397,10 @@ class PageWriter:
             ids = {eid for name, eid in removed if name == level_name}
             orphans = sorted(eid for eid in ids if eid not in remaining)
             for chunk in _chunks(orphans):
-                conn.execute(update(level.table).where(level.table.c.id.in_(chunk), level.table.c.deleted_at.is_(None)).values(deleted_at=now, updated_at=now))
+                stmt = update(level.table).where(level.table.c.id.in_(chunk), level.table.c.deleted_at.is_(None)).values(deleted_at=now, updated_at=now)
+                retired.update(conn.execute(stmt.returning(level.table.c.id)).scalars())
             self._hand_over(conn, level, {eid: remaining[eid] for eid in ids if eid in remaining}, now)
+        return retired
 
     def _hand_over(self, conn: Connection, level: Level, candidates: Mapping[uuid.UUID, list[tuple[str, dict[str, Any]]]], now: dt.datetime) -> None:
         """Rows whose values came from this partner, which no longer has them, take the next partner's values."""
