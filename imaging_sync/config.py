@@ -196,12 +196,43 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError("default_page_size: larger than max_page_size")
 
 
+class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where outbox events are POSTed (JSON, HMAC-SHA256 signed when a secret is set)."""
+
+    url: str
+    secret_env: str | None = None
+    secret_file: str | None = None
+    timeout_seconds: PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url: must start with http:// or https://")
+        if self.secret_env and self.secret_file:
+            raise ValueError("secret_env and secret_file: set only one")
+
+
+class OutboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    # A claimed event not settled within the lease is claimed again by any relay.
+    lease_seconds: PositiveFloat = 60.0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    initial_backoff: PositiveFloat = 2.0
+    max_backoff: PositiveFloat = 900.0
+    poll_interval: PositiveFloat = 1.0
+    # Keep done events this long (the prune task deletes older ones).
+    keep_done_days: Annotated[int, msgspec.Meta(ge=1)] = 14
+    webhook: WebhookConfig | None = None
+    # Also hand each event to this Celery task (in-process consumers); needs the jobs package.
+    celery_task: str | None = None
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database: DatabaseConfig = DatabaseConfig()
     logging: LoggingConfig = LoggingConfig()
     sync: SyncConfig = SyncConfig()
     storage: StorageConfig = StorageConfig()
     api: ApiConfig = ApiConfig()
+    outbox: OutboxConfig = OutboxConfig()
     partners: dict[str, PartnerConfig] = {}
     # Where the settings came from, for `imaging-sync doctor` and error messages.
     source: str = "embedded defaults"

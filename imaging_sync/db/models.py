@@ -16,7 +16,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from imaging_sync.db.types import JSONType, UTCDateTime
@@ -265,7 +265,18 @@ class OutboxEvent(Base):
     """
 
     __tablename__ = "outbox_event"
-    __table_args__ = (Index(None, "status", "next_attempt_at"), Index(None, "aggregate_id", "id"))
+    __table_args__ = (
+        # Open events only, in id (= creation) order: what a relay scans to claim,
+        # however many done rows the table holds.
+        Index(
+            "ix_outbox_event_open",
+            "id",
+            postgresql_where=text("status IN ('pending', 'processing')"),
+            sqlite_where=text("status IN ('pending', 'processing')"),
+        ),
+        Index(None, "aggregate_id", "id"),
+        Index(None, "status", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     event_type: Mapped[str] = mapped_column(String(32))  # study.created | study.updated | study.deleted

@@ -37,13 +37,14 @@ def upgrade() -> None:
         sa.Column("processed_at", imaging_sync.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_event")),
     )
-    with op.batch_alter_table("outbox_event", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_outbox_event_status_next_attempt_at"), ["status", "next_attempt_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_outbox_event_aggregate_id_id"), ["aggregate_id", "id"], unique=False)
+    open_only = sa.text("status IN ('pending', 'processing')")
+    op.create_index("ix_outbox_event_open", "outbox_event", ["id"], postgresql_where=open_only, sqlite_where=open_only)
+    op.create_index("ix_outbox_event_aggregate_id_id", "outbox_event", ["aggregate_id", "id"])
+    op.create_index("ix_outbox_event_status_created_at", "outbox_event", ["status", "created_at"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outbox_event", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_outbox_event_aggregate_id_id"))
-        batch_op.drop_index(batch_op.f("ix_outbox_event_status_next_attempt_at"))
+    op.drop_index("ix_outbox_event_status_created_at", table_name="outbox_event")
+    op.drop_index("ix_outbox_event_aggregate_id_id", table_name="outbox_event")
+    op.drop_index("ix_outbox_event_open", table_name="outbox_event")
     op.drop_table("outbox_event")
