@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from imaging_sync.alerts import Alerts, notifiers_from
 from imaging_sync.config import Settings, load_settings
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine, make_session_factory
@@ -21,6 +22,7 @@ class Core:
     engine: Engine
     sessions: sessionmaker[Session]
     runner: SyncRunner
+    alerts: Alerts
 
     def require_current_schema(self) -> None:
         current, head = migrate.current_revision(self.engine), migrate.head_revision()
@@ -36,4 +38,6 @@ def bootstrap(settings: Settings | None = None, *, configure_logs: bool = True) 
     if configure_logs:
         configure_logging(settings.logging)
     engine = create_db_engine(settings.database)
-    return Core(settings=settings, engine=engine, sessions=make_session_factory(engine), runner=SyncRunner(engine, settings))
+    alerts = Alerts(engine, settings, notifiers_from(settings.alerts))
+    runner = SyncRunner(engine, settings, after_run=[alerts.on_run])
+    return Core(settings=settings, engine=engine, sessions=make_session_factory(engine), runner=runner, alerts=alerts)

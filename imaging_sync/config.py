@@ -226,6 +226,25 @@ class OutboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     celery_task: str | None = None
 
 
+class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where alerts go and when they fire. Webhook URLs carry their own secret: env or file only."""
+
+    slack_webhook_url_env: str | None = None
+    slack_webhook_url_file: str | None = None
+    webhook_url_env: str | None = None  # a generic JSON webhook
+    webhook_url_file: str | None = None
+    timeout_seconds: PositiveFloat = 10.0
+    # A run whose rejected items exceed this share of what it fetched raises an alert.
+    rejected_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    outbox_max_age_minutes: PositiveFloat = 30.0
+    # A partner not successfully synced for this long (twice-daily default: a missed run and then some).
+    partner_stale_hours: PositiveFloat = 26.0
+
+    @property
+    def configured(self) -> bool:
+        return any((self.slack_webhook_url_env, self.slack_webhook_url_file, self.webhook_url_env, self.webhook_url_file))
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database: DatabaseConfig = DatabaseConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -233,6 +252,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     storage: StorageConfig = StorageConfig()
     api: ApiConfig = ApiConfig()
     outbox: OutboxConfig = OutboxConfig()
+    alerts: AlertsConfig = AlertsConfig()
     partners: dict[str, PartnerConfig] = {}
     # Where the settings came from, for `imaging-sync doctor` and error messages.
     source: str = "embedded defaults"

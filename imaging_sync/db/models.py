@@ -291,3 +291,20 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class AlertState(Base):
+    """One incident per key (e.g. ``sync_failed:b``): opened once, notified once, resolved once."""
+
+    __tablename__ = "alert_state"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    partner: Mapped[str | None] = mapped_column(String(63), default=None)
+    opened_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    message: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    notified_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    recovery_notified_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, select, update
@@ -72,10 +72,19 @@ ProgressCallback = Callable[[RunResult], None]
 class SyncRunner:
     """Runs partner syncs against one database; built once per process."""
 
-    def __init__(self, engine: Engine, settings: Settings, *, source_factory: Callable[[PartnerConfig], PartnerSource] = build_source) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        source_factory: Callable[[PartnerConfig], PartnerSource] = build_source,
+        after_run: Sequence[Callable[[RunResult], None]] = (),
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.source_factory = source_factory
+        # Told about every finished run (alerts); an observer failing never fails the run.
+        self.after_run = list(after_run)
 
     def sync(self, partner_name: str, *, full: bool = False, trigger: str = "cli", progress: ProgressCallback | None = None) -> RunResult:
         """Sync one partner; never raises for partner or data failures (the result says)."""
@@ -127,9 +136,17 @@ class SyncRunner:
                 raise
             result.seconds = time.monotonic() - started
             self._finish_run(result)
+            self._notify(result)
             level = logging.INFO if result.status == "succeeded" else logging.WARNING
             log.log(level, "sync %s %s: %s", partner_name, result.status, _counts_text(result.counts), extra={"error": result.error, "error_kind": result.error_kind})
         return result
+
+    def _notify(self, result: RunResult) -> None:
+        for observer in self.after_run:
+            try:
+                observer(result)
+            except Exception:  # an alerting problem must not turn a good run into a failed one
+                log.exception("run observer %r failed", observer)
 
     def sync_all(self, *, full: bool = False, trigger: str = "cli", progress: ProgressCallback | None = None) -> list[RunResult]:
         """Every enabled partner, highest priority first; one failing does not stop the others."""
