@@ -47,26 +47,18 @@ class _Context:
 pass_ctx = click.make_pass_decorator(_Context)
 
 
-@click.group()
-@click.option("--config", "config_path", envvar="IMAGING_SYNC_CONFIG", help="TOML config file (default ./imaging-sync.toml).")
-@click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
-    """imaging-sync: a federated index of partner imaging studies."""
-    ctx.obj = _Context(config_path)
-
-
-# -- serve: commands contributed by the outer packages ----------------------------
-
-
 class _PluginGroup(click.Group):
     """Subcommands registered by other packages (entry point group ``imaging_sync.<group>``).
 
     The core never imports ``api``, ``dicom`` or ``jobs``: they register their
-    commands through package metadata, loaded only when one is invoked.
+    commands through package metadata (``imaging_sync.commands`` for top-level
+    commands such as ``worker``, ``imaging_sync.serve`` for servers), loaded
+    only when one is invoked.
     """
 
     def _entry_points(self) -> dict[str, Any]:
-        return {ep.name: ep for ep in entry_points(group=f"imaging_sync.{self.name}")}
+        group = "imaging_sync.commands" if self.name == "cli" else f"imaging_sync.{self.name}"
+        return {ep.name: ep for ep in entry_points(group=group)}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._entry_points()})
@@ -76,6 +68,17 @@ class _PluginGroup(click.Group):
         if command is None and name in (eps := self._entry_points()):
             command = eps[name].load()
         return command
+
+
+@click.group(cls=_PluginGroup)
+@click.option("--config", "config_path", envvar="IMAGING_SYNC_CONFIG", help="TOML config file (default ./imaging-sync.toml).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """imaging-sync: a federated index of partner imaging studies."""
+    ctx.obj = _Context(config_path)
+
+
+# -- serve: commands contributed by the outer packages ----------------------------
 
 
 @cli.group(cls=_PluginGroup)
@@ -115,12 +118,20 @@ def db_current(ctx: _Context) -> None:
 @click.option("--partner", "partners", multiple=True, help="Partner to sync (repeatable); default: every enabled partner.")
 @click.option("--full", is_flag=True, help="Ignore the bookmark and re-read everything (unchanged items still cost no write).")
 @click.option("--study", "study_id", help="Refresh only this study (the partner's id) now; needs one --partner.")
+@click.option("--async", "queue", is_flag=True, help="Queue the sync for the workers instead of running it here.")
 @click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
 @pass_ctx
-def sync(ctx: _Context, partners: Sequence[str], full: bool, study_id: str | None, quiet: bool) -> None:
+def sync(ctx: _Context, partners: Sequence[str], full: bool, study_id: str | None, queue: bool, quiet: bool) -> None:
     """Pull changed studies from partners into the index."""
     core = ctx.core
     core.require_current_schema()
+    if queue:
+        hooks = {ep.name: ep for ep in entry_points(group="imaging_sync.hooks")}
+        if "enqueue_sync" not in hooks:
+            raise click.UsageError("--async needs the jobs package (a Celery broker); run without --async")
+        for line in hooks["enqueue_sync"].load()(core.settings, list(partners), full, study_id):
+            click.echo(line)
+        return
     if study_id is not None:
         if len(partners) != 1 or full:
             raise click.UsageError("--study needs exactly one --partner and no --full")
