@@ -19,7 +19,8 @@ import click
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.cli_outbox import outbox
+from imaging_sync.cli_support import CliContext, pass_ctx
 from imaging_sync.db import migrate
 from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun
 from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError
@@ -28,23 +29,6 @@ from imaging_sync.sync.runner import RunResult
 EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_DATABASE = 1, 2, 3, 4
 
 
-class _Context:
-    """Builds the core lazily so `--help` works without a database."""
-
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
-        self._core: Core | None = None
-
-    @property
-    def core(self) -> Core:
-        if self._core is None:
-            from imaging_sync.config import load_settings
-
-            self._core = bootstrap(load_settings(self.config_path))
-        return self._core
-
-
-pass_ctx = click.make_pass_decorator(_Context)
 
 
 class _PluginGroup(click.Group):
@@ -75,7 +59,7 @@ class _PluginGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """imaging-sync: a federated index of partner imaging studies."""
-    ctx.obj = _Context(config_path)
+    ctx.obj = CliContext(config_path)
 
 
 # -- serve: commands contributed by the outer packages ----------------------------
@@ -84,6 +68,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @cli.group(cls=_PluginGroup)
 def serve() -> None:
     """Run a server (api, dicom, …: each from the package that provides it)."""
+
+
+cli.add_command(outbox)
 
 
 # -- db ----------------------------------------------------------------------
@@ -97,7 +84,7 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 @pass_ctx
-def db_upgrade(ctx: _Context, revision: str) -> None:
+def db_upgrade(ctx: CliContext, revision: str) -> None:
     """Apply migrations (PostgreSQL or SQLite)."""
     migrate.upgrade(ctx.core.engine, revision)
     click.echo(f"database at revision {migrate.current_revision(ctx.core.engine)}")
@@ -105,7 +92,7 @@ def db_upgrade(ctx: _Context, revision: str) -> None:
 
 @db.command("current")
 @pass_ctx
-def db_current(ctx: _Context) -> None:
+def db_current(ctx: CliContext) -> None:
     """Show the schema revision and whether it is current."""
     current, head = migrate.current_revision(ctx.core.engine), migrate.head_revision()
     click.echo(f"current: {current or '(empty database)'}; code expects: {head}; {'up to date' if current == head else 'run `imaging-sync db upgrade`'}")
@@ -121,7 +108,7 @@ def db_current(ctx: _Context) -> None:
 @click.option("--async", "queue", is_flag=True, help="Queue the sync for the workers instead of running it here.")
 @click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
 @pass_ctx
-def sync(ctx: _Context, partners: Sequence[str], full: bool, study_id: str | None, queue: bool, quiet: bool) -> None:
+def sync(ctx: CliContext, partners: Sequence[str], full: bool, study_id: str | None, queue: bool, quiet: bool) -> None:
     """Pull changed studies from partners into the index."""
     core = ctx.core
     core.require_current_schema()
@@ -183,7 +170,7 @@ def partners() -> None:
 
 @partners.command("list")
 @pass_ctx
-def partners_list(ctx: _Context) -> None:
+def partners_list(ctx: CliContext) -> None:
     core = ctx.core
     with core.engine.connect() as conn:
         states = {row.partner: row for row in conn.execute(select(PartnerState.__table__))}
@@ -214,7 +201,7 @@ def runs() -> None:
 @click.option("--status", type=click.Choice(["running", "succeeded", "failed", "skipped", "abandoned"]))
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @pass_ctx
-def runs_list(ctx: _Context, partner: str | None, status: str | None, limit: int) -> None:
+def runs_list(ctx: CliContext, partner: str | None, status: str | None, limit: int) -> None:
     stmt = select(SyncRun).order_by(SyncRun.started_at.desc()).limit(limit)
     if partner:
         stmt = stmt.where(SyncRun.partner == partner)
@@ -232,7 +219,7 @@ def runs_list(ctx: _Context, partner: str | None, status: str | None, limit: int
 @runs.command("show")
 @click.argument("run_id")
 @pass_ctx
-def runs_show(ctx: _Context, run_id: str) -> None:
+def runs_show(ctx: CliContext, run_id: str) -> None:
     with ctx.core.sessions() as session:
         run = session.get(SyncRun, _uuid(run_id, "RUN_ID"))
         if run is None:
@@ -259,7 +246,7 @@ def rejected() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--payload", is_flag=True, help="Also print each item's JSON (contains patient data).")
 @pass_ctx
-def rejected_list(ctx: _Context, partner: str | None, run_id: str | None, limit: int, payload: bool) -> None:
+def rejected_list(ctx: CliContext, partner: str | None, run_id: str | None, limit: int, payload: bool) -> None:
     stmt = select(RejectedItem).order_by(RejectedItem.created_at.desc()).limit(limit)
     if partner:
         stmt = stmt.where(RejectedItem.partner == partner)

@@ -142,3 +142,31 @@ def test_sync_study_refreshes_one_study(config: Path, simulator: PartnerSimulato
     assert run("sync", "--partner", "b", "--study", simulator.dataset.spec.study_id(3)) == 0
     assert "1 studies fetched (0 created, 0 updated, 1 unchanged" in capsys.readouterr().out
     assert run("sync", "--study", "x") == EXIT_USAGE
+
+
+def test_outbox_status_and_retry_failed(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import select, update
+
+    from imaging_sync.db.models import AuditEntry, OutboxEvent
+
+    run("db", "upgrade")
+    run("sync", "--quiet")
+    capsys.readouterr()
+    assert run("outbox", "status") == 0
+    out = capsys.readouterr().out
+    assert "pending: 12" in out and "oldest undelivered:" in out
+
+    engine = create_db_engine(DatabaseConfig(url=f"sqlite:///{config.parent / 'index.db'}"))
+    with engine.begin() as conn:
+        conn.execute(update(OutboxEvent).values(status="failed", last_error="webhook answered HTTP 500"))
+    assert run("outbox", "status") == 0
+    assert "failed: 12" in capsys.readouterr().out
+    assert run("outbox", "retry-failed") == 0
+    assert "12 failed events queued again" in capsys.readouterr().out
+    with engine.connect() as conn:
+        statuses = set(conn.execute(select(OutboxEvent.status)).scalars())
+        actions = list(conn.execute(select(AuditEntry.action, AuditEntry.actor)))
+    engine.dispose()
+    assert statuses == {"pending"}
+    assert actions[0][0] == "outbox_retry_failed" and actions[0][1].startswith("cli:")
+    assert run("outbox", "retry-failed", "--id", "nope") == EXIT_USAGE
