@@ -245,6 +245,34 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return any((self.slack_webhook_url_env, self.slack_webhook_url_file, self.webhook_url_env, self.webhook_url_file))
 
 
+class DicomDestination(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A C-MOVE destination: the AE title maps to where we open the C-STORE association."""
+
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The DICOM Query/Retrieve node (PS3.4 Annex C)."""
+
+    ae_title: Annotated[str, msgspec.Meta(min_length=1, max_length=16)] = "IMAGING_SYNC"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 11112
+    # Empty: any calling AE may associate; otherwise only these.
+    allowed_calling_aets: list[str] = []
+    # C-MOVE destinations by AE title; an unknown destination is refused (A801).
+    destinations: dict[str, DicomDestination] = {}
+    max_associations: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    # How many objects are fetched from S3 at once during a C-MOVE/C-GET.
+    fetch_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    network_timeout_seconds: PositiveFloat = 60.0
+
+    def __post_init__(self) -> None:
+        for title in [self.ae_title, *self.allowed_calling_aets, *self.destinations]:
+            if not title.strip() or len(title) > 16 or "\\" in title or any(ord(c) < 32 for c in title):
+                raise ValueError(f"ae_title: {title!r} is not a valid AE title (1-16 characters, no backslash or control characters)")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database: DatabaseConfig = DatabaseConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -253,6 +281,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     api: ApiConfig = ApiConfig()
     outbox: OutboxConfig = OutboxConfig()
     alerts: AlertsConfig = AlertsConfig()
+    dicom: DicomConfig = DicomConfig()
     partners: dict[str, PartnerConfig] = {}
     # Where the settings came from, for `imaging-sync doctor` and error messages.
     source: str = "embedded defaults"
