@@ -123,6 +123,14 @@ class ObjectNotFoundError(StorageError):
     kind = "not_found"
 
 
+class StorageRequestError(ValidationError):
+    """A storage call asked for something it may not have (a presigned URL
+    living longer than ``storage.presign_max_seconds``, an empty key, an
+    inverted range): the caller's mistake, so the API answers 400, not 5xx."""
+
+    kind = "validation"
+
+
 class AccessDeniedError(ImagingSyncError):
     """The caller is known but its role may not do this."""
 

@@ -1,0 +1,154 @@
+"""Presigned GET URLs for registered buckets: one at a time, or a whole series at once.
+
+A presigned URL lets a viewer download an instance straight from the
+partner's bucket, with no credentials of its own, until the URL expires.
+Only registry buckets are signed (anything else: ``BucketNotAllowedError``).
+
+Lifetime policy: ``expires_in`` defaults to ``storage.presign_default_seconds``;
+asking for more than ``storage.presign_max_seconds`` (or less than 1 s) raises
+``StorageRequestError`` naming the limit — we refuse rather than clamp, so a
+caller never gets a URL that dies sooner than it asked for without knowing
+(the API maps it to 400). A URL signed with temporary credentials (assume_role,
+or keys with a session token) also stops working when that session ends;
+botocore refreshes such credentials 15 minutes before expiry, so keep
+``presign_max_seconds`` at or below that margin when using them.
+
+Signing is our own SigV4 (``storage.sigv4``), ~25x faster than botocore's
+``generate_presigned_url`` and proven equal to it by the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from imaging_sync.errors import StorageRequestError
+from storage.disposition import attachment
+from storage.registry import BucketRegistry
+from storage.sigv4 import GetUrlSigner
+
+DICOM_CONTENT_TYPE = "application/dicom"
+MAX_KEY_BYTES = 1024  # S3's limit on object key length (UTF-8 bytes)
+
+# (bucket, key, download filename or None)
+Location = tuple[str, str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedUrl:
+    # Not in repr: until it expires the URL is a bearer credential, and reprs end up in logs.
+    url: str = field(repr=False)
+    expires_at: datetime
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Presigner:
+    """Signs GET URLs with each bucket's own (possibly refreshed) credentials, region and endpoint."""
+
+    def __init__(self, registry: BucketRegistry, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._registry = registry
+        self._clock = clock
+        storage = registry.storage_config
+        self._default_seconds = storage.presign_default_seconds
+        self._max_seconds = storage.presign_max_seconds
+
+    def lifetime(self, expires_in: int | None) -> int:
+        """The lifetime in seconds a request gets: the default, or the one asked for if allowed."""
+        if expires_in is None:
+            return self._default_seconds
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int):
+            raise StorageRequestError("expires_in", "must be a whole number of seconds")
+        if expires_in < 1:
+            raise StorageRequestError("expires_in", f"must be at least 1 second, got {expires_in}")
+        if expires_in > self._max_seconds:
+            raise StorageRequestError(
+                "expires_in", f"must be at most {self._max_seconds} seconds (storage.presign_max_seconds), got {expires_in}"
+            )
+        return expires_in
+
+    def presign_get(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        expires_in: int | None = None,
+        content_type: str | None = DICOM_CONTENT_TYPE,
+        filename: str | None = None,
+    ) -> PresignedUrl:
+        """One presigned GET URL; ``content_type``/``filename`` become the response's headers.
+
+        S3 answers a presigned GET with the object's stored Content-Type; the
+        signed ``response-content-type`` override makes a viewer see
+        ``application/dicom`` whatever the partner stored, and
+        ``response-content-disposition`` names the download.
+        """
+        return self.presign_many([(bucket, key, filename)], expires_in=expires_in, content_type=content_type)[0]
+
+    def presign_many(
+        self,
+        locations: Sequence[Location],
+        *,
+        expires_in: int | None = None,
+        content_type: str | None = DICOM_CONTENT_TYPE,
+    ) -> list[PresignedUrl]:
+        """Presigned GET URLs for many objects (a whole series), in the order given.
+
+        All or nothing: every bucket is checked against the registry and every
+        key validated before anything is signed. One signing instant, and per
+        bucket one credentials read, one endpoint and one derived signing key,
+        for the whole batch.
+        """
+        seconds = self.lifetime(expires_in)
+        type_params = _content_type_params(content_type)
+        for bucket, key, _ in locations:
+            self._registry.bucket_config(bucket)
+            _check_key(key)
+        signed_at = self._clock().astimezone(timezone.utc).replace(microsecond=0)
+        expires_at = signed_at + timedelta(seconds=seconds)
+        signers: dict[str, GetUrlSigner] = {}
+        urls: list[PresignedUrl] = []
+        for bucket, key, filename in locations:
+            signer = signers.get(bucket)
+            if signer is None:
+                signer = signers[bucket] = self._signer(bucket, signed_at, seconds)
+            params = type_params if filename is None else [("response-content-disposition", attachment(filename)), *type_params]
+            urls.append(PresignedUrl(url=signer.sign(key, params), expires_at=expires_at))
+        return urls
+
+    def _signer(self, bucket: str, signed_at: datetime, seconds: int) -> GetUrlSigner:
+        credentials = self._registry.credentials(bucket)  # first: "no credentials" is the clearer error
+        endpoint = self._registry.endpoint(bucket)
+        return GetUrlSigner(
+            base_url=endpoint.base_url,
+            host=endpoint.host,
+            region=endpoint.region,
+            service=endpoint.service,
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            session_token=credentials.token,
+            signed_at=signed_at,
+            expires_in=seconds,
+        )
+
+
+def _content_type_params(content_type: str | None) -> list[tuple[str, str]]:
+    if content_type is None:
+        return []
+    if not content_type or any(not (0x20 <= ord(ch) < 0x7F) for ch in content_type) or "/" not in content_type:
+        raise StorageRequestError("content_type", "must be a printable ASCII media type such as application/dicom")
+    return [("response-content-type", content_type)]
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise StorageRequestError("key", "must be a non-empty string")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise StorageRequestError("key", "must be valid Unicode (no lone surrogates)") from None
+    if size > MAX_KEY_BYTES:
+        raise StorageRequestError("key", f"must be at most {MAX_KEY_BYTES} bytes in UTF-8")

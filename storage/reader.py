@@ -1,0 +1,136 @@
+"""Reading objects from registered buckets: metadata, whole objects as a stream of chunks, byte ranges.
+
+The DICOM C-MOVE path sends instances of hundreds of megabytes to a peer; it
+must start sending before the object has arrived and never hold it whole in
+memory, hence :meth:`ObjectReader.open_object` yields bounded chunks from the
+open HTTP response. Failures become ``ObjectNotFoundError`` (the location is
+registered but the object is gone) or ``StorageError`` naming bucket and key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imaging_sync.errors import StorageError, StorageRequestError
+from storage.boto_errors import storage_error, where
+from storage.registry import BucketRegistry
+
+DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MiB: large enough for throughput, small enough to bound memory per stream
+MAX_CHUNK_SIZE = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    size: int
+    etag: str  # without the surrounding quotes S3 sends
+    content_type: str | None
+
+
+class ObjectStream:
+    """An open object: iterate for chunks of at most ``chunk_size`` bytes.
+
+    Use it in a ``with`` block (or iterate it to the end) so the HTTP
+    connection goes back to the pool; leaving early closes the response.
+    """
+
+    def __init__(self, body: Any, info: ObjectInfo, *, chunk_size: int, bucket: str, key: str) -> None:
+        self.info = info
+        self._body = body
+        self._chunk_size = chunk_size
+        self._bucket = bucket
+        self._key = key
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._closed:
+            raise StorageError(f"read {where(self._bucket, self._key)}: the stream is already closed")
+        try:
+            while chunk := self._body.read(self._chunk_size):
+                yield chunk
+        except (BotoCoreError, ClientError) as exc:
+            raise storage_error(exc, action="read", bucket=self._bucket, key=self._key) from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._body.close()
+
+    def __enter__(self) -> ObjectStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class ObjectReader:
+    """Reads through the registry's shared clients; only registered buckets."""
+
+    def __init__(self, registry: BucketRegistry, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE} bytes")
+        self._registry = registry
+        self._chunk_size = chunk_size
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        """Size, ETag and Content-Type without reading the data (S3 HeadObject)."""
+        client = self._registry.client(bucket)
+        try:
+            response = client.head_object(Bucket=bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise storage_error(exc, action="head", bucket=bucket, key=key) from exc
+        return _info(response)
+
+    def open_object(self, bucket: str, key: str) -> ObjectStream:
+        """Start a GetObject and return its body as a stream of chunks.
+
+        The request is made here, so a missing object raises
+        ``ObjectNotFoundError`` now rather than at the first chunk.
+        """
+        client = self._registry.client(bucket)
+        try:
+            response = client.get_object(Bucket=bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise storage_error(exc, action="open", bucket=bucket, key=key) from exc
+        return ObjectStream(response["Body"], _info(response), chunk_size=self._chunk_size, bucket=bucket, key=key)
+
+    def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` (inclusive) to ``end`` (exclusive), like ``data[start:end]``.
+
+        Sent as ``Range: bytes=start-(end-1)`` (RFC 9110 §14.1.2; HTTP ranges are
+        inclusive). A range running past the end returns what exists; one
+        starting past the end raises ``StorageRequestError``. For bounded
+        reads (a DICOM header, a frame); whole objects go through
+        :meth:`open_object`.
+        """
+        if isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int):
+            raise StorageRequestError("range", "start and end must be integers")
+        if start < 0 or end <= start:
+            raise StorageRequestError("range", f"needs 0 <= start < end, got start={start}, end={end}")
+        client = self._registry.client(bucket)
+        try:
+            response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            with response["Body"] as body:
+                return body.read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                raise StorageRequestError("range", f"start={start} is past the end of {where(bucket, key)}") from None
+            raise storage_error(exc, action="read range of", bucket=bucket, key=key) from exc
+        except BotoCoreError as exc:
+            raise storage_error(exc, action="read range of", bucket=bucket, key=key) from exc
+
+
+def _info(response: dict[str, Any]) -> ObjectInfo:
+    return ObjectInfo(
+        size=int(response["ContentLength"]),
+        etag=str(response.get("ETag", "")).strip('"'),
+        content_type=response.get("ContentType"),
+    )
