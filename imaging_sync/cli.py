@@ -65,9 +65,21 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 # -- serve: commands contributed by the outer packages ----------------------------
 
 
-@cli.group(cls=_PluginGroup)
-def serve() -> None:
-    """Run a server (api, dicom, …: each from the package that provides it)."""
+@cli.group(cls=_PluginGroup, invoke_without_command=True)
+@click.pass_context
+def serve(click_ctx: click.Context) -> None:
+    """Run a server (api, dicom, …); with no subcommand, everything in one process."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from imaging_sync.services import registered_factories, run_services
+
+    core = click_ctx.find_object(CliContext).core
+    core.require_current_schema()
+    factories = registered_factories()
+    if not factories:
+        raise click.UsageError("no services are installed (the api, dicom and jobs packages register them)")
+    click.echo(f"imaging-sync: starting {', '.join(factories)} in one process")
+    run_services(core, [factory(core) for factory in factories.values()], echo=click.echo)
 
 
 cli.add_command(outbox)
