@@ -1,0 +1,362 @@
+"""DICOM Q/R node vs Orthanc: the same C-FIND mix and the same C-MOVEs, both driven by DCMTK.
+
+For each size: the same generated studies go into our index (PostgreSQL; files
+of the moved studies into an embedded S3 on loopback, two partners' buckets)
+and into Orthanc (Debian's ``orthanc``, started here on loopback with its own
+temporary config and storage, loaded through its REST API). Our node runs as
+``imaging-sync serve dicom`` in its own process. Then DCMTK's findscu runs each
+query type ``--repeat`` times against both (a new association per query, as
+PACS clients do) and movescu moves ``--moves`` studies to a DCMTK storescp.
+Prints per query type median and p95 (ms), C-MOVE MB/s and instances/s, and
+our/Orthanc ratios.
+
+    python bench/dicom_qr.py --instances 40000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.engine import make_url
+
+from imaging_sync.config import DatabaseConfig
+from imaging_sync.db import migrate
+from imaging_sync.db.engine import create_db_engine
+from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject
+from imaging_sync.ids import new_id
+from imaging_sync.person_names import search_form
+from imaging_sync.testing.dicom_files import InstanceSpec, dicom_file
+from storage.testing import embedded_storage
+
+DCMTK = Path("/usr/bin")
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+PG_ADMIN = os.environ.get("IMAGING_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+SERIES_PER_STUDY, INSTANCES_PER_SERIES = 4, 10
+MODALITIES = ("CT", "MR", "US", "CR", "DX", "PT", "NM", "MG")
+SOP = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+FAMILY = ("KIM", "LEE", "PARK", "CHOI", "JUNG", "KANG", "CHO", "YOON", "JANG", "HONG")
+GIVEN = ("MINJUN", "SEOYEON", "JIWOO", "HAJUN", "SEOYUN", "DOYUN", "MINJI", "GILDONG")
+ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK: no Nagle on the client side (same for both servers)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    index: int
+    patient: int
+    uid: str
+    accession: str
+    date: dt.date
+    time: str
+    modality: str
+
+
+def study(i: int, n_patients: int) -> StudyRow:
+    return StudyRow(
+        index=i, patient=(i * 7919) % n_patients, uid=f"1.2.826.0.1.3680043.10.99.{i + 1}", accession=f"ACC{i + 1:08d}",
+        date=dt.date(2016, 1, 1) + dt.timedelta(days=(i * 37) % 3650), time=f"{8 + i % 10:02d}{(i * 13) % 60:02d}00", modality=MODALITIES[i % 2],
+    )
+
+
+def patient_name(p: int) -> str:
+    return f"{FAMILY[p % len(FAMILY)]}^{GIVEN[(p // len(FAMILY)) % len(GIVEN)]}{p}"
+
+
+def spec(s: StudyRow, series: int, number: int, size: int) -> InstanceSpec:
+    return InstanceSpec(
+        sop_instance_uid=f"{s.uid}.{series}.{number}", series_instance_uid=f"{s.uid}.{series}", study_instance_uid=s.uid,
+        sop_class_uid=SOP[s.modality], patient_id=f"PAT{s.patient:06d}", patient_name=patient_name(s.patient),
+        birth_date="19700101", sex="MF"[s.patient % 2], accession_number=s.accession, study_date=s.date.strftime("%Y%m%d"),
+        study_time=s.time, study_description=f"{s.modality} STUDY", modality=s.modality, series_number=series,
+        series_description=f"SERIES {series}", instance_number=number, rows=size, columns=size,
+    )
+
+
+# -- our side -----------------------------------------------------------------------------
+
+
+def fill_index(db_url: str, studies: list[StudyRow], n_patients: int, bucket: str) -> None:
+    engine = create_db_engine(DatabaseConfig(url=db_url))
+    now = dt.datetime.now(dt.timezone.utc)
+    common = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now, "deleted_at": None}
+    subject_ids = [new_id() for _ in range(n_patients)]
+    with engine.begin() as conn:
+        conn.execute(insert(Subject.__table__), [
+            {"id": subject_ids[p], **common, "issuer": "", "patient_id": f"PAT{p:06d}", "patient_name": patient_name(p),
+             "patient_name_search": search_form(patient_name(p)), "birth_date": dt.date(1970, 1, 1), "sex": "MF"[p % 2]}
+            for p in range(n_patients)
+        ])
+    for chunk in range(0, len(studies), 500):
+        st_rows, se_rows, in_rows, loc_rows = [], [], [], []
+        for s in studies[chunk:chunk + 500]:
+            sid = new_id()
+            st_rows.append({"id": sid, **common, "study_instance_uid": s.uid, "subject_id": subject_ids[s.patient], "accession_number": s.accession,
+                            "study_date": s.date, "study_time": s.time, "description": f"{s.modality} STUDY", "referring_physician_name": None})
+            for series in range(1, SERIES_PER_STUDY + 1):
+                seid = new_id()
+                se_rows.append({"id": seid, **common, "series_instance_uid": f"{s.uid}.{series}", "study_id": sid, "modality": s.modality,
+                                "series_number": series, "description": f"SERIES {series}", "body_part_examined": None})
+                for number in range(1, INSTANCES_PER_SERIES + 1):
+                    iid = new_id()
+                    uid = f"{s.uid}.{series}.{number}"
+                    in_rows.append({"id": iid, **common, "sop_instance_uid": uid, "series_id": seid, "sop_class_uid": SOP[s.modality],
+                                    "transfer_syntax_uid": "1.2.840.10008.1.2.1", "instance_number": number})
+                    loc_rows.append({"id": new_id(), "instance_id": iid, "partner": "b", "bucket": bucket, "key": f"{s.uid}/{uid}.dcm",
+                                     "size_bytes": None, "sha256": None, "created_at": now, "updated_at": now})
+        with engine.begin() as conn:
+            for model, rows in ((Study, st_rows), (Series, se_rows), (Instance, in_rows), (InstanceLocation, loc_rows)):
+                conn.execute(insert(model.__table__), rows)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
+    engine.dispose()
+
+
+def fresh_database(name: str) -> str:
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int) -> subprocess.Popen[bytes]:
+    lines = [
+        "[database]", f'url = "{db_url}"', "pool_size = 10", "",
+        "[logging]", 'level = "WARNING"', "",
+        "[dicom]", 'ae_title = "ISYNC"', 'host = "127.0.0.1"', f"port = {port}", "fetch_concurrency = 8", "",
+        "[dicom.destinations.STORESCP]", 'host = "127.0.0.1"', f"port = {store_port}", "",
+    ]
+    for name, cfg in s3.config.buckets.items():
+        lines += [f'[storage.buckets."{name}"]', f'region = "{cfg.region}"', f'endpoint_url = "{cfg.endpoint_url}"', 'auth = "keys"',
+                  f'access_key_id_env = "{cfg.access_key_id_env}"', f'secret_access_key_env = "{cfg.secret_access_key_env}"', 'addressing_style = "path"', ""]
+    config = work / "imaging-sync.toml"
+    config.write_text("\n".join(lines))
+    env = {**os.environ, **s3.environ, "IMAGING_SYNC_CONFIG": str(config)}
+    proc = subprocess.Popen([sys.executable, "-m", "imaging_sync", "serve", "dicom"], env=env, stdout=subprocess.DEVNULL, stderr=open(work / "node.log", "wb"))
+    wait_port(port)
+    return proc
+
+
+# -- Orthanc ------------------------------------------------------------------------------
+
+
+def start_orthanc(work: Path, dicom_port: int, http_port: int, store_port: int) -> subprocess.Popen[bytes]:
+    storage = work / "orthanc"
+    storage.mkdir()
+    config = {
+        "Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage), "DicomAet": "ORTHANC", "DicomPort": dicom_port,
+        "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomModalities": {"STORESCP": ["STORESCP", "127.0.0.1", store_port]}, "DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True,
+        "DicomAlwaysAllowGet": True, "DicomCheckCalledAet": False, "LimitFindResults": 0, "LimitFindInstances": 0, "Plugins": [],
+        "StorageCompression": False, "SaveJobs": False, "DicomServerEnabled": True, "HttpServerEnabled": True,
+    }
+    path = work / "orthanc.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.Popen([ORTHANC, str(path)], stdout=subprocess.DEVNULL, stderr=open(work / "orthanc.log", "wb"))
+    wait_port(http_port)
+    wait_port(dicom_port)
+    return proc
+
+
+def load_orthanc(http_port: int, blobs: Any, workers: int = 4) -> int:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60)
+
+    def post(blob: bytes) -> None:
+        r = client.post("/instances", content=blob)
+        r.raise_for_status()
+
+    n = 0
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(post, blobs):
+            n += 1
+    client.close()
+    return n
+
+
+# -- the runs ---------------------------------------------------------------------------------
+
+
+def findscu(port: int, aec: str, model: str, keys: list[str]) -> tuple[float, int, int]:
+    args = [str(DCMTK / "findscu"), model, "-v", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port)]
+    for k in keys:
+        args += ["-k", k]
+    t = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True, env=ENV)
+    elapsed = time.perf_counter() - t
+    text_out = out.stdout + out.stderr
+    return elapsed, text_out.count("Find Response:"), out.returncode
+
+
+def query_mix(studies: list[StudyRow], n_patients: int, repeat: int) -> dict[str, list[tuple[str, list[str]]]]:
+    picks = [studies[(i * 104729) % len(studies)] for i in range(repeat)]
+    return {
+        "patient by PatientID": [("-P", ["QueryRetrieveLevel=PATIENT", f"PatientID=PAT{s.patient:06d}", "PatientName", "PatientBirthDate"]) for s in picks],
+        "study by name wildcard": [("-S", ["QueryRetrieveLevel=STUDY", f"PatientName={patient_name(s.patient)[:-1]}*", "StudyInstanceUID", "StudyDate", "AccessionNumber"]) for s in picks],
+        "study by date range (10 days)": [("-S", ["QueryRetrieveLevel=STUDY", f"StudyDate={s.date:%Y%m%d}-{s.date + dt.timedelta(days=9):%Y%m%d}", "StudyInstanceUID", "PatientName", "ModalitiesInStudy"]) for s in picks],
+        "study by accession": [("-S", ["QueryRetrieveLevel=STUDY", f"AccessionNumber={s.accession}", "StudyInstanceUID", "PatientID", "NumberOfStudyRelatedInstances"]) for s in picks],
+        "study by modality + month": [("-S", ["QueryRetrieveLevel=STUDY", "ModalitiesInStudy=MR", f"StudyDate={s.date:%Y%m}01-{s.date:%Y%m}28", "StudyInstanceUID"]) for s in picks],
+        "series of a study": [("-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={s.uid}", "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"]) for s in picks],
+        "images of a series": [("-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={s.uid}", f"SeriesInstanceUID={s.uid}.1", "SOPInstanceUID", "InstanceNumber"]) for s in picks],
+    }
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p * (len(ordered) - 1))))]
+
+
+def run_finds(mix: dict[str, list[tuple[str, list[str]]]], targets: dict[str, tuple[int, str]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for name, queries in mix.items():
+        out[name] = {}
+        for target, (port, aec) in targets.items():
+            findscu(port, aec, *queries[0])  # warm-up
+            times, counts = [], []
+            for model, keys in queries:
+                elapsed, n, rc = findscu(port, aec, model, keys)
+                if rc != 0:
+                    raise RuntimeError(f"findscu against {target} failed for {name}")
+                times.append(elapsed * 1000)
+                counts.append(n)
+            out[name][target] = (statistics.median(times), pct(times, 0.95), sum(counts))
+    return out
+
+
+def run_moves(port: int, aec: str, uids: list[str], received: Path) -> tuple[float, int, int]:
+    for f in received.iterdir():
+        f.unlink()
+    t = time.perf_counter()
+    for uid in uids:
+        out = subprocess.run([str(DCMTK / "movescu"), "-S", "-aet", "BENCH", "-aec", aec, "-aem", "STORESCP", "-k", "QueryRetrieveLevel=STUDY",
+                              "-k", f"StudyInstanceUID={uid}", "127.0.0.1", str(port)], capture_output=True, text=True, env=ENV)
+        if out.returncode != 0:
+            raise RuntimeError(f"movescu against {aec} failed: {out.stderr[-500:]}")
+    elapsed = time.perf_counter() - t
+    files = list(received.iterdir())
+    return elapsed, len(files), sum(f.stat().st_size for f in files)
+
+
+def bench(n_instances: int, repeat: int, moves: int, image_size: int) -> None:
+    n_studies = n_instances // (SERIES_PER_STUDY * INSTANCES_PER_SERIES)
+    n_patients = max(1, n_studies // 2)
+    studies = [study(i, n_patients) for i in range(n_studies)]
+    moved = [studies[(i * 7) % n_studies] for i in range(moves)]
+    moved_uids = {s.uid for s in moved}
+    work = Path(tempfile.mkdtemp(prefix="dicom-qr-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    print(f"\n== {n_instances} instances ({n_studies} studies, {n_patients} patients); moving {moves} studies of "
+          f"{SERIES_PER_STUDY * INSTANCES_PER_SERIES} instances ({image_size}x{image_size} px)", flush=True)
+    try:
+        with embedded_storage(["eu-west-1", "ap-northeast-2"]) as s3:
+            bucket = s3.buckets[0].name
+            t = time.perf_counter()
+            db_url = fresh_database("isync_bench_dicom_qr")
+            fill_index(db_url, studies, n_patients, bucket)
+            print(f"index filled in {time.perf_counter() - t:.0f} s", flush=True)
+
+            def blobs(only_moved: bool) -> Any:
+                for s in studies:
+                    big = s.uid in moved_uids
+                    if only_moved and not big:
+                        continue
+                    for series in range(1, SERIES_PER_STUDY + 1):
+                        for number in range(1, INSTANCES_PER_SERIES + 1):
+                            yield s, dicom_file(spec(s, series, number, image_size if big else 8))
+
+            t = time.perf_counter()
+            for s, blob in blobs(only_moved=True):
+                from pydicom import dcmread
+                from io import BytesIO
+
+                uid = dcmread(BytesIO(blob), stop_before_pixels=True).SOPInstanceUID
+                s3.put(bucket, f"{s.uid}/{uid}.dcm", blob)
+            print(f"S3 loaded (moved studies) in {time.perf_counter() - t:.0f} s", flush=True)
+
+            ports = {"node": free_port(), "orthanc": free_port(), "orthanc_http": free_port(), "store": free_port()}
+            received = work / "received"
+            received.mkdir()
+            procs.append(subprocess.Popen([str(DCMTK / "storescp"), "-aet", "STORESCP", "+xa", "-od", str(received), str(ports["store"])],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV))
+            procs.append(start_orthanc(work, ports["orthanc"], ports["orthanc_http"], ports["store"]))
+            t = time.perf_counter()
+            loaded = load_orthanc(ports["orthanc_http"], (blob for _, blob in blobs(only_moved=False)))
+            print(f"Orthanc loaded with {loaded} instances in {time.perf_counter() - t:.0f} s", flush=True)
+            procs.append(start_node(work, db_url, s3, ports["node"], ports["store"]))
+            targets = {"ours": (ports["node"], "ISYNC"), "orthanc": (ports["orthanc"], "ORTHANC")}
+            results = run_finds(query_mix(studies, n_patients, repeat), targets)
+            print(f"\n{'C-FIND (ms)':32} {'ours med':>9} {'p95':>7} {'orthanc med':>12} {'p95':>7} {'ratio':>6}  matches ours/orthanc")
+            for name, r in results.items():
+                (om, op, oc), (tm, tp, tc) = r["ours"], r["orthanc"]
+                print(f"{name:32} {om:9.1f} {op:7.1f} {tm:12.1f} {tp:7.1f} {tm / om:6.2f}  {oc}/{tc}")
+            print(f"\n{'C-MOVE':10} {'s':>7} {'files':>6} {'MB':>7} {'MB/s':>7} {'inst/s':>7}")
+            rates = {}
+            for target, (port, aec) in targets.items():
+                elapsed, n, size = run_moves(port, aec, [s.uid for s in moved], received)
+                rates[target] = (size / 1e6 / elapsed, n / elapsed)
+                print(f"{target:10} {elapsed:7.2f} {n:6d} {size / 1e6:7.1f} {size / 1e6 / elapsed:7.1f} {n / elapsed:7.1f}")
+            print(f"ratio ours/orthanc: MB/s {rates['ours'][0] / rates['orthanc'][0]:.2f}, instances/s {rates['ours'][1] / rates['orthanc'][1]:.2f}")
+            print("(ratio column for C-FIND: orthanc median / ours median, > 1 means we are faster)")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, nargs="+", default=[40_000])
+    parser.add_argument("--repeat", type=int, default=15, help="queries per type (different values each)")
+    parser.add_argument("--moves", type=int, default=5, help="studies moved per server")
+    parser.add_argument("--image-size", type=int, default=256, help="rows = columns of the moved studies' 8-bit images")
+    args = parser.parse_args()
+    if not Path(ORTHANC).exists() or not (DCMTK / "findscu").exists():
+        sys.exit("needs Orthanc (apt-get install orthanc) and DCMTK in /usr/bin")
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, Orthanc {subprocess.run([ORTHANC, '--version'], capture_output=True, text=True).stdout.split()[1]}")
+    for n in args.instances:
+        bench(n, args.repeat, args.moves, args.image_size)
+
+
+if __name__ == "__main__":
+    main()

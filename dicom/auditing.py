@@ -1,0 +1,159 @@
+"""One audit record and one log line per C-FIND, C-MOVE and C-GET, written in one place.
+
+Handlers are wrapped by :func:`audited`: it hands them an :class:`Operation`
+to fill (level, query keys, matches or the sub-operation tally, final status)
+and, whatever happens — completion, cancel, failure, the peer aborting —
+writes the audit row (channel ``dicom``, actor = calling AE title, client =
+peer address) and logs the outcome. Log lines carry levels, counts, statuses
+and the association id; never patient names or IDs (those are only in the
+audit row's ``query``, which is what the audit log is for).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from dicom import statuses
+from dicom.retrieve import Tally
+from imaging_sync.audit import AuditEvent, record_now
+
+log = logging.getLogger("dicom.operations")
+
+
+def association_id(assoc: Any) -> str:
+    ident = getattr(assoc, "_isync_id", None)
+    if ident is None:
+        ident = f"{id(assoc) & 0xFFFFFF:06x}"
+        assoc._isync_id = ident
+    return ident
+
+
+def peer(assoc: Any) -> tuple[str, str]:
+    """(calling AE title, peer address) of an association we accepted."""
+    requestor = assoc.requestor
+    return str(requestor.ae_title).strip(), str(requestor.address)
+
+
+@dataclass
+class Operation:
+    action: str  # c-find | c-move | c-get
+    calling_ae: str
+    client_addr: str
+    association: str
+    model: str | None = None
+    level: str | None = None
+    query: dict[str, Any] = field(default_factory=dict)
+    destination: str | None = None
+    matches: int = 0
+    tally: Tally | None = None
+    status: int | None = None
+    comment: str | None = None
+    # C-MOVE/C-GET: the sub-operation count was yielded, the sub-operations started.
+    counted: bool = False
+    cancelled: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def fail(self, status_ds: Any) -> Any:
+        self.status = int(status_ds.Status)
+        self.comment = status_ds.get("ErrorComment")
+        return status_ds
+
+    def final_status(self) -> int | None:
+        if self.status is not None:
+            return self.status
+        if self.cancelled:
+            return statuses.CANCEL
+        if self.tally is not None and self.tally.total:
+            t = self.tally
+            if t.failed == t.total:
+                return statuses.OUT_OF_RESOURCES_SUBOPERATIONS
+            if t.failed or t.warning:
+                return statuses.WARNING_SUBOPERATIONS_FAILED
+        return statuses.SUCCESS
+
+    def outcome(self, status: int | None) -> str:
+        if status is None:
+            return "error"
+        if status in (statuses.SUCCESS, statuses.WARNING_SUBOPERATIONS_FAILED, statuses.CANCEL):
+            return "success"
+        if status in (statuses.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, statuses.UNABLE_TO_PROCESS_INVALID_KEY_VALUE, statuses.MOVE_DESTINATION_UNKNOWN):
+            return "invalid"
+        return "error"
+
+
+def audited(action: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]]:
+    """Wrap a DIMSE handler generator ``handler(event, services, op)`` as ``handler(event, services)``."""
+
+    def decorate(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        @functools.wraps(handler)
+        def run(event: Any, services: Any) -> Iterator[Any]:
+            calling_ae, addr = peer(event.assoc)
+            op = Operation(action, calling_ae, addr, association_id(event.assoc))
+            interrupted = False
+            try:
+                yield from handler(event, services, op)
+            except GeneratorExit:
+                interrupted = True
+                raise
+            except Exception as exc:  # a bug: pynetdicom answers with its own 0xCxxx status
+                op.status, op.comment = statuses.UNABLE_TO_PROCESS, type(exc).__name__
+                log.exception("%s failed in the handler (association %s)", action, op.association)
+                raise
+            finally:
+                _finish(op, services.engine, interrupted)
+
+        return run
+
+    return decorate
+
+
+def _finish(op: Operation, engine: Engine, interrupted: bool) -> None:
+    status = op.final_status()
+    detail: dict[str, Any] = {"model": op.model, "association": op.association}
+    if op.tally is not None:
+        detail.update(op.tally.as_detail())
+        if op.destination:
+            detail["destination"] = op.destination
+        if interrupted and op.tally.remaining and not op.cancelled:
+            # pynetdicom stopped asking for sub-operations: the destination refused the
+            # association (it answered 0xA801) or the requester went away.
+            status = statuses.MOVE_DESTINATION_UNKNOWN if op.counted and op.tally.remaining == op.tally.total else None
+            detail["interrupted"] = True
+    else:
+        detail["matches"] = op.matches
+    if op.comment:
+        detail["error"] = op.comment
+    seconds = time.monotonic() - op.started
+    detail["seconds"] = round(seconds, 3)
+    outcome = op.outcome(status)
+    log.info(
+        "%s %s %s level: %s, status %s (%s), %.0f ms [association %s, calling AE %s]",
+        op.action, op.model or "-", op.level or "-",
+        f"{op.tally.completed}/{op.tally.total} sent, {op.tally.failed} failed" if op.tally else f"{op.matches} matches",
+        f"0x{status:04X}" if status is not None else "none", statuses.name(status) if status is not None else "interrupted",
+        seconds * 1000, op.association, op.calling_ae,
+    )
+    try:
+        record_now(
+            engine,
+            AuditEvent(
+                channel="dicom",
+                actor=op.calling_ae,
+                action=op.action,
+                outcome=outcome,
+                client_addr=op.client_addr,
+                query={"model": op.model, **op.query} if op.model else op.query,
+                resource_type=(op.level or "").lower() or None,
+                status=status,
+                detail=detail,
+            ),
+        )
+    except Exception:  # the answer has gone; losing its audit row must at least be loud
+        log.exception("audit record of %s could not be written (association %s)", op.action, op.association)

@@ -1,0 +1,177 @@
+"""C-FIND over the index: one SQL statement per query, streamed, plus per-batch aggregates.
+
+Every matching key becomes a condition on an indexed column (dicom.matching);
+the index is never loaded into Python to be filtered. Rows arrive through a
+server-side cursor (PostgreSQL) or SQLite's incremental cursor in batches of
+``batch_size``; counts and ModalitiesInStudy (PS3.4 C.6.1.1.3, C.6.1.1.4) are
+one grouped query per batch and only when asked for, so a query costs what
+its result costs, not what the index holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Engine, exists, func, select
+
+from dicom.identifiers import QueryRequest
+from dicom.keys import KEYS, Key, instance, series, study, subject
+from dicom.matching import combined_datetime_condition, condition
+
+UTF8 = "ISO_IR 192"  # PS3.5 §6.1.2.5.3 / PS3.3 C.12.1.1.2: Unicode in UTF-8
+
+
+def _joined(level: str) -> tuple[Any, list[Any]]:
+    """The level's table joined to the levels above, and the conditions that hide soft-deleted rows."""
+    if level == "PATIENT":
+        return subject, [subject.c.deleted_at.is_(None)]
+    source = study.join(subject, study.c.subject_id == subject.c.id)
+    live = [study.c.deleted_at.is_(None), subject.c.deleted_at.is_(None)]
+    if level in ("SERIES", "IMAGE"):
+        source = series.join(source, series.c.study_id == study.c.id)
+        live.append(series.c.deleted_at.is_(None))
+    if level == "IMAGE":
+        source = instance.join(source, instance.c.series_id == series.c.id)
+        live.append(instance.c.deleted_at.is_(None))
+    return source, live
+
+
+_ID = {"PATIENT": subject.c.id, "STUDY": study.c.id, "SERIES": series.c.id, "IMAGE": instance.c.id}
+
+
+def where_clause(request: QueryRequest, dialect: str, *, combined_datetime: bool = False) -> list[Any]:
+    """The SQL conditions of a request's matching keys (shared by C-FIND and C-MOVE/C-GET)."""
+    conditions = []
+    matches = dict(request.matches)
+    if combined_datetime and "StudyDate" in matches and "StudyTime" in matches:
+        d, t = KEYS["StudyDate"], KEYS["StudyTime"]
+        if len(matches["StudyDate"]) == 1 and len(matches["StudyTime"]) == 1:
+            conditions.append(
+                combined_datetime_condition(d.column, t.column, matches.pop("StudyDate")[0], matches.pop("StudyTime")[0], d, t)
+            )
+    for keyword, values in matches.items():
+        key = KEYS[keyword]
+        if keyword == "ModalitiesInStudy":
+            # The study has a live series of (one of) these modalities: EXISTS, not a join, so no duplicates.
+            s2 = series.alias("mis")
+            conditions.append(
+                exists().where(s2.c.study_id == study.c.id, s2.c.deleted_at.is_(None), condition(KEYS["Modality"], values, dialect, s2.c.modality))
+            )
+        elif key.column is not None:
+            conditions.append(condition(key, values, dialect))
+    return conditions
+
+
+def _computed_wanted(request: QueryRequest) -> set[str]:
+    return {r.key.keyword for r in request.returned if r.key is not None and r.key.match == "computed"}
+
+
+class Finder:
+    """Runs C-FIND requests against one engine (the process's), streaming matches as response identifiers."""
+
+    def __init__(self, engine: Engine, *, batch_size: int = 500) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._batch_size = batch_size
+
+    def statement(self, request: QueryRequest, *, combined_datetime: bool = False) -> Any:
+        source, live = _joined(request.level)
+        columns = [_ID[request.level].label("_id")]
+        for req in request.returned:
+            key = req.key
+            if key is not None and key.column is not None and key.match != "computed":
+                columns.append(key.column.label(key.keyword))
+        stmt = select(*columns).select_from(source)
+        return stmt.where(*live, *where_clause(request, self._dialect, combined_datetime=combined_datetime))
+
+    def find(self, request: QueryRequest, *, combined_datetime: bool = False) -> Iterator[Dataset]:
+        """Response identifiers (PS3.4 C.4.1.1.3.2): exactly the keys asked for, plus the level and, when needed, the character set."""
+        stmt = self.statement(request, combined_datetime=combined_datetime)
+        wanted = _computed_wanted(request)
+        returned = request.returned
+        with self._engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=self._batch_size).execute(stmt)
+            for rows in result.partitions():
+                extra = _aggregates(conn, request.level, [row._id for row in rows], wanted) if wanted else {}
+                for row in rows:
+                    yield _response(request.level, returned, row._mapping, extra, row._id)
+
+    def count(self, request: QueryRequest) -> int:
+        stmt = self.statement(request)
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+
+
+def _value(key: Key, raw: Any) -> Any:
+    if raw is None or raw == "":
+        return None
+    if key.match == "date":
+        return raw.strftime("%Y%m%d") if isinstance(raw, dt.date) else str(raw)
+    return raw
+
+
+def _response(level: str, returned: Sequence[Any], row: Any, extra: dict[str, dict[Any, Any]], row_id: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    needs_utf8 = False
+    for req in returned:
+        key = req.key
+        if key is None or key.match == "none":
+            ds.add_new(req.tag, req.vr, [] if req.vr == "SQ" else None)
+            continue
+        if key.match == "computed":
+            value = extra.get(key.keyword, {}).get(row_id, [] if key.keyword == "ModalitiesInStudy" else 0)
+        else:
+            value = _value(key, row[key.keyword])
+            if isinstance(value, str) and not value.isascii():
+                needs_utf8 = True
+        ds.add_new(key.tag, key.vr, value)
+    if needs_utf8:
+        ds.SpecificCharacterSet = UTF8
+    return ds
+
+
+def _aggregates(conn: Any, level: str, ids: list[Any], wanted: set[str]) -> dict[str, dict[Any, Any]]:
+    """Per-batch counts (PS3.4 C.3.4 'Number of … Related …') and ModalitiesInStudy, one grouped query each."""
+    out: dict[str, dict[Any, Any]] = {}
+    live_st, live_se, live_in = study.c.deleted_at.is_(None), series.c.deleted_at.is_(None), instance.c.deleted_at.is_(None)
+    if level == "PATIENT":
+        owner = study.c.subject_id
+        if "NumberOfPatientRelatedStudies" in wanted:
+            out["NumberOfPatientRelatedStudies"] = _grouped(conn, select(owner, func.count()).where(owner.in_(ids), live_st).group_by(owner))
+        if "NumberOfPatientRelatedSeries" in wanted:
+            stmt = select(owner, func.count()).select_from(series.join(study, series.c.study_id == study.c.id))
+            out["NumberOfPatientRelatedSeries"] = _grouped(conn, stmt.where(owner.in_(ids), live_st, live_se).group_by(owner))
+        if "NumberOfPatientRelatedInstances" in wanted:
+            stmt = select(owner, func.count()).select_from(
+                instance.join(series, instance.c.series_id == series.c.id).join(study, series.c.study_id == study.c.id)
+            )
+            out["NumberOfPatientRelatedInstances"] = _grouped(conn, stmt.where(owner.in_(ids), live_st, live_se, live_in).group_by(owner))
+    elif level == "STUDY":
+        owner = series.c.study_id
+        if "ModalitiesInStudy" in wanted:
+            modalities: dict[Any, list[str]] = defaultdict(list)
+            stmt = select(owner, series.c.modality).where(owner.in_(ids), live_se).distinct().order_by(owner, series.c.modality)
+            for study_id, modality in conn.execute(stmt):
+                modalities[study_id].append(modality)
+            out["ModalitiesInStudy"] = modalities
+        if "NumberOfStudyRelatedSeries" in wanted:
+            out["NumberOfStudyRelatedSeries"] = _grouped(conn, select(owner, func.count()).where(owner.in_(ids), live_se).group_by(owner))
+        if "NumberOfStudyRelatedInstances" in wanted:
+            stmt = select(owner, func.count()).select_from(instance.join(series, instance.c.series_id == series.c.id))
+            out["NumberOfStudyRelatedInstances"] = _grouped(conn, stmt.where(owner.in_(ids), live_se, live_in).group_by(owner))
+    elif level == "SERIES" and "NumberOfSeriesRelatedInstances" in wanted:
+        owner = instance.c.series_id
+        out["NumberOfSeriesRelatedInstances"] = _grouped(conn, select(owner, func.count()).where(owner.in_(ids), live_in).group_by(owner))
+    return out
+
+
+def _grouped(conn: Any, stmt: Any) -> dict[Any, int]:
+    return {owner: int(n) for owner, n in conn.execute(stmt)}
+
+
+__all__ = ["Finder", "UTF8", "where_clause"]

@@ -1,0 +1,252 @@
+"""C-MOVE / C-GET sub-operations: which instances, where their files are, fetching them ahead.
+
+The instances of a retrieve are one SQL query (their metadata only: UIDs,
+transfer syntax, locations), so the sub-operation count is known before the
+first byte moves (PS3.4 C.4.2.3.1). Files come from the partners' buckets
+through ``storage.ObjectReader``: up to ``fetch_concurrency`` objects are
+fetched at once, each streamed in bounded chunks into its own spool file, so
+S3 and the association stay busy and no object is ever held in memory. The
+spool file is the stored Part 10 file, byte for byte; it is sent as it is
+(dicom.sending) and deleted once sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.presentation import PresentationContext, build_context
+from sqlalchemy import Engine, func, select
+
+from dicom.errors import TooManyMatchesError
+from dicom.find import where_clause
+from dicom.identifiers import QueryRequest
+from dicom.keys import instance, series, study, subject
+from imaging_sync.db.models import InstanceLocation
+from imaging_sync.errors import StorageError
+from storage import ObjectReader
+
+log = logging.getLogger(__name__)
+
+location = InstanceLocation.__table__
+MAX_SUBOPERATIONS = 65535  # Number of … Sub-operations are US (PS3.4 C.4.2.1.5)
+MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1-255)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    partner: str
+    bucket: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubOperation:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str | None
+    locations: tuple[Location, ...]
+
+
+@dataclass
+class Tally:
+    """What the sub-operations of one retrieve came to, for the log and the audit row."""
+
+    total: int = 0
+    completed: int = 0
+    warning: int = 0
+    failed: int = 0
+    bytes_sent: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    _last_log: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.completed - self.warning - self.failed
+
+    def record(self, status: int | None, size: int, uid: str, reason: str | None = None) -> None:
+        if status is None or status >= 0xA000 or 0x0100 <= status < 0xA000:
+            self.failed += 1
+            self.failed_uids.append(uid)
+            reason = reason or ("no response" if status is None else f"peer status 0x{status:04X}")
+            self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
+            log.warning("sub-operation failed", extra={"sop_instance_uid": uid, "reason": reason})
+        elif status & 0xF000 == 0xB000:
+            self.warning += 1
+            self.bytes_sent += size
+        else:
+            self.completed += 1
+            self.bytes_sent += size
+        now = time.monotonic()
+        if now - self._last_log >= 5.0 or self.remaining == 0:
+            self._last_log = now
+            log.info(
+                "retrieve progress: %d/%d done, %d failed, %.1f MB",
+                self.completed + self.warning + self.failed, self.total, self.failed, self.bytes_sent / 1e6,
+            )
+
+    def as_detail(self) -> dict[str, Any]:
+        return {
+            "sub_operations": self.total,
+            "completed": self.completed,
+            "warning": self.warning,
+            "failed": self.failed,
+            "remaining": self.remaining,
+            "bytes": self.bytes_sent,
+            "seconds": round(time.monotonic() - self.started, 3),
+            **({"failure_reasons": self.failure_reasons} if self.failure_reasons else {}),
+        }
+
+
+class EncodedInstance(Dataset):
+    """A sub-operation as pynetdicom's C-MOVE/C-GET loop sees it: a Dataset with the two UIDs it
+    reports (Failed SOP Instance UID List, PS3.4 C.4.2.1.4.2), standing for the stored file in
+    ``path``, or for the reason it could not be fetched (``error``)."""
+
+    def __init__(self, sub: SubOperation, tally: Tally, *, path: str | None = None, size: int = 0, error: str | None = None) -> None:
+        super().__init__()
+        self.SOPClassUID = sub.sop_class_uid
+        self.SOPInstanceUID = sub.sop_instance_uid
+        self._path = path
+        self._size = size
+        self._error = error
+        self._tally = tally
+
+    def release(self) -> None:
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            self._path = None
+
+
+class Retriever:
+    """Finds the instances of a retrieve and fetches their files; one per process."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        reader: ObjectReader,
+        *,
+        fetch_concurrency: int,
+        spool_dir: str | None = None,
+        partner_priority: Mapping[str, int] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._reader = reader
+        self._concurrency = fetch_concurrency
+        self._spool_dir = spool_dir
+        self._priority = dict(partner_priority or {})
+
+    def sub_operations(self, request: QueryRequest) -> list[SubOperation]:
+        """The live instances the request names, with every partner location (highest priority first)."""
+        source = (
+            instance.join(series, instance.c.series_id == series.c.id)
+            .join(study, series.c.study_id == study.c.id)
+            .join(subject, study.c.subject_id == subject.c.id)
+        )
+        live = [x.c.deleted_at.is_(None) for x in (instance, series, study, subject)]
+        conditions = [*live, *where_clause(request, self._dialect)]
+        with self._engine.connect() as conn:
+            count = conn.execute(select(func.count()).select_from(source).where(*conditions)).scalar_one()
+            if count > MAX_SUBOPERATIONS:
+                raise TooManyMatchesError(f"{count} instances match; at most {MAX_SUBOPERATIONS} per retrieve")
+            stmt = (
+                select(
+                    instance.c.id, instance.c.sop_instance_uid, instance.c.sop_class_uid, instance.c.transfer_syntax_uid,
+                    location.c.partner, location.c.bucket, location.c.key,
+                )
+                .select_from(source.outerjoin(location, location.c.instance_id == instance.c.id))
+                .where(*conditions)
+                .order_by(study.c.id, series.c.series_number, series.c.id, instance.c.instance_number, instance.c.id)
+            )
+            grouped: dict[Any, tuple[Any, list[Location]]] = {}
+            for row in conn.execute(stmt):
+                entry = grouped.setdefault(row.id, (row, []))
+                if row.bucket is not None:
+                    entry[1].append(Location(row.partner, row.bucket, row.key))
+        subs = []
+        for row, locations in grouped.values():
+            locations.sort(key=lambda loc: (-self._priority.get(loc.partner, 0), loc.partner))
+            subs.append(SubOperation(row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax_uid, tuple(locations)))
+        return subs
+
+    def fetch(self, subs: Iterable[SubOperation], tally: Tally) -> Iterator[EncodedInstance]:
+        """The sub-operations in order, each spooled; at most ``fetch_concurrency`` fetches in flight.
+
+        Closing the iterator (cancel, abort) cancels the fetches not started
+        and deletes every spool file it made.
+        """
+        items = iter(subs)
+        pending: deque[Future[EncodedInstance]] = deque()
+        pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="dicom-fetch")
+        try:
+            for sub in items:
+                pending.append(pool.submit(self._spool, sub, tally))
+                if len(pending) >= self._concurrency:
+                    break
+            while pending:
+                done = pending.popleft().result()
+                following = next(items, None)
+                if following is not None:
+                    pending.append(pool.submit(self._spool, following, tally))
+                yield done
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future in pending:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    future.result().release()
+
+    def _spool(self, sub: SubOperation, tally: Tally) -> EncodedInstance:
+        """Stream the object into a spool file; try the next partner's copy when one is missing or unreadable."""
+        if not sub.locations:
+            return EncodedInstance(sub, tally, error="no file location in the index")
+        reasons = []
+        for loc in sub.locations:
+            fd, path = tempfile.mkstemp(prefix="isync-", suffix=".dcm", dir=self._spool_dir)
+            size = 0
+            try:
+                with os.fdopen(fd, "wb") as out, self._reader.open_object(loc.bucket, loc.key) as stream:
+                    for chunk in stream:
+                        out.write(chunk)
+                        size += len(chunk)
+                return EncodedInstance(sub, tally, path=path, size=size)
+            except StorageError as exc:
+                os.unlink(path)
+                reasons.append(exc.kind)
+                log.warning("cannot fetch instance file: %s", exc, extra={"partner": loc.partner, "sop_instance_uid": sub.sop_instance_uid})
+            except BaseException:
+                os.unlink(path)
+                raise
+        return EncodedInstance(sub, tally, error="file " + "/".join(reasons))
+
+
+def presentation_contexts(subs: Iterable[SubOperation]) -> list[PresentationContext]:
+    """One context per (SOP class, transfer syntax) actually being sent, most used first (PS3.4 C.4.2.3.1).
+
+    Each transfer syntax gets its own context so the peer accepts or rejects it
+    alone; files are sent in their stored encoding, never converted. An
+    instance whose syntax is not in the index is offered the uncompressed ones.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for sub in subs:
+        syntaxes = [sub.transfer_syntax_uid] if sub.transfer_syntax_uid else [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        for ts in syntaxes:
+            counts[(sub.sop_class_uid, ts)] = counts.get((sub.sop_class_uid, ts), 0) + 1
+    pairs = sorted(counts, key=lambda p: -counts[p])
+    if len(pairs) > MAX_CONTEXTS:
+        log.warning("retrieve needs %d presentation contexts, proposing the %d most used", len(pairs), MAX_CONTEXTS)
+    return [build_context(sop_class, [ts]) for sop_class, ts in pairs[:MAX_CONTEXTS]]

@@ -1,0 +1,165 @@
+"""Wiring of the DICOM Query/Retrieve node: the Application Entity, its contexts, its handlers.
+
+Built once per process from the settings, the process's engine and its
+bucket registry (``build_services``, ``build_ae``, :class:`DicomServer`); the
+handlers get their dependencies when bound, nothing is global. Supports
+Verification and the Patient Root and Study Root Query/Retrieve information
+models for FIND, MOVE and GET (PS3.4 Annex C), and as C-GET needs, every
+storage SOP class in the SCP role (PS3.4 C.4.3.3.1).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt, sop_class
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import ThreadedAssociationServer
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import Engine
+
+from dicom import handlers
+from dicom.find import Finder
+from dicom.handlers import FIND_MODELS, GET_MODELS, MOVE_MODELS, Services
+from dicom.sending import use_stored_encoding
+from imaging_sync.config import DicomConfig
+from storage import ObjectReader
+
+log = logging.getLogger("dicom.server")
+
+# pynetdicom logs whole request/response identifiers at INFO: they hold patient names and IDs.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+class _SharedUIDContext(PresentationContext):
+    """A supported context that copies cheaply: pynetdicom deep-copies every supported context for
+    each association it accepts, and with all storage SOP classes in every transfer syntax (needed
+    for C-GET) that alone took ~40 ms per association. UIDs are immutable; lists are copied."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PresentationContext:
+        clone = copy.copy(self)
+        clone.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()})
+        return clone
+
+
+class QueryRetrieveAE(AE):
+    """Our AE: each association it opens (the C-MOVE sub-operations' one) sends stored files as they are."""
+
+    def associate(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["evt_handlers"] = [*(kwargs.get("evt_handlers") or []), (evt.EVT_CONN_OPEN, handlers.handle_connection_open)]
+        assoc = super().associate(*args, **kwargs)
+        use_stored_encoding(assoc)
+        return assoc
+
+
+def build_services(
+    config: DicomConfig, engine: Engine, reader: ObjectReader, *, partner_priority: Mapping[str, int] | None = None
+) -> Services:
+    from dicom.retrieve import Retriever
+
+    return Services(
+        engine=engine,
+        finder=Finder(engine),
+        retriever=Retriever(
+            engine, reader, fetch_concurrency=config.fetch_concurrency, spool_dir=config.spool_dir, partner_priority=partner_priority
+        ),
+        destinations=config.destinations,
+        max_pdu=config.max_pdu_bytes,
+    )
+
+
+def build_ae(config: DicomConfig) -> QueryRetrieveAE:
+    ae = QueryRetrieveAE(ae_title=config.ae_title)
+    ae.maximum_associations = config.max_associations
+    ae.network_timeout = config.network_timeout_seconds
+    ae.acse_timeout = config.network_timeout_seconds
+    ae.dimse_timeout = config.network_timeout_seconds
+    ae.connection_timeout = config.network_timeout_seconds
+    ae.maximum_pdu_size = config.max_pdu_bytes
+    if config.allowed_calling_aets:
+        # An unknown caller is rejected at association time (A-ASSOCIATE-RJ, calling AE title not recognised).
+        ae.require_calling_aet = list(config.allowed_calling_aets)
+    ae.add_supported_context(sop_class.Verification)
+    for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+        ae.add_supported_context(uid)
+    # C-GET: we store to the requester, which takes the SCP role. Of the syntaxes a requester proposes in
+    # one context we accept the first in this order; files are sent only in their stored syntax, and
+    # Explicit VR Little Endian is the most common one.
+    syntaxes = [ExplicitVRLittleEndian, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian)]
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=False, scp_role=True)
+    return ae
+
+
+def bound_handlers(services: Services) -> list[Any]:
+    return [
+        (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
+        (evt.EVT_C_ECHO, handlers.handle_echo),
+        (evt.EVT_C_FIND, handlers.handle_find, [services]),
+        (evt.EVT_C_MOVE, handlers.handle_move, [services]),
+        (evt.EVT_C_GET, handlers.handle_get, [services]),
+        (evt.EVT_SOP_EXTENDED, handlers.handle_sop_extended),
+        (evt.EVT_ESTABLISHED, handlers.handle_established),
+        (evt.EVT_RELEASED, handlers.handle_released),
+        (evt.EVT_ABORTED, handlers.handle_aborted),
+        (evt.EVT_REJECTED, handlers.handle_rejected),
+    ]
+
+
+class DicomServer:
+    """The listening node: ``start()`` returns once it accepts associations; ``port`` is the bound port."""
+
+    def __init__(self, config: DicomConfig, services: Services) -> None:
+        self._config = config
+        self._services = services
+        self.ae = build_ae(config)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the DICOM server is not running")
+        return int(self._server.server_address[1])
+
+    def start(self) -> int:
+        self._server = self.ae.start_server(
+            (self._config.host, self._config.port), block=False, evt_handlers=bound_handlers(self._services)
+        )
+        for cx in self._server.contexts:
+            cx.__class__ = _SharedUIDContext
+        log.info(
+            "DICOM node %s listening on %s:%d (%d destinations, calling-AE allowlist %s)",
+            self._config.ae_title, self._config.host, self.port, len(self._config.destinations),
+            "on" if self._config.allowed_calling_aets else "off",
+        )
+        return self.port
+
+    def serve_forever(self) -> None:
+        """Serve until interrupted (the CLI): Ctrl-C or SIGTERM."""
+        self.start()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    def __enter__(self) -> DicomServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

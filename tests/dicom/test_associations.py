@@ -1,0 +1,120 @@
+"""Associations: verification, the calling-AE allowlist, cancel, concurrency, audit rows and clean logs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from sqlalchemy import Engine, insert, select
+
+from conftest import NODE_AE, SUBJECTS, Files, Node, run_tool, start_node
+from imaging_sync.db.models import AuditEntry, Study, Subject
+from imaging_sync.ids import new_id
+from scu import FIND, find, identifier, scu, values
+
+
+def test_echo_with_dcmtk_echoscu(sqlite_node: Node, dcmtk: Path) -> None:
+    out = run_tool(dcmtk, "echoscu", "-aec", NODE_AE, "127.0.0.1", str(sqlite_node.port))
+    assert out.returncode == 0, out.stderr
+
+
+def test_an_unknown_calling_ae_is_rejected_at_association_time(sqlite_engine: Engine, files: Files) -> None:
+    node = start_node(sqlite_engine, files, allowed_calling_aets=["GOOD_AE"])
+    try:
+        ae = AE(ae_title="EVIL_AE")
+        ae.add_requested_context(Verification)
+        refused = ae.associate(*node.address, ae_title=NODE_AE)
+        assert refused.is_rejected and not refused.is_established
+        ae = AE(ae_title="GOOD_AE")
+        ae.add_requested_context(Verification)
+        accepted = ae.associate(*node.address, ae_title=NODE_AE)
+        assert accepted.is_established and accepted.send_c_echo().Status == 0x0000
+        accepted.release()
+    finally:
+        node.server.stop()
+
+
+def test_every_find_is_audited_with_caller_keys_and_count(node: Node) -> None:
+    status, results, _ = find(node.address, identifier("STUDY", PatientName="KIM*", StudyInstanceUID=""), calling_ae="AUDITED_SCU")
+    assert status == 0x0000 and len(results) == 2
+    with node.engine.connect() as conn:
+        row = conn.execute(select(AuditEntry).where(AuditEntry.action == "c-find")).one()
+    assert (row.channel, row.actor, row.client_addr, row.outcome, row.status) == ("dicom", "AUDITED_SCU", "127.0.0.1", "success", 0)
+    assert row.query == {"model": "STUDY", "QueryRetrieveLevel": "STUDY", "PatientName": "KIM*"}
+    assert row.detail["matches"] == 2 and row.resource_type == "study"
+
+
+def test_refused_queries_are_audited_as_invalid(sqlite_node: Node) -> None:
+    status, _, _ = find(sqlite_node.address, identifier("SERIES", SeriesInstanceUID=""))
+    assert status == 0xA900
+    with sqlite_node.engine.connect() as conn:
+        row = conn.execute(select(AuditEntry)).one()
+    assert (row.outcome, row.status, row.action) == ("invalid", 0xA900, "c-find")
+
+
+def test_logs_never_carry_patient_names_or_ids(sqlite_node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    find(sqlite_node.address, identifier("STUDY", PatientName="KIM^MINJUN", PatientID="P001", StudyInstanceUID=""))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "c-find" in text and "2 matches" in text  # the administrator still sees what happened
+    assert "KIM" not in text.upper() and "P001" not in text
+
+
+def test_cancel_ends_a_find_with_fe00(sqlite_engine: Engine, files: Files) -> None:
+    from conftest import load_index
+
+    load_index(sqlite_engine, files)
+    now = dt.datetime.now(dt.timezone.utc)
+    subject_id = new_id()
+    with sqlite_engine.begin() as conn:
+        conn.execute(insert(Subject.__table__), [{"id": subject_id, "source_partner": "b", "source_priority": 0, "issuer": "", "patient_id": "BULK",
+                                                  "patient_name": "BULK^PATIENT", "patient_name_search": "bulk^patient", "created_at": now, "updated_at": now}])
+        conn.execute(insert(Study.__table__), [
+            {"id": new_id(), "source_partner": "b", "source_priority": 0, "study_instance_uid": f"1.2.826.0.9.{i}", "subject_id": subject_id,
+             "study_date": dt.date(2020, 1, 1), "created_at": now, "updated_at": now}
+            for i in range(3000)
+        ])
+    node = start_node(sqlite_engine, files)
+    try:
+        ae = scu()
+        assoc = ae.associate(*node.address, ae_title=NODE_AE)
+        statuses = []
+        for status, _ in assoc.send_c_find(identifier("STUDY", PatientID="BULK", StudyInstanceUID=""), FIND["STUDY"]):
+            statuses.append(status.Status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(1, query_model=FIND["STUDY"])
+        assoc.release()
+    finally:
+        node.server.stop()
+    assert statuses[-1] == 0xFE00 and len(statuses) < 3000
+    with sqlite_engine.connect() as conn:
+        row = conn.execute(select(AuditEntry)).one()
+    assert row.status == 0xFE00 and row.detail["matches"] < 3000
+
+
+def test_eight_concurrent_associations_each_get_their_own_answers(node: Node) -> None:
+    expected = {
+        subj.patient_id: sorted(std.uid for std in subj.studies if not std.deleted)
+        for subj in SUBJECTS if not subj.deleted
+    }
+    patients = sorted(expected) * 2  # 8 associations, 4 different questions
+    barrier = threading.Barrier(len(patients))
+
+    def ask(patient_id: str) -> tuple[str, list[str]]:
+        barrier.wait(timeout=10)
+        answers = []
+        for _ in range(3):
+            status, results, _ = find(node.address, identifier("STUDY", PatientID=patient_id, StudyInstanceUID="", PatientName=""), calling_ae=f"SCU_{patient_id[:4]}")
+            assert status == 0x0000
+            answers = values(results, "StudyInstanceUID")
+        return patient_id, answers
+
+    with ThreadPoolExecutor(len(patients)) as pool:
+        got = list(pool.map(ask, patients))
+    assert all(answers == expected[pid] for pid, answers in got), got

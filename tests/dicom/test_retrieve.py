@@ -1,0 +1,165 @@
+"""C-MOVE and C-GET: files from two partners' buckets reach real peers byte for byte, failures are counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import Verification
+from sqlalchemy import select
+
+from conftest import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, run_tool, walk
+from imaging_sync.db.models import AuditEntry
+from imaging_sync.testing.dicom_files import dataset_bytes
+from scu import GET, MOVE, get_ae, identifier, scu
+
+STUDY_1 = "1.2.826.0.1.1"  # 3 series, 6 instances, partners b and c, 4 transfer syntaxes
+
+
+def _instances_of(study_uid: str) -> list[str]:
+    return [inst.uid for _, std, _, inst in walk() if std.uid == study_uid and not inst.deleted]
+
+
+def move(node: Node, ds: Dataset, destination: str, model: str = "STUDY") -> tuple[list[Dataset], Dataset]:
+    ae = scu()
+    assoc = ae.associate(*node.address, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        responses = [status for status, _ in assoc.send_c_move(ds, destination, MOVE[model])]
+        return responses[:-1], responses[-1]
+    finally:
+        assoc.release()
+
+
+class PyStoreSCP:
+    """pynetdicom as the C-MOVE destination PYSTORE: keeps each received data set's bytes."""
+
+    def __init__(self, port: int) -> None:
+        self.received: dict[str, bytes] = {}
+        self.ae = AE(ae_title="PYSTORE")
+        self.ae.add_supported_context(Verification)
+        for uid in {inst.sop_class for *_, inst in walk()}:
+            self.ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        self.server = self.ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event: Any) -> int:
+        self.received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def test_move_of_a_multi_series_study_to_storescp_arrives_byte_identical(node: Node, storescp: StoreSCP) -> None:
+    pending, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "STORESCP")
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 6 and final.NumberOfFailedSuboperations == 0
+    assert [p.NumberOfRemainingSuboperations for p in pending] == [5, 4, 3, 2, 1, 0]  # progress as it goes
+    received = {dcmread(path).SOPInstanceUID: path for path in storescp.files()}
+    assert sorted(received) == sorted(_instances_of(STUDY_1))
+    for uid, path in received.items():
+        sent = node.files.data[uid]
+        assert dataset_bytes(path.read_bytes()) == dataset_bytes(sent), uid  # pixel data never re-encoded
+        assert dcmread(path).file_meta.TransferSyntaxUID == dcmread(__import__('io').BytesIO(sent)).file_meta.TransferSyntaxUID
+
+
+def test_move_with_dcmtk_movescu_reports_the_sub_operations(node: Node, storescp: StoreSCP, dcmtk: Path) -> None:
+    out = run_tool(dcmtk, "movescu", "-S", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", "STORESCP",
+                   "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={STUDY_1}", "-k", "SeriesInstanceUID=1.2.826.0.1.1.2",
+                   "127.0.0.1", str(node.port), "-v")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Received Final Move Response (Success)" in out.stdout + out.stderr
+    assert sorted(dcmread(p).SOPInstanceUID for p in storescp.files()) == ["1.2.826.0.1.1.2.1", "1.2.826.0.1.1.2.2"]
+
+
+def test_unknown_destination_is_refused_with_a801(node: Node) -> None:
+    _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "NOWHERE")
+    assert final.Status == 0xA801
+
+
+def test_a_missing_object_fails_its_sub_operation_and_the_rest_are_delivered(node: Node) -> None:
+    store = PyStoreSCP(node.ports["PYSTORE"])
+    try:
+        _, final = move(node, identifier("SERIES", StudyInstanceUID="1.2.826.0.1.4", SeriesInstanceUID="1.2.826.0.1.4.1"), "PYSTORE")
+    finally:
+        store.stop()
+    assert final.Status == 0xB000  # PS3.4 C.4.2.1.5: sub-operations complete, one or more failures
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert sorted(store.received) == ["1.2.826.0.1.4.1.1", "1.2.826.0.1.4.1.3"]
+    with node.engine.connect() as conn:
+        row = conn.execute(select(AuditEntry).where(AuditEntry.action == "c-move")).one()
+    assert (row.actor, row.outcome, row.status, row.client_addr) == ("TEST_SCU", "success", 0xB000, "127.0.0.1")
+    assert row.detail["failed"] == 1 and row.detail["completed"] == 2 and row.query["SeriesInstanceUID"] == "1.2.826.0.1.4.1"
+
+
+def test_when_every_sub_operation_fails_the_move_fails_with_a702(sqlite_node: Node) -> None:
+    store = PyStoreSCP(sqlite_node.ports["PYSTORE"])
+    try:
+        _, final = move(sqlite_node, identifier("IMAGE", StudyInstanceUID="1.2.826.0.1.4", SeriesInstanceUID="1.2.826.0.1.4.1", SOPInstanceUID=MISSING_OBJECT_UID), "PYSTORE")
+    finally:
+        store.stop()
+    assert (final.Status, final.NumberOfFailedSuboperations) == (0xA702, 1)
+
+
+def test_move_identifier_without_the_unique_key_is_refused(sqlite_node: Node) -> None:
+    store = PyStoreSCP(sqlite_node.ports["PYSTORE"])
+    try:
+        _, final = move(sqlite_node, identifier("SERIES", StudyInstanceUID=STUDY_1), "PYSTORE")
+    finally:
+        store.stop()
+    assert final.Status == 0xA900 and store.received == {}
+
+
+def test_get_of_a_series_on_the_same_association(node: Node) -> None:
+    received: dict[str, bytes] = {}
+
+    def on_store(event: Any) -> int:
+        received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    # One context per transfer syntax: files go in their stored syntax, never converted (PS3.4 C.4.3.3.1).
+    ae, roles = get_ae([(CT, [ts]) for ts in ALL_TRANSFER_SYNTAXES[:4]])
+    assoc = ae.associate(*node.address, ae_title=NODE_AE, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        responses = [s for s, _ in assoc.send_c_get(identifier("SERIES", StudyInstanceUID=STUDY_1, SeriesInstanceUID="1.2.826.0.1.1.1"), GET["STUDY"])]
+    finally:
+        assoc.release()
+    final = responses[-1]
+    assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, 3)
+    assert sorted(received) == ["1.2.826.0.1.1.1.1", "1.2.826.0.1.1.1.2", "1.2.826.0.1.1.1.3"]
+    for uid, data in received.items():
+        assert data == dataset_bytes(node.files.data[uid])
+
+
+def test_get_with_dcmtk_getscu(sqlite_node: Node, dcmtk: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "got"
+    out_dir.mkdir()
+    # getscu proposes the uncompressed syntaxes in one context per SOP class: a series stored in Explicit VR LE.
+    out = run_tool(dcmtk, "getscu", "-S", "-aet", "GETSCU", "-aec", NODE_AE, "-od", str(out_dir),
+                   "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={STUDY_1}", "-k", "SeriesInstanceUID=1.2.826.0.1.1.1",
+                   "127.0.0.1", str(sqlite_node.port))
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = {dcmread(p).SOPInstanceUID: p for p in out_dir.iterdir()}
+    assert sorted(got) == ["1.2.826.0.1.1.1.1", "1.2.826.0.1.1.1.2", "1.2.826.0.1.1.1.3"]
+    for uid, path in got.items():
+        assert dataset_bytes(path.read_bytes()) == dataset_bytes(sqlite_node.files.data[uid])
+
+
+def test_cancel_stops_a_move(sqlite_node: Node) -> None:
+    store = PyStoreSCP(sqlite_node.ports["PYSTORE"])
+    ae = scu()
+    assoc = ae.associate(*sqlite_node.address, ae_title=NODE_AE)
+    try:
+        responses = []
+        for status, _ in assoc.send_c_move(identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE", MOVE["STUDY"]):
+            responses.append(status)
+            if status.Status == 0xFF00 and len(responses) == 1:
+                assoc.send_c_cancel(1, query_model=MOVE["STUDY"])
+    finally:
+        assoc.release()
+        store.stop()
+    assert responses[-1].Status == 0xFE00
+    assert len(store.received) < 6
