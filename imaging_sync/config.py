@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -91,10 +93,14 @@ class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     passthrough_dicom_terms: bool = True
     # field name -> {partner value -> DICOM value}
     vocabulary: dict[str, dict[str, str]] = {}
+    # When the scheduled jobs sync this partner (crontab, in jobs.timezone); None: jobs.default_schedule.
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url: must start with http:// or https://")
+        if self.schedule is not None:
+            _check_crontab("schedule", self.schedule)
         if self.api_key_env and self.api_key_file:
             raise ValueError("api_key_env and api_key_file: set only one")
         for bucket in self.buckets:
@@ -266,11 +272,94 @@ class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # How many objects are fetched from S3 at once during a C-MOVE/C-GET.
     fetch_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     network_timeout_seconds: PositiveFloat = 60.0
+    # Where C-MOVE/C-GET spool each fetched object (at most fetch_concurrency files per retrieve
+    # at once, deleted once sent); None: the system temporary directory.
+    spool_dir: str | None = None
+    # Largest PDU we receive and send (PS3.8 9.3.1; 0 = unlimited). 16 KiB is the common default;
+    # larger PDUs mean fewer round trips for big files.
+    max_pdu_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 262_144
 
     def __post_init__(self) -> None:
+        if self.max_pdu_bytes and self.max_pdu_bytes < 4096:
+            raise ValueError("max_pdu_bytes: 0 (unlimited) or at least 4096")
+        if self.spool_dir is not None and not Path(self.spool_dir).is_dir():
+            raise ValueError(f"spool_dir: {self.spool_dir!r} is not a directory")
         for title in [self.ae_title, *self.allowed_calling_aets, *self.destinations]:
             if not title.strip() or len(title) > 16 or "\\" in title or any(ord(c) < 32 for c in title):
                 raise ValueError(f"ae_title: {title!r} is not a valid AE title (1-16 characters, no backslash or control characters)")
+
+
+class JobsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Scheduled jobs (the ``jobs`` package: Celery workers and beat, or the embedded scheduler).
+
+    A broker URL with a password is a secret: name an environment variable in
+    ``broker_url_env`` (it overrides ``broker_url``). The result backend
+    defaults to the broker (``rpc://`` for an AMQP broker).
+    """
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_url_env: str | None = None
+    result_backend: str | None = None
+    # IANA zone the crontabs are read in (e.g. "Asia/Seoul").
+    timezone: str = "UTC"
+    # Each enabled partner's sync, unless [partners.NAME] schedule overrides it: twice a day.
+    default_schedule: str = "0 6,18 * * *"
+    outbox_relay_seconds: PositiveFloat = 15.0
+    alerts_check_seconds: PositiveFloat = 300.0
+    # Sync runs (and their rejected items) older than this are pruned daily.
+    prune_days: Annotated[int, msgspec.Meta(ge=1)] = 90
+    # Redis/SQS: an unacknowledged task (its worker died) is delivered again after this long.
+    visibility_timeout: PositiveFloat = 3600.0
+
+    def __post_init__(self) -> None:
+        _check_crontab("default_schedule", self.default_schedule)
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone (e.g. \"UTC\", \"Asia/Seoul\")") from None
+        for name, url in (("broker_url", self.broker_url), ("result_backend", self.result_backend)):
+            if url is not None and "://" not in url:
+                raise ValueError(f"{name}: not a URL (e.g. redis://127.0.0.1:6379/0 or amqp://host:5672//)")
+
+    def resolved_broker_url(self, environ: Mapping[str, str] | None = None) -> Secret:
+        """The broker URL: from ``broker_url_env`` when set, else ``broker_url``."""
+        environ = os.environ if environ is None else environ
+        if self.broker_url_env:
+            value = environ.get(self.broker_url_env, "").strip()
+            if not value:
+                raise ConfigError("jobs.broker_url_env", f"environment variable {self.broker_url_env} is not set")
+            return Secret(value)
+        return Secret(self.broker_url)
+
+    def resolved_result_backend(self, environ: Mapping[str, str] | None = None) -> Secret:
+        """The result backend: as configured, else the broker (``rpc://`` for AMQP brokers)."""
+        if self.result_backend:
+            return Secret(self.result_backend)
+        broker = self.resolved_broker_url(environ)
+        if broker.reveal().split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp"):
+            return Secret("rpc://")
+        return broker
+
+
+def crontab_fields(expression: str) -> tuple[str, str, str, str, str]:
+    """``"m h dom mon dow"`` as Celery's crontab arguments (minute, hour, day_of_week, day_of_month, month_of_year).
+
+    One place for the field order; Celery's own crontab parser validates the fields.
+    """
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ValueError(f"{expression!r} is not a crontab: want 5 fields \"minute hour day-of-month month day-of-week\", got {len(parts)}")
+    minute, hour, day_of_month, month_of_year, day_of_week = parts
+    return minute, hour, day_of_week, day_of_month, month_of_year
+
+
+def _check_crontab(key: str, expression: str) -> None:
+    from celery.schedules import crontab  # local: keep config import light
+
+    try:
+        crontab(*crontab_fields(expression))
+    except Exception as exc:  # Celery's parser raises ValueError or its ParseException
+        raise ValueError(f"{key}: {expression!r} is not a valid crontab: {exc}") from None
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -281,6 +370,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     api: ApiConfig = ApiConfig()
     outbox: OutboxConfig = OutboxConfig()
     alerts: AlertsConfig = AlertsConfig()
+    jobs: JobsConfig = JobsConfig()
     dicom: DicomConfig = DicomConfig()
     partners: dict[str, PartnerConfig] = {}
     # Where the settings came from, for `imaging-sync doctor` and error messages.
@@ -318,6 +408,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         source += f" + environment ({len(env_keys)} overrides)"
     settings = _convert(raw, source)
     _check_database_url(settings, env_keys)
+    _check_jobs_urls(settings, env_keys)
     _check_partner_buckets(settings)
     for partner in settings.partners.values():
         resolve_api_key(partner, environ)
@@ -457,3 +548,19 @@ def _check_database_url(settings: Settings, env_keys: set[str]) -> None:
         raise ConfigError("database.url", "contains a password; use database.password_env or database.password_file")
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError("database.url", f"unsupported database {url.get_backend_name()!r} (sqlite or postgresql)")
+
+
+def _check_jobs_urls(settings: Settings, env_keys: set[str]) -> None:
+    """A broker or result-backend URL carrying a password must not be written in the file."""
+    for key in ("broker_url", "result_backend"):
+        url = getattr(settings.jobs, key)
+        if not url or f"jobs.{key}" in env_keys:
+            continue
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            how = ("name an environment variable holding the URL in jobs.broker_url_env" if key == "broker_url"
+                   else "leave it unset to use the broker (jobs.broker_url_env), or set IMAGING_SYNC__JOBS__RESULT_BACKEND")
+            raise ConfigError(f"jobs.{key}", f"contains a password; {how}")
