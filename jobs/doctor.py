@@ -1,0 +1,491 @@
+"""``imaging-sync doctor``: can this deployment reach and use everything it needs, right now?
+
+One line per part, ``OK``, ``FAIL`` or ``SKIP`` (not applicable here, e.g. a
+disabled partner), with the reason; exit 0 when nothing FAILs, 1 otherwise.
+Written for the on-call engineer: each FAIL says what was tried, what
+answered, and which config key or command is the next step. Checks:
+
+- ``config``: the settings load (the file, environment overrides, every secret source);
+- ``database`` and ``migrations``: a connection, and the schema at the revision the code expects;
+- ``partner NAME``: the partner's health endpoint through its adapter, and its
+  API key on an authenticated listing that asks only for changes from now on
+  (no patient data is fetched);
+- ``bucket NAME``: for each bucket in ``[storage.buckets]``, a HEAD of a known
+  object (``--probe-object``, else one the index has in that bucket), or
+  HeadBucket when none is known;
+- ``broker``: a connection to ``jobs.broker_url`` (Redis is also pinged);
+- ``dicom``: C-ECHO (PS3.7 9.1.5, Verification SOP Class PS3.4 Annex A) to
+  ``dicom.ae_title`` on ``dicom.port``.
+
+Every check has a short timeout and the network checks run in parallel, so
+the whole run takes about one timeout at worst. Secrets are never printed:
+messages carry host names, key *names* and error classes, and every known
+secret value is masked before anything is shown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+from urllib.parse import urlsplit
+
+import click
+import msgspec
+
+from imaging_sync.config import (
+    DatabaseConfig,
+    DicomConfig,
+    PartnerConfig,
+    RetryPolicy,
+    Settings,
+    database_password,
+    load_settings,
+    resolve_api_key,
+)
+from imaging_sync.errors import ConfigError, ImagingSyncError, PartnerAuthError, PartnerUnavailableError
+
+Status = Literal["OK", "FAIL", "SKIP"]
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_CALLING_AET = "ISYNC_DOCTOR"
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+_MIN_SECRET_LENGTH = 4  # shorter "secrets" would mask ordinary words in the output
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    """How far to look and how long to wait."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    # Where to reach the DICOM node (default: dicom.host, or 127.0.0.1 when it binds every interface).
+    dicom_host: str | None = None
+    calling_aet: str = DEFAULT_CALLING_AET
+    # bucket -> key of an object known to exist, HEADed instead of the bucket.
+    probe_objects: Mapping[str, str] = field(default_factory=dict)
+
+
+def ok(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, "OK", detail)
+
+
+def fail(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, "FAIL", detail)
+
+
+def skip(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, "SKIP", detail)
+
+
+# -- the whole run ------------------------------------------------------------------------
+
+
+def diagnose(config_path: str | None, options: DoctorOptions, environ: Mapping[str, str] | None = None) -> list[CheckResult]:
+    """Load the settings, then run every check; the results in a stable order, secrets masked."""
+    environ = os.environ if environ is None else environ
+    try:
+        settings = load_settings(config_path, environ)
+    except ConfigError as exc:
+        return [fail("config", f"{exc} (nothing else checked: every other check needs the configuration)")]
+    results = [ok("config", f"loaded from {settings.source}")]
+    results += run_checks(settings, options, environ)
+    return mask_secrets(results, known_secrets(settings, environ))
+
+
+def run_checks(settings: Settings, options: DoctorOptions, environ: Mapping[str, str]) -> list[CheckResult]:
+    """Database first (the bucket check samples the index), then the network checks in parallel."""
+    engine, database_results = check_database(settings.database, options.timeout, environ)
+    try:
+        jobs: list[Callable[[], list[CheckResult]]] = []
+        for name, partner in sorted(settings.partners.items()):
+            jobs.append(lambda partner=partner: [check_partner(partner, options.timeout, environ)])
+        jobs.append(lambda: check_buckets(settings, options, engine, environ))
+        jobs.append(lambda: [check_broker(settings, options.timeout, environ)])
+        jobs.append(lambda: [check_dicom(settings.dicom, options)])
+        with ThreadPoolExecutor(max_workers=min(8, len(jobs)), thread_name_prefix="doctor") as pool:
+            futures = [pool.submit(_guarded, job) for job in jobs]
+            network_results = [result for future in futures for result in future.result()]
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return database_results + network_results
+
+
+def _guarded(job: Callable[[], list[CheckResult]]) -> list[CheckResult]:
+    """A bug in one check must not hide the others' answers."""
+    try:
+        return job()
+    except Exception as exc:  # report, never crash the whole doctor
+        return [fail("doctor", f"a check crashed: {type(exc).__name__}: {exc}")]
+
+
+# -- database -----------------------------------------------------------------------------
+
+
+def check_database(config: DatabaseConfig, timeout: float, environ: Mapping[str, str]) -> tuple[Any, list[CheckResult]]:
+    """``(engine or None, [database, migrations])``; the engine is returned only when the database answered."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from imaging_sync.db import migrate
+    from imaging_sync.db.engine import create_db_engine
+
+    url = make_url(config.url)
+    shown = url.render_as_string(hide_password=True)
+    not_checked = skip("migrations", "not checked: the database is unreachable")
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ""
+        if path in ("", ":memory:"):
+            return None, [fail("database", f"{shown}: an in-memory database holds no index; set database.url to a file"), not_checked]
+        if not Path(path).is_file():
+            return None, [fail("database", f"SQLite file {path} does not exist (wrong database.url? a new install needs `imaging-sync db upgrade`)"), not_checked]
+    elif "connect_timeout" not in url.query:
+        # libpq waits ~2 minutes for a silent host by default; the doctor should answer sooner.
+        config = msgspec.structs.replace(config, url=url.update_query_dict({"connect_timeout": str(max(1, round(timeout)))}).render_as_string(hide_password=False))
+    try:
+        if config.password_env or config.password_file:
+            database_password(config, environ)  # names the missing variable or file
+        engine = create_db_engine(config)
+    except ConfigError as exc:
+        return None, [fail("database", str(exc)), not_checked]
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        return None, [fail("database", f"{shown} unreachable: {_db_reason(exc)}"), not_checked]
+    database = ok("database", f"{shown} reachable")
+    try:
+        current, head = migrate.current_revision(engine), migrate.head_revision()
+    except Exception as exc:
+        return engine, [database, fail("migrations", f"cannot read the schema revision: {_db_reason(exc)}")]
+    if current != head:
+        return engine, [database, fail("migrations", f"schema at {current or 'nothing (empty database)'}, code expects {head}: run `imaging-sync db upgrade`")]
+    return engine, [database, ok("migrations", f"schema at {current} (current)")]
+
+
+def _db_reason(exc: BaseException) -> str:
+    """The driver's own first line (psycopg: 'connection failed: … Connection refused'), not SQLAlchemy's wrapper."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+
+
+# -- partners -----------------------------------------------------------------------------
+
+
+def check_partner(partner: PartnerConfig, timeout: float, environ: Mapping[str, str]) -> CheckResult:
+    """Health endpoint, then the key on an authenticated listing of changes since now (normally empty)."""
+    from imaging_sync.partners.factory import build_source
+
+    name = f"partner {partner.name}"
+    if not partner.enabled:
+        return skip(name, "disabled (enabled = false)")
+    # One attempt, short timeouts: the doctor reports, the sync retries.
+    quick = msgspec.structs.replace(
+        partner,
+        connect_timeout=min(partner.connect_timeout, timeout),
+        read_timeout=min(partner.read_timeout, timeout),
+        page_size=1,
+        retry=RetryPolicy(max_attempts=1, max_total_seconds=timeout, max_retry_after=timeout),
+    )
+    key_source = f"api_key_env {partner.api_key_env}" if partner.api_key_env else f"api_key_file {partner.api_key_file}"
+    try:
+        resolve_api_key(partner, environ)
+        source = build_source(quick)
+    except ConfigError as exc:
+        return fail(name, str(exc))
+    started = time.monotonic()
+    try:
+        source.health()
+        for _page in source.list_changed(dt.datetime.now(dt.timezone.utc)):
+            break  # the first page proves the key; its content is not looked at
+    except PartnerAuthError as exc:
+        return fail(name, f"{partner.base_url}: {_partner_reason(exc)} (the key comes from {key_source})")
+    except PartnerUnavailableError as exc:
+        return fail(name, f"{partner.base_url} unreachable or failing: {_partner_reason(exc)}")
+    except ImagingSyncError as exc:
+        return fail(name, f"{partner.base_url}: {_partner_reason(exc)}")
+    finally:
+        source.close()
+    return ok(name, f"{partner.base_url}: health ok, key accepted ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+
+def _partner_reason(exc: ImagingSyncError) -> str:
+    return str(exc).split(": ", 1)[-1] if str(exc).startswith("partner ") else str(exc)
+
+
+# -- buckets ------------------------------------------------------------------------------
+
+
+def check_buckets(settings: Settings, options: DoctorOptions, engine: Any, environ: Mapping[str, str]) -> list[CheckResult]:
+    """One line per registered bucket (plus one per ``--probe-object`` outside the registry)."""
+    from storage.registry import BucketRegistry
+
+    storage = settings.storage
+    referenced = sorted({b for p in settings.partners.values() if p.enabled for b in p.buckets})
+    results = [
+        fail(f"bucket {bucket}", "not in the storage registry ([storage.buckets]): it is never signed or read")
+        for bucket in sorted(set(options.probe_objects) - set(storage.buckets))
+    ]
+    if not storage.buckets:
+        if referenced:
+            return results + [fail("storage", f"[storage.buckets] is empty, but partners point at {', '.join(referenced)}: file URLs and C-MOVE cannot work")]
+        return results + [skip("storage", "no buckets registered ([storage.buckets]) and no partner points at one")]
+    if storage.embedded:
+        return results + [skip("storage", "storage.embedded = true: the embedded S3 lives inside the serving process, nothing to reach from here")]
+    try:
+        registry = BucketRegistry(storage, environ=environ)
+    except ConfigError as exc:
+        return results + [fail("storage", str(exc))]
+    for bucket in sorted(storage.buckets):
+        results.append(_check_bucket(registry, bucket, settings, options, engine))
+    return results
+
+
+def _check_bucket(registry: Any, bucket: str, settings: Settings, options: DoctorOptions, engine: Any) -> CheckResult:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from imaging_sync.errors import ObjectNotFoundError, StorageError
+    from storage.boto_errors import storage_error
+    from storage.reader import ObjectReader
+
+    name = f"bucket {bucket}"
+    cfg = registry.bucket_config(bucket)
+    where = f"{cfg.endpoint_url or 'AWS'} ({cfg.region})"
+    key, origin = options.probe_objects.get(bucket), "--probe-object"
+    if key is None and engine is not None:
+        key, origin = _indexed_object(engine, bucket, settings), "an indexed object"
+    try:
+        if key is not None:
+            try:
+                ObjectReader(registry).head(bucket, key)
+            except ObjectNotFoundError:
+                if origin == "--probe-object":
+                    return fail(name, f"{where}: the probe object is not there (404)")
+                # A 404 (not a 403) means the credentials may read and list: access works; the data does not.
+                return ok(name, f"{where}: readable, but {origin} is missing (404): has the partner moved files?")
+            return ok(name, f"{where}: HEAD of {origin} allowed")
+        client = registry.client(bucket)
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                return fail(name, f"{where}: the bucket does not exist at this endpoint (404)")
+            if code in ("403", "AccessDenied", "Forbidden"):
+                return fail(name, f"{where}: access denied (403) to HeadBucket: check the credentials named in storage.buckets.{bucket} "
+                                  "and that they may s3:ListBucket (no indexed object to HEAD instead)")
+            raise storage_error(exc, action="check", bucket=bucket) from exc
+        except BotoCoreError as exc:
+            raise storage_error(exc, action="check", bucket=bucket) from exc
+        return ok(name, f"{where}: HeadBucket allowed (no indexed object yet)")
+    except StorageError as exc:
+        return fail(name, f"{where}: {exc}")
+
+
+def _indexed_object(engine: Any, bucket: str, settings: Settings) -> str | None:
+    """A key the index says is in ``bucket``; by (partner, bucket), the indexed columns."""
+    from sqlalchemy import select
+
+    from imaging_sync.db.models import InstanceLocation
+
+    partners = [p.name for p in settings.partners.values() if bucket in p.buckets]
+    if not partners:
+        return None
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(
+                select(InstanceLocation.key).where(InstanceLocation.partner.in_(partners), InstanceLocation.bucket == bucket).limit(1)
+            )
+    except Exception:  # schema not migrated: the migrations line says so; fall back to HeadBucket
+        return None
+
+
+# -- broker -------------------------------------------------------------------------------
+
+
+def check_broker(settings: Settings, timeout: float, environ: Mapping[str, str]) -> CheckResult:
+    from kombu import Connection
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        url = settings.jobs.resolved_broker_url(environ).reveal()
+    except ConfigError as exc:
+        return fail("broker", str(exc))
+    shown = str(maybe_sanitize_url(url))
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0}
+    try:
+        with Connection(url, connect_timeout=timeout, transport_options=options) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            if conn.transport.driver_type == "redis":
+                conn.default_channel.client.ping()  # connecting is lazy on Redis: ask something
+    except Exception as exc:
+        return fail("broker", f"{shown} unreachable: {type(exc).__name__}: {exc}")
+    return ok("broker", f"{shown} answers")
+
+
+# -- DICOM --------------------------------------------------------------------------------
+
+
+def check_dicom(config: DicomConfig, options: DoctorOptions) -> CheckResult:
+    host = options.dicom_host or ("127.0.0.1" if config.host in _WILDCARD_HOSTS else config.host)
+    if config.port == 0:
+        return skip("dicom", "dicom.port = 0 (a free port at each start): nothing fixed to check")
+    try:
+        with socket.create_connection((host, config.port), timeout=options.timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return fail("dicom", f"nothing answers on {host}:{config.port} ({reason}): is `imaging-sync serve dicom` running?")
+    return dicom_echo(config.ae_title, host, config.port, calling_aet=options.calling_aet, timeout=options.timeout)
+
+
+def dicom_echo(called_aet: str, host: str, port: int, *, calling_aet: str = DEFAULT_CALLING_AET, timeout: float = DEFAULT_TIMEOUT) -> CheckResult:
+    """C-ECHO over a fresh association (PS3.7 9.1.5); also the container health check of the DICOM node."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    where = f"{called_aet}@{host}:{port}"
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    started = time.monotonic()
+    with _quiet("pynetdicom"):
+        assoc = ae.associate(host, port, ae_title=called_aet)
+        try:
+            if assoc.is_established:
+                status = assoc.send_c_echo()
+                code = getattr(status, "Status", None)
+                assoc.release()
+                if code == 0x0000:
+                    return ok("dicom", f"C-ECHO to {where} succeeded ({(time.monotonic() - started) * 1000:.0f} ms)")
+                shown = "no response (DIMSE timeout)" if code is None else f"status 0x{code:04X}"
+                return fail("dicom", f"C-ECHO to {where}: {shown}")
+            if assoc.is_rejected:
+                primitive = assoc.acceptor.primitive
+                reason = primitive.reason_str if primitive is not None else "no reason given"
+                if primitive is not None and primitive.result_source == 1 and primitive.diagnostic == 3:
+                    # The node answered in DICOM and applied its allowlist: it is up; we are simply not on the list.
+                    return ok("dicom", f"{where} answers; C-ECHO not run: calling AE {calling_aet} is not in dicom.allowed_calling_aets "
+                                       "(pass --calling-aet with an allowed title for a full echo)")
+                return fail("dicom", f"association to {where} rejected: {reason}")
+            if assoc.is_aborted:
+                return fail("dicom", f"association to {where} aborted by the peer (is it a DICOM node?)")
+            return fail("dicom", f"no answer to the association request from {where} within {timeout:g} s")
+        finally:
+            ae.shutdown()
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """pynetdicom narrates every refusal at ERROR; the doctor's own line says it better."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+# -- secrets never shown ----------------------------------------------------------------------
+
+
+def known_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """Every secret value the settings point at, to mask in anything printed."""
+    values: list[str | None] = []
+    for partner in settings.partners.values():
+        try:
+            values.append(resolve_api_key(partner, environ).reveal())
+        except ConfigError:
+            pass
+    try:
+        password = database_password(settings.database, environ)
+        values.append(password.reveal() if password else None)
+    except ConfigError:
+        pass
+    for url in (settings.database.url, settings.jobs.broker_url, settings.jobs.result_backend,
+                environ.get(settings.jobs.broker_url_env or "", "")):
+        try:
+            values.append(urlsplit(url or "").password)
+        except ValueError:
+            pass
+    if settings.jobs.broker_url_env:
+        values.append(environ.get(settings.jobs.broker_url_env))
+    for bucket in settings.storage.buckets.values():
+        for variable in (bucket.secret_access_key_env, bucket.session_token_env, bucket.external_id_env):
+            values.append(environ.get(variable) if variable else None)
+    for variable in (settings.alerts.slack_webhook_url_env, settings.alerts.webhook_url_env,
+                     settings.outbox.webhook.secret_env if settings.outbox.webhook else None):
+        values.append(environ.get(variable) if variable else None)
+    return sorted({v.strip() for v in values if v and len(v.strip()) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
+
+
+def mask_secrets(results: Iterable[CheckResult], secrets: Sequence[str]) -> list[CheckResult]:
+    masked = []
+    for result in results:
+        detail = result.detail
+        for secret in secrets:
+            detail = detail.replace(secret, "***")
+        masked.append(CheckResult(result.name, result.status, detail))
+    return masked
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def render_table(results: Sequence[CheckResult]) -> str:
+    width = max(len("check"), *(len(r.name) for r in results))
+    lines = [f"{'check'.ljust(width)}  status  detail"]
+    lines += [f"{r.name.ljust(width)}  {r.status.ljust(6)}  {r.detail}" for r in results]
+    failed = sum(r.status == "FAIL" for r in results)
+    lines.append(f"{failed} of {len(results)} checks failed" if failed else f"all {len(results)} checks passed"
+                 + (f" ({sum(r.status == 'SKIP' for r in results)} skipped)" if any(r.status == "SKIP" for r in results) else ""))
+    return "\n".join(lines)
+
+
+def _parse_probe(values: Sequence[str]) -> dict[str, str]:
+    probes: dict[str, str] = {}
+    for value in values:
+        bucket, _, key = value.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise click.BadParameter(f"{value!r}: want BUCKET/KEY (or s3://BUCKET/KEY)", param_hint="--probe-object")
+        probes[bucket] = key
+    return probes
+
+
+@click.command("doctor")
+@click.option("--timeout", type=click.FloatRange(0.1, 120), default=DEFAULT_TIMEOUT, show_default=True, help="Seconds each check may wait.")
+@click.option("--dicom-host", help="Reach the DICOM node here (default: dicom.host; 127.0.0.1 when it binds every interface).")
+@click.option("--calling-aet", default=DEFAULT_CALLING_AET, show_default=True, help="Our AE title for the C-ECHO (must be allowed by dicom.allowed_calling_aets, if set).")
+@click.option("--probe-object", "probe_objects", multiple=True, metavar="BUCKET/KEY", help="HEAD this object instead of the bucket (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table (for monitoring).")
+@click.pass_context
+def doctor(ctx: click.Context, timeout: float, dicom_host: str | None, calling_aet: str, probe_objects: Sequence[str], as_json: bool) -> None:
+    """Check config, database and schema, partners, buckets, broker and DICOM node; exit 1 if any FAILs."""
+    config_path = getattr(ctx.find_root().obj, "config_path", None)
+    options = DoctorOptions(timeout=timeout, dicom_host=dicom_host, calling_aet=calling_aet, probe_objects=_parse_probe(probe_objects))
+    results = diagnose(config_path, options)
+    if as_json:
+        click.echo(msgspec.json.encode({"ok": all(r.status != "FAIL" for r in results),
+                                        "checks": [{"name": r.name, "status": r.status, "detail": r.detail} for r in results]}).decode())
+    else:
+        click.echo(render_table(results))
+    if any(r.status == "FAIL" for r in results):
+        sys.exit(1)

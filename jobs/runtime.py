@@ -1,0 +1,65 @@
+"""What a process running jobs builds once: the core, and the outbox relay with its sinks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.config import Settings
+from imaging_sync.outbox.relay import Relay, Sink
+from imaging_sync.outbox.webhook import WebhookSink, webhook_secret
+from jobs.outbox_sink import CelerySink
+
+log = logging.getLogger(__name__)
+
+
+def outbox_sinks(settings: Settings, celery_app: Celery | None) -> list[Sink]:
+    """The configured sinks: the webhook (``outbox.webhook``) and a Celery task (``outbox.celery_task``)."""
+    sinks: list[Sink] = []
+    webhook = settings.outbox.webhook
+    if webhook is not None:
+        sinks.append(WebhookSink(webhook, webhook_secret(webhook)))
+    if settings.outbox.celery_task:
+        if celery_app is None:
+            raise ValueError("outbox.celery_task needs a Celery app to send with")
+        sinks.append(CelerySink(celery_app, settings.outbox.celery_task))
+    return sinks
+
+
+def close_sinks(sinks: list[Any]) -> None:
+    for sink in sinks:
+        close = getattr(sink, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # closing is best effort at shutdown
+                log.exception("closing outbox sink %s failed", getattr(sink, "name", sink))
+
+
+class Runtime:
+    """One per process (per Celery app): built on the first job, closed at process shutdown."""
+
+    def __init__(self, settings: Settings, celery_app: Celery | None = None, *, core: Core | None = None) -> None:
+        self.settings = settings
+        self._owns_core = core is None
+        self.core = core or bootstrap(settings, configure_logs=False)
+        try:
+            if self._owns_core:
+                self.core.require_current_schema()
+            self.sinks = outbox_sinks(settings, celery_app)
+        except BaseException:
+            self.close()
+            raise
+        self.relay = Relay(self.core.engine, self.sinks, settings.outbox) if self.sinks else None
+
+    def close(self) -> None:
+        close_sinks(getattr(self, "sinks", []))
+        if self._owns_core:
+            self.core.close()
+
+    def forget_inherited(self) -> None:
+        """In a forked child: drop the parent's pooled connections without closing them under it."""
+        self.core.engine.dispose(close=False)

@@ -1,0 +1,67 @@
+"""Celery tasks: thin wrappers that take names and ids, call the job bodies, return small dicts.
+
+Registered on every app :func:`jobs.app.create_app` builds (``shared_task``);
+each task reaches the process's core through its own app (``self.app.runtime``),
+built once per worker process. All are idempotent, which is what makes the
+app's ``acks_late`` / ``reject_on_worker_lost`` delivery safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError
+
+from jobs import work
+from jobs.runtime import Runtime
+from jobs.schedule import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
+
+# A sync may legitimately run for hours (a first bulk load); it is killed only far beyond that.
+SYNC_SOFT_TIME_LIMIT = 6 * 3600
+# The database being unreachable is worth a few retries; partner failures are recorded runs, not exceptions.
+_RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": 5, "retry_backoff_max": 300, "retry_jitter": True, "max_retries": 5}
+
+
+def _runtime(task: Task) -> Runtime:
+    return cast(Any, task.app).runtime
+
+
+@shared_task(name=SYNC_PARTNER, bind=True, soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_SOFT_TIME_LIMIT + 300, **_RETRY)
+def sync_partner(self: Task, name: str, full: bool = False, study_id: str | None = None, trigger: str = "task") -> dict[str, Any]:
+    """Sync one partner (or refresh one of its studies); returns the run id, status and counts."""
+    return work.sync_partner(_runtime(self).core, name, full=full, study_id=study_id, trigger=trigger)
+
+
+@shared_task(name=SYNC_ALL, bind=True)
+def sync_all(self: Task, full: bool = False) -> dict[str, Any]:
+    """Queue one ``sync_partner`` per enabled partner (they run in parallel on the workers)."""
+    settings = _runtime(self).settings
+    partners = sorted((p for p in settings.partners.values() if p.enabled), key=lambda p: (-p.priority, p.name))
+    task = self.app.tasks[SYNC_PARTNER]
+    return {"queued": {p.name: task.apply_async(kwargs={"name": p.name, "full": full}).id for p in partners}}
+
+
+@shared_task(name=RELAY_OUTBOX, bind=True, soft_time_limit=600, time_limit=660, **_RETRY)
+def relay_outbox(self: Task) -> dict[str, Any]:
+    """Deliver pending outbox events to the configured sinks until none is claimable."""
+    return work.relay_outbox(_runtime(self).relay)
+
+
+@shared_task(name=RETRY_FAILED_OUTBOX, bind=True, **_RETRY)
+def retry_failed_outbox(self: Task, ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Put failed outbox events (all, or these ids) back to pending."""
+    return work.retry_failed_outbox(_runtime(self).core, ids)
+
+
+@shared_task(name=PRUNE, bind=True, **_RETRY)
+def prune(self: Task, days: int | None = None) -> dict[str, Any]:
+    """Delete old sync runs with their rejected items, and old delivered outbox events."""
+    return work.prune(_runtime(self).core, days)
+
+
+@shared_task(name=CHECK_ALERTS, bind=True, soft_time_limit=300, time_limit=360, **_RETRY)
+def check_alerts(self: Task) -> dict[str, Any]:
+    """The periodic alert checks (outbox backlog, partners not synced for too long)."""
+    return work.check_alerts(_runtime(self).core)

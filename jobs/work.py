@@ -1,0 +1,88 @@
+"""The job bodies: what a Celery task or the embedded scheduler runs, given the process's core.
+
+Each one re-reads state from the database, so running it twice is safe (the
+tasks are ``acks_late``: a worker that dies mid-job gets the job delivered
+again). Results are small JSON-able dicts with ids and counts, never patient data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from imaging_sync.bootstrap import Core
+from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, utcnow
+from imaging_sync.outbox.relay import Relay, prune_done, retry_failed
+from imaging_sync.sync.runner import RunResult
+
+log = logging.getLogger(__name__)
+
+
+def run_summary(result: RunResult) -> dict[str, Any]:
+    """What a sync task returns: enough to find the run (``imaging-sync runs show``)."""
+    return {
+        "run_id": str(result.run_id),
+        "partner": result.partner,
+        "status": result.status,
+        "counts": dict(result.counts),
+        "seconds": round(result.seconds, 3),
+        "error_kind": result.error_kind,
+        "error": result.error,
+    }
+
+
+def sync_partner(core: Core, name: str, *, full: bool = False, study_id: str | None = None, trigger: str = "task") -> dict[str, Any]:
+    """One partner's sync (or one study's refresh); a run skipped for the lock is a normal result."""
+    if study_id is not None:
+        result = core.runner.refresh_study(name, study_id, trigger=trigger)
+    else:
+        result = core.runner.sync(name, full=full, trigger=trigger)
+    return run_summary(result)
+
+
+def relay_outbox(relay: Relay | None) -> dict[str, Any]:
+    """Deliver what is claimable now; with no sink configured there is nothing to do."""
+    if relay is None:
+        return {"configured": False, "claimed": 0, "delivered": 0, "retried": 0, "failed": 0}
+    return {"configured": True, **dataclasses.asdict(relay.run_until_idle())}
+
+
+def retry_failed_outbox(core: Core, ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Failed outbox events back to pending (all, or these ids); the next relay delivers them."""
+    wanted = [uuid.UUID(str(i)) for i in ids] if ids else None
+    return {"requeued": retry_failed(core.engine, wanted)}
+
+
+def check_alerts(core: Core) -> dict[str, Any]:
+    core.alerts.check()
+    return {"checked": True}
+
+
+def prune(core: Core, days: int | None = None) -> dict[str, Any]:
+    """Delete finished sync runs older than ``days`` (default ``jobs.prune_days``) with their
+    rejected items, and delivered outbox events older than ``outbox.keep_done_days``.
+
+    Each partner's latest run is kept whatever its age (``partners list`` shows
+    it); runs still ``running`` are never touched; failed outbox events stay
+    until someone retries or looks at them.
+    """
+    days = core.settings.jobs.prune_days if days is None else int(days)
+    if days < 1:
+        raise ValueError('Argument "days" must be at least 1.')
+    cutoff = utcnow() - dt.timedelta(days=days)
+    latest = select(PartnerState.last_run_id).where(PartnerState.last_run_id.is_not(None))
+    old_runs = select(SyncRun.id).where(SyncRun.finished_at.is_not(None), SyncRun.finished_at < cutoff, SyncRun.id.not_in(latest))
+    with core.engine.connect() as conn:
+        conn = conn.execution_options(sqlite_immediate=True)
+        with conn.begin():
+            rejected = conn.execute(delete(RejectedItem).where(RejectedItem.run_id.in_(old_runs))).rowcount
+            runs = conn.execute(delete(SyncRun).where(SyncRun.id.in_(old_runs))).rowcount
+    events = prune_done(core.engine, dt.timedelta(days=core.settings.outbox.keep_done_days))
+    log.info("pruned %d sync runs, %d rejected items (older than %d days), %d delivered outbox events", runs, rejected, days, events)
+    return {"sync_runs": runs, "rejected_items": rejected, "outbox_events": events, "days": days}
