@@ -13,7 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine, insert, select
 
-from conftest import NODE_AE, SUBJECTS, Files, Node, run_tool, start_node
+from dicom_fixtures import NODE_AE, SUBJECTS, Files, Node, run_tool, start_node
 from imaging_sync.db.models import AuditEntry, Study, Subject
 from imaging_sync.ids import new_id
 from scu import FIND, find, identifier, scu, values
@@ -67,7 +67,7 @@ def test_logs_never_carry_patient_names_or_ids(sqlite_node: Node, caplog: pytest
 
 
 def test_cancel_ends_a_find_with_fe00(sqlite_engine: Engine, files: Files) -> None:
-    from conftest import load_index
+    from dicom_fixtures import load_index
 
     load_index(sqlite_engine, files)
     now = dt.datetime.now(dt.timezone.utc)

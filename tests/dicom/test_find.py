@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
-from conftest import Node
+from dicom_fixtures import Node
 from scu import FIND, find, identifier, values
 
 # (model, level, keys, the key to read back, expected values) — answers from conftest.SUBJECTS.

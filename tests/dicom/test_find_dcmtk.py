@@ -8,7 +8,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from conftest import NODE_AE, Node, run_tool
+from dicom_fixtures import NODE_AE, Node, run_tool
 
 
 def findscu(dcmtk: Path, node: Node, out: Path, *args: str, model: str = "-S") -> list[Dataset]:

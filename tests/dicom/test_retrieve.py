@@ -11,7 +11,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from conftest import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, run_tool, walk
+from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, run_tool, walk
 from imaging_sync.db.models import AuditEntry
 from imaging_sync.testing.dicom_files import dataset_bytes
 from scu import GET, MOVE, get_ae, identifier, scu
