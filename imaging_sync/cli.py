@@ -8,6 +8,8 @@ its schema is not current.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import sys
 import time
 import uuid
@@ -19,11 +21,14 @@ import click
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from imaging_sync import apikeys as api_keys
+from imaging_sync import audit as audit_log
+from imaging_sync.audit import AuditEvent
 from imaging_sync.cli_outbox import outbox
-from imaging_sync.cli_support import CliContext, pass_ctx
+from imaging_sync.cli_support import CliContext, cli_actor, pass_ctx
 from imaging_sync.db import migrate
-from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun
-from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError
+from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, utcnow
+from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError, ValidationError
 from imaging_sync.sync.runner import RunResult
 
 EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_DATABASE = 1, 2, 3, 4
@@ -275,17 +280,66 @@ def rejected_list(ctx: CliContext, partner: str | None, run_id: str | None, limi
     ])
 
 
-# -- demo -------------------------------------------------------------------------
+# -- apikeys: privileged, every action audited (channel "cli") -----------------------
 
 
-@cli.command()
-@click.option("--studies", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--database", default="sqlite:///./var/demo.db", show_default=True, help="Database URL for the demo index.")
-def demo(studies: int, database: str) -> None:
-    """Start the demo partner (a simulator on 127.0.0.1), sync it into a local index, and say what happened."""
-    from imaging_sync.demo import run_demo
+@cli.group("apikeys")
+def apikeys_group() -> None:
+    """API keys of the REST API (roles: viewer, operator, auditor)."""
 
-    run_demo(studies=studies, database_url=database, echo=click.echo)
+
+@apikeys_group.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(api_keys.ROLES), help="viewer: patient data and file URLs; operator: syncs; auditor: the audit log.")
+@click.option("--expires-in-days", type=click.IntRange(1, 3650), help="Refuse the key after this many days (default: never).")
+@pass_ctx
+def apikeys_create(ctx: CliContext, name: str, role: str, expires_in_days: int | None) -> None:
+    """Create a key; its token is printed once, on stdout, and cannot be shown again."""
+    core = ctx.core
+    core.require_current_schema()
+    expires_at = utcnow() + dt.timedelta(days=expires_in_days) if expires_in_days else None
+    try:
+        with core.engine.begin() as conn:  # the key and its audit entry commit together
+            info, token = api_keys.create_key(conn, name, role, expires_at)
+            audit_log.record(conn, AuditEvent(
+                channel="cli", actor=cli_actor(), action="create_api_key", outcome="success", resource_type="api_key", resource_id=str(info.id),
+                detail={"name": info.name, "role": role, "prefix": info.prefix, "expires_at": expires_at.isoformat() if expires_at else None},
+            ))
+    except ValidationError as exc:
+        raise click.BadParameter(exc.reason, param_hint=exc.path.upper()) from None
+    click.echo(token)
+    click.echo(f"created {role} key {info.prefix} ({info.name}), {'expires ' + _fmt(expires_at) if expires_at else 'no expiry'}; keep the token now, it is not stored", err=True)
+
+
+@apikeys_group.command("list")
+@pass_ctx
+def apikeys_list(ctx: CliContext) -> None:
+    """Every key: prefix, name, role, status, when created, expires, last used (never the token)."""
+    core = ctx.core
+    now = utcnow()
+    with core.engine.begin() as conn:
+        found = api_keys.list_keys(conn)
+        audit_log.record(conn, AuditEvent(channel="cli", actor=cli_actor(), action="list_api_keys", outcome="success", resource_type="api_key", detail={"count": len(found)}))
+    _table(["id", "prefix", "name", "role", "status", "created", "expires", "last used"], [
+        [str(k.id), k.prefix, k.name, k.role, k.status(now), _fmt(k.created_at), _fmt(k.expires_at), _fmt(k.last_used_at)] for k in found
+    ])
+
+
+@apikeys_group.command("revoke")
+@click.argument("key")
+@pass_ctx
+def apikeys_revoke(ctx: CliContext, key: str) -> None:
+    """Revoke a key by id or prefix; it is refused from the next request on."""
+    core = ctx.core
+    event = AuditEvent(channel="cli", actor=cli_actor(), action="revoke_api_key", outcome="success", resource_type="api_key", resource_id=key[:128])
+    try:
+        with core.engine.begin() as conn:
+            info = api_keys.revoke_key(conn, key)
+            audit_log.record(conn, dataclasses.replace(event, resource_id=str(info.id), detail={"prefix": info.prefix, "name": info.name}))
+    except NotFoundError:
+        audit_log.record_now(core.engine, dataclasses.replace(event, outcome="not_found"))
+        raise
+    click.echo(f"revoked {info.role} key {info.prefix} ({info.name}) at {_fmt(info.revoked_at)}")
 
 
 # -- helpers and the single error edge ----------------------------------------------

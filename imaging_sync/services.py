@@ -23,9 +23,14 @@ ENTRY_POINT_GROUP = "imaging_sync.services"
 
 
 class Service(Protocol):
-    """Something that runs in the background of one process."""
+    """Something that runs in the background of one process.
+
+    ``order`` decides start order (stop is the reverse): storage first (10),
+    servers (50), the scheduler last (90).
+    """
 
     name: str
+    order: int
 
     def start(self) -> None:
         """Start serving (returns once it is ready; work goes on in threads)."""
@@ -51,6 +56,7 @@ def run_services(core: Core, services: Sequence[Service], *, echo: Callable[[str
     """Start every service, wait for a signal (or ``stop``), stop them in reverse order."""
     stop = stop or threading.Event()
     started: list[Service] = []
+    services = sorted(services, key=lambda service: getattr(service, "order", 50))
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}
     try:
         for service in services:
