@@ -17,16 +17,14 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import httpx
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from imaging_sync.config import AlertsConfig, Settings
+from imaging_sync.config import AlertsConfig, Settings, read_secret
 from imaging_sync.db.models import AlertState, PartnerState, SyncRun, utcnow
-from imaging_sync.errors import ConfigError
 from imaging_sync.outbox import relay as outbox_relay
 from imaging_sync.sync.runner import RunResult
 
@@ -78,17 +76,8 @@ def notifiers_from(config: AlertsConfig, environ: Mapping[str, str] | None = Non
 
 
 def _secret_value(config: AlertsConfig, env_key: str, file_key: str, environ: Mapping[str, str]) -> str | None:
-    env_name, file_name = getattr(config, env_key), getattr(config, file_key)
-    if env_name:
-        if not environ.get(env_name):
-            raise ConfigError(f"alerts.{env_key}", f"environment variable {env_name} is not set")
-        return environ[env_name]
-    if file_name:
-        try:
-            return Path(file_name).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"alerts.{file_key}", f"cannot read {file_name}: {exc.strerror}") from None
-    return None
+    secret = read_secret(f"alerts.{env_key.removesuffix('_env')}", getattr(config, env_key), getattr(config, file_key), environ)
+    return None if secret is None else secret.reveal()
 
 
 class Alerts:

@@ -415,38 +415,40 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
     return settings
 
 
+def read_secret(key: str, env_name: str | None, file_name: str | None, environ: Mapping[str, str] | None = None) -> Secret | None:
+    """The one way a secret is read: from the environment variable or the file the config names.
+
+    ``key`` is the config key without its ``_env``/``_file`` suffix, so an
+    error names exactly what to fix (``partners.b.api_key_env``). None when
+    the config names neither.
+    """
+    environ = os.environ if environ is None else environ
+    if env_name:
+        value = environ.get(env_name, "").strip()
+        if not value:
+            raise ConfigError(f"{key}_env", f"environment variable {env_name} is not set")
+        return Secret(value)
+    if file_name:
+        try:
+            value = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file", f"cannot read {file_name}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{key}_file", f"{file_name} is empty")
+        return Secret(value)
+    return None
+
+
 def resolve_api_key(partner: PartnerConfig, environ: Mapping[str, str] | None = None) -> Secret:
     """The partner's key, from its environment variable or file; fails naming the key."""
-    environ = os.environ if environ is None else environ
-    prefix = f"partners.{partner.name}"
-    if partner.api_key_env:
-        value = environ.get(partner.api_key_env, "")
-        if not value.strip():
-            raise ConfigError(f"{prefix}.api_key_env", f"environment variable {partner.api_key_env} is not set")
-        return Secret(value.strip())
-    if partner.api_key_file:
-        try:
-            value = Path(partner.api_key_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{prefix}.api_key_file", f"cannot read {partner.api_key_file}: {exc.strerror}") from None
-        if not value:
-            raise ConfigError(f"{prefix}.api_key_file", f"{partner.api_key_file} is empty")
-        return Secret(value)
-    raise ConfigError(prefix, "no API key source: set api_key_env or api_key_file")
+    secret = read_secret(f"partners.{partner.name}.api_key", partner.api_key_env, partner.api_key_file, environ)
+    if secret is None:
+        raise ConfigError(f"partners.{partner.name}", "no API key source: set api_key_env or api_key_file")
+    return secret
 
 
 def database_password(config: DatabaseConfig, environ: Mapping[str, str] | None = None) -> Secret | None:
-    environ = os.environ if environ is None else environ
-    if config.password_env:
-        if config.password_env not in environ:
-            raise ConfigError("database.password_env", f"environment variable {config.password_env} is not set")
-        return Secret(environ[config.password_env])
-    if config.password_file:
-        try:
-            return Secret(Path(config.password_file).read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            raise ConfigError("database.password_file", f"cannot read {config.password_file}: {exc.strerror}") from None
-    return None
+    return read_secret("database.password", config.password_env, config.password_file, environ)
 
 
 def _refuse_secrets(node: Any, path: str) -> None:

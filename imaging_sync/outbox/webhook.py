@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import httpx
 import msgspec
 
-from imaging_sync.config import Secret, WebhookConfig
-from imaging_sync.errors import ConfigError
+from imaging_sync.config import Secret, WebhookConfig, read_secret
 from imaging_sync.outbox.relay import Event
 
 SIGNATURE_HEADER = "X-Imaging-Sync-Signature"
@@ -33,17 +30,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def webhook_secret(config: WebhookConfig, environ: Mapping[str, str] | None = None) -> Secret | None:
-    environ = os.environ if environ is None else environ
-    if config.secret_env:
-        if not environ.get(config.secret_env):
-            raise ConfigError("outbox.webhook.secret_env", f"environment variable {config.secret_env} is not set")
-        return Secret(environ[config.secret_env])
-    if config.secret_file:
-        try:
-            return Secret(Path(config.secret_file).read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            raise ConfigError("outbox.webhook.secret_file", f"cannot read {config.secret_file}: {exc.strerror}") from None
-    return None
+    return read_secret("outbox.webhook.secret", config.secret_env, config.secret_file, environ)
 
 
 class WebhookSink:
