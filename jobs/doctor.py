@@ -280,6 +280,9 @@ def _check_bucket(registry: Any, bucket: str, settings: Settings, options: Docto
                     return fail(name, f"{where}: the probe object is not there (404)")
                 # A 404 (not a 403) means the credentials may read and list: access works; the data does not.
                 return ok(name, f"{where}: readable, but {origin} is missing (404): has the partner moved files?")
+            except StorageError as exc:
+                # Object keys are the partner's paths and may carry identifiers: name the object, not its key.
+                return fail(name, f"{where}: {str(exc).replace(key, f'<{origin}>')}")
             return ok(name, f"{where}: HEAD of {origin} allowed")
         client = registry.client(bucket)
         try:
@@ -347,12 +350,6 @@ def check_dicom(config: DicomConfig, options: DoctorOptions) -> CheckResult:
     host = options.dicom_host or ("127.0.0.1" if config.host in _WILDCARD_HOSTS else config.host)
     if config.port == 0:
         return skip("dicom", "dicom.port = 0 (a free port at each start): nothing fixed to check")
-    try:
-        with socket.create_connection((host, config.port), timeout=options.timeout):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        return fail("dicom", f"nothing answers on {host}:{config.port} ({reason}): is `imaging-sync serve dicom` running?")
     return dicom_echo(config.ae_title, host, config.port, calling_aet=options.calling_aet, timeout=options.timeout)
 
 
@@ -385,11 +382,23 @@ def dicom_echo(called_aet: str, host: str, port: int, *, calling_aet: str = DEFA
                     return ok("dicom", f"{where} answers; C-ECHO not run: calling AE {calling_aet} is not in dicom.allowed_calling_aets "
                                        "(pass --calling-aet with an allowed title for a full echo)")
                 return fail("dicom", f"association to {where} rejected: {reason}")
+            # No association: tell "nothing listens" from "something listens but does not speak DICOM to us".
+            problem = _tcp_problem(host, port, timeout)
+            if problem:
+                return fail("dicom", f"nothing answers on {host}:{port} ({problem}): is `imaging-sync serve dicom` running?")
             if assoc.is_aborted:
-                return fail("dicom", f"association to {where} aborted by the peer (is it a DICOM node?)")
+                return fail("dicom", f"{host}:{port} accepts connections but aborted the association to {called_aet} (is it a DICOM node?)")
             return fail("dicom", f"no answer to the association request from {where} within {timeout:g} s")
         finally:
             ae.shutdown()
+
+
+def _tcp_problem(host: str, port: int, timeout: float) -> str | None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 @contextmanager
