@@ -9,6 +9,7 @@ stays bounded and a page is never fetched far ahead of what is committed.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ def prefetch(source: Iterator[T], depth: int = 1) -> Iterator[T]:
         except BaseException as exc:  # handed to the consumer, raised there
             slots.put(exc)
 
-    worker = threading.Thread(target=produce, name="page-prefetch", daemon=True)
+    # The caller's context (run id, partner) travels with the thread: its log lines belong to the run.
+    context = contextvars.copy_context()
+    worker = threading.Thread(target=context.run, args=(produce,), name="page-prefetch", daemon=True)
     worker.start()
     try:
         while True:
