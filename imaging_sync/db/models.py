@@ -74,6 +74,8 @@ class Study(_Entity, Base):
         Index(None, "accession_number"),
         Index(None, "study_date"),
         Index(None, "study_date", "id"),  # keyset pagination of study searches
+        # A patient's studies in listing order, index-only (the API's name and patient searches; migration 0005).
+        Index(None, "subject_id", "study_date", "id", "deleted_at"),
     )
 
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)

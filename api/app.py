@@ -1,0 +1,161 @@
+"""The REST API application: assembled once per process from the core.
+
+Layout of the URL space:
+
+- ``/api/v1/…``: the versioned API; every route needs an API key and is audited.
+- ``/api/v1/schema/openapi.json`` (and ``.yaml``) and ``/api/v1/docs``
+  (Swagger UI): the OpenAPI description, no key needed.
+- ``/health`` and ``/ready``: unversioned probes for load balancers, no key.
+
+``create_app`` takes everything from outside as arguments (the core, the
+bucket registry, the sync launcher) so tests assemble the same app around real
+databases and an embedded S3; ``app_from_environment`` is the factory the
+server runs in each worker (``uvicorn --factory api.app:app_from_environment``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Router, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Message, Scope
+
+from api.audit_log.controllers import AuditController
+from api.auditing import AuditMiddleware, parse_trusted_proxies
+from api.db import provide_connection
+from api.errors import REQUEST_ID_HEADER, error_response
+from api.files.controllers import FileController
+from api.files.services import FileUrls
+from api.health.controllers import health, ready
+from api.health.readiness import Readiness
+from api.operations.controllers import OperationsController
+from api.operations.launcher import SyncLauncher, ThreadLauncher
+from api.security import PrincipalCache, authenticate
+from api.services import Services, provide_services
+from api.studies.controllers import SeriesController, StudyController, SubjectController
+from imaging_sync.bootstrap import Core, bootstrap
+from storage.registry import BucketRegistry
+
+API_PREFIX = "/api/v1"
+KEY_CACHE_SECONDS = 5.0
+VERSION = "1.0.0"
+
+DESCRIPTION = """\
+A federated index of medical imaging studies; the DICOM files stay in partner S3 buckets
+and are fetched with short-lived presigned URLs.
+
+**Authentication**: an API key, as `Authorization: Bearer <key>` or `X-API-Key: <key>`
+(`imaging-sync apikeys create NAME --role viewer|operator|auditor`).
+
+**Roles**: `viewer` — subjects, studies, series, instances, file URLs;
+`operator` — partners, sync runs, rejected items, starting syncs (no patient-data endpoints);
+`auditor` — the audit log only. Every request under /api/v1 is recorded in the audit log.
+
+**Errors**: `{"error": code, "detail": text, "field": parameter (400 only), "request_id": id}`.
+
+**Pagination**: listings return `next_cursor`; pass it back as `cursor` (keyset, stable under inserts).
+
+**Probes**: `GET /health` (liveness) and `GET /ready` (database, migrations, storage), outside /api/v1, no key.
+"""
+
+
+def create_app(
+    core: Core,
+    *,
+    registry: BucketRegistry | None = None,
+    launcher: SyncLauncher | None = None,
+    key_cache_seconds: float = KEY_CACHE_SECONDS,
+    close_core: bool = False,
+) -> Litestar:
+    """The app over ``core``; ``registry`` defaults to one built from ``core.settings.storage``.
+
+    ``key_cache_seconds``: how long a verified API key is trusted without a lookup
+    (so how long a revoked key may still work; 0 = look up every request).
+    """
+    settings = core.settings
+    registry = registry or BucketRegistry(settings.storage)
+    launcher = launcher or ThreadLauncher(core.runner, core.engine)
+    services = Services(
+        settings=settings,
+        engine=core.engine,
+        files=FileUrls(registry, priorities=settings.priorities()),
+        launcher=launcher,
+        readiness=Readiness(core.engine, registry),
+        trusted_proxies=parse_trusted_proxies(settings.api),
+        principals=PrincipalCache(key_cache_seconds),
+    )
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=[SubjectController, StudyController, SeriesController, FileController, OperationsController, AuditController],
+        guards=[authenticate],
+        middleware=[AuditMiddleware],
+        security=[{"bearer": []}, {"api_key": []}],
+    )
+
+    def shutdown() -> None:
+        launcher.close()
+        if close_core:
+            core.close()
+
+    return Litestar(
+        route_handlers=[api, docs, health, ready],
+        state=State({"services": services}),
+        # ``conn``: the request's connection (checked out in a worker thread unless the key check already did).
+        dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=True)},
+        exception_handlers={Exception: error_response},
+        before_send=[_request_id_header],
+        on_shutdown=[shutdown],
+        openapi_config=OpenAPIConfig(
+            title="imaging-sync API",
+            version=VERSION,
+            description=DESCRIPTION,
+            path=f"{API_PREFIX}/schema",
+            render_plugins=[JsonRenderPlugin(path="/openapi.json"), YamlRenderPlugin(path="/openapi.yaml"), _SWAGGER],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="Authorization: Bearer <API key>"),
+                    "api_key": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header", description="X-API-Key: <API key>"),
+                }
+            ),
+        ),
+        logging_config=None,  # the core configured logging (bootstrap); no second set-up
+        debug=False,
+    )
+
+
+_SWAGGER = SwaggerRenderPlugin(path="/swagger")
+
+
+@get(f"{API_PREFIX}/docs", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)
+def docs(request: Request[Any, Any, Any]) -> bytes:
+    """Swagger UI over this app's schema (also at /api/v1/schema/swagger)."""
+    return _SWAGGER.render(request, request.app.openapi_schema.to_schema())
+
+
+async def _request_id_header(message: Message, scope: Scope) -> None:
+    """Every response carries ``X-Request-ID`` (the same id as the error body and the audit entry)."""
+    if message["type"] != "http.response.start":
+        return
+    headers = list(message.get("headers", ()))
+    name = REQUEST_ID_HEADER.lower().encode()
+    if any(k.lower() == name for k, _ in headers):
+        return
+    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    rid = state.setdefault("request_id", uuid.uuid4().hex)
+    headers.append((name, str(rid).encode()))
+    message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+
+
+def app_from_environment() -> Litestar:
+    """The app factory each server worker calls: settings from ``IMAGING_SYNC_CONFIG`` and the environment."""
+    core = bootstrap()
+    return create_app(core, close_core=True)
+
+
+__all__ = ["API_PREFIX", "app_from_environment", "create_app"]

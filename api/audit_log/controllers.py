@@ -1,0 +1,85 @@
+"""The audit log, for the ``auditor`` role: who touched which patient data, and what was refused.
+
+Reading the log is itself recorded (action ``read_audit``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from sqlalchemy import Connection
+
+from api.auditing import audited
+from api.errors import PROTECTED, documented_errors
+from api.pagination import decode_cursor, encode_cursor, page_size
+from api.params import Cursor, Limit, instant, text
+from api.security import require
+from api.services import Services
+from imaging_sync import audit
+from imaging_sync.errors import ValidationError
+
+_LISTING = "audit"
+
+
+class AuditEntry(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    at: dt.datetime
+    channel: Annotated[str, msgspec.Meta(description="http | dicom | cli")]
+    actor: Annotated[str, msgspec.Meta(description="API key prefix (or `anonymous`), AE title, or cli:<user>.")]
+    actor_key_id: uuid.UUID | None
+    actor_role: str | None
+    client_addr: str | None
+    action: str
+    method: str | None
+    path: str | None
+    query: dict[str, Any] | None
+    resource_type: str | None
+    resource_id: str | None
+    outcome: Annotated[str, msgspec.Meta(description="success | denied | unauthenticated | not_found | invalid | error")]
+    status: int | None
+    detail: dict[str, Any] | None
+
+
+class AuditPage(msgspec.Struct, kw_only=True):
+    items: list[AuditEntry]
+    next_cursor: Annotated[str | None, msgspec.Meta(description="Pass as `cursor` for the next page; null on the last page.")]
+
+
+class AuditController(Controller):
+    path = "/audit"
+    tags = ["audit"]
+    guards = [require("audit_log")]
+
+    @get("/", opt=audited("read_audit", "audit_log"), responses=documented_errors(*PROTECTED), sync_to_thread=True, summary="Search the audit log, newest first")
+    def search(
+        self,
+        services: NamedDependency[Services],
+        conn: NamedDependency[Connection],
+        actor: Annotated[str | None, QueryParameter(description="API key prefix, AE title or cli:<user>, exact.", max_length=128)] = None,
+        resource: Annotated[str | None, QueryParameter(description="`type` or `type:id`, e.g. `study` or `instance:0190…`.", max_length=170)] = None,
+        from_: Annotated[str | None, QueryParameter(name="from", description="On or after this ISO 8601 date or date-time (UTC unless an offset is given).", max_length=40)] = None,
+        to: Annotated[str | None, QueryParameter(description="Before this ISO 8601 date or date-time.", max_length=40)] = None,
+        limit: Limit = None,
+        cursor: Cursor = None,
+    ) -> AuditPage:
+        since, until = instant(from_, "from"), instant(to, "to")
+        if since is not None and until is not None and until <= since:
+            raise ValidationError("to", "must be after from")
+        if resource is not None and not resource.partition(":")[0]:
+            raise ValidationError("resource", "must be `type` or `type:id`")
+        size = page_size(limit, services.settings.api)
+        after = decode_cursor(cursor, _LISTING, (uuid.UUID,))
+        rows = audit.search(
+            conn, actor=text(actor, "actor", 128), resource=text(resource, "resource", 170), since=since, until=until,
+            limit=size + 1, before_id=after[0] if after else None,
+        )
+        more = len(rows) > size
+        rows = rows[:size]
+        next_key = (rows[-1]["id"],) if more and rows else None
+        return AuditPage(items=msgspec.convert(rows, list[AuditEntry]), next_cursor=encode_cursor(_LISTING, next_key))

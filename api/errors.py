@@ -1,0 +1,184 @@
+"""The one place where exceptions become HTTP responses.
+
+Every error body has the same shape (:class:`ErrorBody`)::
+
+    {"error": "invalid", "field": "limit", "detail": "must be at most 200", "request_id": "…"}
+
+``error`` is a stable code a client can switch on; ``field`` names the query
+parameter, path parameter or body field at fault (400 only); ``detail`` is
+safe to show a person; ``request_id`` (also the ``X-Request-ID`` header)
+finds the server's log line. Bodies never carry stack traces, SQL, bucket
+names, keys or secrets: for 5xx the detail is a fixed sentence and the cause
+is logged, with the request id, for the operator.
+
+Mapping (our exceptions, then Litestar's own):
+
+=================================  ====  ===================
+ValidationError (incl. storage     400   invalid
+request errors), Litestar
+ValidationException
+AuthenticationError                401   unauthenticated (+ ``WWW-Authenticate: Bearer``)
+AccessDeniedError                  403   forbidden
+NotFoundError, unknown path        404   not_found
+method not allowed                 405   method_not_allowed
+SyncLockedError                    409   conflict
+BucketNotAllowedError              502   storage_refused
+StorageError                       503   storage_unavailable
+DatabaseError, DB unreachable      503   database_unavailable
+anything else                      500   internal
+=================================  ====  ===================
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.exceptions import HTTPException, MethodNotAllowedException
+from litestar.exceptions import NotFoundException as RouteNotFound
+from litestar.exceptions import ValidationException as LitestarValidationError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from imaging_sync.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    BucketNotAllowedError,
+    DatabaseError,
+    NotFoundError,
+    ObjectNotFoundError,
+    StorageError,
+    SyncLockedError,
+    ValidationError,
+)
+
+from api.security import MissingCredentialsError
+
+log = logging.getLogger("api")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every error response."""
+
+    error: str
+    detail: str
+    field: str | None = None
+    request_id: str | None = None
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid input; `field` names the parameter.",
+    401: "No API key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`).",
+    403: "The key's role may not use this endpoint.",
+    404: "No such entity (or it was deleted), or no usable copy of the file.",
+    409: "The partner is being synced right now.",
+    502: "The file's location is outside the storage registry.",
+    503: "Database, object storage or the audit log unavailable; retry later.",
+}
+
+
+def documented_errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI ``responses`` for a route: these statuses with the :class:`ErrorBody` shape."""
+    return {status: ResponseSpec(data_container=ErrorBody, description=_ERROR_DESCRIPTIONS[status], generate_examples=False) for status in statuses}
+
+
+PROTECTED = (400, 401, 403, 503)
+
+
+def request_id(request: Request[Any, Any, Any]) -> str:
+    """This request's id (made on first use, kept in the scope state for the logs and the audit entry)."""
+    state = request.scope.setdefault("state", {})
+    rid = state.get("request_id")
+    if rid is None:
+        rid = state["request_id"] = uuid.uuid4().hex
+    return str(rid)
+
+
+def classify(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
+    """Status, body and extra headers for an exception: the mapping itself, usable without a request."""
+    if isinstance(exc, ValidationError):
+        return 400, ErrorBody(error="invalid", field=exc.path or None, detail=exc.reason), {}
+    if isinstance(exc, LitestarValidationError):
+        field, detail = _litestar_validation(exc)
+        return 400, ErrorBody(error="invalid", field=field, detail=detail), {}
+    if isinstance(exc, AuthenticationError):
+        # RFC 6750 §3: a presented but unusable token is error="invalid_token"; none presented, no error code.
+        challenge = 'Bearer realm="imaging-sync"'
+        if not isinstance(exc, MissingCredentialsError):
+            challenge += ', error="invalid_token"'
+        return 401, ErrorBody(error="unauthenticated", detail=str(exc)), {"WWW-Authenticate": challenge}
+    if isinstance(exc, AccessDeniedError):
+        return 403, ErrorBody(error="forbidden", detail=str(exc)), {}
+    if isinstance(exc, ObjectNotFoundError):  # its message names bucket and key: not for clients
+        return 404, ErrorBody(error="not_found", detail="the file is not available from any partner"), {}
+    if isinstance(exc, NotFoundError):
+        return 404, ErrorBody(error="not_found", detail=str(exc)), {}
+    if isinstance(exc, SyncLockedError):
+        return 409, ErrorBody(error="conflict", detail=f"partner {exc.partner!r} is being synced right now; try again when that run has finished"), {}
+    if isinstance(exc, BucketNotAllowedError):
+        return 502, ErrorBody(error="storage_refused", detail="the file's location is not in the storage registry"), {}
+    if isinstance(exc, StorageError):
+        return 503, ErrorBody(error="storage_unavailable", detail="object storage is unavailable; try again later"), {"Retry-After": "5"}
+    if isinstance(exc, (DatabaseError, OperationalError, DisconnectionError, PoolTimeout)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return 503, ErrorBody(error="database_unavailable", detail="the database is unavailable; try again later"), {"Retry-After": "5"}
+    if isinstance(exc, RouteNotFound):
+        return 404, ErrorBody(error="not_found", detail="no such path"), {}
+    if isinstance(exc, MethodNotAllowedException):
+        return 405, ErrorBody(error="method_not_allowed", detail="method not allowed for this path"), dict(exc.headers or {})
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        code = exc.status_code
+        return code, ErrorBody(error=_code_name(code), detail=str(exc.detail)), dict(exc.headers or {})
+    return 500, ErrorBody(error="internal", detail="internal error; the request id identifies it in the server log"), {}
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    """Litestar exception handler for every exception (registered for ``Exception``)."""
+    status, body, headers = classify(exc)
+    rid = request_id(request)
+    body.request_id = rid
+    if status >= 500:
+        # The cause goes to the log (with the request id), never to the client.
+        log.error("request %s %s failed: %s: %s", request.method, request.scope.get("path"), type(exc).__name__, _safe(exc), extra={"request_id": rid}, exc_info=status == 500)
+    request.scope["state"]["error_code"] = body.error
+    return Response(content=body, status_code=status, headers={**headers, REQUEST_ID_HEADER: rid}, media_type=MediaType.JSON)
+
+
+def _litestar_validation(exc: LitestarValidationError) -> tuple[str | None, str]:
+    """Litestar's parameter/body errors carry ``extra=[{"key": …, "message": …, "source": …}]``."""
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        first = extra[0]
+        key = first.get("key")
+        message = str(first.get("message") or "invalid value")
+        if first.get("source") == "body" and key:
+            key = f"body.{key}"
+        return (str(key) if key else "body" if first.get("source") == "body" else None), message
+    detail = str(exc.detail or "invalid request")
+    # "Validation failed for POST /x" repeats the URL (patient data may be in it): say less.
+    if detail.startswith("Validation failed for"):
+        detail = "invalid request"
+    return ("body" if "body" in detail.lower() or "json" in detail.lower() else None), detail
+
+
+def _code_name(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+def _safe(exc: BaseException) -> str:
+    """Exception text for the log: database errors without their SQL parameters."""
+    if isinstance(exc, DBAPIError):
+        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if exc.orig else ''}"
+    return str(exc).splitlines()[0] if str(exc) else ""

@@ -1,0 +1,46 @@
+"""What the handlers are given: the process's core objects, assembled once by the app factory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar.datastructures import State
+from sqlalchemy import Engine
+
+from imaging_sync.config import Settings
+
+if TYPE_CHECKING:
+    from api.auditing import IpNetwork
+    from api.files.services import FileUrls
+    from api.health.readiness import Readiness
+    from api.operations.launcher import SyncLauncher
+    from api.security import PrincipalCache
+
+
+class Services:
+    """A plain class on purpose: Litestar passes it to handlers as is, without inspecting its fields."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        files: FileUrls,
+        launcher: SyncLauncher,
+        readiness: Readiness,
+        trusted_proxies: list[IpNetwork],
+        principals: PrincipalCache,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.files = files
+        self.launcher = launcher
+        self.readiness = readiness
+        self.trusted_proxies = trusted_proxies
+        self.principals = principals
+
+
+def provide_services(state: State) -> Services:
+    """Litestar dependency ``services``: the one instance in the app state."""
+    services: Any = state["services"]
+    return services  # type: ignore[no-any-return]

@@ -1,0 +1,130 @@
+"""Instances of a series, and where each instance's file is kept.
+
+Which copy of a file to use is decided here, once: the location of the
+highest-priority partner (``partners.<name>.priority``; ties go to the partner
+name that sorts first, as for the index's field values), skipping locations the
+caller cannot use (a bucket outside the storage registry). Partners no longer
+configured come last.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, select
+
+from imaging_sync.catalog.keyset import Key, Page, after_asc_nulls_last, split
+from imaging_sync.db.models import Instance, InstanceLocation, Series
+from imaging_sync.errors import NotFoundError
+
+_series = Series.__table__
+_instance = Instance.__table__
+_location = InstanceLocation.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSummary:
+    id: uuid.UUID
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str | None
+    instance_number: int | None
+    partners: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    partner: str
+    bucket: str
+    key: str
+    size_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFile:
+    """One instance and every partner's copy of its file, best copy first once ranked."""
+
+    id: uuid.UUID
+    series_id: uuid.UUID
+    sop_instance_uid: str
+    instance_number: int | None
+    locations: list[Location] = field(default_factory=list)
+
+
+def require_live_series(conn: Connection, series_id: uuid.UUID) -> None:
+    found = conn.execute(select(_series.c.id).where(_series.c.id == series_id, _series.c.deleted_at.is_(None))).first()
+    if found is None:
+        raise NotFoundError(f"no series {series_id}")
+
+
+def list_instances(conn: Connection, series_id: uuid.UUID, *, limit: int, after: Key | None = None) -> Page[InstanceSummary]:
+    """A live series' live instances in instance-number order (unnumbered last); NotFoundError for no series."""
+    require_live_series(conn, series_id)
+    conditions = [_instance.c.series_id == series_id, _instance.c.deleted_at.is_(None)]
+    seek = after_asc_nulls_last(_instance.c.instance_number, _instance.c.id, after)
+    if seek is not None:
+        conditions.append(seek)
+    stmt = (
+        select(_instance.c.id, _instance.c.sop_instance_uid, _instance.c.sop_class_uid, _instance.c.transfer_syntax_uid, _instance.c.instance_number)
+        .where(*conditions)
+        .order_by(_instance.c.instance_number.asc().nulls_last(), _instance.c.id)
+        .limit(limit + 1)
+    )
+    rows, next_key = split(conn.execute(stmt).all(), limit, lambda r: (r.instance_number, r.id))
+    partners: dict[uuid.UUID, list[str]] = {}
+    if rows:
+        for instance_id, partner in conn.execute(
+            select(_location.c.instance_id, _location.c.partner)
+            .where(_location.c.instance_id.in_([r.id for r in rows]))
+            .order_by(_location.c.partner)
+        ).all():
+            partners.setdefault(instance_id, []).append(partner)
+    items = [InstanceSummary(**r._asdict(), partners=partners.get(r.id, [])) for r in rows]
+    return Page(items=items, next_key=next_key)
+
+
+def instance_file(conn: Connection, instance_id: uuid.UUID) -> InstanceFile:
+    """A live instance (of a live series) with all its locations; NotFoundError otherwise."""
+    found = _files(conn, _instance.c.id == instance_id)
+    if not found:
+        raise NotFoundError(f"no instance {instance_id}")
+    return found[0]
+
+
+def series_files(conn: Connection, series_id: uuid.UUID) -> list[InstanceFile]:
+    """Every live instance of a live series with its locations, in instance-number order."""
+    require_live_series(conn, series_id)
+    return _files(conn, _instance.c.series_id == series_id)
+
+
+def _files(conn: Connection, condition: object) -> list[InstanceFile]:
+    stmt = (
+        select(
+            _instance.c.id, _instance.c.series_id, _instance.c.sop_instance_uid, _instance.c.instance_number,
+            _location.c.partner, _location.c.bucket, _location.c.key, _location.c.size_bytes,
+        )
+        .select_from(
+            _instance.join(_series, _series.c.id == _instance.c.series_id).outerjoin(_location, _location.c.instance_id == _instance.c.id)
+        )
+        .where(condition, _instance.c.deleted_at.is_(None), _series.c.deleted_at.is_(None))  # type: ignore[arg-type]
+        .order_by(_instance.c.instance_number.asc().nulls_last(), _instance.c.id)
+    )
+    files: dict[uuid.UUID, InstanceFile] = {}
+    for r in conn.execute(stmt).all():  # fetchall: one driver call, not one per row
+        file = files.get(r.id)
+        if file is None:
+            file = files[r.id] = InstanceFile(id=r.id, series_id=r.series_id, sop_instance_uid=r.sop_instance_uid, instance_number=r.instance_number)
+        if r.partner is not None:
+            file.locations.append(Location(partner=r.partner, bucket=r.bucket, key=r.key, size_bytes=r.size_bytes))
+    return list(files.values())
+
+
+def ranked(locations: Sequence[Location], priorities: Mapping[str, int], usable: Callable[[Location], bool] = lambda _: True) -> list[Location]:
+    """The usable locations, best first: higher partner priority, then partner name; unconfigured partners last."""
+    def rank(location: Location) -> tuple[int, int, str]:
+        configured = location.partner in priorities
+        return (0 if configured else 1, -priorities.get(location.partner, 0), location.partner)
+
+    return sorted((loc for loc in locations if usable(loc)), key=rank)

@@ -1,0 +1,127 @@
+"""The command line around the API: `imaging-sync apikeys …` (audited) and `imaging-sync serve api` (a real server)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from imaging_sync import apikeys
+from imaging_sync.cli import EXIT_FAILED, EXIT_USAGE, main
+from imaging_sync.config import DatabaseConfig
+from imaging_sync.db.engine import create_db_engine
+from imaging_sync.db.models import AuditEntry
+from imaging_sync.testing.toml_config import write_config
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = write_config(tmp_path / "imaging-sync.toml", db_url)
+    monkeypatch.setenv("IMAGING_SYNC_CONFIG", str(path))
+    return path
+
+
+def run(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def test_apikeys_create_list_revoke_print_the_token_once_and_are_audited(config: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("apikeys", "create", "frontend", "--role", "viewer", "--expires-in-days", "30") == 0
+    token = capsys.readouterr().out.strip()
+    engine = create_db_engine(DatabaseConfig(url=db_url))
+    try:
+        with engine.begin() as conn:
+            principal = apikeys.authenticate(conn, token)
+        assert principal.role == "viewer" and principal.name == "frontend"
+
+        assert run("apikeys", "list") == 0
+        listed = capsys.readouterr().out
+        assert principal.prefix in listed and "active" in listed and token not in listed
+
+        assert run("apikeys", "revoke", principal.prefix) == 0
+        assert "revoked" in capsys.readouterr().out
+        assert run("apikeys", "revoke", "no-such-key") == EXIT_FAILED
+        assert run("apikeys", "create", "x", "--role", "admin") == EXIT_USAGE
+        assert run("apikeys", "create", " ", "--role", "viewer") == EXIT_USAGE
+
+        with engine.connect() as conn:
+            entries = conn.execute(select(AuditEntry.channel, AuditEntry.action, AuditEntry.outcome, AuditEntry.resource_id).order_by(AuditEntry.at)).all()
+        assert [(c, a, o) for c, a, o, _ in entries] == [
+            ("cli", "create_api_key", "success"), ("cli", "list_api_keys", "success"), ("cli", "revoke_api_key", "success"), ("cli", "revoke_api_key", "not_found"),
+        ]
+        assert entries[0].resource_id == str(principal.key_id)
+        with engine.connect() as conn:
+            actors = {a for (a,) in conn.execute(select(AuditEntry.actor))}
+        assert all(a.startswith("cli:") for a in actors)
+    finally:
+        engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_serve_api_runs_several_workers_from_the_app_factory(tmp_path: Path, sqlite_url: str) -> None:
+    config = write_config(tmp_path / "imaging-sync.toml", sqlite_url)
+    env = {**os.environ, "IMAGING_SYNC_CONFIG": str(config)}
+    created = subprocess.run([sys.executable, "-m", "imaging_sync", "apikeys", "create", "t", "--role", "viewer"], env=env, capture_output=True, text=True, check=True)
+    token = created.stdout.strip()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "imaging_sync", "serve", "api", "--port", str(port), "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the API did not become ready"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/api/v1/studies", headers={"Authorization": f"Bearer {token}"}).json() == {"items": [], "next_cursor": None}
+        assert httpx.get(f"{base}/api/v1/studies").status_code == 401
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=20)[0]
+    assert "/api/v1/studies" not in output, "no access log: query strings carry patient data"
+
+
+def test_the_api_runs_as_a_service_of_the_single_process_mode(sqlite_url: str) -> None:
+    from api.service import api_service
+    from imaging_sync.bootstrap import bootstrap
+    from imaging_sync.config import ApiConfig, DatabaseConfig, Settings
+
+    core = bootstrap(Settings(database=DatabaseConfig(url=sqlite_url), api=ApiConfig(port=0)), configure_logs=False)
+    service = api_service(core)
+    try:
+        service.start()
+        assert httpx.get(f"http://127.0.0.1:{service.port}/ready").json()["status"] == "ready"
+        assert str(service.port) in service.describe()
+    finally:
+        service.stop()
+        core.close()

@@ -1,0 +1,130 @@
+"""Bad input is a 400 naming the field, never a 500; unexpected failures are a 500 with a request id and nothing else."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from sqlalchemy.exc import OperationalError
+
+from api.errors import classify
+from imaging_sync.bootstrap import Core
+from imaging_sync.errors import BucketNotAllowedError, StorageError, SyncLockedError, ValidationError
+from storage.testing import EmbeddedStorage
+
+from api.app import create_app
+from api_fixtures import Keys, RecordingLauncher
+
+VIEWER_CASES = [
+    ("/api/v1/studies/not-a-uuid", "study_id"),
+    ("/api/v1/studies/12345678-1234-1234-1234-12345678901", "study_id"),
+    ("/api/v1/subjects/xyz/studies", "subject_id"),
+    ("/api/v1/series/%20/instances", "series_id"),
+    ("/api/v1/instances/1.2.3/url", "instance_id"),
+    ("/api/v1/series/abc/urls", "series_id"),
+    ("/api/v1/studies?date_from=2024-13-01", "date_from"),
+    ("/api/v1/studies?date_to=yesterday", "date_to"),
+    ("/api/v1/studies?date_from=2024-02-02&date_to=2024-02-01", "date_to"),
+    ("/api/v1/studies?limit=0", "limit"),
+    ("/api/v1/studies?limit=201", "limit"),
+    ("/api/v1/studies?limit=99999999999999999999999", "limit"),
+    ("/api/v1/studies?limit=ten", "limit"),
+    ("/api/v1/studies?cursor=bm9wZQ", "cursor"),
+    ("/api/v1/studies?cursor=!!!", "cursor"),
+    ("/api/v1/studies?study_uid=1.02.3", "study_uid"),
+    ("/api/v1/studies?modality=C%2FT", "modality"),
+    ("/api/v1/studies?partner=Not%20A%20Partner", "partner"),
+    ("/api/v1/studies?name=" + "x" * 201, "name"),
+    ("/api/v1/studies?patient_id=", "patient_id"),
+    ("/api/v1/studies?patient_id=a%00b", "patient_id"),
+    ("/api/v1/subjects?limit=-1", "limit"),
+    ("/api/v1/series/00000000-0000-0000-0000-000000000000/instances?cursor=WyJzdHVkaWVzIixudWxsLCJ4Il0", "cursor"),
+]
+OPERATOR_CASES = [
+    ("/api/v1/sync-runs?status=finished", "status"),
+    ("/api/v1/sync-runs/nope", "run_id"),
+    ("/api/v1/sync-runs?limit=0", "limit"),
+    ("/api/v1/rejected-items?run=42", "run"),
+]
+AUDITOR_CASES = [
+    ("/api/v1/audit?from=last%20week", "from"),
+    ("/api/v1/audit?from=2026-11-02&to=2026-11-01", "to"),
+    ("/api/v1/audit?cursor=abc", "cursor"),
+    ("/api/v1/audit?resource=:x", "resource"),
+]
+
+
+@pytest.mark.parametrize("role,path,field", [("viewer", p, f) for p, f in VIEWER_CASES] + [("operator", p, f) for p, f in OPERATOR_CASES] + [("auditor", p, f) for p, f in AUDITOR_CASES])
+def test_malformed_input_is_400_naming_the_field(client: TestClient[Litestar], keys: Keys, role: str, path: str, field: str) -> None:
+    response = client.get(path, headers=keys.headers(role))
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "invalid" and body["field"] == field and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_a_cursor_from_another_listing_is_refused(client: TestClient[Litestar], keys: Keys, index) -> None:  # type: ignore[no-untyped-def]
+    subject = index.subject("P-C", "A^B")
+    for _ in range(3):
+        index.study(subject)
+    cursor = client.get("/api/v1/subjects/{}/studies?limit=1".format(subject), headers=keys.headers("viewer")).json()["next_cursor"]
+    assert client.get(f"/api/v1/studies?cursor={cursor}", headers=keys.headers("viewer")).status_code == 200  # same listing, same key shape
+    response = client.get(f"/api/v1/subjects?cursor={cursor}", headers=keys.headers("viewer"))
+    assert response.status_code == 400 and response.json()["field"] == "cursor"
+
+
+def test_sync_trigger_body_and_unknown_partner(client: TestClient[Litestar], keys: Keys, launcher: RecordingLauncher) -> None:
+    headers = keys.headers("operator")
+    assert client.post("/api/v1/partners/zz/sync", headers=headers).status_code == 404
+    bad = client.post("/api/v1/partners/b/sync", headers=headers, json={"full": "yes please"})
+    assert bad.status_code == 400 and bad.json()["field"].endswith("full")
+    both = client.post("/api/v1/partners/b/sync", headers=headers, json={"full": True, "study_id": "S1"})
+    assert both.status_code == 400 and both.json()["field"] == "study_id"
+    assert client.post("/api/v1/partners/b/sync", headers=headers, content=b"{not json", ).status_code == 400
+    accepted = client.post("/api/v1/partners/b/sync?full=true", headers=headers)
+    assert accepted.status_code == 202 and accepted.headers["location"] == f"/api/v1/sync-runs/{accepted.json()['run_id']}"
+    assert client.post("/api/v1/partners/c/sync", headers=headers, json={"study_id": "S-9"}).status_code == 202
+    assert launcher.calls == [("b", True, None), ("c", False, "S-9")]
+
+
+class ExplodingLauncher(RecordingLauncher):
+    def launch(self, partner: str, *, full: bool = False, study_id: str | None = None) -> uuid.UUID:
+        raise RuntimeError("boom: password=hunter2 at /secret/path")
+
+
+class LockedLauncher(RecordingLauncher):
+    def launch(self, partner: str, *, full: bool = False, study_id: str | None = None) -> uuid.UUID:
+        raise SyncLockedError(partner)
+
+
+def test_an_unexpected_failure_is_a_500_with_a_request_id_and_no_internals(core: Core, s3: EmbeddedStorage, keys: Keys) -> None:
+    with TestClient(create_app(core, registry=s3.registry(), launcher=ExplodingLauncher())) as client:
+        response = client.post("/api/v1/partners/b/sync", headers=keys.headers("operator"))
+    assert response.status_code == 500
+    body = response.json()
+    assert body == {"error": "internal", "detail": body["detail"], "request_id": response.headers["x-request-id"]}
+    assert "hunter2" not in response.text and "Traceback" not in response.text and "RuntimeError" not in response.text
+
+
+def test_a_held_sync_lock_is_409(core: Core, s3: EmbeddedStorage, keys: Keys) -> None:
+    with TestClient(create_app(core, registry=s3.registry(), launcher=LockedLauncher())) as client:
+        response = client.post("/api/v1/partners/b/sync", headers=keys.headers("operator"))
+    assert response.status_code == 409 and response.json()["error"] == "conflict"
+
+
+@pytest.mark.parametrize(
+    "exc,status,code",
+    [
+        (ValidationError("limit", "too big"), 400, "invalid"),
+        (BucketNotAllowedError("secret-bucket"), 502, "storage_refused"),
+        (StorageError("endpoint https://s3.secret.example down"), 503, "storage_unavailable"),
+        (OperationalError("SELECT 1", {}, Exception("connection refused")), 503, "database_unavailable"),
+        (KeyError("x"), 500, "internal"),
+    ],
+)
+def test_the_error_mapping_never_leaks_storage_or_database_details(exc: Exception, status: int, code: str) -> None:
+    got_status, body, _ = classify(exc)
+    assert (got_status, body.error) == (status, code)
+    assert "secret" not in body.detail and "SELECT" not in body.detail

@@ -1,0 +1,131 @@
+"""Study and subject search: filters, DICOM name wildcards (Korean included), summaries, soft deletes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from imaging_sync.db.models import Series, Study
+
+from api_fixtures import IndexBuilder, Keys, Located
+
+
+@pytest.fixture
+def people(index: IndexBuilder) -> dict[str, uuid.UUID]:
+    """Subjects with one dated study each (names as partners send them: PN, romanised or Hangul)."""
+    names = {
+        "P1": "KIM^MINJI",
+        "P2": "Kim^Minjun",
+        "P3": "홍^길동",
+        "P4": "홍^민지",
+        "P5": "HONG^GILDONG=洪^吉洞=홍^길동",  # three component groups (PS3.5 §6.2)
+        "P6": "LEE^SEOYEON",
+        "P7": "O%BRIEN^A_B",  # LIKE metacharacters in the data itself
+        "P8": "김^길동",
+    }
+    studies = {}
+    for i, (patient_id, name) in enumerate(names.items()):
+        subject = index.subject(patient_id, name, issuer="HOSP-A")
+        studies[patient_id] = index.study(subject, date=dt.date(2024, 1, 1) + dt.timedelta(days=i), accession=f"ACC{i}")
+    return studies
+
+
+def search(client: TestClient[Litestar], keys: Keys, **params: Any) -> list[dict[str, Any]]:
+    response = client.get("/api/v1/studies", params={"limit": 200, **params}, headers=keys.headers("viewer"))
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def patients(items: list[dict[str, Any]]) -> set[str]:
+    return {i["subject"]["patient_id"] for i in items}
+
+
+@pytest.mark.parametrize(
+    "pattern,expected",
+    [
+        ("홍*", {"P3", "P4", "P5"}),
+        ("*길동", {"P3", "P5", "P8"}),
+        ("kim*", {"P1", "P2"}),
+        ("KIM^MINJI", {"P1"}),
+        ("kim^minj?", {"P1"}),
+        ("*min*", {"P1", "P2"}),
+        ("*민지", {"P4"}),
+        ("hong*", {"P5"}),
+        ("洪*", {"P5"}),
+        ("o%brien*", {"P7"}),
+        ("o_brien*", set()),  # "_" is a literal underscore, not a one-character wildcard
+        ("*^a_b", {"P7"}),
+        ("%", set()),
+        ("ｋｉｍ*", {"P1", "P2"}),  # full-width Latin folds (NFKC)
+    ],
+)
+def test_name_wildcards_match_case_insensitively_in_any_component_group(client: TestClient[Litestar], keys: Keys, people: dict[str, uuid.UUID], pattern: str, expected: set[str]) -> None:
+    assert patients(search(client, keys, name=pattern)) == expected
+    subjects = client.get("/api/v1/subjects", params={"name": pattern}, headers=keys.headers("viewer")).json()["items"]
+    assert {s["patient_id"] for s in subjects} == expected
+
+
+def test_filters_combine_and_the_summary_shows_what_a_frontend_needs(client: TestClient[Litestar], keys: Keys, index: IndexBuilder) -> None:
+    subject = index.subject("PX-1", "PARK^SUA", issuer="HOSP-B", birth_date=dt.date(1980, 2, 29), sex="F")
+    study = index.study(subject, date=dt.date(2025, 3, 4), accession="A-77", description="CT CHEST", partners=("b", "c"))
+    ct = index.series(study, "CT", number=1, partners=("b", "c"))
+    index.series(study, "SR", number=2, partners=("c",))
+    for n in range(3):
+        index.instance(ct, number=n, locations=[Located("b", "x", f"k{n}")])
+    other = index.study(subject, date=dt.date(2025, 3, 5), accession="A-78", partners=("c",))
+    index.series(other, "MR")
+
+    (item,) = search(client, keys, patient_id="PX-1", modality="ct")
+    assert item["id"] == str(study)
+    assert item["modalities"] == ["CT", "SR"] and item["series_count"] == 2 and item["instance_count"] == 3
+    assert item["partners"] == ["b", "c"] and item["accession_number"] == "A-77" and item["description"] == "CT CHEST"
+    assert item["subject"] == {"id": str(subject), "patient_id": "PX-1", "issuer": "HOSP-B", "patient_name": "PARK^SUA", "birth_date": "1980-02-29", "sex": "F"}
+    assert item["study_date"] == "2025-03-04" and item["study_time"] == "101500"
+
+    assert [i["id"] for i in search(client, keys, patient_id="PX-1")] == [str(other), str(study)]  # newest first
+    assert [i["id"] for i in search(client, keys, patient_id="PX-1", partner="b")] == [str(study)]
+    assert [i["id"] for i in search(client, keys, accession="A-78")] == [str(other)]
+    assert [i["id"] for i in search(client, keys, date_from="2025-03-05", date_to="2025-03-05")] == [str(other)]
+    assert [i["id"] for i in search(client, keys, date_to="2025-03-04", patient_id="PX-1")] == [str(study)]
+    uid = item["study_instance_uid"]
+    assert [i["id"] for i in search(client, keys, study_uid=uid)] == [str(study)]
+    assert search(client, keys, patient_id="PX-1", modality="US") == []
+
+    detail = client.get(f"/api/v1/studies/{study}", headers=keys.headers("viewer")).json()
+    assert detail["study"]["id"] == str(study)
+    assert [(s["modality"], s["instance_count"], s["partners"]) for s in detail["series"]] == [("CT", 3, ["b", "c"]), ("SR", 0, ["c"])]
+    by_subject = client.get(f"/api/v1/subjects/{subject}/studies", headers=keys.headers("viewer")).json()["items"]
+    assert [i["id"] for i in by_subject] == [str(other), str(study)]
+    instances = client.get(f"/api/v1/series/{ct}/instances?limit=2", headers=keys.headers("viewer")).json()
+    assert [i["instance_number"] for i in instances["items"]] == [0, 1] and instances["next_cursor"]
+    rest = client.get(f"/api/v1/series/{ct}/instances", params={"cursor": instances["next_cursor"]}, headers=keys.headers("viewer")).json()
+    assert [i["instance_number"] for i in rest["items"]] == [2] and rest["next_cursor"] is None
+
+
+def test_soft_deleted_rows_are_hidden_everywhere(client: TestClient[Litestar], keys: Keys, index: IndexBuilder) -> None:
+    subject = index.subject("PD-1", "CHO^HAJUN")
+    kept, gone = index.study(subject, date=dt.date(2024, 1, 1)), index.study(subject, date=dt.date(2024, 1, 2))
+    live_series, dead_series = index.series(kept, "CT"), index.series(kept, "MR")
+    index.delete(Study, gone)
+    index.delete(Series, dead_series)
+    (item,) = search(client, keys, patient_id="PD-1")
+    assert item["id"] == str(kept) and item["modalities"] == ["CT"] and item["series_count"] == 1
+    assert search(client, keys, patient_id="PD-1", modality="MR") == []
+    assert client.get(f"/api/v1/studies/{gone}", headers=keys.headers("viewer")).status_code == 404
+    assert [s["id"] for s in client.get(f"/api/v1/studies/{kept}", headers=keys.headers("viewer")).json()["series"]] == [str(live_series)]
+    assert client.get(f"/api/v1/series/{dead_series}/instances", headers=keys.headers("viewer")).status_code == 404
+
+
+def test_undated_studies_come_last(client: TestClient[Litestar], keys: Keys, index: IndexBuilder) -> None:
+    subject = index.subject("PU-1", "YOON^DOYUN")
+    undated = index.study(subject, date=None)
+    dated = index.study(subject, date=dt.date(2001, 1, 1))
+    first = client.get("/api/v1/studies", params={"patient_id": "PU-1", "limit": 1}, headers=keys.headers("viewer")).json()
+    assert [i["id"] for i in first["items"]] == [str(dated)]
+    second = client.get("/api/v1/studies", params={"patient_id": "PU-1", "limit": 1, "cursor": first["next_cursor"]}, headers=keys.headers("viewer")).json()
+    assert [i["id"] for i in second["items"]] == [str(undated)] and second["next_cursor"] is None
