@@ -35,6 +35,7 @@ from api.files.services import FileUrls
 from api.health.controllers import health, ready
 from api.health.readiness import Readiness
 from api.operations.controllers import OperationsController
+from api.operations.outbox import OutboxController
 from api.operations.launcher import SyncLauncher, ThreadLauncher
 from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
@@ -92,7 +93,7 @@ def create_app(
     )
     api = Router(
         path=API_PREFIX,
-        route_handlers=[SubjectController, StudyController, SeriesController, FileController, OperationsController, AuditController],
+        route_handlers=[SubjectController, StudyController, SeriesController, FileController, OperationsController, OutboxController, AuditController],
         guards=[authenticate],
         middleware=[AuditMiddleware],
         security=[{"bearer": []}, {"api_key": []}],
