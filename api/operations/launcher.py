@@ -10,7 +10,6 @@ the run id as soon as the run record exists; progress and outcome are in
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import logging
 import threading
 import uuid
@@ -44,14 +43,11 @@ class ThreadLauncher:
     """Runs ``SyncRunner.sync``/``refresh_study`` in a daemon thread of this process.
 
     The partner lock is probed first (409 at once when another run holds it,
-    here or in another process). The run id is learnt when the runner records
-    the run: the runner has no way to be handed one, so a shallow copy of it
-    reports the id of the run it starts (``_start_run``).
+    here or in another process); the runner's ``on_start`` hands back the run
+    id as soon as the run is recorded.
     """
 
     def __init__(self, runner: SyncRunner, engine: Engine) -> None:
-        if not callable(getattr(runner, "_start_run", None)):
-            raise TypeError("SyncRunner no longer has _start_run: ThreadLauncher needs another way to learn the run id")
         self.runner = runner
         self.engine = engine
         self._threads: set[threading.Thread] = set()
@@ -62,22 +58,13 @@ class ThreadLauncher:
             with partner_lock(self.engine, partner):  # raises SyncLockedError when held; released at once
                 pass
             started: concurrent.futures.Future[uuid.UUID] = concurrent.futures.Future()
-            runner = copy.copy(self.runner)
-            start_run = runner._start_run
-
-            def reporting_start(partner_name: str, trigger: str, full_run: bool) -> uuid.UUID:
-                run_id = start_run(partner_name, trigger, full_run)
-                started.set_result(run_id)
-                return run_id
-
-            runner._start_run = reporting_start  # type: ignore[method-assign]
 
             def work() -> None:
                 try:
                     if study_id is not None:
-                        runner.refresh_study(partner, study_id, trigger=TRIGGER)
+                        self.runner.refresh_study(partner, study_id, trigger=TRIGGER, on_start=started.set_result)
                     else:
-                        runner.sync(partner, full=full, trigger=TRIGGER)
+                        self.runner.sync(partner, full=full, trigger=TRIGGER, on_start=started.set_result)
                 except BaseException as exc:  # the runner recorded the failure; the thread must not die silently
                     log.exception("background sync of %s failed", partner)
                     if not started.done():

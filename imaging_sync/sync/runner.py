@@ -86,15 +86,29 @@ class SyncRunner:
         # Told about every finished run (alerts); an observer failing never fails the run.
         self.after_run = list(after_run)
 
-    def sync(self, partner_name: str, *, full: bool = False, trigger: str = "cli", progress: ProgressCallback | None = None) -> RunResult:
-        """Sync one partner; never raises for partner or data failures (the result says)."""
+    def sync(
+        self,
+        partner_name: str,
+        *,
+        full: bool = False,
+        trigger: str = "cli",
+        progress: ProgressCallback | None = None,
+        on_start: Callable[[uuid.UUID], None] | None = None,
+    ) -> RunResult:
+        """Sync one partner; never raises for partner or data failures (the result says).
+
+        ``on_start`` is told the run id as soon as the run is recorded (a caller
+        answering "accepted, see run X" before the work is done).
+        """
 
         def pull(config: PartnerConfig, source: PartnerSource, result: RunResult, started: float) -> None:
             self._pull(config, source, result, full, progress, started)
 
-        return self._run(partner_name, trigger, full, pull)
+        return self._run(partner_name, trigger, full, pull, on_start)
 
-    def refresh_study(self, partner_name: str, partner_study_id: str, *, trigger: str = "cli") -> RunResult:
+    def refresh_study(
+        self, partner_name: str, partner_study_id: str, *, trigger: str = "cli", on_start: Callable[[uuid.UUID], None] | None = None
+    ) -> RunResult:
         """Re-read one study from the partner now (``GET /v1/studies/{id}``); the bookmark stays."""
 
         def refresh(config: PartnerConfig, source: PartnerSource, result: RunResult, started: float) -> None:
@@ -104,12 +118,21 @@ class SyncRunner:
             writer = PageWriter(config.name, self.settings.priorities())
             self._commit_page(writer, config.name, Page(items=[item], next_page_token=None), result, advance_bookmark=False)
 
-        return self._run(partner_name, trigger, False, refresh)
+        return self._run(partner_name, trigger, False, refresh, on_start)
 
-    def _run(self, partner_name: str, trigger: str, full: bool, work: Callable[[PartnerConfig, PartnerSource, RunResult, float], None]) -> RunResult:
+    def _run(
+        self,
+        partner_name: str,
+        trigger: str,
+        full: bool,
+        work: Callable[[PartnerConfig, PartnerSource, RunResult, float], None],
+        on_start: Callable[[uuid.UUID], None] | None = None,
+    ) -> RunResult:
         """A recorded run under the partner lock; every outcome ends in the run record."""
         config = self.settings.partner(partner_name)
         run_id = self._start_run(partner_name, trigger, full)
+        if on_start is not None:
+            on_start(run_id)
         result = RunResult(run_id=run_id, partner=partner_name, status="running")
         started = time.monotonic()
         with run_context(run_id, partner_name):
