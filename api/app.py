@@ -36,6 +36,7 @@ from api.health.controllers import health, ready
 from api.health.readiness import Readiness
 from api.operations.controllers import OperationsController
 from api.operations.outbox import OutboxController
+from api.metrics import PROMETHEUS, MetricsController, register_database_collector
 from api.operations.launcher import SyncLauncher, ThreadLauncher
 from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
@@ -104,8 +105,10 @@ def create_app(
         if close_core:
             core.close()
 
+    register_database_collector(core.engine)
     return Litestar(
-        route_handlers=[api, docs, health, ready],
+        route_handlers=[api, docs, health, ready, MetricsController],
+        middleware=[PROMETHEUS.middleware],
         state=State({"services": services}),
         # ``conn``: the request's connection (checked out in a worker thread unless the key check already did).
         dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=True)},

@@ -1,0 +1,45 @@
+"""``GET /metrics`` (Prometheus text format, no key: it carries no patient data).
+
+API request counts and latency come from Litestar's Prometheus middleware,
+per process (with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` or scrape
+each worker). Everything else — sync runs by status, items by outcome, run
+durations, outbox backlog and age, DICOM operations and durations — is read
+from the database at scrape time (imaging_sync.metrics), so any instance
+reports the whole service.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from prometheus_client import REGISTRY
+from sqlalchemy import Engine
+
+from imaging_sync.metrics import DatabaseCollector
+
+_collector: DatabaseCollector | None = None
+_guard = threading.Lock()
+
+PROMETHEUS = PrometheusConfig(
+    app_name="imaging_sync",
+    prefix="imaging_sync_api",
+    group_path=True,  # label by route template (/api/v1/studies/{study_id}), not by concrete path
+    exclude=["/metrics", "/health", "/ready"],
+    buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+)
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def register_database_collector(engine: Engine) -> None:
+    """Point the process's one database collector at ``engine`` (registered on first use)."""
+    global _collector
+    with _guard:
+        if _collector is None:
+            _collector = DatabaseCollector(engine)
+            REGISTRY.register(_collector)
+        _collector.engine = engine

@@ -1,0 +1,37 @@
+"""/metrics exposes the named series after a sync, read from the database."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar.testing import TestClient
+
+from api.app import create_app
+from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.testing.datagen import DatasetSpec
+from imaging_sync.testing.factories import TEST_API_KEY, simulator_partner
+from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from storage.testing import EmbeddedStorage
+
+from api_fixtures import Keys
+
+
+def test_metrics_after_a_sync_and_some_requests(core: Core, s3: EmbeddedStorage, keys: Keys) -> None:
+    with PartnerSimulator(DatasetSpec(partner="b", studies=4), SimulatorConfig(api_key=TEST_API_KEY)) as sim:
+        settings = msgspec.structs.replace(core.settings, partners={"b": simulator_partner("b", sim.base_url)})
+        live = bootstrap(settings, configure_logs=False)
+        try:
+            assert live.runner.sync("b").ok
+            with TestClient(create_app(live, registry=s3.registry())) as client:
+                assert client.get("/api/v1/studies", headers=keys.headers("viewer")).status_code == 200
+                response = client.get("/metrics")
+        finally:
+            live.close()
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'imaging_sync_sync_runs_total{partner="b",status="succeeded"} 1.0' in text
+    assert 'imaging_sync_sync_items_total{outcome="created",partner="b"} 4.0' in text or 'imaging_sync_sync_items_total{partner="b",outcome="created"} 4.0' in text
+    assert "imaging_sync_sync_run_duration_seconds_bucket" in text
+    assert 'imaging_sync_outbox_events{status="pending"} 4.0' in text
+    assert "imaging_sync_outbox_oldest_pending_age_seconds" in text
+    assert "imaging_sync_dicom_operations_total" in text or "# TYPE imaging_sync_dicom_operations counter" in text
+    assert "imaging_sync_api_request_duration_seconds" in text and "/api/v1/studies" in text
