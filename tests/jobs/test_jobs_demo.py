@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from pynetdicom import AE
 
+from serve_process import serving
+
 pytestmark = pytest.mark.slow
 
 
 def test_demo_serves_studies_urls_and_dicom_until_stopped(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "imaging_sync", "demo", "--studies", "6", "--api-port", "0", "--dicom-port", "0", "--workdir", str(tmp_path / "demo")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    output: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stdout.readline() if process.stdout else ""
-            if not line and process.poll() is not None:
-                break
-            output.append(line)
-            if "/usr/bin/findscu" in line:
-                break
-        text = "".join(output)
+    args = ["demo", "--studies", "6", "--api-port", "0", "--dicom-port", "0", "--workdir", str(tmp_path / "demo")]
+    with serving(args, {**os.environ, "PYTHONUNBUFFERED": "1"}, ready=lambda line: "/usr/bin/findscu" in line, timeout=120) as text:
         api = re.search(r"Bearer (isk_\S+)' '(http://127\.0\.0\.1:\d+/api/v1)/studies\?limit=3'", text)
         dicom = re.search(r"-aec (\S+) 127\.0\.0\.1 (\d+)", text)
         assert api and dicom, text
@@ -52,11 +39,3 @@ def test_demo_serves_studies_urls_and_dicom_until_stopped(tmp_path: Path) -> Non
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            remaining, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, "".join(output) + remaining

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from pynetdicom import AE
+
+from serve_process import serving
 
 pytestmark = pytest.mark.slow
 
@@ -43,18 +43,7 @@ def test_serve_runs_every_service_in_one_process_until_sigterm(tmp_path: Path) -
     config.write_text(CONFIG.format(db=tmp_path / "index.db"))
     env = {**os.environ, "IMAGING_SYNC_CONFIG": str(config), "PYTHONUNBUFFERED": "1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     assert subprocess.run([sys.executable, "-m", "imaging_sync", "db", "upgrade"], env=env, capture_output=True, timeout=60).returncode == 0
-    process = subprocess.Popen([sys.executable, "-m", "imaging_sync", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = process.stdout.readline() if process.stdout else ""
-            if not line and process.poll() is not None:
-                break
-            lines.append(line)
-            if line.startswith("running"):
-                break
-        text = "".join(lines)
+    with serving(["serve"], env, ready=lambda line: line.startswith("running")) as text:
         api = re.search(r"REST API on (http://\S+)/api/v1", text)
         dicom = re.search(r"DICOM node ALL_IN_ONE on 127\.0\.0\.1:(\d+)", text)
         assert api and dicom and "embedded S3 on http://127.0.0.1:" in text and "scheduler in Asia/Seoul" in text, text
@@ -65,11 +54,3 @@ def test_serve_runs_every_service_in_one_process_until_sigterm(tmp_path: Path) -
         assoc = ae.associate("127.0.0.1", int(dicom.group(1)), ae_title="ALL_IN_ONE")
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            rest, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, "".join(lines) + rest
