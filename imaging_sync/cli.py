@@ -18,16 +18,17 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from imaging_sync import apikeys as api_keys
 from imaging_sync import audit as audit_log
 from imaging_sync.audit import AuditEvent
+from imaging_sync.catalog import operations as catalog
 from imaging_sync.cli_outbox import outbox
 from imaging_sync.cli_support import CliContext, cli_actor, pass_ctx
 from imaging_sync.db import migrate
-from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, utcnow
+from imaging_sync.db.models import RejectedItem, SyncRun, utcnow
 from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError, ValidationError
 from imaging_sync.sync.runner import RunResult
 
@@ -190,20 +191,15 @@ def partners() -> None:
 def partners_list(ctx: CliContext) -> None:
     core = ctx.core
     with core.engine.connect() as conn:
-        states = {row.partner: row for row in conn.execute(select(PartnerState.__table__))}
-        last_runs = {}
-        for name in core.settings.partners:
-            last_runs[name] = conn.execute(
-                select(SyncRun.__table__).where(SyncRun.partner == name).order_by(SyncRun.started_at.desc()).limit(1)
-            ).first()
+        states = catalog.partner_states(conn, sorted(core.settings.partners))
     rows = []
     for name, partner in sorted(core.settings.partners.items()):
-        state, run = states.get(name), last_runs.get(name)
+        state, run = states[name], states[name].last_run
         rows.append([
             name, partner.adapter, str(partner.priority), "yes" if partner.enabled else "no", partner.base_url,
-            _fmt(state.bookmark if state else None),
+            _fmt(state.bookmark),
             f"{run.status} {_fmt(run.started_at)}" if run else "-",
-            _fmt(state.last_success_at if state else None),
+            _fmt(state.last_success_at),
         ])
     _table(["partner", "adapter", "priority", "enabled", "base url", "bookmark", "last run", "last success"], rows)
 
@@ -237,11 +233,8 @@ def runs_list(ctx: CliContext, partner: str | None, status: str | None, limit: i
 @click.argument("run_id")
 @pass_ctx
 def runs_show(ctx: CliContext, run_id: str) -> None:
-    with ctx.core.sessions() as session:
-        run = session.get(SyncRun, _uuid(run_id, "RUN_ID"))
-        if run is None:
-            raise NotFoundError(f"no sync run {run_id}")
-        rejected = session.scalar(select(func.count()).select_from(RejectedItem).where(RejectedItem.run_id == run.id))
+    with ctx.core.engine.connect() as conn:
+        run, rejected = catalog.get_run(conn, _uuid(run_id, "RUN_ID"))
     for label, value in [
         ("run", run.id), ("partner", run.partner), ("status", run.status), ("trigger", run.trigger), ("full", run.full),
         ("started", _fmt(run.started_at)), ("finished", _fmt(run.finished_at)), ("took", _duration(run)), ("since", _fmt(run.since)),
