@@ -63,6 +63,7 @@ def build_services(
 ) -> Services:
     from dicom.retrieve import Retriever
 
+    reader.registry.connect_all()  # not on the first C-MOVE's clock
     return Services(
         engine=engine,
         finder=Finder(engine),

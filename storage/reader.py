@@ -80,6 +80,10 @@ class ObjectReader:
         self._registry = registry
         self._chunk_size = chunk_size
 
+    @property
+    def registry(self) -> BucketRegistry:
+        return self._registry
+
     def head(self, bucket: str, key: str) -> ObjectInfo:
         """Size, ETag and Content-Type without reading the data (S3 HeadObject)."""
         client = self._registry.client(bucket)

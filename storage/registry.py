@@ -111,7 +111,7 @@ class BucketRegistry:
     def __init__(self, config: StorageConfig, *, environ: Mapping[str, str] | None = None) -> None:
         """Check every bucket's credential sources now, so a missing variable fails at start naming the key.
 
-        Clients are not created here (that happens on first use of a bucket).
+        Clients are not created here but on first use of a bucket, or all at once by :meth:`connect_all`.
         """
         environ = os.environ if environ is None else environ
         self._config = config
@@ -137,6 +137,18 @@ class BucketRegistry:
             return self._config.buckets[bucket]
         except (KeyError, TypeError):
             raise BucketNotAllowedError(str(bucket)) from None
+
+    def connect_all(self) -> int:
+        """Build every bucket's client now and return how many distinct clients there are.
+
+        A long-lived server calls this at start: building a boto3 client costs
+        hundreds of milliseconds (botocore loads its service model), which
+        would otherwise land on the first request that reads a file, and a
+        bucket whose client cannot be built fails the start, naming it.
+        """
+        for bucket in self._config.buckets:
+            self._connection(bucket)
+        return len(self._connections)
 
     def client(self, bucket: str) -> S3Client:
         """The shared boto3 S3 client for this bucket's configuration."""

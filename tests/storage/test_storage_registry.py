@@ -66,6 +66,15 @@ def test_buckets_with_identical_settings_share_one_client_and_others_get_their_o
     assert registry.credentials("partner-p-b").access_key == "AKIAPARTNERP"
 
 
+def test_connect_all_builds_each_distinct_client_once_and_first_use_reuses_it() -> None:
+    config = StorageConfig(buckets={"p-a": keys_bucket(), "p-b": keys_bucket(), "q-a": keys_bucket(prefix="Q")})
+    registry = BucketRegistry(config, environ=ENV)
+    assert registry.connect_all() == 2
+    built = registry.client("p-a")
+    assert registry.connect_all() == 2  # idempotent: nothing rebuilt
+    assert registry.client("p-b") is built and registry.client("q-a") is not built
+
+
 def test_first_use_from_many_threads_builds_one_client() -> None:
     registry = BucketRegistry(StorageConfig(buckets={"b-one": keys_bucket(), "b-two": keys_bucket()}), environ=ENV)
     barrier, seen = threading.Barrier(8), []
