@@ -8,7 +8,7 @@
    URL is fetched as a check.
 3. ``imaging-sync serve api --workers N`` in a subprocess, with a config file naming both.
 4. From this process, per scenario: an open-loop schedule of ``--rate`` requests/s over at most
-   ``--concurrency`` connections (httpx, loopback), ``--requests`` requests after a warm-up;
+   ``--concurrency`` keep-alive connections (bench/http_load.py, loopback), ``--requests`` requests after a warm-up;
    latency is measured from the scheduled send to the end of the body.
 
 Prints p50/p99 per scenario and whether p99 < 50 ms (searches, detail) and < 100 ms (500 URLs).
@@ -31,8 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -40,6 +41,7 @@ import psycopg
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+import http_load
 from imaging_sync import apikeys
 from imaging_sync.db import migrate
 from imaging_sync.ids import new_ids
@@ -56,6 +58,7 @@ GIVEN = [("민준", "MINJUN"), ("서연", "SEOYEON"), ("지우", "JIWOO"), ("하
 MODALITIES = ["CT", "MR", "CR", "US", "DX", "PT", "MG", "NM"]
 FIRST_DATE = dt.date(2016, 1, 1)
 UID_ROOT = "1.2.826.0.1.3680043.10.999"
+T = TypeVar("T")
 
 
 # -- the database ---------------------------------------------------------------------
@@ -234,44 +237,13 @@ def sample_ids() -> dict[str, list[str]]:
     return {"studies": studies, "big_series": [str(big)]}
 
 
-async def drive(base: str, token: str, next_path: Callable[[], str], count: int, rate: float, concurrency: int) -> tuple[list[float], int]:
-    """Open loop: request i is due at i/rate; latency counts from when it was due (queueing included)."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies: list[float] = []
-    failures = 0
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30) as client:
-        start = time.perf_counter()
-
-        async def one(i: int, path: str) -> None:
-            nonlocal failures
-            due = start + i / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            async with gate:
-                response = await client.get(path)
-                await response.aread()
-            latencies.append((time.perf_counter() - due) * 1000)
-            if response.status_code != 200:
-                failures += 1
-
-        await asyncio.gather(*(one(i, next_path()) for i in range(count)))
-    return latencies, failures
-
-
-async def closed_loop(base: str, token: str, next_path: Callable[[], str], count: int, concurrency: int) -> float:
-    """Requests/s with ``concurrency`` connections each sending its next request as soon as the last one ends."""
-    paths = [next_path() for _ in range(count)]
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30) as client:
-
-        async def worker() -> None:
-            while paths:
-                response = await client.get(paths.pop())
-                await response.aread()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return count / (time.perf_counter() - started)
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run the load generator on uvloop when it is installed (less client CPU per request)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def process_cpu(pids: list[int]) -> float:
@@ -416,9 +388,11 @@ def main() -> None:
             print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
             print(f"{'scenario':<28}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}  target")
             all_ok = True
+            auth = {"Authorization": f"Bearer {token}"}
             for name, (next_path, target) in scenarios(rng, sample).items():
-                asyncio.run(drive(base, token, next_path, args.warmup, args.rate, args.concurrency))
-                latencies, failures = asyncio.run(drive(base, token, next_path, args.requests, args.rate, args.concurrency))
+                run(http_load.open_loop("127.0.0.1", port, auth, [next_path() for _ in range(args.warmup)], args.rate, args.concurrency))
+                measured = run(http_load.open_loop("127.0.0.1", port, auth, [next_path() for _ in range(args.requests)], args.rate, args.concurrency))
+                latencies, failures = measured.latencies_ms, measured.failures
                 p50, p99 = statistics.median(latencies), percentile(latencies, 99)
                 ok = p99 < target and failures == 0
                 all_ok &= ok
@@ -427,10 +401,11 @@ def main() -> None:
             if args.capacity:
                 print(f"\ncapacity (closed loop, 8 connections) and CPU per request on this machine:")
                 for name, (next_path, _) in scenarios(rng, sample).items():
-                    asyncio.run(closed_loop(base, token, next_path, 100, 8))
+                    run(http_load.closed_loop("127.0.0.1", port, auth, [next_path() for _ in range(100)], 8))
                     api_pids, pg_pids = server_pids(server.pid), postgres_pids()
+                    paths = [next_path() for _ in range(600)]
                     mine, api0, pg0 = time.process_time(), process_cpu(api_pids), process_cpu(pg_pids)
-                    rate = asyncio.run(closed_loop(base, token, next_path, 600, 8))
+                    rate = run(http_load.closed_loop("127.0.0.1", port, auth, paths, 8))
                     per = lambda seconds: seconds / 600 * 1000  # noqa: E731
                     print(f"{name:<28}{rate:>6.0f} req/s   CPU/request: API {per(process_cpu(api_pids) - api0):.1f} ms, "
                           f"PostgreSQL {per(process_cpu(pg_pids) - pg0):.1f} ms, load generator {per(time.process_time() - mine):.1f} ms")

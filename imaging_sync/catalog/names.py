@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, String, bindparam, or_
 
 from imaging_sync.person_names import search_form
 
@@ -44,8 +44,8 @@ def _tokens(wildcard: str) -> list[str]:
     return out
 
 
-def name_matches(column: Any, wildcard: str) -> ColumnElement[bool]:
-    """``column`` (a search-form name) matches ``wildcard`` as a whole or in one component group."""
+def like_candidates(wildcard: str) -> list[str]:
+    """The LIKE patterns a name must match one of: the whole value, or (without ``=``) one component group."""
     tokens = _tokens(wildcard)
     pattern = "".join(tokens)
     candidates = [pattern]
@@ -57,4 +57,14 @@ def name_matches(column: Any, wildcard: str) -> ColumnElement[bool]:
             candidates.append("%=" + pattern)  # the last group
         if not (open_start or open_end):
             candidates.append("%=" + pattern + "=%")  # a middle group
-    return or_(*(column.like(p, escape=ESCAPE) for p in candidates))
+    return candidates
+
+
+def name_matches(column: Any, wildcard: str) -> ColumnElement[bool]:
+    """``column`` (a search-form name) matches ``wildcard`` as a whole or in one component group."""
+    return or_(*(column.like(p, escape=ESCAPE) for p in like_candidates(wildcard)))
+
+
+def name_matches_bound(column: Any, count: int, prefix: str = "name") -> ColumnElement[bool]:
+    """:func:`name_matches` for a statement built once: ``count`` patterns bound as ``{prefix}_0`` …"""
+    return or_(*(column.like(bindparam(f"{prefix}_{i}", type_=String), escape=ESCAPE) for i in range(count)))

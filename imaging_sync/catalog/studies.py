@@ -14,13 +14,14 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, String, Subquery, bindparam, exists, func, literal, select, tuple_, union_all
+from sqlalchemy import Connection, Integer, Row, Select, String, Subquery, bindparam, exists, func, literal, select, tuple_, union_all
 
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
-from imaging_sync.catalog.names import name_matches
+from imaging_sync.catalog.names import like_candidates, name_matches_bound
 from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
 from imaging_sync.errors import NotFoundError
 
@@ -139,17 +140,55 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
     rows: list[Row[Any]] = []
     in_undated = after is not None and after[0] is None
     if _one_patient_at_most(query):  # few studies: one statement, the seek as one condition
-        rows = list(conn.execute(_page_rows(_page_keys(query, size, after, dated=None))))
+        rows = list(conn.execute(*_page(query, size, after, dated=None)))
     elif not in_undated:
-        rows = list(conn.execute(_page_rows(_page_keys(query, size, after, dated=True))))
+        rows = list(conn.execute(*_page(query, size, after, dated=True)))
     if len(rows) < size and not _one_patient_at_most(query) and query.date_from is None and query.date_to is None:
         # A date range never matches an undated study; otherwise the undated ones follow the dated ones.
-        rows += conn.execute(_page_rows(_page_keys(query, size - len(rows), after if in_undated else None, dated=False))).all()
+        rows += conn.execute(*_page(query, size - len(rows), after if in_undated else None, dated=False)).all()
     rows, next_key = split(rows, limit, lambda r: (r.study_date, r.id))
     return Page(items=_summaries(conn, rows), next_key=next_key)
 
 
-def _page_rows(keys: Subquery) -> Select[Any]:
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Which filters a page statement has: statements are built once per shape, values bound per call.
+
+    Building and keying a statement (SQLAlchemy) cost more than PostgreSQL took
+    to run it; a search now only binds its values to a cached statement.
+    """
+
+    filters: frozenset[str]
+    name_patterns: int
+    dated: bool | None
+    after: str | None  # None, "dated" (a study_date in the cursor) or "undated"
+
+
+def _page(query: StudyQuery, size: int, after: Key | None, *, dated: bool | None) -> tuple[Select[Any], dict[str, Any]]:
+    """The page statement for ``query``'s shape and the values to bind to it."""
+    params: dict[str, Any] = {"size": size}
+    for name in _BOUND_FILTERS:
+        value = getattr(query, name)
+        if value is not None:
+            params[name] = value
+    names = like_candidates(query.name) if query.name is not None else []
+    params.update({f"name_{i}": pattern for i, pattern in enumerate(names)})
+    after_kind = None
+    if after is not None:
+        after_kind = "undated" if after[0] is None else "dated"
+        params["after_id"] = after[1]
+        if after[0] is not None:
+            params["after_date"] = after[0]
+    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), dated, after_kind)
+    return _page_statement(shape), params
+
+
+_BOUND_FILTERS = ("patient_id", "issuer", "subject_id", "accession", "study_uid", "date_from", "date_to", "modality", "partner")
+
+
+@lru_cache(maxsize=256)
+def _page_statement(shape: _Shape) -> Select[Any]:
+    keys = _page_keys(shape)
     return (
         select(*_SUMMARY_COLUMNS)
         .select_from(keys.join(_study, _study.c.id == keys.c.id).join(_subject, _subject.c.id == _study.c.subject_id))
@@ -162,8 +201,8 @@ def _one_patient_at_most(query: StudyQuery) -> bool:
     return query.patient_id is not None or query.subject_id is not None or query.study_uid is not None or query.accession is not None
 
 
-def _page_keys(query: StudyQuery, size: int, after: Key | None, *, dated: bool | None) -> Subquery:
-    """``(id, study_date)`` of the next ``size`` matching dated (or undated, or all: None) studies, in listing order.
+def _page_keys(shape: _Shape) -> Subquery:
+    """``(id, study_date)`` of the next ``:size`` matching dated (or undated, or all: None) studies, in listing order.
 
     - Subject filters (patient id, issuer, name) first find the subjects, once
       (a MATERIALIZED CTE): PostgreSQL then probes each subject's studies,
@@ -177,86 +216,95 @@ def _page_keys(query: StudyQuery, size: int, after: Key | None, *, dated: bool |
     - A live study always has a live subject (a subject is linked by the same
       partner snapshots as its studies), so only subject filters read ``subject``.
     """
+    has = shape.filters.__contains__
+
+    def bound(name: str, column: Any) -> Any:
+        return bindparam(name, type_=column.type)
+
     source: Any = _study
     conditions: list[Any] = [_study.c.deleted_at.is_(None)]
     subject_conditions: list[Any] = []
-    if query.patient_id is not None:
-        subject_conditions.append(_subject.c.patient_id == query.patient_id)
-    if query.issuer is not None:
-        subject_conditions.append(_subject.c.issuer == query.issuer)
-    if query.name is not None:
-        subject_conditions.append(name_matches(_subject.c.patient_name_search, query.name))
+    if has("patient_id"):
+        subject_conditions.append(_subject.c.patient_id == bound("patient_id", _subject.c.patient_id))
+    if has("issuer"):
+        subject_conditions.append(_subject.c.issuer == bound("issuer", _subject.c.issuer))
+    if shape.name_patterns:
+        subject_conditions.append(name_matches_bound(_subject.c.patient_name_search, shape.name_patterns))
     if subject_conditions:
         matched = select(_subject.c.id).where(_subject.c.deleted_at.is_(None), *subject_conditions).cte("matched").prefix_with("MATERIALIZED")
         source = _study.join(matched, _study.c.subject_id == matched.c.id)
-    if query.subject_id is not None:
-        conditions.append(_study.c.subject_id == query.subject_id)
-    if query.accession is not None:
-        conditions.append(_study.c.accession_number == query.accession)
-    if query.study_uid is not None:
-        conditions.append(_study.c.study_instance_uid == query.study_uid)
-    if query.date_from is not None:
-        conditions.append(_study.c.study_date >= query.date_from)
-    if query.date_to is not None:
-        conditions.append(_study.c.study_date <= query.date_to)
-    if query.modality is not None:
+    for name, column in (("subject_id", _study.c.subject_id), ("accession", _study.c.accession_number), ("study_uid", _study.c.study_instance_uid)):
+        if has(name):
+            conditions.append(column == bound(name, column))
+    if has("date_from"):
+        conditions.append(_study.c.study_date >= bound("date_from", _study.c.study_date))
+    if has("date_to"):
+        conditions.append(_study.c.study_date <= bound("date_to", _study.c.study_date))
+    if has("modality"):
         conditions.append(
-            exists().where(_series.c.study_id == _study.c.id, _series.c.modality == query.modality, _series.c.deleted_at.is_(None))
+            exists().where(_series.c.study_id == _study.c.id, _series.c.modality == bound("modality", _series.c.modality), _series.c.deleted_at.is_(None))
         )
-    if query.partner is not None:
+    if has("partner"):
         conditions.append(
-            exists().where(_link.c.entity_type == "study", _link.c.entity_id == _study.c.id, _link.c.partner == query.partner)
+            exists().where(_link.c.entity_type == "study", _link.c.entity_id == _study.c.id, _link.c.partner == bound("partner", _link.c.partner))
         )
-    if dated is None:
-        seek = after_desc_nulls_last(_study.c.study_date, _study.c.id, after)
-        if seek is not None:
-            conditions.append(seek)
-    elif dated:
+    after_date, after_id = bound("after_date", _study.c.study_date), bound("after_id", _study.c.id)
+    if shape.dated is None:
+        if shape.after is not None:
+            conditions.append(after_desc_nulls_last(_study.c.study_date, _study.c.id, (None if shape.after == "undated" else after_date, after_id)))
+    elif shape.dated:
         conditions.append(_study.c.study_date.is_not(None))
-        if after is not None:
-            conditions.append(tuple_(_study.c.study_date, _study.c.id) < tuple_(after[0], after[1]))
+        if shape.after is not None:
+            conditions.append(tuple_(_study.c.study_date, _study.c.id) < tuple_(after_date, after_id))
     else:
         conditions.append(_study.c.study_date.is_(None))
-        if after is not None:
-            conditions.append(_study.c.id < after[1])
+        if shape.after is not None:
+            conditions.append(_study.c.id < after_id)
     # Within one part there are no NULL dates to place, and plain DESC is what a backward scan
     # of ix_study_study_date_id yields (PostgreSQL would sort for DESC NULLS LAST).
-    order = (_study.c.study_date.desc().nulls_last(), _study.c.id.desc()) if dated is None else (_study.c.study_date.desc(), _study.c.id.desc())
+    order = (_study.c.study_date.desc().nulls_last(), _study.c.id.desc()) if shape.dated is None else (_study.c.study_date.desc(), _study.c.id.desc())
+    size = bindparam("size", type_=Integer)
     return select(_study.c.id, _study.c.study_date).select_from(source).where(*conditions).order_by(*order).limit(size).subquery("page_keys")
+
+
+_STUDY_ID = bindparam("study_id", type_=_study.c.id.type)
+_STUDY_ROW = select(*_SUMMARY_COLUMNS).select_from(_study.join(_subject, _subject.c.id == _study.c.subject_id)).where(
+    _study.c.id == _STUDY_ID, _study.c.deleted_at.is_(None)
+)
+_STUDY_SERIES = (
+    select(
+        _series.c.id, _series.c.series_instance_uid, _series.c.series_number, _series.c.modality,
+        _series.c.description, _series.c.body_part_examined,
+    )
+    .where(_series.c.study_id == _STUDY_ID, _series.c.deleted_at.is_(None))
+    .order_by(_series.c.series_number.asc().nulls_last(), _series.c.id)
+)
+_SERIES_COUNTS = (
+    select(_instance.c.series_id, func.count())
+    .where(_instance.c.series_id.in_(_IDS), _instance.c.deleted_at.is_(None))
+    .group_by(_instance.c.series_id)
+)
+_SERIES_PARTNERS = select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "series", _link.c.entity_id.in_(_IDS)).distinct()
 
 
 def get_study(conn: Connection, study_id: uuid.UUID) -> StudyDetail:
     """One live study with its live series (series-number order); NotFoundError otherwise."""
-    row = conn.execute(
-        select(*_SUMMARY_COLUMNS)
-        .select_from(_study.join(_subject, _subject.c.id == _study.c.subject_id))
-        .where(_study.c.id == study_id, _study.c.deleted_at.is_(None))
-    ).first()
+    row = conn.execute(_STUDY_ROW, {"study_id": study_id}).first()
     if row is None:
         raise NotFoundError(f"no study {study_id}")
     summary = _summaries(conn, [row])[0]
-    series_rows = conn.execute(
-        select(
-            _series.c.id, _series.c.series_instance_uid, _series.c.series_number, _series.c.modality,
-            _series.c.description, _series.c.body_part_examined,
-        )
-        .where(_series.c.study_id == study_id, _series.c.deleted_at.is_(None))
-        .order_by(_series.c.series_number.asc().nulls_last(), _series.c.id)
-    ).all()
+    series_rows = conn.execute(_STUDY_SERIES, {"study_id": study_id}).all()
     series_ids = [r.id for r in series_rows]
-    counts = dict(
-        conn.execute(
-            select(_instance.c.series_id, func.count())
-            .where(_instance.c.series_id.in_(series_ids), _instance.c.deleted_at.is_(None))
-            .group_by(_instance.c.series_id)
-        ).all()
-    ) if series_ids else {}
-    partners = _partners_of(conn, "series", series_ids)
+    counts: dict[uuid.UUID, int] = dict(conn.execute(_SERIES_COUNTS, {"ids": series_ids}).all()) if series_ids else {}  # type: ignore[arg-type]
+    partners: dict[uuid.UUID, set[str]] = defaultdict(set)
+    if series_ids:
+        for entity_id, partner in conn.execute(_SERIES_PARTNERS, {"ids": series_ids}).all():
+            partners[entity_id].add(partner)
     series = [
         SeriesSummary(
             id=r.id, series_instance_uid=r.series_instance_uid, series_number=r.series_number, modality=r.modality,
             description=r.description, body_part_examined=r.body_part_examined,
-            instance_count=counts.get(r.id, 0), partners=partners.get(r.id, []),
+            instance_count=counts.get(r.id, 0), partners=sorted(partners.get(r.id, ())),
         )
         for r in series_rows
     ]
@@ -303,16 +351,3 @@ def _summaries(conn: Connection, rows: Sequence[Row[Any]]) -> list[StudySummary]
         )
         for r in rows
     ]
-
-
-def _partners_of(conn: Connection, entity_type: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
-    """Which partners link each entity (sorted names; one entity may be in several partner studies)."""
-    if not ids:
-        return {}
-    found: dict[uuid.UUID, set[str]] = defaultdict(set)
-    for entity_id, partner in conn.execute(
-        select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == entity_type, _link.c.entity_id.in_(ids)).distinct()
-    ).all():
-        found[entity_id].add(partner)
-    return {k: sorted(v) for k, v in found.items()}
-
