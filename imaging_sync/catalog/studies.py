@@ -13,7 +13,7 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from typing import Any
@@ -93,6 +93,8 @@ class StudyQuery:
     partner: str | None = None
     study_uid: str | None = None
     subject_id: uuid.UUID | None = None
+    # Set by the search, not by callers: ``name`` matches so many subjects that the date-ordered plan is the cheap one.
+    broad_name: bool = False
 
 
 _SUMMARY_COLUMNS = (
@@ -137,6 +139,8 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
     the undated part is read only once the dated part runs out.
     """
     size = limit + 1  # one more than asked: is there a next page?
+    if query.name is not None and not _one_patient_at_most(query) and query.issuer is None:
+        query = replace(query, broad_name=_many_subjects_named(conn, query.name))
     rows: list[Row[Any]] = []
     in_undated = after is not None and after[0] is None
     if _one_patient_at_most(query):  # few studies: one statement, the seek as one condition
@@ -160,6 +164,7 @@ class _Shape:
 
     filters: frozenset[str]
     name_patterns: int
+    broad_name: bool
     dated: bool | None
     after: str | None  # None, "dated" (a study_date in the cursor) or "undated"
 
@@ -179,7 +184,7 @@ def _page(query: StudyQuery, size: int, after: Key | None, *, dated: bool | None
         params["after_id"] = after[1]
         if after[0] is not None:
             params["after_date"] = after[0]
-    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), dated, after_kind)
+    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), query.broad_name, dated, after_kind)
     return _page_statement(shape), params
 
 
@@ -194,6 +199,28 @@ def _page_statement(shape: _Shape) -> Select[Any]:
         .select_from(keys.join(_study, _study.c.id == keys.c.id).join(_subject, _subject.c.id == _study.c.subject_id))
         .order_by(keys.c.study_date.desc().nulls_last(), keys.c.id.desc())
     )
+
+
+BROAD_NAME_SUBJECTS = 2500  # subjects matching a name from which the date-ordered scan is cheaper (bench/api_latency.py)
+
+
+def _many_subjects_named(conn: Connection, wildcard: str) -> bool:
+    """Does ``wildcard`` match at least BROAD_NAME_SUBJECTS live subjects? (counted from the name indexes, capped)"""
+    patterns = like_candidates(wildcard)
+    params: dict[str, Any] = {f"name_{i}": p for i, p in enumerate(patterns)}
+    params["cap"] = BROAD_NAME_SUBJECTS
+    return conn.execute(_named_subjects_count(len(patterns)), params).scalar_one() >= BROAD_NAME_SUBJECTS
+
+
+@lru_cache(maxsize=16)
+def _named_subjects_count(patterns: int) -> Select[Any]:
+    named = (
+        select(literal(1).label("one"))
+        .where(_subject.c.deleted_at.is_(None), name_matches_bound(_subject.c.patient_name_search, patterns))
+        .limit(bindparam("cap", type_=Integer))
+        .subquery("named")
+    )
+    return select(func.count()).select_from(named)
 
 
 def _one_patient_at_most(query: StudyQuery) -> bool:
@@ -213,6 +240,10 @@ def _page_keys(shape: _Shape) -> Subquery:
       listing costs what the first page costs; undated studies are a range of
       their own for the same reason (an OR with ``study_date IS NULL`` would
       make PostgreSQL filter from the start of the index).
+    - A name matching many subjects (``broad_name``, see :func:`_many_subjects_named`)
+      goes the other way: the date-ordered scan, each study's subject checked
+      by primary key, stopping at the page's end; probing thousands of
+      subjects' studies and sorting them all cost PostgreSQL ten times more.
     - A live study always has a live subject (a subject is linked by the same
       partner snapshots as its studies), so only subject filters read ``subject``.
     """
@@ -230,7 +261,9 @@ def _page_keys(shape: _Shape) -> Subquery:
         subject_conditions.append(_subject.c.issuer == bound("issuer", _subject.c.issuer))
     if shape.name_patterns:
         subject_conditions.append(name_matches_bound(_subject.c.patient_name_search, shape.name_patterns))
-    if subject_conditions:
+    if subject_conditions and shape.broad_name:
+        conditions.append(exists().where(_subject.c.id == _study.c.subject_id, _subject.c.deleted_at.is_(None), *subject_conditions))
+    elif subject_conditions:
         matched = select(_subject.c.id).where(_subject.c.deleted_at.is_(None), *subject_conditions).cte("matched").prefix_with("MATERIALIZED")
         source = _study.join(matched, _study.c.subject_id == matched.c.id)
     for name, column in (("subject_id", _study.c.subject_id), ("accession", _study.c.accession_number), ("study_uid", _study.c.study_instance_uid)):

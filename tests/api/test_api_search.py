@@ -35,6 +35,15 @@ def people(index: IndexBuilder) -> dict[str, uuid.UUID]:
     return studies
 
 
+@pytest.fixture(params=["subjects first", "dates first"])
+def name_plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both plans of a name search: few matching subjects (probe their studies) or many (scan by date)."""
+    from imaging_sync.catalog import studies
+
+    monkeypatch.setattr(studies, "BROAD_NAME_SUBJECTS", 10**9 if request.param == "subjects first" else 1)
+    return str(request.param)
+
+
 def search(client: TestClient[Litestar], keys: Keys, **params: Any) -> list[dict[str, Any]]:
     response = client.get("/api/v1/studies", params={"limit": 200, **params}, headers=keys.headers("viewer"))
     assert response.status_code == 200, response.text
@@ -64,7 +73,9 @@ def patients(items: list[dict[str, Any]]) -> set[str]:
         ("ｋｉｍ*", {"P1", "P2"}),  # full-width Latin folds (NFKC)
     ],
 )
-def test_name_wildcards_match_case_insensitively_in_any_component_group(client: TestClient[Litestar], keys: Keys, people: dict[str, uuid.UUID], pattern: str, expected: set[str]) -> None:
+def test_name_wildcards_match_case_insensitively_in_any_component_group(
+    client: TestClient[Litestar], keys: Keys, people: dict[str, uuid.UUID], name_plan: str, pattern: str, expected: set[str]
+) -> None:
     assert patients(search(client, keys, name=pattern)) == expected
     subjects = client.get("/api/v1/subjects", params={"name": pattern}, headers=keys.headers("viewer")).json()["items"]
     assert {s["patient_id"] for s in subjects} == expected
@@ -129,3 +140,25 @@ def test_undated_studies_come_last(client: TestClient[Litestar], keys: Keys, ind
     assert [i["id"] for i in first["items"]] == [str(dated)]
     second = client.get("/api/v1/studies", params={"patient_id": "PU-1", "limit": 1, "cursor": first["next_cursor"]}, headers=keys.headers("viewer")).json()
     assert [i["id"] for i in second["items"]] == [str(undated)] and second["next_cursor"] is None
+
+
+def test_a_name_search_pages_newest_first_the_same_with_either_plan(client: TestClient[Litestar], keys: Keys, index: IndexBuilder, name_plan: str) -> None:
+    expected = []
+    for p in range(6):
+        subject = index.subject(f"N{p}", f"PARK^SEO{p}", issuer="HOSP-A")
+        other = index.subject(f"O{p}", f"LEE^SEO{p}", issuer="HOSP-A")
+        for d in range(3):
+            date = dt.date(2023, 1, 1) + dt.timedelta(days=(p * 7 + d * 11) % 40)
+            expected.append((date.isoformat(), index.study(subject, date=date, accession=f"N{p}{d}")))
+            index.study(other, date=date, accession=f"O{p}{d}")
+    undated = index.study(index.subject("N9", "PARK^UNDATED", issuer="HOSP-A"), date=None, accession="N9")
+    expected.sort(key=lambda e: (e[0], str(e[1])), reverse=True)
+    seen, cursor = [], None
+    while True:
+        params = {"name": "park*", "limit": 4, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/api/v1/studies", params=params, headers=keys.headers("viewer")).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [str(study_id) for _, study_id in expected] + [str(undated)]
