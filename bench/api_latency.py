@@ -338,6 +338,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rebuild", action="store_true", help="regenerate the database even if it is there")
     parser.add_argument("--capacity", action="store_true", help="also measure each scenario's closed-loop throughput and CPU per request (client, API, PostgreSQL)")
+    parser.add_argument("--only", metavar="SCENARIO", help="run only the scenarios whose names start with this")
     parser.add_argument("--profile", metavar="SCENARIO", help="profile one scenario in-process (pyinstrument) instead of the load run; prefix of its name")
     args = parser.parse_args()
 
@@ -390,6 +391,8 @@ def main() -> None:
             all_ok = True
             auth = {"Authorization": f"Bearer {token}"}
             for name, (next_path, target) in scenarios(rng, sample).items():
+                if args.only and not name.startswith(args.only):
+                    continue
                 run(http_load.open_loop("127.0.0.1", port, auth, [next_path() for _ in range(args.warmup)], args.rate, args.concurrency))
                 measured = run(http_load.open_loop("127.0.0.1", port, auth, [next_path() for _ in range(args.requests)], args.rate, args.concurrency))
                 latencies, failures = measured.latencies_ms, measured.failures
@@ -401,6 +404,8 @@ def main() -> None:
             if args.capacity:
                 print(f"\ncapacity (closed loop, 8 connections) and CPU per request on this machine:")
                 for name, (next_path, _) in scenarios(rng, sample).items():
+                    if args.only and not name.startswith(args.only):
+                        continue
                     run(http_load.closed_loop("127.0.0.1", port, auth, [next_path() for _ in range(100)], 8))
                     api_pids, pg_pids = server_pids(server.pid), postgres_pids()
                     paths = [next_path() for _ in range(600)]

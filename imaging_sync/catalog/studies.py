@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Integer, Row, Select, String, Subquery, bindparam, exists, func, literal, select, tuple_, union_all
 
+from imaging_sync.catalog.id_lists import InIds, PerDialect
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
 from imaging_sync.catalog.names import like_candidates, name_matches_bound
 from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
@@ -114,21 +115,24 @@ _SUMMARY_COLUMNS = (
 )
 
 
+def _study_facts(in_ids: InIds) -> Any:
+    return union_all(
+        select(literal("m").label("fact"), _series.c.study_id.label("study_id"), _series.c.modality.label("value"), func.count().label("n"))
+        .where(in_ids(_series.c.study_id), _series.c.deleted_at.is_(None))
+        .group_by(_series.c.study_id, _series.c.modality),
+        select(literal("i"), _series.c.study_id, literal(None, String), func.count())
+        .select_from(_instance.join(_series, _series.c.id == _instance.c.series_id))
+        .where(in_ids(_series.c.study_id), _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
+        .group_by(_series.c.study_id),
+        select(literal("p"), _link.c.entity_id, _link.c.partner, func.count())
+        .where(_link.c.entity_type == "study", in_ids(_link.c.entity_id))
+        .group_by(_link.c.entity_id, _link.c.partner),
+    )
+
+
 # Modalities and series counts, instance counts and partners of a page of studies, in one round trip.
 # Built once: constructing and keying a statement costs more than running this one.
-_IDS = bindparam("ids", expanding=True)
-_STUDY_FACTS = union_all(
-    select(literal("m").label("fact"), _series.c.study_id.label("study_id"), _series.c.modality.label("value"), func.count().label("n"))
-    .where(_series.c.study_id.in_(_IDS), _series.c.deleted_at.is_(None))
-    .group_by(_series.c.study_id, _series.c.modality),
-    select(literal("i"), _series.c.study_id, literal(None, String), func.count())
-    .select_from(_instance.join(_series, _series.c.id == _instance.c.series_id))
-    .where(_series.c.study_id.in_(_IDS), _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
-    .group_by(_series.c.study_id),
-    select(literal("p"), _link.c.entity_id, _link.c.partner, func.count())
-    .where(_link.c.entity_type == "study", _link.c.entity_id.in_(_IDS))
-    .group_by(_link.c.entity_id, _link.c.partner),
-)
+_STUDY_FACTS = PerDialect(_study_facts)
 
 
 def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Key | None = None) -> Page[StudySummary]:
@@ -312,12 +316,14 @@ _STUDY_SERIES = (
     .where(_series.c.study_id == _STUDY_ID, _series.c.deleted_at.is_(None))
     .order_by(_series.c.series_number.asc().nulls_last(), _series.c.id)
 )
-_SERIES_COUNTS = (
-    select(_instance.c.series_id, func.count())
-    .where(_instance.c.series_id.in_(_IDS), _instance.c.deleted_at.is_(None))
+_SERIES_COUNTS = PerDialect(
+    lambda in_ids: select(_instance.c.series_id, func.count())
+    .where(in_ids(_instance.c.series_id), _instance.c.deleted_at.is_(None))
     .group_by(_instance.c.series_id)
 )
-_SERIES_PARTNERS = select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "series", _link.c.entity_id.in_(_IDS)).distinct()
+_SERIES_PARTNERS = PerDialect(
+    lambda in_ids: select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "series", in_ids(_link.c.entity_id)).distinct()
+)
 
 
 def get_study(conn: Connection, study_id: uuid.UUID) -> StudyDetail:
@@ -328,10 +334,10 @@ def get_study(conn: Connection, study_id: uuid.UUID) -> StudyDetail:
     summary = _summaries(conn, [row])[0]
     series_rows = conn.execute(_STUDY_SERIES, {"study_id": study_id}).all()
     series_ids = [r.id for r in series_rows]
-    counts: dict[uuid.UUID, int] = dict(conn.execute(_SERIES_COUNTS, {"ids": series_ids}).all()) if series_ids else {}  # type: ignore[arg-type]
+    counts: dict[uuid.UUID, int] = dict(conn.execute(_SERIES_COUNTS(conn), {"ids": series_ids}).all()) if series_ids else {}  # type: ignore[arg-type]
     partners: dict[uuid.UUID, set[str]] = defaultdict(set)
     if series_ids:
-        for entity_id, partner in conn.execute(_SERIES_PARTNERS, {"ids": series_ids}).all():
+        for entity_id, partner in conn.execute(_SERIES_PARTNERS(conn), {"ids": series_ids}).all():
             partners[entity_id].add(partner)
     series = [
         SeriesSummary(
@@ -360,7 +366,7 @@ def _summaries(conn: Connection, rows: Sequence[Row[Any]]) -> list[StudySummary]
     series_counts: dict[uuid.UUID, int] = defaultdict(int)
     instance_counts: dict[uuid.UUID, int] = {}
     partners: dict[uuid.UUID, set[str]] = defaultdict(set)
-    for fact, study_id, value, n in conn.execute(_STUDY_FACTS, {"ids": ids}).all():
+    for fact, study_id, value, n in conn.execute(_STUDY_FACTS(conn), {"ids": ids}).all():
         if fact == "m":
             modalities[study_id].add(value)
             series_counts[study_id] += n
