@@ -359,7 +359,7 @@ def require_live_subject(conn: Connection, subject_id: uuid.UUID) -> None:
 
 def _summaries(conn: Connection, rows: Sequence[Row[Any]]) -> list[StudySummary]:
     """Attach modalities, counts and partners to the page's study rows: one round trip for all three facts."""
-    ids = [r.id for r in rows]
+    ids = [r[0] for r in rows]
     if not ids:
         return []
     modalities: dict[uuid.UUID, set[str]] = defaultdict(set)
@@ -374,19 +374,16 @@ def _summaries(conn: Connection, rows: Sequence[Row[Any]]) -> list[StudySummary]
             instance_counts[study_id] = n
         else:
             partners[study_id].add(value)
-    return [
-        StudySummary(
-            id=r.id, study_instance_uid=r.study_instance_uid, study_date=r.study_date, study_time=r.study_time,
-            accession_number=r.accession_number, description=r.description,
-            referring_physician_name=r.referring_physician_name,
-            subject=SubjectSummary(
-                id=r.subject_id, patient_id=r.patient_id, issuer=r.issuer, patient_name=r.patient_name,
-                birth_date=r.birth_date, sex=r.sex,
-            ),
-            modalities=sorted(modalities.get(r.id, ())),
-            series_count=series_counts.get(r.id, 0),
-            instance_count=instance_counts.get(r.id, 0),
-            partners=sorted(partners.get(r.id, ())),
+    summaries = []
+    # Positional unpacking in _SUMMARY_COLUMNS order: a page is 50 rows of 13 values, and
+    # Row attribute lookups were a fifth of a search's Python time (py-spy --gil).
+    for study_id, uid, date, time, accession, description, referring, subject_id, patient_id, issuer, name, birth_date, sex in rows:
+        summaries.append(
+            StudySummary(
+                study_id, uid, date, time, accession, description, referring,
+                SubjectSummary(subject_id, patient_id, issuer, name, birth_date, sex),
+                sorted(modalities.get(study_id, ())), series_counts.get(study_id, 0), instance_counts.get(study_id, 0),
+                sorted(partners.get(study_id, ())),
+            )
         )
-        for r in rows
-    ]
+    return summaries
