@@ -6,7 +6,7 @@ and into Orthanc (Debian's ``orthanc``, started here on loopback with its own
 temporary config and storage, loaded through its REST API). Our node runs as
 ``imaging-sync serve dicom`` in its own process. Then DCMTK's findscu runs each
 query type ``--repeat`` times against both (a new association per query, as
-PACS clients do) and movescu moves ``--moves`` studies to a DCMTK storescp.
+PACS clients do) and movescu moves ``--moves`` studies from each (interleaved) to a DCMTK storescp.
 Prints per query type median and p95 (ms), C-MOVE MB/s and instances/s, and
 our/Orthanc ratios.
 
@@ -294,17 +294,34 @@ def movescu(port: int, aec: str, keys: list[str]) -> None:
         raise RuntimeError(f"movescu against {aec} failed: {out.stderr[-500:]}")
 
 
-def run_moves(port: int, aec: str, uids: list[str], received: Path) -> tuple[float, int, int]:
-    """Move each study once, timed; first one untimed series (a warm-up, as for C-FIND)."""
-    movescu(port, aec, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={uids[0]}", f"SeriesInstanceUID={uids[0]}.1"])
-    for f in received.iterdir():
-        f.unlink()
-    t = time.perf_counter()
-    for uid in uids:
-        movescu(port, aec, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid}"])
-    elapsed = time.perf_counter() - t
-    files = list(received.iterdir())
-    return elapsed, len(files), sum(f.stat().st_size for f in files)
+def run_moves(targets: dict[str, tuple[int, str]], uids: list[str], received: Path) -> dict[str, tuple[float, int, int]]:
+    """Move each study from each server, alternating which goes first; seconds, files and bytes per server.
+
+    Interleaved so that a slow patch of a shared machine falls on both servers
+    alike. Each server first moves one untimed series (a warm-up, as for C-FIND).
+    """
+    def clear() -> tuple[int, int]:
+        files = list(received.iterdir())
+        size = sum(f.stat().st_size for f in files)
+        for f in files:
+            f.unlink()
+        return len(files), size
+
+    for port, aec in targets.values():
+        movescu(port, aec, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={uids[0]}", f"SeriesInstanceUID={uids[0]}.1"])
+    clear()
+    totals = {name: [0.0, 0, 0] for name in targets}
+    for i, uid in enumerate(uids):
+        order = list(targets.items())
+        for name, (port, aec) in order if i % 2 == 0 else reversed(order):
+            t = time.perf_counter()
+            movescu(port, aec, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid}"])
+            elapsed = time.perf_counter() - t
+            files, size = clear()
+            totals[name][0] += elapsed
+            totals[name][1] += files
+            totals[name][2] += size
+    return {name: (seconds, int(files), int(size)) for name, (seconds, files, size) in totals.items()}
 
 
 def bench(n_instances: int, repeat: int, moves: int, image_size: int) -> None:
@@ -365,8 +382,7 @@ def bench(n_instances: int, repeat: int, moves: int, image_size: int) -> None:
                 print(f"{name:32} {om:9.1f} {op:7.1f} {tm:12.1f} {tp:7.1f} {tm / om:6.2f}  {oc}/{tc}")
             print(f"\n{'C-MOVE':10} {'s':>7} {'files':>6} {'MB':>7} {'MB/s':>7} {'inst/s':>7}")
             rates = {}
-            for target, (port, aec) in targets.items():
-                elapsed, n, size = run_moves(port, aec, [s.uid for s in moved], received)
+            for target, (elapsed, n, size) in run_moves(targets, [s.uid for s in moved], received).items():
                 rates[target] = (size / 1e6 / elapsed, n / elapsed)
                 print(f"{target:10} {elapsed:7.2f} {n:6d} {size / 1e6:7.1f} {size / 1e6 / elapsed:7.1f} {n / elapsed:7.1f}")
             print(f"ratio ours/orthanc: MB/s {rates['ours'][0] / rates['orthanc'][0]:.2f}, instances/s {rates['ours'][1] / rates['orthanc'][1]:.2f}")
@@ -386,7 +402,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, nargs="+", default=[40_000])
     parser.add_argument("--repeat", type=int, default=15, help="queries per type (different values each)")
-    parser.add_argument("--moves", type=int, default=5, help="studies moved per server")
+    parser.add_argument("--moves", type=int, default=10, help="studies moved per server")
     parser.add_argument("--image-size", type=int, default=256, help="rows = columns of the moved studies' 8-bit images")
     args = parser.parse_args()
     if not Path(ORTHANC).exists() or not (DCMTK / "findscu").exists():
