@@ -162,8 +162,8 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
 class _Shape:
     """Which filters a page statement has: statements are built once per shape, values bound per call.
 
-    Building and keying a statement (SQLAlchemy) cost more than PostgreSQL took
-    to run it; a search now only binds its values to a cached statement.
+    Building and keying a SQLAlchemy statement showed in the search's profile
+    (0.5–0.8 ms a request); a search now binds its values to a cached statement.
     """
 
     filters: frozenset[str]
