@@ -66,5 +66,13 @@ def name_matches(column: Any, wildcard: str) -> ColumnElement[bool]:
 
 
 def name_matches_bound(column: Any, count: int, prefix: str = "name") -> ColumnElement[bool]:
-    """:func:`name_matches` for a statement built once: ``count`` patterns bound as ``{prefix}_0`` …"""
+    """:func:`name_matches` for a statement built once: ``count`` patterns bound as ``{prefix}_0`` …
+
+    :func:`bound_name_values` gives the values to bind (its length is ``count``).
+    """
     return or_(*(column.like(bindparam(f"{prefix}_{i}", type_=String), escape=ESCAPE) for i in range(count)))
+
+
+def bound_name_values(wildcard: str, prefix: str = "name") -> dict[str, str]:
+    """The values for :func:`name_matches_bound`: ``{prefix}_i`` → the i-th LIKE candidate."""
+    return {f"{prefix}_{i}": pattern for i, pattern in enumerate(like_candidates(wildcard))}

@@ -13,7 +13,7 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Integer, Row, Select, String, Subquery, bindp
 
 from imaging_sync.catalog.id_lists import InIds, PerDialect
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
-from imaging_sync.catalog.names import like_candidates, name_matches_bound
+from imaging_sync.catalog.names import bound_name_values, name_matches_bound
 from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
 from imaging_sync.errors import NotFoundError
 
@@ -94,8 +94,6 @@ class StudyQuery:
     partner: str | None = None
     study_uid: str | None = None
     subject_id: uuid.UUID | None = None
-    # Set by the search, not by callers: ``name`` matches so many subjects that the date-ordered plan is the cheap one.
-    broad_name: bool = False
 
 
 _SUMMARY_COLUMNS = (
@@ -143,17 +141,18 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
     the undated part is read only once the dated part runs out.
     """
     size = limit + 1  # one more than asked: is there a next page?
-    if query.name is not None and not _one_patient_at_most(query) and query.issuer is None:
-        query = replace(query, broad_name=_many_subjects_named(conn, query.name))
+    names = bound_name_values(query.name) if query.name is not None else {}
+    one_patient = _one_patient_at_most(query)
+    broad = bool(names) and not one_patient and query.issuer is None and _many_subjects_named(conn, names)
     rows: list[Row[Any]] = []
     in_undated = after is not None and after[0] is None
-    if _one_patient_at_most(query):  # few studies: one statement, the seek as one condition
-        rows = list(conn.execute(*_page(query, size, after, dated=None)))
+    if one_patient:  # few studies: one statement, the seek as one condition
+        rows = list(conn.execute(*_page(query, names, broad, size, after, dated=None)))
     elif not in_undated:
-        rows = list(conn.execute(*_page(query, size, after, dated=True)))
-    if len(rows) < size and not _one_patient_at_most(query) and query.date_from is None and query.date_to is None:
+        rows = list(conn.execute(*_page(query, names, broad, size, after, dated=True)))
+    if len(rows) < size and not one_patient and query.date_from is None and query.date_to is None:
         # A date range never matches an undated study; otherwise the undated ones follow the dated ones.
-        rows += conn.execute(*_page(query, size - len(rows), after if in_undated else None, dated=False)).all()
+        rows += conn.execute(*_page(query, names, broad, size - len(rows), after if in_undated else None, dated=False)).all()
     rows, next_key = split(rows, limit, lambda r: (r.study_date, r.id))
     return Page(items=_summaries(conn, rows), next_key=next_key)
 
@@ -173,22 +172,22 @@ class _Shape:
     after: str | None  # None, "dated" (a study_date in the cursor) or "undated"
 
 
-def _page(query: StudyQuery, size: int, after: Key | None, *, dated: bool | None) -> tuple[Select[Any], dict[str, Any]]:
-    """The page statement for ``query``'s shape and the values to bind to it."""
-    params: dict[str, Any] = {"size": size}
+def _page(
+    query: StudyQuery, names: dict[str, str], broad_name: bool, size: int, after: Key | None, *, dated: bool | None
+) -> tuple[Select[Any], dict[str, Any]]:
+    """The page statement for ``query``'s shape and the values to bind to it (``names``: bound_name_values)."""
+    params: dict[str, Any] = {"size": size, **names}
     for name in _BOUND_FILTERS:
         value = getattr(query, name)
         if value is not None:
             params[name] = value
-    names = like_candidates(query.name) if query.name is not None else []
-    params.update({f"name_{i}": pattern for i, pattern in enumerate(names)})
     after_kind = None
     if after is not None:
         after_kind = "undated" if after[0] is None else "dated"
         params["after_id"] = after[1]
         if after[0] is not None:
             params["after_date"] = after[0]
-    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), query.broad_name, dated, after_kind)
+    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), broad_name, dated, after_kind)
     return _page_statement(shape), params
 
 
@@ -208,12 +207,10 @@ def _page_statement(shape: _Shape) -> Select[Any]:
 BROAD_NAME_SUBJECTS = 2500  # subjects matching a name from which the date-ordered scan is cheaper (bench/api_latency.py)
 
 
-def _many_subjects_named(conn: Connection, wildcard: str) -> bool:
-    """Does ``wildcard`` match at least BROAD_NAME_SUBJECTS live subjects? (counted from the name indexes, capped)"""
-    patterns = like_candidates(wildcard)
-    params: dict[str, Any] = {f"name_{i}": p for i, p in enumerate(patterns)}
-    params["cap"] = BROAD_NAME_SUBJECTS
-    return conn.execute(_named_subjects_count(len(patterns)), params).scalar_one() >= BROAD_NAME_SUBJECTS
+def _many_subjects_named(conn: Connection, names: dict[str, str]) -> bool:
+    """Do the name patterns match at least BROAD_NAME_SUBJECTS live subjects? (counted from the name indexes, capped)"""
+    statement = _named_subjects_count(len(names))
+    return conn.execute(statement, {**names, "cap": BROAD_NAME_SUBJECTS}).scalar_one() >= BROAD_NAME_SUBJECTS
 
 
 @lru_cache(maxsize=16)
@@ -334,9 +331,10 @@ def get_study(conn: Connection, study_id: uuid.UUID) -> StudyDetail:
     summary = _summaries(conn, [row])[0]
     series_rows = conn.execute(_STUDY_SERIES, {"study_id": study_id}).all()
     series_ids = [r.id for r in series_rows]
-    counts: dict[uuid.UUID, int] = dict(conn.execute(_SERIES_COUNTS(conn), {"ids": series_ids}).all()) if series_ids else {}  # type: ignore[arg-type]
+    counts: dict[uuid.UUID, int] = {}
     partners: dict[uuid.UUID, set[str]] = defaultdict(set)
     if series_ids:
+        counts.update(conn.execute(_SERIES_COUNTS(conn), {"ids": series_ids}).tuples().all())
         for entity_id, partner in conn.execute(_SERIES_PARTNERS(conn), {"ids": series_ids}).all():
             partners[entity_id].add(partner)
     series = [
