@@ -44,6 +44,7 @@ from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Su
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import search_form
 from imaging_sync.testing.dicom_files import InstanceSpec, dicom_file
+from imaging_sync.testing.waiting import eventually, port_open
 from storage.testing import embedded_storage
 
 DCMTK = Path("/usr/bin")
@@ -149,13 +150,7 @@ def free_port() -> int:
 
 
 def wait_port(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} never opened")
+    eventually(lambda: port_open(port), timeout=timeout, interval=0.1, what=f"port {port} open")
 
 
 def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int) -> subprocess.Popen[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from imaging_sync.sync.lock import partner_lock
 from imaging_sync.testing.datagen import DatasetSpec
 from imaging_sync.testing.factories import TEST_API_KEY, simulator_partner
 from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from imaging_sync.testing.waiting import eventually
 from storage.testing import EmbeddedStorage
 
 from api_fixtures import Keys
@@ -50,13 +50,11 @@ def live_client(live_core: Core, s3: EmbeddedStorage) -> Iterator[TestClient[Lit
 
 
 def wait_for_run(client: TestClient[Litestar], keys: Keys, run_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/v1/sync-runs/{run_id}", headers=keys.headers("operator")).json()["run"]
-        if run["status"] != "running":
-            return run
-        time.sleep(0.05)
-    raise AssertionError(f"run {run_id} still running")
+    def finished() -> dict[str, Any] | None:
+        run: dict[str, Any] = client.get(f"/api/v1/sync-runs/{run_id}", headers=keys.headers("operator")).json()["run"]
+        return run if run["status"] != "running" else None
+
+    return eventually(finished, timeout=30, interval=0.05, what=f"run {run_id} finished")
 
 
 def test_a_triggered_sync_runs_in_the_background_and_its_run_is_visible(live_client: TestClient[Litestar], keys: Keys, live_core: Core) -> None:

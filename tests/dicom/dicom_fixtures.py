@@ -16,7 +16,6 @@ import datetime as dt
 import os
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Su
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import search_form
 from imaging_sync.testing.dicom_files import InstanceSpec, dicom_file
+from imaging_sync.testing.waiting import eventually, port_open
 from storage import ObjectReader
 from storage.testing import EmbeddedStorage, embedded_storage
 
@@ -338,13 +338,7 @@ class StoreSCP:
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on port {port}")
+    eventually(lambda: port_open(port), timeout=timeout, what=f"something listening on port {port}")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from imaging_sync.config import DatabaseConfig, JobsConfig, Settings, WebhookCon
 from imaging_sync.db.models import SyncRun
 from imaging_sync.testing.factories import simulator_partner
 from imaging_sync.testing.index_state import live_index
+from imaging_sync.testing.waiting import eventually
 from imaging_sync.testing.webhook_receiver import WebhookReceiver
 from jobs.embedded import EmbeddedScheduler
 from jobs_fixtures import FAST_OUTBOX, start_simulator  # noqa: F401  # fixtures
@@ -37,17 +38,6 @@ class Clock:
     def advance(self, **delta: float) -> None:
         with self._lock:
             self._now += dt.timedelta(**delta)
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll ``predicate`` every 20 ms until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"condition not met within {timeout}s")
 
 
 @pytest.fixture
