@@ -59,7 +59,7 @@ and are fetched with short-lived presigned URLs.
 `operator` — partners, sync runs, rejected items, starting syncs (no patient-data endpoints);
 `auditor` — the audit log only. Every request under /api/v1 is recorded in the audit log.
 
-**Errors**: `{"error": code, "detail": text, "field": parameter (400 only), "request_id": id}`.
+**Errors**: `{"error": {"code": code, "message": text, "details": {"field": parameter (400 only), "request_id": id}}}`.
 
 **Pagination**: listings return `next_cursor`; pass it back as `cursor` (keyset, stable under inserts).
 

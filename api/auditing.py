@@ -36,7 +36,7 @@ from imaging_sync.config import ApiConfig
 from imaging_sync.errors import ConfigError
 
 from api.db import release, scope_connection, write_transaction
-from api.errors import REQUEST_ID_HEADER, request_id
+from api.errors import REQUEST_ID_HEADER, error_body, request_id
 
 log = logging.getLogger("api.audit")
 
@@ -240,7 +240,7 @@ def _query(scope: Scope) -> dict[str, Any]:
 
 async def _send_audit_unavailable(scope: Scope, send: Send) -> None:
     rid = scope["state"].get("request_id") or "-"
-    body = msgspec.json.encode({"error": "audit_unavailable", "detail": "the access could not be recorded in the audit log; try again later", "request_id": rid})
+    body = msgspec.json.encode(error_body("audit_unavailable", "the access could not be recorded in the audit log; try again later", request_id=rid))
     await send({
         "type": "http.response.start",
         "status": 503,

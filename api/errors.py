@@ -2,12 +2,14 @@
 
 Every error body has the same shape (:class:`ErrorBody`)::
 
-    {"error": "invalid", "field": "limit", "detail": "must be at most 200", "request_id": "…"}
+    {"error": {"code": "invalid", "message": "limit: must be at most 200",
+               "details": {"field": "limit", "request_id": "…"}}}
 
-``error`` is a stable code a client can switch on; ``field`` names the query
-parameter, path parameter or body field at fault (400 only); ``detail`` is
-safe to show a person; ``request_id`` (also the ``X-Request-ID`` header)
-finds the server's log line. Bodies never carry stack traces, SQL, bucket
+``code`` is a stable string a client can switch on; ``message`` is safe to
+show a person (for a 400 it starts with the field's name); ``details.field``
+names the query parameter, path parameter or body field at fault (400 only);
+``details.request_id`` (also the ``X-Request-ID`` header) finds the server's
+log line. Bodies never carry stack traces, SQL, bucket
 names, keys or secrets: for 5xx the detail is a fixed sentence and the cause
 is logged, with the request id, for the operator.
 
@@ -63,17 +65,34 @@ log = logging.getLogger("api")
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
-class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Every error response."""
+class ErrorDetails(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a client or an operator needs beyond the message."""
 
-    error: str
-    detail: str
     field: str | None = None
     request_id: str | None = None
 
 
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    details: ErrorDetails
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error response: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorInfo
+
+
+def error_body(code: str, message: str, *, field: str | None = None, request_id: str | None = None) -> ErrorBody:
+    """The body for an error; a field's name leads the message so a person reading it sees which one."""
+    if field and not message.startswith(field):
+        message = f"{field}: {message}"
+    return ErrorBody(error=ErrorInfo(code=code, message=message, details=ErrorDetails(field=field, request_id=request_id)))
+
+
 _ERROR_DESCRIPTIONS = {
-    400: "Invalid input; `field` names the parameter.",
+    400: "Invalid input; `error.details.field` names the parameter.",
     401: "No API key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`).",
     403: "The key's role may not use this endpoint.",
     404: "No such entity (or it was deleted), or no usable copy of the file.",
@@ -103,51 +122,51 @@ def request_id(request: Request[Any, Any, Any]) -> str:
 def classify(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
     """Status, body and extra headers for an exception: the mapping itself, usable without a request."""
     if isinstance(exc, ValidationError):
-        return 400, ErrorBody(error="invalid", field=exc.path or None, detail=exc.reason), {}
+        return 400, error_body("invalid", exc.reason, field=exc.path or None), {}
     if isinstance(exc, LitestarValidationError):
         field, detail = _litestar_validation(exc)
-        return 400, ErrorBody(error="invalid", field=field, detail=detail), {}
+        return 400, error_body("invalid", detail, field=field), {}
     if isinstance(exc, AuthenticationError):
         # RFC 6750 §3: a presented but unusable token is error="invalid_token"; none presented, no error code.
         challenge = 'Bearer realm="imaging-sync"'
         if not isinstance(exc, MissingCredentialsError):
             challenge += ', error="invalid_token"'
-        return 401, ErrorBody(error="unauthenticated", detail=str(exc)), {"WWW-Authenticate": challenge}
+        return 401, error_body("unauthenticated", str(exc)), {"WWW-Authenticate": challenge}
     if isinstance(exc, AccessDeniedError):
-        return 403, ErrorBody(error="forbidden", detail=str(exc)), {}
+        return 403, error_body("forbidden", str(exc)), {}
     if isinstance(exc, ObjectNotFoundError):  # its message names bucket and key: not for clients
-        return 404, ErrorBody(error="not_found", detail="the file is not available from any partner"), {}
+        return 404, error_body("not_found", "the file is not available from any partner"), {}
     if isinstance(exc, NotFoundError):
-        return 404, ErrorBody(error="not_found", detail=str(exc)), {}
+        return 404, error_body("not_found", str(exc)), {}
     if isinstance(exc, SyncLockedError):
-        return 409, ErrorBody(error="conflict", detail=f"partner {exc.partner!r} is being synced right now; try again when that run has finished"), {}
+        return 409, error_body("conflict", f"partner {exc.partner!r} is being synced right now; try again when that run has finished"), {}
     if isinstance(exc, BucketNotAllowedError):
-        return 502, ErrorBody(error="storage_refused", detail="the file's location is not in the storage registry"), {}
+        return 502, error_body("storage_refused", "the file's location is not in the storage registry"), {}
     if isinstance(exc, StorageError):
-        return 503, ErrorBody(error="storage_unavailable", detail="object storage is unavailable; try again later"), {"Retry-After": "5"}
+        return 503, error_body("storage_unavailable", "object storage is unavailable; try again later"), {"Retry-After": "5"}
     if isinstance(exc, (DatabaseError, OperationalError, DisconnectionError, PoolTimeout)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
-        return 503, ErrorBody(error="database_unavailable", detail="the database is unavailable; try again later"), {"Retry-After": "5"}
+        return 503, error_body("database_unavailable", "the database is unavailable; try again later"), {"Retry-After": "5"}
     if isinstance(exc, RouteNotFound):
-        return 404, ErrorBody(error="not_found", detail="no such path"), {}
+        return 404, error_body("not_found", "no such path"), {}
     if isinstance(exc, MethodNotAllowedException):
-        return 405, ErrorBody(error="method_not_allowed", detail="method not allowed for this path"), dict(exc.headers or {})
+        return 405, error_body("method_not_allowed", "method not allowed for this path"), dict(exc.headers or {})
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         code = exc.status_code
-        return code, ErrorBody(error=_code_name(code), detail=str(exc.detail)), dict(exc.headers or {})
-    return 500, ErrorBody(error="internal", detail="internal error; the request id identifies it in the server log"), {}
+        return code, error_body(_code_name(code), str(exc.detail)), dict(exc.headers or {})
+    return 500, error_body("internal", "internal error; the request id identifies it in the server log"), {}
 
 
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """Litestar exception handler for every exception (registered for ``Exception``)."""
     status, body, headers = classify(exc)
     rid = request_id(request)
-    body.request_id = rid
+    body.error.details.request_id = rid
     if status >= 500:
         # The cause goes to the log (with the request id), never to the client.
         log.error("request %s %s failed: %s: %s", request.method, request.scope.get("path"), type(exc).__name__, _safe(exc), extra={"request_id": rid}, exc_info=status == 500)
-    request.scope["state"]["error_code"] = body.error
+    request.scope["state"]["error_code"] = body.error.code
     return Response(content=body, status_code=status, headers={**headers, REQUEST_ID_HEADER: rid}, media_type=MediaType.JSON)
 
 

@@ -334,7 +334,7 @@ def get_study(conn: Connection, study_id: uuid.UUID) -> StudyDetail:
     counts: dict[uuid.UUID, int] = {}
     partners: dict[uuid.UUID, set[str]] = defaultdict(set)
     if series_ids:
-        counts.update(conn.execute(_SERIES_COUNTS(conn), {"ids": series_ids}).tuples().all())
+        counts.update(conn.execute(_SERIES_COUNTS(conn), {"ids": series_ids}).all())
         for entity_id, partner in conn.execute(_SERIES_PARTNERS(conn), {"ids": series_ids}).all():
             partners[entity_id].add(partner)
     series = [

@@ -87,7 +87,7 @@ def test_no_key_or_a_bad_key_is_401_with_a_bearer_challenge(client: TestClient[L
         response = client.request(method, path, headers=headers, follow_redirects=False)
         assert response.status_code == 401, (headers, response.text)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert response.json()["error"] == "unauthenticated"
+        assert response.json()["error"]["code"] == "unauthenticated"
         assert "Traceback" not in response.text
 
 
@@ -103,7 +103,7 @@ def test_revoked_and_expired_keys_are_refused(client: TestClient[Litestar], core
         apikeys.revoke_key(conn, revoked.prefix)
     for token, reason in ((revoked_token, "revoked"), (expired_token, "expired")):
         response = client.get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"})
-        assert response.status_code == 401 and reason in response.json()["detail"]
+        assert response.status_code == 401 and reason in response.json()["error"]["message"]
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
 

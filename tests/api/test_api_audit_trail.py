@@ -103,7 +103,7 @@ def test_an_access_that_cannot_be_recorded_is_refused(client: TestClient[Litesta
 
     monkeypatch.setattr("api.auditing.audit.record", broken)
     response = client.get(f"/api/v1/studies/{study}", headers=keys.headers("viewer"))
-    assert response.status_code == 503 and response.json()["error"] == "audit_unavailable"
+    assert response.status_code == 503 and response.json()["error"]["code"] == "audit_unavailable"
     assert "CHOI" not in response.text and "P-FAIL" not in response.text
 
 

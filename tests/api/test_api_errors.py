@@ -60,9 +60,9 @@ AUDITOR_CASES = [
 def test_malformed_input_is_400_naming_the_field(client: TestClient[Litestar], keys: Keys, role: str, path: str, field: str) -> None:
     response = client.get(path, headers=keys.headers(role))
     assert response.status_code == 400, response.text
-    body = response.json()
-    assert body["error"] == "invalid" and body["field"] == field and body["detail"]
-    assert body["request_id"] == response.headers["x-request-id"]
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and error["details"]["field"] == field and error["message"].startswith(f"{field}: ")
+    assert error["details"]["request_id"] == response.headers["x-request-id"]
 
 
 def test_a_cursor_from_another_listing_is_refused(client: TestClient[Litestar], keys: Keys, index) -> None:  # type: ignore[no-untyped-def]
@@ -72,16 +72,16 @@ def test_a_cursor_from_another_listing_is_refused(client: TestClient[Litestar], 
     cursor = client.get("/api/v1/subjects/{}/studies?limit=1".format(subject), headers=keys.headers("viewer")).json()["next_cursor"]
     assert client.get(f"/api/v1/studies?cursor={cursor}", headers=keys.headers("viewer")).status_code == 200  # same listing, same key shape
     response = client.get(f"/api/v1/subjects?cursor={cursor}", headers=keys.headers("viewer"))
-    assert response.status_code == 400 and response.json()["field"] == "cursor"
+    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "cursor"
 
 
 def test_sync_trigger_body_and_unknown_partner(client: TestClient[Litestar], keys: Keys, launcher: RecordingLauncher) -> None:
     headers = keys.headers("operator")
     assert client.post("/api/v1/partners/zz/sync", headers=headers).status_code == 404
     bad = client.post("/api/v1/partners/b/sync", headers=headers, json={"full": "yes please"})
-    assert bad.status_code == 400 and bad.json()["field"].endswith("full")
+    assert bad.status_code == 400 and bad.json()["error"]["details"]["field"].endswith("full")
     both = client.post("/api/v1/partners/b/sync", headers=headers, json={"full": True, "study_id": "S1"})
-    assert both.status_code == 400 and both.json()["field"] == "study_id"
+    assert both.status_code == 400 and both.json()["error"]["details"]["field"] == "study_id"
     assert client.post("/api/v1/partners/b/sync", headers=headers, content=b"{not json", ).status_code == 400
     accepted = client.post("/api/v1/partners/b/sync?full=true", headers=headers)
     assert accepted.status_code == 202 and accepted.headers["location"] == f"/api/v1/sync-runs/{accepted.json()['run_id']}"
@@ -104,14 +104,14 @@ def test_an_unexpected_failure_is_a_500_with_a_request_id_and_no_internals(core:
         response = client.post("/api/v1/partners/b/sync", headers=keys.headers("operator"))
     assert response.status_code == 500
     body = response.json()
-    assert body == {"error": "internal", "detail": body["detail"], "request_id": response.headers["x-request-id"]}
+    assert body == {"error": {"code": "internal", "message": body["error"]["message"], "details": {"request_id": response.headers["x-request-id"]}}}
     assert "hunter2" not in response.text and "Traceback" not in response.text and "RuntimeError" not in response.text
 
 
 def test_a_held_sync_lock_is_409(core: Core, s3: EmbeddedStorage, keys: Keys) -> None:
     with TestClient(create_app(core, registry=s3.registry(), launcher=LockedLauncher())) as client:
         response = client.post("/api/v1/partners/b/sync", headers=keys.headers("operator"))
-    assert response.status_code == 409 and response.json()["error"] == "conflict"
+    assert response.status_code == 409 and response.json()["error"]["code"] == "conflict"
 
 
 @pytest.mark.parametrize(
@@ -126,5 +126,5 @@ def test_a_held_sync_lock_is_409(core: Core, s3: EmbeddedStorage, keys: Keys) ->
 )
 def test_the_error_mapping_never_leaks_storage_or_database_details(exc: Exception, status: int, code: str) -> None:
     got_status, body, _ = classify(exc)
-    assert (got_status, body.error) == (status, code)
-    assert "secret" not in body.detail and "SELECT" not in body.detail
+    assert (got_status, body.error.code) == (status, code)
+    assert "secret" not in body.error.message and "SELECT" not in body.error.message

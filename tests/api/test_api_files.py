@@ -69,7 +69,7 @@ def test_the_higher_priority_partners_copy_is_signed_and_the_other_one_used_once
 
     s3.admin_client(at_c.bucket).delete_object(Bucket=at_c.bucket, Key=at_c.key)
     gone = client.get(f"/api/v1/instances/{instance}/url", headers=keys.headers("viewer"))
-    assert gone.status_code == 404 and gone.json()["error"] == "not_found"
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
 
     audits = url_audits(core, instance)
     assert [(a.action, a.outcome, a.status, a.resource_type) for a in audits] == [("issue_url", "success", 200, "instance")] * 2 + [("issue_url", "not_found", 404, "instance")]
@@ -134,9 +134,9 @@ def test_url_lifetime_is_the_one_asked_for_within_the_configured_maximum(
     assert parse_qs(urlsplit(default["url"]).query)["X-Amz-Expires"] == ["300"]
     for bad in ("3601", "0", "-5", "soon"):
         response = client.get(f"/api/v1/instances/{instance}/url?expires_in={bad}", headers=keys.headers("viewer"))
-        assert response.status_code == 400 and response.json()["field"] == "expires_in", (bad, response.text)
+        assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "expires_in", (bad, response.text)
         response = client.get(f"/api/v1/series/{series}/urls?expires_in={bad}", headers=keys.headers("viewer"))
-        assert response.status_code == 400 and response.json()["field"] == "expires_in", (bad, response.text)
+        assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "expires_in", (bad, response.text)
 
 
 def test_deleted_or_unknown_entities_have_no_urls(client: TestClient[Litestar], keys: Keys, s3: EmbeddedStorage, index: IndexBuilder, series: uuid.UUID) -> None:

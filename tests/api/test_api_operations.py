@@ -82,7 +82,7 @@ def test_a_triggered_sync_runs_in_the_background_and_its_run_is_visible(live_cli
 def test_a_sync_while_the_partner_lock_is_held_is_409(live_client: TestClient[Litestar], keys: Keys, live_core: Core) -> None:
     with partner_lock(live_core.engine, "b"):
         response = live_client.post("/api/v1/partners/b/sync", headers=keys.headers("operator"))
-    assert response.status_code == 409 and response.json()["error"] == "conflict"
+    assert response.status_code == 409 and response.json()["error"]["code"] == "conflict"
     with live_core.engine.connect() as conn:
         assert conn.execute(select(SyncRun.id)).all() == []  # refused before any run was recorded
 
