@@ -73,10 +73,10 @@ def note(request: Request[Any, Any, Any], *, resource_type: str | None = None, r
 
 
 def outcome_for(status: int) -> str:
-    """The audit outcome a response status means."""
+    """The audit outcome a response status means: no key or a refused one is ``denied``, as is a role's refusal."""
     if status < 400:
         return "success"
-    return {400: "invalid", 401: "unauthenticated", 403: "denied", 404: "not_found", 405: "invalid", 422: "invalid"}.get(status, "error")
+    return {401: "denied", 403: "denied", 404: "not_found"}.get(status, "error")
 
 
 def parse_trusted_proxies(config: ApiConfig) -> list[IpNetwork]:

@@ -152,6 +152,9 @@ def classify(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
         return 404, error_body("not_found", "no such path"), {}
     if isinstance(exc, MethodNotAllowedException):
         return 405, error_body("method_not_allowed", "method not allowed for this path"), dict(exc.headers or {})
+    if isinstance(exc, HTTPException) and exc.status_code == 400:  # e.g. a body that is not JSON
+        detail = str(exc.detail)
+        return 400, error_body("invalid", detail, field="body" if "JSON" in detail else None), {}
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         code = exc.status_code
         return code, error_body(_code_name(code), str(exc.detail)), dict(exc.headers or {})
@@ -171,8 +174,15 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 
 def _litestar_validation(exc: LitestarValidationError) -> tuple[str | None, str]:
-    """Litestar's parameter/body errors carry ``extra=[{"key": …, "message": …, "source": …}]``."""
+    """Litestar's parameter/body errors carry ``extra=[{"key": …, "message": …, "source": …}]``.
+
+    With an optional body absent and a bad query parameter, Litestar lists a
+    spurious ``{"key": "data", "message": "'data'"}`` first; the parameter at
+    fault is the next entry.
+    """
     extra = exc.extra
+    if isinstance(extra, list):
+        extra = [e for e in extra if not _absent_optional_body(e)] or extra
     if isinstance(extra, list) and extra and isinstance(extra[0], dict):
         first = extra[0]
         key = first.get("key")
@@ -185,6 +195,10 @@ def _litestar_validation(exc: LitestarValidationError) -> tuple[str | None, str]
     if detail.startswith("Validation failed for"):
         detail = "invalid request"
     return ("body" if "body" in detail.lower() or "json" in detail.lower() else None), detail
+
+
+def _absent_optional_body(entry: object) -> bool:
+    return isinstance(entry, dict) and entry.get("source") == "body" and entry.get("key") == "data" and entry.get("message") == "'data'"
 
 
 def _code_name(status: int) -> str:

@@ -23,14 +23,18 @@ _encoder = msgspec.json.Encoder()
 
 
 def page_size(limit: int | None, config: ApiConfig) -> int:
-    """The page size to use: ``api.default_page_size`` when not given, at most ``api.max_page_size``."""
+    """The page size to use: ``api.default_page_size`` when not given, at most ``api.max_page_size``.
+
+    A limit the OpenAPI document allows (up to 1000) but above the configured
+    maximum is reduced to it rather than refused: the schema is the same for
+    every deployment, the maximum is not, and a client paging by cursor loses
+    nothing by getting smaller pages.
+    """
     if limit is None:
         return config.default_page_size
     if limit < 1:
         raise ValidationError("limit", "must be at least 1")
-    if limit > config.max_page_size:
-        raise ValidationError("limit", f"must be at most {config.max_page_size}")
-    return limit
+    return min(limit, config.max_page_size)
 
 
 def encode_cursor(listing: str, key: Key | None) -> str | None:

@@ -13,7 +13,7 @@ from imaging_sync.errors import ValidationError
 from imaging_sync.uids import check_uid
 
 # Declarations shared by the controllers (what the OpenAPI document shows).
-Limit = Annotated[int | None, QueryParameter(ge=1, le=1000, description="Page size (default `api.default_page_size`, at most `api.max_page_size`).")]
+Limit = Annotated[int | None, QueryParameter(ge=1, le=1000, description="Page size (default `api.default_page_size`; a larger value than `api.max_page_size`, 200 by default, gets pages of that size).")]
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.", max_length=512)]
 EntityId = Annotated[uuid.UUID, PathParameter(description="The service's id of the entity (a UUID, not a DICOM UID).")]
 
@@ -61,17 +61,25 @@ def date_range(date_from: dt.date | None, date_to: dt.date | None) -> None:
         raise ValidationError("date_to", "must not be before date_from")
 
 
-def instant(value: str | None, field: str) -> dt.datetime | None:
-    """An ISO 8601 date or date-time; a date is its midnight UTC, a time without offset is UTC."""
+def instant(value: str | None, field: str, *, day_end: bool = False) -> dt.datetime | None:
+    """An ISO 8601 date or date-time; a time without offset is UTC.
+
+    A date alone is its midnight UTC, or with ``day_end`` the next midnight: an
+    upper bound given as a date includes that whole day, as ``date_to`` does
+    for studies (``from=D&to=D`` is the day D).
+    """
     if value is None:
         return None
     try:
         if len(value) == 10:
-            parsed = dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.timezone.utc)
+            day = dt.date.fromisoformat(value)
+            parsed = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
         else:
             parsed = dt.datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
         raise ValidationError(field, "must be an ISO 8601 date (2026-11-22) or date-time (2026-11-22T08:00:00Z)") from None
+    if day_end and len(value) == 10:
+        parsed = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if day == dt.date.max else parsed + dt.timedelta(days=1)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     try:

@@ -83,9 +83,7 @@ class Operation:
             return "error"
         if status in (statuses.SUCCESS, statuses.WARNING_SUBOPERATIONS_FAILED, statuses.CANCEL):
             return "success"
-        if status in (statuses.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, statuses.UNABLE_TO_PROCESS_INVALID_KEY_VALUE, statuses.MOVE_DESTINATION_UNKNOWN):
-            return "invalid"
-        return "error"
+        return "error"  # the DICOM status (A900, A801, …) says which
 
 
 def audited(action: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]]:

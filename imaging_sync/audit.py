@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, or_, select
 
 from imaging_sync.db.models import AuditEntry, utcnow
 from imaging_sync.ids import new_id
@@ -21,7 +21,9 @@ _table = AuditEntry.__table__
 # One statement for every entry, its values bound per call: building ``insert().values(...)``
 # anew (and keying it for the compiled cache) cost more than the INSERT itself under API load.
 _INSERT = _table.insert()
-OUTCOMES = ("success", "denied", "unauthenticated", "not_found", "invalid", "error")
+# The four outcomes issue #3 names. Why a request failed is in ``status`` (HTTP or DICOM) and,
+# for HTTP, ``detail.error`` (the error code: unauthenticated, forbidden, invalid, …).
+OUTCOMES = ("success", "denied", "not_found", "error")
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,15 @@ def search(
     limit: int = 100,
     before_id: uuid.UUID | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``resource`` is ``type`` or ``type:id``; ``before_id`` continues a listing."""
+    """Newest first; ``resource`` is ``type`` or ``type:id``; ``before_id`` continues a listing.
+
+    ``actor`` is what the entry names as its actor (key prefix, AE title,
+    ``cli:<user>``) or, when it is a UUID, the API key's id.
+    """
     conditions = []
     if actor:
-        conditions.append(_table.c.actor == actor)
+        key_id = _as_uuid(actor)
+        conditions.append(_table.c.actor == actor if key_id is None else or_(_table.c.actor == actor, _table.c.actor_key_id == key_id))
     if resource:
         kind, _, ident = resource.partition(":")
         conditions.append(_table.c.resource_type == kind)
@@ -90,3 +97,10 @@ def search(
         conditions.append(_table.c.id < before_id)  # UUIDv7: time-ordered
     stmt = select(_table).where(*conditions).order_by(_table.c.id.desc()).limit(limit)
     return [dict(row) for row in conn.execute(stmt).mappings()]
+
+
+def _as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

@@ -41,7 +41,7 @@ class AuditEntry(msgspec.Struct, kw_only=True):
     query: dict[str, Any] | None
     resource_type: str | None
     resource_id: str | None
-    outcome: Annotated[str, msgspec.Meta(description="success | denied | unauthenticated | not_found | invalid | error")]
+    outcome: Annotated[str, msgspec.Meta(description="success | denied (no key, a refused key or a role's refusal) | not_found | error (`status` and `detail.error` say which)")]
     status: int | None
     detail: dict[str, Any] | None
 
@@ -61,14 +61,14 @@ class AuditController(Controller):
         self,
         services: NamedDependency[Services],
         conn: NamedDependency[Connection],
-        actor: Annotated[str | None, QueryParameter(description="API key prefix, AE title or cli:<user>, exact.", max_length=128)] = None,
+        actor: Annotated[str | None, QueryParameter(description="API key prefix or key id, AE title or cli:<user>, exact.", max_length=128)] = None,
         resource: Annotated[str | None, QueryParameter(description="`type` or `type:id`, e.g. `study` or `instance:0190…`.", max_length=170)] = None,
         from_: Annotated[str | None, QueryParameter(name="from", description="On or after this ISO 8601 date or date-time (UTC unless an offset is given).", max_length=40)] = None,
-        to: Annotated[str | None, QueryParameter(description="Before this ISO 8601 date or date-time.", max_length=40)] = None,
+        to: Annotated[str | None, QueryParameter(description="On or before this ISO 8601 date (the whole day, UTC), or before this date-time.", max_length=40)] = None,
         limit: Limit = None,
         cursor: Cursor = None,
     ) -> AuditPage:
-        since, until = instant(from_, "from"), instant(to, "to")
+        since, until = instant(from_, "from"), instant(to, "to", day_end=True)
         if since is not None and until is not None and until <= since:
             raise ValidationError("to", "must be after from")
         if resource is not None and not resource.partition(":")[0]:

@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from api.services import Services
@@ -36,7 +37,13 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", tags=["probes"], summary="Readiness", sync_to_thread=True, responses=None)
+@get(
+    "/ready",
+    tags=["probes"],
+    summary="Readiness",
+    sync_to_thread=True,
+    responses={HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(data_container=Ready, description="Not ready: `checks` names the failing part.", generate_examples=False)},
+)
 def ready(services: NamedDependency[Services]) -> Response[Ready]:
     """200 when the database is reachable, its schema current and the storage registry usable; 503 naming the failing part."""
     checks = services.readiness.checks()

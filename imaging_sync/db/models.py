@@ -253,7 +253,7 @@ class AuditEntry(Base):
     query: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     resource_type: Mapped[str | None] = mapped_column(String(32), default=None)
     resource_id: Mapped[str | None] = mapped_column(String(128), default=None)
-    outcome: Mapped[str] = mapped_column(String(16))  # success | denied | not_found | invalid | error
+    outcome: Mapped[str] = mapped_column(String(16))  # success | denied | not_found | error (audit.OUTCOMES)
     status: Mapped[int | None] = mapped_column(Integer, default=None)
     detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 

@@ -53,13 +53,13 @@ def test_reads_searches_refusals_and_privileged_actions_are_each_recorded_once(c
 
     client.get(f"/api/v1/studies/{study}", headers={"Authorization": "Bearer isk_abcdef123456_wrongsecret"})
     anonymous = last(core)
-    assert (anonymous.outcome, anonymous.status, anonymous.actor, anonymous.actor_key_id) == ("unauthenticated", 401, "anonymous", None)
+    assert (anonymous.outcome, anonymous.status, anonymous.actor, anonymous.actor_key_id) == ("denied", 401, "anonymous", None)
     assert anonymous.detail["claimed_prefix"] == "abcdef123456"
 
     client.get(f"/api/v1/studies/{uuid.uuid4()}", headers=keys.headers("viewer"))
     assert (last(core).outcome, last(core).status) == ("not_found", 404)
     client.get("/api/v1/studies?limit=0", headers=keys.headers("viewer"))
-    assert (last(core).outcome, last(core).status, last(core).detail["error"]) == ("invalid", 400, "invalid")
+    assert (last(core).outcome, last(core).status, last(core).detail["error"]) == ("error", 400, "invalid")
 
     accepted = client.post("/api/v1/partners/b/sync", json={"full": True}, headers=keys.headers("operator"))
     triggered = last(core)
@@ -89,6 +89,11 @@ def test_auditors_search_the_log_by_actor_resource_and_time(client: TestClient[L
 
     by_actor = client.get("/api/v1/audit", params={"actor": viewer_prefix}, headers=auditor).json()["items"]
     assert {e["actor_role"] for e in by_actor} == {"viewer"} and len(by_actor) == 3
+    by_key_id = client.get("/api/v1/audit", params={"actor": by_actor[0]["actor_key_id"]}, headers=auditor).json()["items"]
+    assert [e["id"] for e in by_key_id] == [e["id"] for e in by_actor]
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    whole_day = client.get("/api/v1/audit", params={"from": today, "to": today, "actor": viewer_prefix}, headers=auditor)
+    assert whole_day.status_code == 200 and len(whole_day.json()["items"]) == 3  # a date as `to` includes that day
     tomorrow = (dt.date.today() + dt.timedelta(days=2)).isoformat()
     assert client.get("/api/v1/audit", params={"from": tomorrow}, headers=auditor).json()["items"] == []
     assert len(client.get("/api/v1/audit", params={"to": tomorrow, "resource": "partner"}, headers=auditor).json()["items"]) == 1

