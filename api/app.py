@@ -42,6 +42,7 @@ from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
 from api.studies.controllers import SeriesController, StudyController, SubjectController
 from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.heap import freeze_startup_objects
 from storage.registry import BucketRegistry
 
 API_PREFIX = "/api/v1"
@@ -159,7 +160,9 @@ async def _request_id_header(message: Message, scope: Scope) -> None:
 def app_from_environment() -> Litestar:
     """The app factory each server worker calls: settings from ``IMAGING_SYNC_CONFIG`` and the environment."""
     core = bootstrap()
-    return create_app(core, close_core=True)
+    app = create_app(core, close_core=True)
+    freeze_startup_objects()
+    return app
 
 
 __all__ = ["API_PREFIX", "app_from_environment", "create_app"]

@@ -353,7 +353,7 @@ def profile(name: str, count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=4, help="uvicorn workers (4 on 2 cores: requests spread over more processes while others wait on PostgreSQL)")
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second per scenario")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per scenario")

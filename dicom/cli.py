@@ -7,6 +7,7 @@ import logging
 import click
 
 from imaging_sync.cli_support import CliContext, pass_ctx
+from imaging_sync.heap import freeze_startup_objects
 
 log = logging.getLogger("dicom.server")
 
@@ -41,6 +42,7 @@ def serve_dicom(ctx: CliContext, port: int | None, host: str | None) -> None:
         services = build_services(config, core.engine, reader, partner_priority=settings.priorities())
         server = DicomServer(config, services)
         click.echo(f"DICOM node {config.ae_title} on {config.host}:{config.port} (Ctrl-C to stop)", err=True)
+        freeze_startup_objects()
         try:
             server.serve_forever()
         except KeyboardInterrupt:
