@@ -1,26 +1,24 @@
 """Study search and study detail.
 
 A search is one keyset query over ``study ⋈ subject`` (ordered by
-``study_date DESC NULLS LAST, id DESC``: newest first, undated studies last)
-followed by one aggregate query per fact for the page's studies only
-(modalities and counts from ``series``/``instance``, partners from
-``entity_link``): a page costs the same whatever the size of the index.
+``study_date DESC NULLS LAST, id DESC``: newest first, undated studies last):
+a page costs the same whatever the size of the index. Modalities, counts and
+partners are columns of ``study`` and ``series`` (kept by
+:mod:`imaging_sync.catalog.facts`), read with the rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Row, Select, String, Subquery, bindparam, exists, func, literal, select, tuple_, union_all
+from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, exists, func, literal, select, tuple_
 
-from imaging_sync.catalog.id_lists import InIds, PerDialect
+from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
 from imaging_sync.catalog.names import bound_name_values, name_matches_bound
 from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
@@ -110,27 +108,13 @@ _SUMMARY_COLUMNS = (
     _subject.c.patient_name,
     _subject.c.birth_date,
     _subject.c.sex,
+    _study.c.modalities,
+    _study.c.series_count,
+    _study.c.instance_count,
+    _study.c.partners,
 )
 
 
-def _study_facts(in_ids: InIds) -> Any:
-    return union_all(
-        select(literal("m").label("fact"), _series.c.study_id.label("study_id"), _series.c.modality.label("value"), func.count().label("n"))
-        .where(in_ids(_series.c.study_id), _series.c.deleted_at.is_(None))
-        .group_by(_series.c.study_id, _series.c.modality),
-        select(literal("i"), _series.c.study_id, literal(None, String), func.count())
-        .select_from(_instance.join(_series, _series.c.id == _instance.c.series_id))
-        .where(in_ids(_series.c.study_id), _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
-        .group_by(_series.c.study_id),
-        select(literal("p"), _link.c.entity_id, _link.c.partner, func.count())
-        .where(_link.c.entity_type == "study", in_ids(_link.c.entity_id))
-        .group_by(_link.c.entity_id, _link.c.partner),
-    )
-
-
-# Modalities and series counts, instance counts and partners of a page of studies, in one round trip.
-# Built once: constructing and keying a statement costs more than running this one.
-_STUDY_FACTS = PerDialect(_study_facts)
 
 
 def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Key | None = None) -> Page[StudySummary]:
@@ -154,7 +138,7 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
         # A date range never matches an undated study; otherwise the undated ones follow the dated ones.
         rows += conn.execute(*_page(query, names, broad, size - len(rows), after if in_undated else None, dated=False)).all()
     rows, next_key = split(rows, limit, lambda r: (r.study_date, r.id))
-    return Page(items=_summaries(conn, rows), next_key=next_key)
+    return Page(items=[_summary(row) for row in rows], next_key=next_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,44 +292,25 @@ _STUDY_ROW = select(*_SUMMARY_COLUMNS).select_from(_study.join(_subject, _subjec
 _STUDY_SERIES = (
     select(
         _series.c.id, _series.c.series_instance_uid, _series.c.series_number, _series.c.modality,
-        _series.c.description, _series.c.body_part_examined,
+        _series.c.description, _series.c.body_part_examined, _series.c.instance_count, _series.c.partners,
     )
     .where(_series.c.study_id == _STUDY_ID, _series.c.deleted_at.is_(None))
     .order_by(_series.c.series_number.asc().nulls_last(), _series.c.id)
 )
-_SERIES_COUNTS = PerDialect(
-    lambda in_ids: select(_instance.c.series_id, func.count())
-    .where(in_ids(_instance.c.series_id), _instance.c.deleted_at.is_(None))
-    .group_by(_instance.c.series_id)
-)
-_SERIES_PARTNERS = PerDialect(
-    lambda in_ids: select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "series", in_ids(_link.c.entity_id)).distinct()
-)
-
-
 def get_study(conn: Connection, study_id: uuid.UUID) -> StudyDetail:
     """One live study with its live series (series-number order); NotFoundError otherwise."""
     row = conn.execute(_STUDY_ROW, {"study_id": study_id}).first()
     if row is None:
         raise NotFoundError(f"no study {study_id}")
-    summary = _summaries(conn, [row])[0]
-    series_rows = conn.execute(_STUDY_SERIES, {"study_id": study_id}).all()
-    series_ids = [r.id for r in series_rows]
-    counts: dict[uuid.UUID, int] = {}
-    partners: dict[uuid.UUID, set[str]] = defaultdict(set)
-    if series_ids:
-        counts.update(conn.execute(_SERIES_COUNTS(conn), {"ids": series_ids}).all())
-        for entity_id, partner in conn.execute(_SERIES_PARTNERS(conn), {"ids": series_ids}).all():
-            partners[entity_id].add(partner)
     series = [
         SeriesSummary(
             id=r.id, series_instance_uid=r.series_instance_uid, series_number=r.series_number, modality=r.modality,
             description=r.description, body_part_examined=r.body_part_examined,
-            instance_count=counts.get(r.id, 0), partners=sorted(partners.get(r.id, ())),
+            instance_count=r.instance_count, partners=split_values(r.partners, PARTNER_SEPARATOR),
         )
-        for r in series_rows
+        for r in conn.execute(_STUDY_SERIES, {"study_id": study_id})
     ]
-    return StudyDetail(study=summary, series=series)
+    return StudyDetail(study=_summary(row), series=series)
 
 
 def require_live_subject(conn: Connection, subject_id: uuid.UUID) -> None:
@@ -355,33 +320,16 @@ def require_live_subject(conn: Connection, subject_id: uuid.UUID) -> None:
         raise NotFoundError(f"no subject {subject_id}")
 
 
-def _summaries(conn: Connection, rows: Sequence[Row[Any]]) -> list[StudySummary]:
-    """Attach modalities, counts and partners to the page's study rows: one round trip for all three facts."""
-    ids = [r[0] for r in rows]
-    if not ids:
-        return []
-    modalities: dict[uuid.UUID, set[str]] = defaultdict(set)
-    series_counts: dict[uuid.UUID, int] = defaultdict(int)
-    instance_counts: dict[uuid.UUID, int] = {}
-    partners: dict[uuid.UUID, set[str]] = defaultdict(set)
-    for fact, study_id, value, n in conn.execute(_STUDY_FACTS(conn), {"ids": ids}).all():
-        if fact == "m":
-            modalities[study_id].add(value)
-            series_counts[study_id] += n
-        elif fact == "i":
-            instance_counts[study_id] = n
-        else:
-            partners[study_id].add(value)
-    summaries = []
-    # Positional unpacking in _SUMMARY_COLUMNS order: a page is 50 rows of 13 values, and
-    # Row attribute lookups were a fifth of a search's Python time (py-spy --gil).
-    for study_id, uid, date, time, accession, description, referring, subject_id, patient_id, issuer, name, birth_date, sex in rows:
-        summaries.append(
-            StudySummary(
-                study_id, uid, date, time, accession, description, referring,
-                SubjectSummary(subject_id, patient_id, issuer, name, birth_date, sex),
-                sorted(modalities.get(study_id, ())), series_counts.get(study_id, 0), instance_counts.get(study_id, 0),
-                sorted(partners.get(study_id, ())),
-            )
-        )
-    return summaries
+def _summary(row: Row[Any]) -> StudySummary:
+    """A study row (``_SUMMARY_COLUMNS``) as a summary.
+
+    Positional unpacking: a page is 50 rows of 17 values, and Row attribute
+    lookups were a fifth of a search's Python time (py-spy --gil).
+    """
+    (study_id, uid, date, time, accession, description, referring, subject_id, patient_id, issuer, name, birth_date, sex,
+     modalities, series_count, instance_count, partners) = row
+    return StudySummary(
+        study_id, uid, date, time, accession, description, referring,
+        SubjectSummary(subject_id, patient_id, issuer, name, birth_date, sex),
+        split_values(modalities, MODALITY_SEPARATOR), series_count, instance_count, split_values(partners, PARTNER_SEPARATOR),
+    )

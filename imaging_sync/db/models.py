@@ -85,6 +85,11 @@ class Study(_Entity, Base):
     study_time: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
     referring_physician_name: Mapped[str | None] = mapped_column(String(200))
+    # Facts of its live series, kept by catalog.facts.refresh (migration 0006): what every search result shows.
+    modalities: Mapped[str] = mapped_column(String(200), default="", server_default="")  # sorted, joined by "\\"
+    series_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    partners: Mapped[str] = mapped_column(Text, default="", server_default="")  # sorted, joined by ","
 
     subject: Mapped[Subject] = relationship(lazy="raise")
 
@@ -99,6 +104,9 @@ class Series(_Entity, Base):
     series_number: Mapped[int | None] = mapped_column(Integer)
     description: Mapped[str | None] = mapped_column(String(64))
     body_part_examined: Mapped[str | None] = mapped_column(String(16))
+    # Kept by catalog.facts.refresh (migration 0006), as for Study.
+    instance_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    partners: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     study: Mapped[Study] = relationship(lazy="raise")
 

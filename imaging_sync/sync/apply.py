@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ import msgspec
 from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, select, tuple_, update
 
 from imaging_sync import outbox
+from imaging_sync.catalog import facts
 from imaging_sync.db import bulk
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
 from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
@@ -50,6 +52,7 @@ class Level:
     table: Table
     key_columns: tuple[str, ...]
     value_columns: tuple[str, ...]
+    parent_column: str | None = None  # a value column naming the parent row (a series may move to another study)
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(row[c] for c in self.key_columns)
@@ -62,8 +65,8 @@ STUDY = Level(
     ("study_instance_uid",),
     ("subject_id", "accession_number", "study_date", "study_time", "description", "referring_physician_name"),
 )
-SERIES = Level("series", Series.__table__, ("series_instance_uid",), ("study_id", "modality", "series_number", "description", "body_part_examined"))
-INSTANCE = Level("instance", Instance.__table__, ("sop_instance_uid",), ("series_id", "sop_class_uid", "transfer_syntax_uid", "instance_number"))
+SERIES = Level("series", Series.__table__, ("series_instance_uid",), ("study_id", "modality", "series_number", "description", "body_part_examined"), "study_id")
+INSTANCE = Level("instance", Instance.__table__, ("sop_instance_uid",), ("series_id", "sop_class_uid", "transfer_syntax_uid", "instance_number"), "series_id")
 LEVELS = {level.name: level for level in (SUBJECT, STUDY, SERIES, INSTANCE)}
 
 
@@ -129,6 +132,8 @@ class PageWriter:
             return outcome
 
         wanted = self._wanted(changed)
+        # Parents a series or instance left in this page (level name -> parent ids): their facts change too.
+        moved_from: dict[str, set[uuid.UUID]] = defaultdict(set)
         ids: dict[str, dict[tuple[Any, ...], uuid.UUID]] = {}
         created: dict[str, set[uuid.UUID]] = {}
         revived: dict[str, set[uuid.UUID]] = {}
@@ -141,11 +146,11 @@ class PageWriter:
                     row[parent_column] = parent_ids[row.pop("_parent_key")]
                     if parent_column != "subject_id" and row[parent_column] in new_parents:
                         surely_new.add(key)
-            ids[level.name], created[level.name], revived[level.name] = self._upsert_entities(conn, level, rows, now, surely_new)
+            ids[level.name], created[level.name], revived[level.name] = self._upsert_entities(conn, level, rows, now, surely_new, moved_from)
         # Only studies this partner listed before can have links to diff against.
         removed = self._write_links(conn, wanted, ids, [sid for sid in snapshot_ids if sid in known], now)
         self._write_locations(conn, wanted, ids[INSTANCE.name], created[INSTANCE.name], now)
-        retired = self._drop_removed(conn, removed, now)
+        retired = self._drop_removed(conn, removed, now, moved_from)
 
         # The outbox rows commit with the changes they describe (same transaction).
         events: dict[uuid.UUID, str] = {}
@@ -156,6 +161,8 @@ class PageWriter:
         for level_name, entity_id in removed:
             if level_name == STUDY.name:
                 events[entity_id] = "study.deleted" if entity_id in retired else events.get(entity_id, "study.updated")
+        touched = set(events) | moved_from[SERIES.name] | facts.studies_of_series(conn, moved_from[INSTANCE.name])
+        facts.refresh(conn, touched)
         outbox.add_study_events(conn, self.partner, events, now)
         return outcome
 
@@ -220,7 +227,13 @@ class PageWriter:
     # -- entities -------------------------------------------------------------
 
     def _upsert_entities(
-        self, conn: Connection, level: Level, rows: dict[tuple[Any, ...], dict[str, Any]], now: dt.datetime, surely_new: set[tuple[Any, ...]]
+        self,
+        conn: Connection,
+        level: Level,
+        rows: dict[tuple[Any, ...], dict[str, Any]],
+        now: dt.datetime,
+        surely_new: set[tuple[Any, ...]],
+        moved_from: dict[str, set[uuid.UUID]],
     ) -> tuple[dict[tuple[Any, ...], uuid.UUID], set[uuid.UUID], set[uuid.UUID]]:
         """Insert new rows, update rows this partner owns whose values changed.
 
@@ -260,6 +273,8 @@ class PageWriter:
             if current["source_partner"] == self.partner and current["deleted_at"] is None and all(current[c] == incoming[c] for c in level.value_columns):
                 continue
             changes.append({"_id": current["id"], **{c: incoming[c] for c in level.value_columns}})
+            if level.parent_column and current[level.parent_column] != incoming[level.parent_column]:
+                moved_from[level.name].add(current[level.parent_column])
             if current["deleted_at"] is not None:
                 revived.add(current["id"])
         if changes:
@@ -375,7 +390,9 @@ class PageWriter:
 
     # -- what went away ---------------------------------------------------------
 
-    def _drop_removed(self, conn: Connection, removed: list[tuple[str, uuid.UUID]], now: dt.datetime) -> set[uuid.UUID]:
+    def _drop_removed(
+        self, conn: Connection, removed: list[tuple[str, uuid.UUID]], now: dt.datetime, moved_from: dict[str, set[uuid.UUID]]
+    ) -> set[uuid.UUID]:
         """After links went away: drop this partner's files, retire orphans, hand rows over.
 
         Returns the ids of the entities retired (soft-deleted) here.
@@ -399,24 +416,34 @@ class PageWriter:
             for chunk in _chunks(orphans):
                 stmt = update(level.table).where(level.table.c.id.in_(chunk), level.table.c.deleted_at.is_(None)).values(deleted_at=now, updated_at=now)
                 retired.update(conn.execute(stmt.returning(level.table.c.id)).scalars())
-            self._hand_over(conn, level, {eid: remaining[eid] for eid in ids if eid in remaining}, now)
+            self._hand_over(conn, level, {eid: remaining[eid] for eid in ids if eid in remaining}, now, moved_from)
         return retired
 
-    def _hand_over(self, conn: Connection, level: Level, candidates: Mapping[uuid.UUID, list[tuple[str, dict[str, Any]]]], now: dt.datetime) -> None:
+    def _hand_over(
+        self,
+        conn: Connection,
+        level: Level,
+        candidates: Mapping[uuid.UUID, list[tuple[str, dict[str, Any]]]],
+        now: dt.datetime,
+        moved_from: dict[str, set[uuid.UUID]],
+    ) -> None:
         """Rows whose values came from this partner, which no longer has them, take the next partner's values."""
         if not candidates:
             return
         table = level.table
-        owned: list[uuid.UUID] = []
+        parent = table.c[level.parent_column] if level.parent_column else None
+        owned: dict[uuid.UUID, Any] = {}
         for chunk in _chunks(list(candidates)):
-            stmt = select(table.c.id).where(table.c.id.in_(chunk), table.c.source_partner == self.partner)
-            owned.extend(conn.execute(stmt).scalars())
-        for entity_id in owned:
+            stmt = select(table.c.id, parent if parent is not None else table.c.id).where(table.c.id.in_(chunk), table.c.source_partner == self.partner)
+            owned.update(conn.execute(stmt).all())
+        for entity_id, parent_id in owned.items():
             links = candidates[entity_id]
             if any(partner == self.partner for partner, _ in links):
                 continue  # still ours, listed under another of our studies
             best_partner, best_attrs = min(links, key=lambda pa: (-self.priorities.get(pa[0], 0), pa[0]))
             values = _from_attrs(level, best_attrs)
+            if level.parent_column and values[level.parent_column] != parent_id:
+                moved_from[level.name].add(parent_id)
             stmt = update(table).where(table.c.id == entity_id).values(**values, source_partner=best_partner, source_priority=self.priorities.get(best_partner, 0), updated_at=now)
             conn.execute(stmt)
 

@@ -6,11 +6,12 @@ drops, doubles or mangles anything shows up as a precise diff.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import Engine, select
 
-from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject
+from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject
 
 
 def _wire_time(tm: str | None) -> str | None:
@@ -73,3 +74,35 @@ def live_index(engine: Engine, partner: str) -> dict[str, dict[str, Any]]:
             "key": location.key if location else None,
         }
     return state
+
+
+def stale_facts(engine: Engine) -> list[str]:
+    """Study and series rows whose stored facts (catalog.facts) differ from their rows, recounted here in Python.
+
+    Counted independently of ``catalog.facts`` (no shared query), so a test
+    that ends with ``assert stale_facts(engine) == []`` checks the sync kept
+    them, not that the code agrees with itself.
+    """
+    with engine.connect() as conn:
+        studies = list(conn.execute(select(Study.id, Study.modalities, Study.series_count, Study.instance_count, Study.partners).where(Study.deleted_at.is_(None))))
+        series = list(conn.execute(select(Series.id, Series.study_id, Series.modality, Series.instance_count, Series.partners).where(Series.deleted_at.is_(None))))
+        instances = list(conn.execute(select(Instance.series_id).where(Instance.deleted_at.is_(None))).scalars())
+        links = list(conn.execute(select(EntityLink.entity_type, EntityLink.entity_id, EntityLink.partner)))
+    partners: dict[tuple[str, Any], set[str]] = {}
+    for entity_type, entity_id, partner in links:
+        partners.setdefault((entity_type, entity_id), set()).add(partner)
+    per_series = Counter(instances)
+    expected_study: dict[Any, tuple[set[str], int, int]] = {}
+    stale = []
+    for row in series:
+        modalities, series_count, instance_count = expected_study.get(row.study_id, (set(), 0, 0))
+        expected_study[row.study_id] = (modalities | {row.modality}, series_count + 1, instance_count + per_series[row.id])
+        want = (per_series[row.id], ",".join(sorted(partners.get(("series", row.id), ()))))
+        if (row.instance_count, row.partners) != want:
+            stale.append(f"series {row.id}: stored {(row.instance_count, row.partners)}, rows say {want}")
+    for row in studies:
+        modalities, series_count, instance_count = expected_study.get(row.id, (set(), 0, 0))
+        want = ("\\".join(sorted(modalities)), series_count, instance_count, ",".join(sorted(partners.get(("study", row.id), ()))))
+        if (row.modalities, row.series_count, row.instance_count, row.partners) != want:
+            stale.append(f"study {row.id}: stored {(row.modalities, row.series_count, row.instance_count, row.partners)}, rows say {want}")
+    return stale

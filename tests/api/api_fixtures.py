@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, insert, select, update
 
+from imaging_sync.catalog import facts
 from imaging_sync.config import ApiConfig, DatabaseConfig, PartnerConfig, Settings, StorageConfig
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject, utcnow
 from imaging_sync.ids import new_id
@@ -76,7 +77,10 @@ class Located:
 
 
 class IndexBuilder:
-    """Writes index rows directly: subject → study → series → instance, links and locations."""
+    """Writes index rows directly: subject → study → series → instance, links and locations.
+
+    Like a sync page, every write ends with the study's facts refreshed (catalog.facts).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -90,12 +94,14 @@ class IndexBuilder:
         sid = new_id()
         self._insert(Study, id=sid, study_instance_uid=uid or next_uid(), subject_id=subject_id, accession_number=accession, study_date=date, study_time="101500", description=description)
         self._links("study", sid, partners)
+        self._refresh_facts(study=sid)
         return sid
 
     def series(self, study_id: uuid.UUID, modality: str = "CT", *, number: int | None = 1, partners: Sequence[str] = ("b",)) -> uuid.UUID:
         sid = new_id()
         self._insert(Series, id=sid, series_instance_uid=next_uid(), study_id=study_id, modality=modality, series_number=number, description=f"{modality} series", body_part_examined="HEAD")
         self._links("series", sid, partners)
+        self._refresh_facts(study=study_id)
         return sid
 
     def instance(self, series_id: uuid.UUID, *, number: int | None = 1, locations: Sequence[Located] = ()) -> uuid.UUID:
@@ -106,11 +112,23 @@ class IndexBuilder:
         with self.engine.begin() as conn:
             for loc in locations:
                 conn.execute(insert(InstanceLocation).values(id=new_id(), instance_id=iid, partner=loc.partner, bucket=loc.bucket, key=loc.key, size_bytes=None, created_at=now, updated_at=now))
+        self._refresh_facts(series=series_id)
         return iid
 
     def delete(self, model: type[Any], entity_id: uuid.UUID) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(model).where(model.id == entity_id).values(deleted_at=utcnow()))
+        if model is Study:
+            self._refresh_facts(study=entity_id)
+        elif model is Series:
+            self._refresh_facts(series=entity_id)
+        elif model is Instance:
+            with self.engine.connect() as conn:
+                self._refresh_facts(series=conn.execute(select(Instance.series_id).where(Instance.id == entity_id)).scalar_one())
+
+    def _refresh_facts(self, *, study: uuid.UUID | None = None, series: uuid.UUID | None = None) -> None:
+        with self.engine.begin() as conn:
+            facts.refresh(conn, [study] if study is not None else facts.studies_of_series(conn, [series] if series is not None else []))
 
     def _insert(self, model: type[Any], **values: Any) -> None:
         now = utcnow()

@@ -15,7 +15,7 @@ from imaging_sync.db.models import Base, EntityLink, Instance, InstanceLocation,
 from imaging_sync.sync.runner import SyncRunner
 from imaging_sync.testing.datagen import DatasetSpec
 from imaging_sync.testing.factories import settings_for, simulator_partner
-from imaging_sync.testing.index_state import live_index
+from imaging_sync.testing.index_state import live_index, stale_facts
 from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
 
 StartSimulator = Callable[..., PartnerSimulator]
@@ -35,6 +35,13 @@ def start_simulator() -> Iterator[StartSimulator]:
     yield start
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture(autouse=True)
+def facts_kept(engine: Engine) -> Iterator[None]:
+    """After every scenario here, each study's and series' stored facts match their rows (catalog.facts)."""
+    yield
+    assert stale_facts(engine) == []
 
 
 def runner_for(engine: Engine, *partners: PartnerConfig) -> SyncRunner:
@@ -331,3 +338,18 @@ def test_refreshing_one_study_applies_it_without_moving_the_bookmark(engine: Eng
 
     missing = runner.refresh_study("b", "no-such-study")
     assert (missing.status, missing.error_kind) == ("failed", "not_found")
+
+
+def test_a_series_moved_to_a_study_refreshed_alone_leaves_the_old_study_s_facts_right(engine: Engine, start_simulator: StartSimulator) -> None:
+    sim = start_simulator(studies=3, series=2, instances=2)
+    runner = runner_for(engine, simulator_partner("b", sim.base_url))
+    assert runner.sync("b").ok
+    source, target = sim.dataset.spec.study_id(1), sim.dataset.spec.study_id(2)
+    moved = sim.dataset.item(source)["series"][1]
+    sim.dataset.update_study(target, lambda item: item["series"].append(moved))  # the partner re-filed it; only the target is re-read
+
+    assert runner.refresh_study("b", target).ok
+    uids = {sid: sim.dataset.item(sid)["study_instance_uid"] for sid in (source, target)}
+    with engine.connect() as conn:
+        counts = dict(conn.execute(select(Study.study_instance_uid, Study.series_count).where(Study.study_instance_uid.in_(uids.values()))).all())
+    assert (counts[uids[source]], counts[uids[target]]) == (1, 3)  # the autouse check compares every fact with the rows

@@ -1,0 +1,125 @@
+"""Facts kept on study and series rows: modalities, counts and partners.
+
+Every study in a search result shows its modalities, its series and instance
+counts and the partners that hold it; every series in a study's detail its
+instance count and partners. Aggregated from ``series``, ``instance`` and
+``entity_link`` for each page, these were half of a date-range search's
+cost (the API's CPU per request and PostgreSQL's; bench/api_latency.py). They
+are now columns, recomputed from those rows by :func:`refresh` for every
+study a sync page touches, in that page's transaction: what a search reads
+is always what the rows say, and a page costs one more pair of statements.
+
+Only live rows count: a study's series count is its live series, its
+instance count the live instances of those series, its modalities theirs.
+Partners are the partners linked to the study (or series), sorted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, select, update
+
+from imaging_sync.catalog.id_lists import PerDialect
+from imaging_sync.db.models import EntityLink, Instance, Series, Study
+
+_study = Study.__table__
+_series = Series.__table__
+_instance = Instance.__table__
+_link = EntityLink.__table__
+
+MODALITY_SEPARATOR = "\\"  # as DICOM joins the values of a multi-valued attribute (ModalitiesInStudy)
+PARTNER_SEPARATOR = ","  # partner names are [a-z0-9_-] (config)
+_CHUNK = 500  # studies per round (SQLite binds at most a few hundred values per statement comfortably)
+
+_LIVE_SERIES = PerDialect(
+    lambda in_ids: select(_series.c.study_id, _series.c.id, _series.c.modality, func.count(_instance.c.id))
+    .select_from(_series.outerjoin(_instance, and_(_instance.c.series_id == _series.c.id, _instance.c.deleted_at.is_(None))))
+    .where(in_ids(_series.c.study_id), _series.c.deleted_at.is_(None))
+    .group_by(_series.c.study_id, _series.c.id, _series.c.modality)
+)
+_STUDY_PARTNERS = PerDialect(
+    lambda in_ids: select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "study", in_ids(_link.c.entity_id)).distinct()
+)
+_SERIES_PARTNERS = PerDialect(
+    lambda in_ids: select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "series", in_ids(_link.c.entity_id)).distinct()
+)
+_SET_STUDY = (
+    update(_study)
+    .where(_study.c.id == bindparam("_id"))
+    .values(modalities=bindparam("modalities"), series_count=bindparam("series_count"), instance_count=bindparam("instance_count"), partners=bindparam("partners"))
+)
+_SET_SERIES = update(_series).where(_series.c.id == bindparam("_id")).values(instance_count=bindparam("instance_count"), partners=bindparam("partners"))
+
+
+def refresh(conn: Connection, study_ids: Iterable[uuid.UUID]) -> None:
+    """Recompute the facts of these studies and of their live series from the rows (in the caller's transaction)."""
+    for chunk in _chunks(sorted(set(study_ids))):  # sorted: one lock order for concurrent partners
+        _refresh_chunk(conn, chunk)
+
+
+def studies_of_series(conn: Connection, series_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """The studies these series belong to now (for facts of studies a series or instance moved between)."""
+    found: set[uuid.UUID] = set()
+    for chunk in _chunks(sorted(set(series_ids))):
+        found.update(conn.execute(select(_series.c.study_id).where(_series.c.id.in_(chunk))).scalars())
+    return found
+
+
+def join_modalities(values: Iterable[str]) -> str:
+    return MODALITY_SEPARATOR.join(sorted(set(values)))
+
+
+def split_values(joined: str, separator: str) -> list[str]:
+    return joined.split(separator) if joined else []
+
+
+def _refresh_chunk(conn: Connection, study_ids: Sequence[uuid.UUID]) -> None:
+    modalities: dict[uuid.UUID, set[str]] = defaultdict(set)
+    series_counts: dict[uuid.UUID, int] = defaultdict(int)
+    instance_counts: dict[uuid.UUID, int] = defaultdict(int)
+    series_instances: dict[uuid.UUID, int] = {}
+    for study_id, series_id, modality, instances in conn.execute(_LIVE_SERIES(conn), {"ids": list(study_ids)}):
+        modalities[study_id].add(modality)
+        series_counts[study_id] += 1
+        instance_counts[study_id] += instances
+        series_instances[series_id] = instances
+    study_partners = _partners(conn, _STUDY_PARTNERS, study_ids)
+    series_partners = _partners(conn, _SERIES_PARTNERS, list(series_instances))
+    conn.execute(
+        _SET_STUDY,
+        [
+            {
+                "_id": study_id,
+                "modalities": join_modalities(modalities.get(study_id, ())),
+                "series_count": series_counts.get(study_id, 0),
+                "instance_count": instance_counts.get(study_id, 0),
+                "partners": PARTNER_SEPARATOR.join(sorted(study_partners.get(study_id, ()))),
+            }
+            for study_id in study_ids
+        ],
+    )
+    if series_instances:
+        conn.execute(
+            _SET_SERIES,
+            [
+                {"_id": series_id, "instance_count": count, "partners": PARTNER_SEPARATOR.join(sorted(series_partners.get(series_id, ())))}
+                for series_id, count in sorted(series_instances.items())
+            ],
+        )
+
+
+def _partners(conn: Connection, statement: PerDialect[Any], ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[str]]:
+    partners: dict[uuid.UUID, set[str]] = defaultdict(set)
+    if ids:
+        for entity_id, partner in conn.execute(statement(conn), {"ids": list(ids)}):
+            partners[entity_id].add(partner)
+    return partners
+
+
+def _chunks(values: Sequence[uuid.UUID]) -> Iterator[Sequence[uuid.UUID]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
