@@ -78,6 +78,10 @@ def split_values(joined: str, separator: str) -> list[str]:
 
 
 def _refresh_chunk(conn: Connection, study_ids: Sequence[uuid.UUID]) -> None:
+    # Lock the study rows first (PostgreSQL; SQLite has one writer anyway): a partner syncing the
+    # same study concurrently waits here until it has committed, and the counts read below then
+    # include its rows. Counted before the lock, one page's update would overwrite the other's.
+    conn.execute(select(_study.c.id).where(_study.c.id.in_(study_ids)).order_by(_study.c.id).with_for_update()).all()
     modalities: dict[uuid.UUID, set[str]] = defaultdict(set)
     series_counts: dict[uuid.UUID, int] = defaultdict(int)
     instance_counts: dict[uuid.UUID, int] = defaultdict(int)

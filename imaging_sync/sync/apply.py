@@ -132,6 +132,7 @@ class PageWriter:
             return outcome
 
         wanted = self._wanted(changed)
+        self._add_facts(wanted)
         # Parents a series or instance left in this page (level name -> parent ids): their facts change too.
         moved_from: dict[str, set[uuid.UUID]] = defaultdict(set)
         ids: dict[str, dict[tuple[Any, ...], uuid.UUID]] = {}
@@ -161,7 +162,9 @@ class PageWriter:
         for level_name, entity_id in removed:
             if level_name == STUDY.name:
                 events[entity_id] = "study.deleted" if entity_id in retired else events.get(entity_id, "study.updated")
-        touched = set(events) | moved_from[SERIES.name] | facts.studies_of_series(conn, moved_from[INSTANCE.name])
+        # Studies made here from rows all made here already have their facts (written with them, _add_facts).
+        touched = set(events) - self._made_whole(wanted, ids, created)
+        touched |= moved_from[SERIES.name] | facts.studies_of_series(conn, moved_from[INSTANCE.name])
         facts.refresh(conn, touched)
         outbox.add_study_events(conn, self.partner, events, now)
         return outcome
@@ -223,6 +226,39 @@ class PageWriter:
                         "sha256": inst.sha256,
                     }
         return wanted
+
+    # -- facts (catalog.facts) --------------------------------------------------
+
+    def _add_facts(self, wanted: _Wanted) -> None:
+        """Each study and series row carries the facts its page rows give it, for when it is inserted.
+
+        Counted from the rows (keyed by UID), not the items: a series listed
+        twice is one series. When an existing row is involved instead, the
+        facts are recounted from the database after the writes (facts.refresh).
+        """
+        rows = wanted.rows
+        instances: dict[tuple[Any, ...], int] = defaultdict(int)
+        for row in rows[INSTANCE.name].values():
+            instances[row["_parent_key"]] += 1
+        per_study: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [set(), 0, 0])
+        for key, row in rows[SERIES.name].items():
+            row.update(instance_count=instances[key], partners=self.partner)
+            modalities, _, _ = study = per_study[row["_parent_key"]]
+            modalities.add(row["modality"])
+            study[1] += 1
+            study[2] += instances[key]
+        for key, row in rows[STUDY.name].items():
+            modalities, series_count, instance_count = per_study[key]
+            row.update(modalities=facts.join_modalities(modalities), series_count=series_count, instance_count=instance_count, partners=self.partner)
+
+    @staticmethod
+    def _made_whole(wanted: _Wanted, ids: dict[str, dict[tuple[Any, ...], uuid.UUID]], created: dict[str, set[uuid.UUID]]) -> set[uuid.UUID]:
+        """Studies inserted in this page whose series and instances were all inserted in it too: their facts are right as written."""
+        series_ids, made_series, made_instances = ids[SERIES.name], created[SERIES.name], created[INSTANCE.name]
+        study_of_series = {series_ids[key]: row["study_id"] for key, row in wanted.rows[SERIES.name].items()}
+        mixed = {row["study_id"] for key, row in wanted.rows[SERIES.name].items() if series_ids[key] not in made_series}
+        mixed |= {study_of_series[row["series_id"]] for key, row in wanted.rows[INSTANCE.name].items() if ids[INSTANCE.name][key] not in made_instances}
+        return {ids[STUDY.name][key] for key in wanted.rows[STUDY.name]} & created[STUDY.name] - mixed
 
     # -- entities -------------------------------------------------------------
 
