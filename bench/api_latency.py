@@ -53,7 +53,7 @@ from imaging_sync.testing.index_state import stale_facts
 
 ADMIN_URL = os.environ.get("IMAGING_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "imaging_sync_bench_api"
-DATASET = "api-latency v2 (stored facts): 50000 subjects, 100000 studies, 2x5 instances, one 500-instance series"
+DATASET = "api-latency v3 (stored facts, study names): 50000 subjects, 100000 studies, 2x5 instances, one 500-instance series"
 SUBJECTS, STUDIES, SERIES_PER_STUDY, INSTANCES_PER_SERIES, BIG_SERIES = 50_000, 100_000, 2, 5, 500
 BUCKET, REGION, PARTNER = "bench-dicom", "eu-west-1", "bench"
 KEY_ENV, SECRET_ENV, PARTNER_KEY_ENV = "BENCH_S3_ACCESS_KEY_ID", "BENCH_S3_SECRET_ACCESS_KEY", "BENCH_PARTNER_KEY"
@@ -123,25 +123,27 @@ def load(conn: psycopg.Connection) -> None:
     entity = ("source_partner", "source_priority", "created_at", "updated_at")
     link_cols = "id, partner, entity_type, entity_id, partner_entity_id, partner_study_id, content_hash, attrs, created_at, updated_at"
     subject_ids = new_ids(SUBJECTS)
+    search_names: list[str | None] = []
     with conn.cursor() as cur:
         with cur.copy(f"COPY subject (id, issuer, patient_id, patient_name, patient_name_search, birth_date, sex, {', '.join(entity)}) FROM STDIN") as copy:
             for n, sid in enumerate(subject_ids):
                 (fk, fe), (gk, ge) = rng.choice(FAMILY), rng.choice(GIVEN)
                 name = f"{fk}^{gk}" if rng.random() < 0.3 else f"{fe}^{ge}"
                 birth = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(33000))
-                copy.write_row((sid, "HOSP-A" if n % 2 else "HOSP-B", f"BP{n:07d}", name, search_form(name), birth, rng.choice("MFO"), PARTNER, 0, now, now))
+                search_names.append(search_form(name))
+                copy.write_row((sid, "HOSP-A" if n % 2 else "HOSP-B", f"BP{n:07d}", name, search_names[-1], birth, rng.choice("MFO"), PARTNER, 0, now, now))
         study_ids = new_ids(STUDIES)
         series_ids = new_ids(STUDIES * SERIES_PER_STUDY)
         counts = [BIG_SERIES if n == 0 else INSTANCES_PER_SERIES for n in range(len(series_ids))]
         # The facts catalog.facts keeps (checked against the rows by stale_facts after the load).
-        study_facts = "modalities, series_count, instance_count, partners"
+        study_facts = "patient_name_search, modalities, series_count, instance_count, partners"
         with cur.copy(f"COPY study (id, study_instance_uid, subject_id, accession_number, study_date, study_time, description, {study_facts}, {', '.join(entity)}) FROM STDIN") as copy:
             for n, sid in enumerate(study_ids):
                 date = None if rng.random() < 0.02 else FIRST_DATE + dt.timedelta(days=rng.randrange(3650))
                 own = range(n * SERIES_PER_STUDY, (n + 1) * SERIES_PER_STUDY)
                 modalities = join_modalities(MODALITIES[k % len(MODALITIES)] for k in own)
                 copy.write_row((sid, f"{UID_ROOT}.{n}", subject_ids[n % SUBJECTS], f"A{n:08d}", date, "101500", "CT CHEST W/O CONTRAST",
-                                modalities, SERIES_PER_STUDY, sum(counts[k] for k in own), PARTNER, PARTNER, 0, now, now))
+                                search_names[n % SUBJECTS], modalities, SERIES_PER_STUDY, sum(counts[k] for k in own), PARTNER, PARTNER, 0, now, now))
         with cur.copy(f"COPY series (id, series_instance_uid, study_id, modality, series_number, description, body_part_examined, instance_count, partners, {', '.join(entity)}) FROM STDIN") as copy:
             for n, sid in enumerate(series_ids):
                 copy.write_row((sid, f"{UID_ROOT}.{n // SERIES_PER_STUDY}.{n % SERIES_PER_STUDY + 1}", study_ids[n // SERIES_PER_STUDY], MODALITIES[n % len(MODALITIES)], n % SERIES_PER_STUDY + 1, "AXIAL", "CHEST", counts[n], PARTNER, PARTNER, 0, now, now))

@@ -1,4 +1,4 @@
-"""Facts kept on study and series rows: modalities, counts and partners.
+"""Facts kept on study and series rows: modalities, counts, partners and the patient's name.
 
 Every study in a search result shows its modalities, its series and instance
 counts and the partners that hold it; every series in a study's detail its
@@ -8,6 +8,10 @@ cost (the API's CPU per request and PostgreSQL's; bench/api_latency.py). They
 are now columns, recomputed from those rows by :func:`refresh` for every
 study a sync page touches, in that page's transaction: what a search reads
 is always what the rows say, and a page costs one more pair of statements.
+
+The patient's search-form name is copied onto each study
+(:func:`copy_patient_names`) so that a name matching many patients is one
+index-only scan of live studies by date (migration 0007).
 
 Only live rows count: a study's series count is its live series, its
 instance count the live instances of those series, its modalities theirs.
@@ -24,12 +28,13 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from imaging_sync.catalog.id_lists import PerDialect
-from imaging_sync.db.models import EntityLink, Instance, Series, Study
+from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
 
 _study = Study.__table__
 _series = Series.__table__
 _instance = Instance.__table__
 _link = EntityLink.__table__
+_subject = Subject.__table__
 
 MODALITY_SEPARATOR = "\\"  # as DICOM joins the values of a multi-valued attribute (ModalitiesInStudy)
 PARTNER_SEPARATOR = ","  # partner names are [a-z0-9_-] (config)
@@ -59,6 +64,16 @@ def refresh(conn: Connection, study_ids: Iterable[uuid.UUID]) -> None:
     """Recompute the facts of these studies and of their live series from the rows (in the caller's transaction)."""
     for chunk in _chunks(sorted(set(study_ids))):  # sorted: one lock order for concurrent partners
         _refresh_chunk(conn, chunk)
+
+
+def copy_patient_names(conn: Connection, subject_ids: Iterable[uuid.UUID]) -> None:
+    """The studies of these subjects take their subject's current ``patient_name_search`` (rows that differ only)."""
+    for chunk in _chunks(sorted(set(subject_ids))):
+        conn.execute(
+            update(_study)
+            .where(_study.c.subject_id == _subject.c.id, _subject.c.id.in_(chunk), _study.c.patient_name_search.is_distinct_from(_subject.c.patient_name_search))
+            .values(patient_name_search=_subject.c.patient_name_search)
+        )
 
 
 def studies_of_series(conn: Connection, series_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:

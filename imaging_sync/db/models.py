@@ -76,6 +76,16 @@ class Study(_Entity, Base):
         Index(None, "study_date", "id"),  # keyset pagination of study searches
         # A patient's studies in listing order, index-only (the API's name and patient searches; migration 0005).
         Index(None, "subject_id", "study_date", "id", "deleted_at"),
+        # Live studies newest first with the patient's name beside them: a name matching many patients is
+        # one index-only scan (migration 0007). Partial, so every entry is a live study.
+        Index(
+            "ix_study_live_date_id_name",
+            "study_date",
+            "id",
+            postgresql_include=["patient_name_search"],
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
     )
 
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -85,6 +95,8 @@ class Study(_Entity, Base):
     study_time: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
     referring_physician_name: Mapped[str | None] = mapped_column(String(200))
+    # The subject's patient_name_search, copied for name searches (catalog.facts.copy_patient_names).
+    patient_name_search: Mapped[str | None] = mapped_column(String(200))
     # Facts of its live series, kept by catalog.facts.refresh (migration 0006): what every search result shows.
     modalities: Mapped[str] = mapped_column(String(200), default="", server_default="")  # sorted, joined by "\\"
     series_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -166,6 +166,7 @@ class PageWriter:
         touched = set(events) - self._made_whole(wanted, ids, created)
         touched |= moved_from[SERIES.name] | facts.studies_of_series(conn, moved_from[INSTANCE.name])
         facts.refresh(conn, touched)
+        facts.copy_patient_names(conn, {*ids[SUBJECT.name].values(), *(eid for level, eid in removed if level == SUBJECT.name)})
         outbox.add_study_events(conn, self.partner, events, now)
         return outcome
 
@@ -196,6 +197,8 @@ class PageWriter:
                 "study_time": study.study_time,
                 "description": study.description,
                 "referring_physician_name": study.referring_physician_name,
+                # As the subject row says; copy_patient_names mends it when the stored subject says otherwise.
+                "patient_name_search": search_form(subject.name),
             }
             # The study link carries the whole item's hash: equal next time means "skip the item".
             wanted.links.append(("study", study_key, sid, sid, study.content_hash))

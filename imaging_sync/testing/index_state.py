@@ -85,6 +85,7 @@ def stale_facts(engine: Engine) -> list[str]:
     """
     with engine.connect() as conn:
         studies = list(conn.execute(select(Study.id, Study.modalities, Study.series_count, Study.instance_count, Study.partners).where(Study.deleted_at.is_(None))))
+        names = list(conn.execute(select(Study.id, Study.patient_name_search, Subject.patient_name_search).join(Subject, Subject.id == Study.subject_id)))
         series = list(conn.execute(select(Series.id, Series.study_id, Series.modality, Series.instance_count, Series.partners).where(Series.deleted_at.is_(None))))
         instances = list(conn.execute(select(Instance.series_id).where(Instance.deleted_at.is_(None))).scalars())
         links = list(conn.execute(select(EntityLink.entity_type, EntityLink.entity_id, EntityLink.partner)))
@@ -105,4 +106,5 @@ def stale_facts(engine: Engine) -> list[str]:
         want = ("\\".join(sorted(modalities)), series_count, instance_count, ",".join(sorted(partners.get(("study", row.id), ()))))
         if (row.modalities, row.series_count, row.instance_count, row.partners) != want:
             stale.append(f"study {row.id}: stored {(row.modalities, row.series_count, row.instance_count, row.partners)}, rows say {want}")
+    stale += [f"study {study_id}: name {copied!r}, its subject's {actual!r}" for study_id, copied, actual in names if copied != actual]
     return stale

@@ -95,6 +95,8 @@ class IndexBuilder:
         self._insert(Study, id=sid, study_instance_uid=uid or next_uid(), subject_id=subject_id, accession_number=accession, study_date=date, study_time="101500", description=description)
         self._links("study", sid, partners)
         self._refresh_facts(study=sid)
+        with self.engine.begin() as conn:
+            facts.copy_patient_names(conn, [subject_id])
         return sid
 
     def series(self, study_id: uuid.UUID, modality: str = "CT", *, number: int | None = 1, partners: Sequence[str] = ("b",)) -> uuid.UUID:

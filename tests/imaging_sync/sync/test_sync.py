@@ -353,3 +353,20 @@ def test_a_series_moved_to_a_study_refreshed_alone_leaves_the_old_study_s_facts_
     with engine.connect() as conn:
         counts = dict(conn.execute(select(Study.study_instance_uid, Study.series_count).where(Study.study_instance_uid.in_(uids.values()))).all())
     assert (counts[uids[source]], counts[uids[target]]) == (1, 3)  # the autouse check compares every fact with the rows
+
+
+def test_a_renamed_patient_is_found_by_the_new_name_in_studies_the_page_did_not_list(engine: Engine, start_simulator: StartSimulator) -> None:
+    sim = start_simulator(studies=6, series=1, instances=1, subjects=2)  # patients with several studies
+    runner = runner_for(engine, simulator_partner("b", sim.base_url))
+    assert runner.sync("b").ok
+    patients = [sim.dataset.item(sim.dataset.spec.study_id(i))["subject"]["patient_id"] for i in range(6)]
+    patient = max(set(patients), key=patients.count)
+    first = sim.dataset.spec.study_id(patients.index(patient))
+    sim.dataset.update_study(first, lambda item: item["subject"].update(name="RENAMED^PATIENT"))
+
+    assert runner.refresh_study("b", first).ok  # one study re-read; the patient has others
+    with engine.connect() as conn:
+        names = conn.execute(
+            select(Study.patient_name_search).join(Subject, Subject.id == Study.subject_id).where(Subject.patient_id == patient)
+        ).scalars().all()
+    assert len(names) == patients.count(patient) > 1 and set(names) == {"renamed^patient"}
