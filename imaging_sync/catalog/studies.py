@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, exists, func, literal, select, tuple_
+from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, exists, select, tuple_
 
 from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
@@ -123,20 +123,32 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
     Dated studies come first, then undated ones; each part is one statement
     (the page's keys from an index range, then its rows by primary key), and
     the undated part is read only once the dated part runs out.
+
+    A name search first looks for a page among the ``NAME_SCAN_LIMIT``
+    newest matching-by-other-filters studies (the name checked in the index,
+    :func:`_page_keys`): a name many patients share fills a page there at a
+    fraction of a millisecond. Otherwise the patient-first plan answers.
     """
     size = limit + 1  # one more than asked: is there a next page?
     names = bound_name_values(query.name) if query.name is not None else {}
     one_patient = _one_patient_at_most(query)
-    broad = bool(names) and not one_patient and query.issuer is None and _many_subjects_named(conn, names)
-    rows: list[Row[Any]] = []
     in_undated = after is not None and after[0] is None
+    if names and not one_patient and query.issuer is None and not in_undated and NAME_SCAN_LIMIT > 0:
+        rows = conn.execute(*_page(query, names, True, size, after, dated=True)).all()
+        if len(rows) == size:  # a whole page (and one more) within the newest studies: exact, and done
+            return _page_of(rows, limit)
+    rows = []
     if one_patient:  # few studies: one statement, the seek as one condition
-        rows = list(conn.execute(*_page(query, names, broad, size, after, dated=None)))
+        rows = list(conn.execute(*_page(query, names, False, size, after, dated=None)))
     elif not in_undated:
-        rows = list(conn.execute(*_page(query, names, broad, size, after, dated=True)))
+        rows = list(conn.execute(*_page(query, names, False, size, after, dated=True)))
     if len(rows) < size and not one_patient and query.date_from is None and query.date_to is None:
         # A date range never matches an undated study; otherwise the undated ones follow the dated ones.
-        rows += conn.execute(*_page(query, names, broad, size - len(rows), after if in_undated else None, dated=False)).all()
+        rows += conn.execute(*_page(query, names, False, size - len(rows), after if in_undated else None, dated=False)).all()
+    return _page_of(rows, limit)
+
+
+def _page_of(rows: list[Row[Any]], limit: int) -> Page[StudySummary]:
     rows, next_key = split(rows, limit, lambda r: (r.study_date, r.id))
     return Page(items=[_summary(row) for row in rows], next_key=next_key)
 
@@ -151,16 +163,18 @@ class _Shape:
 
     filters: frozenset[str]
     name_patterns: int
-    broad_name: bool
+    name_scan: bool
     dated: bool | None
     after: str | None  # None, "dated" (a study_date in the cursor) or "undated"
 
 
 def _page(
-    query: StudyQuery, names: dict[str, str], broad_name: bool, size: int, after: Key | None, *, dated: bool | None
+    query: StudyQuery, names: dict[str, str], name_scan: bool, size: int, after: Key | None, *, dated: bool | None
 ) -> tuple[Select[Any], dict[str, Any]]:
     """The page statement for ``query``'s shape and the values to bind to it (``names``: bound_name_values)."""
     params: dict[str, Any] = {"size": size, **names}
+    if name_scan:
+        params["scan"] = NAME_SCAN_LIMIT
     for name in _BOUND_FILTERS:
         value = getattr(query, name)
         if value is not None:
@@ -171,7 +185,7 @@ def _page(
         params["after_id"] = after[1]
         if after[0] is not None:
             params["after_date"] = after[0]
-    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), broad_name, dated, after_kind)
+    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), name_scan, dated, after_kind)
     return _page_statement(shape), params
 
 
@@ -188,27 +202,12 @@ def _page_statement(shape: _Shape) -> Select[Any]:
     )
 
 
-# Patients matching a name from which the date-ordered scan is cheaper (bench/api_latency.py, 100k studies):
-# probing each patient's studies costs ~3.4 µs a patient, the scan ~0.12 µs an index entry, and it stops
-# after 51 matches; they cross near 100 patients.
-BROAD_NAME_SUBJECTS = 100
-
-
-def _many_subjects_named(conn: Connection, names: dict[str, str]) -> bool:
-    """Do the name patterns match at least BROAD_NAME_SUBJECTS live subjects? (counted from the name indexes, capped)"""
-    statement = _named_subjects_count(len(names))
-    return conn.execute(statement, {**names, "cap": BROAD_NAME_SUBJECTS}).scalar_one() >= BROAD_NAME_SUBJECTS
-
-
-@lru_cache(maxsize=16)
-def _named_subjects_count(patterns: int) -> Select[Any]:
-    named = (
-        select(literal(1).label("one"))
-        .where(_subject.c.deleted_at.is_(None), name_matches_bound(_subject.c.patient_name_search, patterns))
-        .limit(bindparam("cap", type_=Integer))
-        .subquery("named")
-    )
-    return select(func.count()).select_from(named)
+# Live studies (newest first, from the cursor, within the other filters) a name search scans for a
+# page before it probes patient by patient. Measured on 100k studies (bench/api_latency.py): the scan
+# costs 0.1-0.3 µs an index entry and stops once a page is full; a name that fills a page within
+# 10,000 entries matches 0.5 % of studies or more (hundreds of patients), whose studies the
+# patient-first plan would probe and sort (4-8 ms). A rare name pays the wasted scan (~2 ms) first.
+NAME_SCAN_LIMIT = 10_000
 
 
 def _one_patient_at_most(query: StudyQuery) -> bool:
@@ -228,12 +227,12 @@ def _page_keys(shape: _Shape) -> Subquery:
       listing costs what the first page costs; undated studies are a range of
       their own for the same reason (an OR with ``study_date IS NULL`` would
       make PostgreSQL filter from the start of the index).
-    - A name matching many subjects (``broad_name``, see :func:`_many_subjects_named`)
-      goes the other way: the backward scan of ``ix_study_live_date_id_name``
-      (live studies by date, the patient's name included: index-only), the
-      name checked on each entry, stopping at the page's end; probing 1,300
-      subjects' studies and sorting them all cost PostgreSQL 7 ms, the scan
-      0.1–1 ms.
+    - ``name_scan`` (tried first for names, see :func:`search_studies`) goes the
+      other way: the backward scan of ``ix_study_live_date_id_name`` (live
+      studies by date, the patient's name included: index-only), at most
+      ``:scan`` entries, the name checked on each, stopping at the page's end;
+      for a name 1,300 patients share, probing their studies and sorting
+      them all cost PostgreSQL 7 ms, the scan 0.1–1 ms.
     - A live study always has a live subject (a subject is linked by the same
       partner snapshots as its studies), so only subject filters read ``subject``.
     """
@@ -251,9 +250,7 @@ def _page_keys(shape: _Shape) -> Subquery:
         subject_conditions.append(_subject.c.issuer == bound("issuer", _subject.c.issuer))
     if shape.name_patterns:
         subject_conditions.append(name_matches_bound(_subject.c.patient_name_search, shape.name_patterns))
-    if shape.broad_name:  # the name alone (see search_studies); the study carries its patient's name
-        conditions.append(name_matches_bound(_study.c.patient_name_search, shape.name_patterns))
-    elif subject_conditions:
+    if subject_conditions and not shape.name_scan:
         matched = select(_subject.c.id).where(_subject.c.deleted_at.is_(None), *subject_conditions).cte("matched").prefix_with("MATERIALIZED")
         source = _study.join(matched, _study.c.subject_id == matched.c.id)
     for name, column in (("subject_id", _study.c.subject_id), ("accession", _study.c.accession_number), ("study_uid", _study.c.study_instance_uid)):
@@ -287,6 +284,18 @@ def _page_keys(shape: _Shape) -> Subquery:
     # of ix_study_study_date_id yields (PostgreSQL would sort for DESC NULLS LAST).
     order = (_study.c.study_date.desc().nulls_last(), _study.c.id.desc()) if shape.dated is None else (_study.c.study_date.desc(), _study.c.id.desc())
     size = bindparam("size", type_=Integer)
+    if shape.name_scan:  # the newest :scan studies, then the name on each (the scan stops once a page is full)
+        newest = (
+            select(_study.c.id, _study.c.study_date, _study.c.patient_name_search)
+            .where(*conditions).order_by(*order).limit(bindparam("scan", type_=Integer)).subquery("newest")
+        )
+        return (
+            select(newest.c.id, newest.c.study_date)
+            .where(name_matches_bound(newest.c.patient_name_search, shape.name_patterns))
+            .order_by(newest.c.study_date.desc(), newest.c.id.desc())
+            .limit(size)
+            .subquery("page_keys")
+        )
     return select(_study.c.id, _study.c.study_date).select_from(source).where(*conditions).order_by(*order).limit(size).subquery("page_keys")
 
 

@@ -35,12 +35,13 @@ def people(index: IndexBuilder) -> dict[str, uuid.UUID]:
     return studies
 
 
-@pytest.fixture(params=["subjects first", "dates first"])
+@pytest.fixture(params=["subjects first", "dates first", "a scan too short"])
 def name_plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both plans of a name search: few matching subjects (probe their studies) or many (scan by date)."""
+    """Each way a name search can go: probe the matching subjects' studies, scan the newest studies, or a scan
+    that ends before a page is full (then the subjects are probed after all)."""
     from imaging_sync.catalog import studies
 
-    monkeypatch.setattr(studies, "BROAD_NAME_SUBJECTS", 10**9 if request.param == "subjects first" else 1)
+    monkeypatch.setattr(studies, "NAME_SCAN_LIMIT", {"subjects first": 0, "dates first": 10**9, "a scan too short": 3}[request.param])
     return str(request.param)
 
 
