@@ -133,6 +133,10 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         scope["state"].setdefault("request_id", uuid.uuid4().hex)
+        async with scope["litestar_app"].state["services"].connection_slots:  # see api.db: no thread waits on the pool
+            await self._audited(scope, receive, send)
+
+    async def _audited(self, scope: Scope, receive: Receive, send: Send) -> None:
         replaced = started = False
 
         async def audited_send(message: Message) -> None:

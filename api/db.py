@@ -7,6 +7,19 @@ and returned when the response has started (:func:`release`, called by the
 audit middleware, which always runs last). Each part keeps its own
 transaction: the key check and the audit entry commit, the handler's reads
 are rolled back (:func:`end_reads`) before anything slow (S3) or the audit.
+
+Holding a connection across thread hops needs one more rule. Handlers run in
+the event loop's default executor (Litestar; min(32, cores + 4) threads), the
+connection is taken in one hop and used in the next ones. When more requests
+were in flight in a worker than the pool has connections, the executor's
+threads all blocked waiting for a connection while the requests holding the
+connections waited for a thread: the worker stood still until the pool's
+30 s timeout (found by the latency benchmark: 30-90 s stalls, 6 requests
+failed, the executor's size). So a request takes one of
+``connection_limit(database)`` slots, waiting in the event loop (no thread
+held), before its first connection, and gives it back after its last (the
+audit middleware, :class:`api.auditing.AuditMiddleware`): a checkout then
+never waits, and a thread never blocks on the pool.
 """
 
 from __future__ import annotations

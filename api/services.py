@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from litestar.datastructures import State
 from sqlalchemy import Engine
 
 from imaging_sync.config import Settings
+from imaging_sync.db.engine import connection_limit
 
 if TYPE_CHECKING:
     from api.auditing import IpNetwork
@@ -38,6 +40,8 @@ class Services:
         self.readiness = readiness
         self.trusted_proxies = trusted_proxies
         self.principals = principals
+        # A request takes a slot before its first connection and gives it back after the last (api.db).
+        self.connection_slots = asyncio.Semaphore(connection_limit(settings.database))
 
 
 def provide_services(state: State) -> Services:

@@ -25,8 +25,14 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     return create_engine(
-        url, pool_size=config.pool_size, max_overflow=config.pool_size, pool_pre_ping=True, echo=config.echo, json_serializer=json_text
+        url, pool_size=config.pool_size, max_overflow=config.pool_size, pool_timeout=config.pool_timeout, pool_pre_ping=True, echo=config.echo,
+        json_serializer=json_text,
     )
+
+
+def connection_limit(config: DatabaseConfig) -> int:
+    """How many connections an engine from :func:`create_db_engine` lends at once: ``pool_size``, and as many again on overflow."""
+    return 2 * config.pool_size
 
 
 def json_text(value: Any) -> str:
@@ -37,7 +43,10 @@ def json_text(value: Any) -> str:
 def _sqlite_engine(url: Any, config: DatabaseConfig) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, echo=config.echo, connect_args={"timeout": 30}, json_serializer=json_text)
+    pool: dict[str, Any] = {}
+    if url.database and url.database != ":memory:":  # a file: a queue pool sized like PostgreSQL's (connection_limit)
+        pool = {"pool_size": config.pool_size, "max_overflow": config.pool_size, "pool_timeout": config.pool_timeout}
+    engine = create_engine(url, echo=config.echo, connect_args={"timeout": 30}, json_serializer=json_text, **pool)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

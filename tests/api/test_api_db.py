@@ -1,0 +1,45 @@
+"""api.db: a worker's requests share its connections without a thread ever waiting on the pool."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import msgspec
+import pytest
+
+from api.service import ApiService
+from api_fixtures import IndexBuilder, make_settings
+from imaging_sync import apikeys
+from imaging_sync.bootstrap import bootstrap
+from storage.testing import EmbeddedStorage
+
+BURST = 40  # well over the executor's threads (cores + 4) plus the pool's two connections
+
+
+def test_a_burst_of_requests_larger_than_the_pool_is_served_without_a_stall(db_url: str, s3: EmbeddedStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s3.environ.items():
+        monkeypatch.setenv(name, value)
+    settings = make_settings(db_url, s3.config, [b.name for b in s3.buckets], host="127.0.0.1", port=0)
+    # One connection and one on overflow; a checkout gives up after 3 s (a stall shows as 503s, not a hang).
+    settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, pool_size=1, pool_timeout=3.0))
+    core = bootstrap(settings, configure_logs=False)
+    service = ApiService(core)
+    try:
+        index = IndexBuilder(core.engine)
+        index.study(index.subject("P-BURST", "KIM^BURST"))
+        with core.engine.begin() as conn:
+            _, token = apikeys.create_key(conn, "burst", "viewer")
+        service.start()  # uvicorn on a free port, as `imaging-sync serve` runs it
+        base, headers = f"http://127.0.0.1:{service.port}", {"Authorization": f"Bearer {token}"}
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=base, headers=headers, limits=httpx.Limits(max_connections=BURST), timeout=30) as client:
+                assert (await client.get("/api/v1/studies")).status_code == 200  # the key is cached from here on
+                responses = await asyncio.gather(*(client.get("/api/v1/studies", params={"patient_id": "P-BURST"}) for _ in range(BURST)))
+                return [r.status_code for r in responses]
+
+        assert asyncio.run(burst()) == [200] * BURST
+    finally:
+        service.stop()
+        core.close()
