@@ -21,13 +21,12 @@ from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, ex
 from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
 from imaging_sync.catalog.names import bound_name_values, name_matches_bound
-from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
+from imaging_sync.db.models import EntityLink, Series, Study, Subject
 from imaging_sync.errors import NotFoundError
 
 _study = Study.__table__
 _subject = Subject.__table__
 _series = Series.__table__
-_instance = Instance.__table__
 _link = EntityLink.__table__
 
 
@@ -113,8 +112,6 @@ _SUMMARY_COLUMNS = (
     _study.c.instance_count,
     _study.c.partners,
 )
-
-
 
 
 def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Key | None = None) -> Page[StudySummary]:
