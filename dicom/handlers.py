@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -133,11 +134,25 @@ def handle_find(event: Any, services: Services, op: Operation) -> Iterator[Any]:
                 yield statuses.CANCEL, None
                 return
             op.matches += 1
+            _wait_for_the_peer(event.assoc)
             yield statuses.PENDING, response
     except Exception as exc:  # e.g. InvalidKeyValueError raised while building SQL, or the database
         yield op.fail(statuses.failure_for(exc)), None
         return
     op.status = statuses.SUCCESS
+
+
+# pynetdicom's DUL reactor either sends one queued PDU or reads one per loop, sending first: with every
+# match queued at once, a C-CANCEL (or an A-ABORT) was read only after the last one was sent (a DCMTK
+# findscu --cancel 1 saw 18,500 of 20,000 matches). Matches now wait while this many are unsent.
+MAX_UNSENT_RESPONSES = 16
+
+
+def _wait_for_the_peer(assoc: Any) -> None:
+    """Back-pressure for C-FIND: sleep while the association has MAX_UNSENT_RESPONSES responses still unsent."""
+    unsent = assoc.dul.to_provider_queue
+    while unsent.qsize() >= MAX_UNSENT_RESPONSES and assoc.is_established:
+        time.sleep(0.0005)
 
 
 # -- C-MOVE / C-GET ---------------------------------------------------------------------
