@@ -12,7 +12,7 @@ can encode (dicts with dates and UUIDs included), on both backends.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -68,6 +68,15 @@ def key_in(conn: Connection, column: Any, values: Sequence[Any]) -> Any:
 
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(values)
+
+
+KEYS_PER_LIST = 500  # values bound in one ``IN (…)`` list: SQLite's comfortable size, plenty for PostgreSQL
+
+
+def chunks(values: Sequence[Any], size: int = KEYS_PER_LIST) -> Iterator[Sequence[Any]]:
+    """``values`` in consecutive slices of at most ``size`` (for ``IN`` lists and batched statements)."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def chunk_size(conn: Connection) -> int:

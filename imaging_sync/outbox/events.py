@@ -28,8 +28,7 @@ def add_study_events(conn: Connection, partner: str, events: Mapping[uuid.UUID, 
         return
     uids: dict[uuid.UUID, str] = {}
     study_ids = sorted(events)
-    for start in range(0, len(study_ids), 500):
-        chunk = study_ids[start : start + 500]
+    for chunk in bulk.chunks(study_ids):
         uids.update((sid, uid) for sid, uid in conn.execute(select(_study.c.id, _study.c.study_instance_uid).where(_study.c.id.in_(chunk))))
     rows = []
     for (study_id, event_type), event_id in zip(sorted(events.items()), new_ids(len(events))):

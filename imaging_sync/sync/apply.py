@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,6 @@ from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedIt
 from imaging_sync.ids import new_ids
 from imaging_sync.person_names import search_form
 
-CHUNK = 500
 _links = EntityLink.__table__
 _locations = InstanceLocation.__table__
 _encode = msgspec.json.Encoder().encode
@@ -331,7 +330,7 @@ class PageWriter:
         table = level.table
         columns = [table.c.id, *(table.c[c] for c in level.key_columns), *(table.c[c] for c in level.value_columns), table.c.source_partner, table.c.source_priority, table.c.deleted_at]
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for chunk in _chunks(keys, bulk.chunk_size(conn)):
+        for chunk in bulk.chunks(keys, bulk.chunk_size(conn)):
             if len(level.key_columns) == 1:
                 condition = bulk.key_in(conn, table.c[level.key_columns[0]], [k[0] for k in chunk])
             else:
@@ -351,7 +350,7 @@ class PageWriter:
 
     def _study_link_hashes(self, conn: Connection, partner_ids: list[str]) -> dict[str, str]:
         hashes: dict[str, str] = {}
-        for chunk in _chunks(partner_ids, bulk.chunk_size(conn)):
+        for chunk in bulk.chunks(partner_ids, bulk.chunk_size(conn)):
             # A study link's partner_entity_id is its own partner study id: this
             # matches the (partner, entity_type, partner_entity_id) index exactly.
             stmt = select(_links.c.partner_entity_id, _links.c.content_hash).where(
@@ -366,7 +365,7 @@ class PageWriter:
         Returns the (level, entity id) pairs whose link went away.
         """
         existing: dict[tuple[str, uuid.UUID, str], tuple[uuid.UUID, str]] = {}
-        for chunk in _chunks(snapshot_ids, bulk.chunk_size(conn)):
+        for chunk in bulk.chunks(snapshot_ids, bulk.chunk_size(conn)):
             stmt = select(_links.c.id, _links.c.entity_type, _links.c.entity_id, _links.c.partner_study_id, _links.c.content_hash).where(
                 _links.c.partner == self.partner, bulk.key_in(conn, _links.c.partner_study_id, chunk)
             )
@@ -397,7 +396,7 @@ class PageWriter:
                 partner_entity_id=bindparam("partner_entity_id"), content_hash=bindparam("content_hash"), attrs=bindparam("attrs"), updated_at=bindparam("updated_at")
             )
             conn.execute(stmt, updates)
-        for chunk in _chunks([link_id for _, link_id in gone]):
+        for chunk in bulk.chunks([link_id for _, link_id in gone]):
             conn.execute(delete(_links).where(_links.c.id.in_(chunk)))
         return [(level, entity_id) for (level, entity_id, _), _ in gone]
 
@@ -405,7 +404,7 @@ class PageWriter:
         by_instance = {instance_ids[(uid,)]: values for uid, values in wanted.locations.items()}
         existing: dict[uuid.UUID, dict[str, Any]] = {}
         # An instance created in this page has no location yet: nothing to look up.
-        for chunk in _chunks([i for i in by_instance if i not in new_instances], bulk.chunk_size(conn)):
+        for chunk in bulk.chunks([i for i in by_instance if i not in new_instances], bulk.chunk_size(conn)):
             # By instance id alone (the unique index's leading column); the partner is
             # filtered here, so the planner cannot pick the (partner, bucket) index and scan.
             stmt = select(_locations.c.id, _locations.c.instance_id, _locations.c.partner, _locations.c.bucket, _locations.c.key, _locations.c.size_bytes, _locations.c.sha256).where(
@@ -441,18 +440,18 @@ class PageWriter:
             return retired
         entity_ids = list({entity_id for _, entity_id in removed})
         remaining: dict[uuid.UUID, list[tuple[str, dict[str, Any]]]] = {}
-        for chunk in _chunks(entity_ids):
+        for chunk in bulk.chunks(entity_ids):
             stmt = select(_links.c.entity_id, _links.c.partner, _links.c.attrs).where(_links.c.entity_id.in_(chunk))
             for entity_id, partner, attrs in conn.execute(stmt):
                 remaining.setdefault(entity_id, []).append((partner, attrs))
         gone_instances = [eid for level, eid in removed if level == "instance" and not any(p == self.partner for p, _ in remaining.get(eid, ()))]
-        for chunk in _chunks(gone_instances):
+        for chunk in bulk.chunks(gone_instances):
             conn.execute(delete(_locations).where(_locations.c.partner == self.partner, _locations.c.instance_id.in_(chunk)))
         for level_name in LEVELS:
             level = LEVELS[level_name]
             ids = {eid for name, eid in removed if name == level_name}
             orphans = sorted(eid for eid in ids if eid not in remaining)
-            for chunk in _chunks(orphans):
+            for chunk in bulk.chunks(orphans):
                 stmt = update(level.table).where(level.table.c.id.in_(chunk), level.table.c.deleted_at.is_(None)).values(deleted_at=now, updated_at=now)
                 retired.update(conn.execute(stmt.returning(level.table.c.id)).scalars())
             self._hand_over(conn, level, {eid: remaining[eid] for eid in ids if eid in remaining}, now, moved_from)
@@ -472,7 +471,7 @@ class PageWriter:
         table = level.table
         parent = table.c[level.parent_column] if level.parent_column else None
         owned: dict[uuid.UUID, Any] = {}
-        for chunk in _chunks(list(candidates)):
+        for chunk in bulk.chunks(list(candidates)):
             stmt = select(table.c.id, parent if parent is not None else table.c.id).where(table.c.id.in_(chunk), table.c.source_partner == self.partner)
             owned.update(conn.execute(stmt).all())
         for entity_id, parent_id in owned.items():
@@ -518,8 +517,3 @@ def _from_attrs(level: Level, attrs: Mapping[str, Any]) -> dict[str, Any]:
             value = uuid.UUID(value)
         values[column] = value
     return values
-
-
-def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
