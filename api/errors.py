@@ -154,7 +154,7 @@ def classify(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
         return 405, error_body("method_not_allowed", "method not allowed for this path"), dict(exc.headers or {})
     if isinstance(exc, HTTPException) and exc.status_code == 400:  # e.g. a body that is not JSON
         detail = str(exc.detail)
-        return 400, error_body("invalid", detail, field="body" if "JSON" in detail else None), {}
+        return 400, error_body("invalid", detail, field=_body_field(detail)), {}
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         code = exc.status_code
         return code, error_body(_code_name(code), str(exc.detail)), dict(exc.headers or {})
@@ -194,7 +194,13 @@ def _litestar_validation(exc: LitestarValidationError) -> tuple[str | None, str]
     # "Validation failed for POST /x" repeats the URL (patient data may be in it): say less.
     if detail.startswith("Validation failed for"):
         detail = "invalid request"
-    return ("body" if "body" in detail.lower() or "json" in detail.lower() else None), detail
+    return _body_field(detail), detail
+
+
+def _body_field(detail: str) -> str | None:
+    """``body`` when an error's text is about the request body (Litestar names no field for those)."""
+    lowered = detail.lower()
+    return "body" if "body" in lowered or "json" in lowered else None
 
 
 def _absent_optional_body(entry: object) -> bool:

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from imaging_sync.catalog.id_lists import PerDialect
+from imaging_sync.db.bulk import chunks
 from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
 
 _study = Study.__table__
@@ -38,7 +39,6 @@ _subject = Subject.__table__
 
 MODALITY_SEPARATOR = "\\"  # as DICOM joins the values of a multi-valued attribute (ModalitiesInStudy)
 PARTNER_SEPARATOR = ","  # partner names are [a-z0-9_-] (config)
-_CHUNK = 500  # studies per round (SQLite binds at most a few hundred values per statement comfortably)
 
 _LIVE_SERIES = PerDialect(
     lambda in_ids: select(_series.c.study_id, _series.c.id, _series.c.modality, func.count(_instance.c.id))
@@ -46,12 +46,16 @@ _LIVE_SERIES = PerDialect(
     .where(in_ids(_series.c.study_id), _series.c.deleted_at.is_(None))
     .group_by(_series.c.study_id, _series.c.id, _series.c.modality)
 )
-_STUDY_PARTNERS = PerDialect(
-    lambda in_ids: select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "study", in_ids(_link.c.entity_id)).distinct()
-)
-_SERIES_PARTNERS = PerDialect(
-    lambda in_ids: select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == "series", in_ids(_link.c.entity_id)).distinct()
-)
+
+
+def _linked_partners(entity_type: str) -> PerDialect[Any]:
+    return PerDialect(
+        lambda in_ids: select(_link.c.entity_id, _link.c.partner).where(_link.c.entity_type == entity_type, in_ids(_link.c.entity_id)).distinct()
+    )
+
+
+_STUDY_PARTNERS = _linked_partners("study")
+_SERIES_PARTNERS = _linked_partners("series")
 _SET_STUDY = (
     update(_study)
     .where(_study.c.id == bindparam("_id"))
@@ -62,13 +66,13 @@ _SET_SERIES = update(_series).where(_series.c.id == bindparam("_id")).values(ins
 
 def refresh(conn: Connection, study_ids: Iterable[uuid.UUID]) -> None:
     """Recompute the facts of these studies and of their live series from the rows (in the caller's transaction)."""
-    for chunk in _chunks(sorted(set(study_ids))):  # sorted: one lock order for concurrent partners
+    for chunk in chunks(sorted(set(study_ids))):  # sorted: one lock order for concurrent partners
         _refresh_chunk(conn, chunk)
 
 
 def copy_patient_names(conn: Connection, subject_ids: Iterable[uuid.UUID]) -> None:
     """The studies of these subjects take their subject's current ``patient_name_search`` (rows that differ only)."""
-    for chunk in _chunks(sorted(set(subject_ids))):
+    for chunk in chunks(sorted(set(subject_ids))):
         conn.execute(
             update(_study)
             .where(_study.c.subject_id == _subject.c.id, _subject.c.id.in_(chunk), _study.c.patient_name_search.is_distinct_from(_subject.c.patient_name_search))
@@ -79,13 +83,18 @@ def copy_patient_names(conn: Connection, subject_ids: Iterable[uuid.UUID]) -> No
 def studies_of_series(conn: Connection, series_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
     """The studies these series belong to now (for facts of studies a series or instance moved between)."""
     found: set[uuid.UUID] = set()
-    for chunk in _chunks(sorted(set(series_ids))):
+    for chunk in chunks(sorted(set(series_ids))):
         found.update(conn.execute(select(_series.c.study_id).where(_series.c.id.in_(chunk))).scalars())
     return found
 
 
+def join_values(values: Iterable[str], separator: str) -> str:
+    """Distinct values, sorted, as stored (the inverse of :func:`split_values`)."""
+    return separator.join(sorted(set(values)))
+
+
 def join_modalities(values: Iterable[str]) -> str:
-    return MODALITY_SEPARATOR.join(sorted(set(values)))
+    return join_values(values, MODALITY_SEPARATOR)
 
 
 def split_values(joined: str, separator: str) -> list[str]:
@@ -116,7 +125,7 @@ def _refresh_chunk(conn: Connection, study_ids: Sequence[uuid.UUID]) -> None:
                 "modalities": join_modalities(modalities.get(study_id, ())),
                 "series_count": series_counts.get(study_id, 0),
                 "instance_count": instance_counts.get(study_id, 0),
-                "partners": PARTNER_SEPARATOR.join(sorted(study_partners.get(study_id, ()))),
+                "partners": join_values(study_partners.get(study_id, ()), PARTNER_SEPARATOR),
             }
             for study_id in study_ids
         ],
@@ -125,7 +134,7 @@ def _refresh_chunk(conn: Connection, study_ids: Sequence[uuid.UUID]) -> None:
         conn.execute(
             _SET_SERIES,
             [
-                {"_id": series_id, "instance_count": count, "partners": PARTNER_SEPARATOR.join(sorted(series_partners.get(series_id, ())))}
+                {"_id": series_id, "instance_count": count, "partners": join_values(series_partners.get(series_id, ()), PARTNER_SEPARATOR)}
                 for series_id, count in sorted(series_instances.items())
             ],
         )
@@ -137,8 +146,3 @@ def _partners(conn: Connection, statement: PerDialect[Any], ids: Sequence[uuid.U
         for entity_id, partner in conn.execute(statement(conn), {"ids": list(ids)}):
             partners[entity_id].add(partner)
     return partners
-
-
-def _chunks(values: Sequence[uuid.UUID]) -> Iterator[Sequence[uuid.UUID]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]

@@ -24,15 +24,18 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
         return _sqlite_engine(url, config)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    return create_engine(
-        url, pool_size=config.pool_size, max_overflow=config.pool_size, pool_timeout=config.pool_timeout, pool_pre_ping=True, echo=config.echo,
-        json_serializer=json_text,
-    )
+    return create_engine(url, pool_pre_ping=True, echo=config.echo, json_serializer=json_text, **_pool_options(config))
+
+
+def _pool_options(config: DatabaseConfig) -> dict[str, Any]:
+    """The queue pool of a database server (and of an SQLite file): ``pool_size``, as many again on overflow."""
+    return {"pool_size": config.pool_size, "max_overflow": config.pool_size, "pool_timeout": config.pool_timeout}
 
 
 def connection_limit(config: DatabaseConfig) -> int:
-    """How many connections an engine from :func:`create_db_engine` lends at once: ``pool_size``, and as many again on overflow."""
-    return 2 * config.pool_size
+    """How many connections an engine from :func:`create_db_engine` lends at once."""
+    options = _pool_options(config)
+    return int(options["pool_size"] + options["max_overflow"])
 
 
 def json_text(value: Any) -> str:
@@ -41,11 +44,10 @@ def json_text(value: Any) -> str:
 
 
 def _sqlite_engine(url: Any, config: DatabaseConfig) -> Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     pool: dict[str, Any] = {}
-    if url.database and url.database != ":memory:":  # a file: a queue pool sized like PostgreSQL's (connection_limit)
-        pool = {"pool_size": config.pool_size, "max_overflow": config.pool_size, "pool_timeout": config.pool_timeout}
+    if url.database and url.database != ":memory:":  # a file: a queue pool sized like a server's (connection_limit)
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        pool = _pool_options(config)
     engine = create_engine(url, echo=config.echo, connect_args={"timeout": 30}, json_serializer=json_text, **pool)
 
     @event.listens_for(engine, "connect")

@@ -36,38 +36,35 @@ def upgrade() -> None:
 def _fill() -> None:
     """The facts of every existing row, from its live children and its links (both databases' SQL)."""
     postgres = op.get_bind().dialect.name == "postgresql"
-    # Sorted, de-duplicated lists: string_agg(DISTINCT … ORDER BY …) on PostgreSQL; on SQLite,
-    # group_concat over a sorted DISTINCT subquery (SQLite keeps that order in practice).
-    series_partners = (
-        "(SELECT string_agg(DISTINCT l.partner, ',' ORDER BY l.partner) FROM entity_link l WHERE l.entity_type = 'series' AND l.entity_id = series.id)"
-        if postgres
-        else "(SELECT group_concat(p, ',') FROM (SELECT DISTINCT l.partner AS p FROM entity_link l WHERE l.entity_type = 'series' AND l.entity_id = series.id ORDER BY 1))"
-    )
+
+    def sorted_list(value: str, separator: str, source: str) -> str:
+        """Distinct ``value``s of ``source`` (``FROM … WHERE …``), sorted and joined, or '' for none.
+
+        string_agg(DISTINCT … ORDER BY …) on PostgreSQL; on SQLite, group_concat
+        over a sorted DISTINCT subquery (SQLite keeps that order in practice).
+        """
+        if postgres:
+            return f"coalesce((SELECT string_agg(DISTINCT {value}, '{separator}' ORDER BY {value}) {source}), '')"
+        return f"coalesce((SELECT group_concat(v, '{separator}') FROM (SELECT DISTINCT {value} AS v {source} ORDER BY 1)), '')"
+
+    series_partners = sorted_list("l.partner", ",", "FROM entity_link l WHERE l.entity_type = 'series' AND l.entity_id = series.id")
     op.execute(
         f"""
         UPDATE series SET
           instance_count = (SELECT count(*) FROM instance i WHERE i.series_id = series.id AND i.deleted_at IS NULL),
-          partners = coalesce({series_partners}, '')
+          partners = {series_partners}
         WHERE deleted_at IS NULL
         """
     )
-    study_partners = (
-        "(SELECT string_agg(DISTINCT l.partner, ',' ORDER BY l.partner) FROM entity_link l WHERE l.entity_type = 'study' AND l.entity_id = study.id)"
-        if postgres
-        else "(SELECT group_concat(p, ',') FROM (SELECT DISTINCT l.partner AS p FROM entity_link l WHERE l.entity_type = 'study' AND l.entity_id = study.id ORDER BY 1))"
-    )
-    modalities = (
-        "(SELECT string_agg(DISTINCT s.modality, '\\' ORDER BY s.modality) FROM series s WHERE s.study_id = study.id AND s.deleted_at IS NULL)"
-        if postgres
-        else "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT s.modality AS m FROM series s WHERE s.study_id = study.id AND s.deleted_at IS NULL ORDER BY 1))"
-    )
+    study_partners = sorted_list("l.partner", ",", "FROM entity_link l WHERE l.entity_type = 'study' AND l.entity_id = study.id")
+    modalities = sorted_list("s.modality", "\\", "FROM series s WHERE s.study_id = study.id AND s.deleted_at IS NULL")
     op.execute(
         f"""
         UPDATE study SET
-          modalities = coalesce({modalities}, ''),
+          modalities = {modalities},
           series_count = (SELECT count(*) FROM series s WHERE s.study_id = study.id AND s.deleted_at IS NULL),
           instance_count = (SELECT coalesce(sum(s.instance_count), 0) FROM series s WHERE s.study_id = study.id AND s.deleted_at IS NULL),
-          partners = coalesce({study_partners}, '')
+          partners = {study_partners}
         """
     )
 
