@@ -20,6 +20,14 @@ failed, the executor's size). So a request takes one of
 held), before its first connection, and gives it back after its last (the
 audit middleware, :class:`api.auditing.AuditMiddleware`): a checkout then
 never waits, and a thread never blocks on the pool.
+
+On PostgreSQL the request's connection is in autocommit. Its reads are
+single statements under READ COMMITTED, where a transaction around them
+would give no steadier view (each statement takes its own snapshot anyway),
+and its writes are single statements too (the key's ``last_used_at``, the
+audit entry), each atomic on its own. A search then costs two round trips
+(the query, the audit INSERT) instead of five (with BEGIN, COMMIT and the
+pool's ping): the latency benchmark's CPU per request.
 """
 
 from __future__ import annotations
@@ -41,7 +49,10 @@ def scope_connection(scope: Scope) -> Connection:
     conn: Connection | None = state.get(_KEY)
     if conn is None or conn.closed:
         engine: Engine = scope["litestar_app"].state["services"].engine  # type: ignore[typeddict-item]
-        conn = state[_KEY] = engine.connect()
+        conn = engine.connect()
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when the pool takes it back
+        state[_KEY] = conn
     return conn
 
 
@@ -58,22 +69,16 @@ def end_reads(conn: Connection) -> None:
 
 @contextmanager
 def write_transaction(conn: Connection) -> Iterator[Connection]:
-    """A transaction that commits.
+    """Writes that are committed when the block ends (the key check's touch, the audit entry).
 
-    PostgreSQL: the handler's open read transaction (if any) goes on and commits
-    with the write, a round trip saved. SQLite: a fresh transaction that takes
-    the write lock up front (BEGIN IMMEDIATE), since a reader turning writer
-    fails at once when another write committed meanwhile.
+    PostgreSQL: the request's connection is in autocommit (see above), so each
+    statement commits as it runs; the callers write one statement each.
+    SQLite: a transaction that takes the write lock up front (BEGIN IMMEDIATE),
+    since a reader turning writer fails at once when another write committed
+    meanwhile.
     """
     if conn.dialect.name == "postgresql":
-        if not conn.in_transaction():
-            conn.begin()
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+        yield conn
         return
     end_reads(conn)
     conn.execution_options(sqlite_immediate=True)
