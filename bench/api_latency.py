@@ -400,6 +400,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="regenerate the database even if it is there")
     parser.add_argument("--capacity", action="store_true", help="also measure each scenario's closed-loop throughput and CPU per request (client, API, PostgreSQL)")
     parser.add_argument("--only", metavar="SCENARIO", help="run only the scenarios whose names start with this")
+    parser.add_argument("--timeline", action="store_true", help="after each scenario, how many requests over its target were due in each second of the run")
     parser.add_argument("--profile", metavar="SCENARIO", help="profile one scenario in-process (pyinstrument) instead of the load run; prefix of its name")
     args = parser.parse_args()
 
@@ -468,6 +469,9 @@ def main() -> None:
                 ok = p99 < target and failures == 0
                 all_ok &= ok
                 print(f"{name:<44}{p50:>9.1f}{p99:>9.1f}{max(latencies):>9.1f}{failures:>8}  p99 < {target} ms: {'yes' if ok else 'NO'}")
+                if args.timeline:
+                    slow = measured.slow_seconds(target)
+                    print(f"    over {target} ms, by second of the run: " + (", ".join(f"{s}s:{n}" for s, n in sorted(slow.items())) or "none"))
             print(f"all targets met: {'yes' if all_ok else 'no'}")
             if args.capacity:
                 print("\ncapacity (closed loop, 8 connections) and CPU per request on this machine:")

@@ -27,11 +27,20 @@ from dataclasses import dataclass, field
 @dataclass
 class Results:
     latencies_ms: list[float] = field(default_factory=list)
+    due_s: list[float] = field(default_factory=list)  # when each request was due, from the start (same order)
     statuses: dict[int, int] = field(default_factory=dict)
 
     @property
     def failures(self) -> int:
         return sum(n for status, n in self.statuses.items() if status != 200)
+
+    def slow_seconds(self, over_ms: float) -> dict[int, int]:
+        """Second of the run -> how many requests due in it took over ``over_ms``: spread out, or one stall?"""
+        counts: dict[int, int] = {}
+        for due, latency in zip(self.due_s, self.latencies_ms):
+            if latency > over_ms:
+                counts[int(due)] = counts.get(int(due), 0) + 1
+        return counts
 
 
 class Connection:
@@ -107,6 +116,7 @@ async def open_loop(host: str, port: int, headers: dict[str, str], paths: Sequen
         finally:
             idle.put_nowait(conn)
         results.latencies_ms.append((time.perf_counter() - due) * 1000)
+        results.due_s.append(due - start)
         results.statuses[status] = results.statuses.get(status, 0) + 1
 
     start = time.perf_counter()
