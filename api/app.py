@@ -28,7 +28,7 @@ from litestar.types import Message, Scope
 
 from api.audit_log.controllers import AuditController
 from api.auditing import AuditMiddleware, parse_trusted_proxies
-from api.db import provide_connection
+from api.db import open_pool, provide_connection
 from api.errors import REQUEST_ID_HEADER, error_response
 from api.files.controllers import FileController
 from api.files.services import FileUrls
@@ -161,6 +161,8 @@ def app_from_environment() -> Litestar:
     """The app factory each server worker calls: settings from ``IMAGING_SYNC_CONFIG`` and the environment."""
     core = bootstrap()
     app = create_app(core, close_core=True)
+    if core.engine.dialect.name == "postgresql":
+        open_pool(core.engine, core.settings.database.pool_size)
     freeze_startup_objects()
     return app
 

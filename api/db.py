@@ -32,6 +32,7 @@ pool's ping): the latency benchmark's CPU per request.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,6 +42,27 @@ from litestar.types import Scope
 from sqlalchemy import Connection, Engine
 
 _KEY = "db_connection"
+
+log = logging.getLogger("api.db")
+
+
+def open_pool(engine: Engine, count: int) -> None:
+    """Open ``count`` pooled connections before the first request (each server worker, at start).
+
+    Opened lazily, a new worker's first requests each waited for a new
+    PostgreSQL backend (a fork and cold caches): the latency benchmark's first
+    second after a start. Best effort: a database that is down now must not
+    stop the worker (``/ready`` reports it).
+    """
+    held = []
+    try:
+        for _ in range(count):
+            held.append(engine.connect())
+    except Exception as error:  # noqa: BLE001 - any failure only means "lazily, later"
+        log.warning("could not open the connection pool at start (%s); connections open on first use", type(error).__name__)
+    finally:
+        for conn in held:
+            conn.close()
 
 
 def scope_connection(scope: Scope) -> Connection:

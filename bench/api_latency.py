@@ -56,6 +56,7 @@ DB_NAME = "imaging_sync_bench_api"
 DATASET = "api-latency v3 (stored facts, study names): 50000 subjects, 100000 studies, 2x5 instances, one 500-instance series"
 SUBJECTS, STUDIES, SERIES_PER_STUDY, INSTANCES_PER_SERIES, BIG_SERIES = 50_000, 100_000, 2, 5, 500
 BUCKET, REGION, PARTNER = "bench-dicom", "eu-west-1", "bench"
+POOL_SIZE = 10  # per worker
 KEY_ENV, SECRET_ENV, PARTNER_KEY_ENV = "BENCH_S3_ACCESS_KEY_ID", "BENCH_S3_SECRET_ACCESS_KEY", "BENCH_PARTNER_KEY"
 FAMILY = [("김", "KIM"), ("이", "LEE"), ("박", "PARK"), ("최", "CHOI"), ("정", "JUNG"), ("강", "KANG"), ("조", "CHO"), ("윤", "YOON"), ("장", "JANG"), ("홍", "HONG")]
 GIVEN = [("민준", "MINJUN"), ("서연", "SEOYEON"), ("지우", "JIWOO"), ("하준", "HAJUN"), ("서윤", "SEOYUN"), ("도윤", "DOYUN"), ("민지", "MINJI"), ("길동", "GILDONG"), ("예은", "YEEUN"), ("현우", "HYUNWOO"), ("민호", "MINHO"), ("수아", "SUA")]
@@ -179,7 +180,7 @@ def write_config(path: Path, endpoint: str) -> Path:
     path.write_text(
         f"""[database]
 url = "{bench_url()}"
-pool_size = 10
+pool_size = {POOL_SIZE}
 
 [logging]
 level = "WARNING"
@@ -285,6 +286,29 @@ def prewarm() -> str:
         engine.dispose()
     fits = "holds it" if buffers >= size else "does NOT hold it: expect disk reads"
     return f"prewarmed {blocks * 8192 / 2**20:.0f} MB; database {size / 2**20:.0f} MB, shared_buffers {buffers / 2**20:.0f} MB ({fits})"
+
+
+def wait_for_workers(workers: int, timeout: float = 120.0) -> None:
+    """Wait until every worker has opened its connection pool (api.db.open_pool, at each worker's start).
+
+    /ready answers as soon as the first worker listens; the others were still
+    starting (importing, on the same two cores) during the first seconds measured.
+    """
+    engine = create_engine(bench_url())
+    deadline = time.monotonic() + timeout
+    try:
+        with engine.connect() as conn:
+            while True:
+                opened = conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )).scalar_one()
+                if opened >= workers * POOL_SIZE:
+                    return
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"only {opened} of {workers * POOL_SIZE} API connections opened after {timeout:.0f} s")
+                time.sleep(0.2)
+    finally:
+        engine.dispose()
 
 
 def sample_ids() -> dict[str, list[str]]:
@@ -404,6 +428,9 @@ def main() -> None:
     parser.add_argument("--profile", metavar="SCENARIO", help="profile one scenario in-process (pyinstrument) instead of the load run; prefix of its name")
     args = parser.parse_args()
 
+    names = list(scenarios(random.Random(), {"studies": ["x"], "big_series": ["x"]}))
+    if args.only and not any(n.startswith(args.only) for n in names):
+        parser.error(f"--only {args.only!r} matches no scenario: {', '.join(names)}")
     if args.rebuild or not database_ready():
         print(f"generating {DB_NAME} ({DATASET}) …", file=sys.stderr)
         build_database()
@@ -417,7 +444,7 @@ def main() -> None:
         config = write_config(Path(tmp) / "imaging-sync.toml", s3.endpoint_url)
         os.environ["IMAGING_SYNC_CONFIG"] = str(config)
         if args.profile:
-            name = next(n for n in scenarios(random.Random(), {"studies": ["x"], "big_series": ["x"]}) if n.startswith(args.profile))
+            name = next(n for n in names if n.startswith(args.profile))
             profile(name, 300)
             return
         port = free_port()
@@ -437,6 +464,7 @@ def main() -> None:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the API did not start: {server.stderr.read() if server.stderr else ''}")
                 time.sleep(0.2)
+            wait_for_workers(args.workers)
             token = viewer_token()
             rng = random.Random(7)
             sample = sample_ids()

@@ -121,7 +121,8 @@ class DatabaseConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     url: str = DEFAULT_DATABASE_URL
     password_env: str | None = None
     password_file: str | None = None
-    pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 5
+    # Connections a process may hold at once, kept open once opened (no overflow).
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
     # Seconds a checkout waits for a free connection before DatabaseError (the API answers 503).
     pool_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
     echo: bool = False

@@ -8,20 +8,23 @@ import httpx
 import msgspec
 import pytest
 
+from api.db import open_pool
 from api.service import ApiService
 from api_fixtures import IndexBuilder, make_settings
 from imaging_sync import apikeys
 from imaging_sync.bootstrap import bootstrap
+from imaging_sync.config import DatabaseConfig
+from imaging_sync.db.engine import create_db_engine
 from storage.testing import EmbeddedStorage
 
-BURST = 40  # well over the executor's threads (cores + 4) plus the pool's two connections
+BURST = 40  # well over the executor's threads (cores + 4) and the pool's one connection
 
 
 def test_a_burst_of_requests_larger_than_the_pool_is_served_without_a_stall(db_url: str, s3: EmbeddedStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in s3.environ.items():
         monkeypatch.setenv(name, value)
     settings = make_settings(db_url, s3.config, [b.name for b in s3.buckets], host="127.0.0.1", port=0)
-    # One connection and one on overflow; a checkout gives up after 3 s (a stall shows as 503s, not a hang).
+    # One connection; a checkout gives up after 3 s (a stall shows as 503s, not a hang).
     settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, pool_size=1, pool_timeout=3.0))
     core = bootstrap(settings, configure_logs=False)
     service = ApiService(core)
@@ -43,3 +46,25 @@ def test_a_burst_of_requests_larger_than_the_pool_is_served_without_a_stall(db_u
     finally:
         service.stop()
         core.close()
+
+
+@pytest.mark.postgres
+def test_a_worker_opens_its_pool_at_start(pg_url: str) -> None:
+    engine = create_db_engine(DatabaseConfig(url=pg_url, pool_size=3))
+    try:
+        open_pool(engine, 3)
+
+        assert engine.pool.checkedin() == 3  # opened, and back in the pool for the first requests
+    finally:
+        engine.dispose()
+
+
+def test_a_worker_starts_when_the_database_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    engine = create_db_engine(DatabaseConfig(url="postgresql+psycopg://nobody:secret@127.0.0.1:9/none", pool_size=2))
+    try:
+        open_pool(engine, 2)  # no exception: the connections open on first use instead
+
+        assert "could not open the connection pool" in caplog.text
+        assert "secret" not in caplog.text
+    finally:
+        engine.dispose()
