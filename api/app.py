@@ -111,8 +111,8 @@ def create_app(
         route_handlers=[api, docs, health, ready, MetricsController],
         middleware=[PROMETHEUS.middleware],
         state=State({"services": services}),
-        # ``conn``: the request's connection (checked out in a worker thread unless the key check already did).
-        dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=True)},
+        # ``conn``: the request's connection, checked out on first use in the handler's worker thread (api.db).
+        dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=False)},
         exception_handlers={Exception: error_response},
         before_send=[_request_id_header],
         on_shutdown=[shutdown],

@@ -13,8 +13,8 @@ import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
-from sqlalchemy import Connection
 
+from api.db import RequestConnection
 from api.auditing import audited
 from api.errors import PROTECTED, documented_errors
 from api.pagination import decode_cursor, encode_cursor, page_size
@@ -60,7 +60,7 @@ class AuditController(Controller):
     def search(
         self,
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         actor: Annotated[str | None, QueryParameter(description="API key prefix or key id, AE title or cli:<user>, exact.", max_length=128)] = None,
         resource: Annotated[str | None, QueryParameter(description="`type` or `type:id`, e.g. `study` or `instance:0190…`.", max_length=170)] = None,
         from_: Annotated[str | None, QueryParameter(name="from", description="On or after this ISO 8601 date or date-time (UTC unless an offset is given).", max_length=40)] = None,

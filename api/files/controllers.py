@@ -16,8 +16,8 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_307_TEMPORARY_REDIRECT
-from sqlalchemy import Connection
 
+from api.db import RequestConnection
 from api.auditing import audited, note
 from api.errors import PROTECTED, documented_errors
 from api.params import EntityId
@@ -63,7 +63,7 @@ class FileController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         instance_id: EntityId,
         expires_in: ExpiresIn = None,
     ) -> FileUrl:
@@ -84,7 +84,7 @@ class FileController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         instance_id: EntityId,
         expires_in: ExpiresIn = None,
     ) -> Redirect:
@@ -104,7 +104,7 @@ class FileController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         series_id: EntityId,
         expires_in: ExpiresIn = None,
     ) -> SeriesFileUrls:

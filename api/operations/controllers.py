@@ -10,8 +10,8 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import Body, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
-from sqlalchemy import Connection
 
+from api.db import RequestConnection
 from api.auditing import audited, note
 from api.errors import PROTECTED, documented_errors
 from api.operations.schemas import Partner, PartnerState, RejectedItem, RejectedItemPage, SyncRequest, SyncRun, SyncRunDetail, SyncRunPage, SyncStarted
@@ -39,7 +39,7 @@ class OperationsController(Controller):
         sync_to_thread=True,
         summary="Partners: configuration and sync state",
     )
-    def partners(self, services: NamedDependency[Services], conn: NamedDependency[Connection]) -> list[Partner]:
+    def partners(self, services: NamedDependency[Services], conn: RequestConnection) -> list[Partner]:
         """Every configured partner (no secret, nor where one is kept), its bookmark, last run and last success."""
         configured = services.settings.partners
         states = catalog.partner_states(conn, sorted(configured))
@@ -93,7 +93,7 @@ class OperationsController(Controller):
     def runs(
         self,
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         partner: PartnerFilter = None,
         status: Annotated[RunStatus | None, QueryParameter(description="Only runs in this status.")] = None,
         limit: Limit = None,
@@ -105,7 +105,7 @@ class OperationsController(Controller):
         return SyncRunPage(items=to_schemas(page.items, SyncRun), next_cursor=encode_cursor("sync-runs", page.next_key))
 
     @get("/sync-runs/{run_id:str}", opt=audited("read", "sync_run", id_param="run_id"), responses=documented_errors(*PROTECTED, 404), sync_to_thread=True, summary="One sync run")
-    def run(self, conn: NamedDependency[Connection], run_id: EntityId) -> SyncRunDetail:
+    def run(self, conn: RequestConnection, run_id: EntityId) -> SyncRunDetail:
         found, rejected = catalog.get_run(conn, run_id)
         return SyncRunDetail(run=to_schema(found, SyncRun), rejected_items=rejected)
 
@@ -119,7 +119,7 @@ class OperationsController(Controller):
     def rejected(
         self,
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         partner: PartnerFilter = None,
         run: Annotated[uuid.UUID | None, QueryParameter(description="Only items of this sync run.")] = None,
         limit: Limit = None,

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from sqlalchemy import Connection
 
+from api.db import RequestConnection
 from api.auditing import audited, note
 from api.errors import PROTECTED, documented_errors
 from api.pagination import decode_cursor, encode_cursor, page_size
@@ -55,7 +56,7 @@ class SubjectController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         patient_id: PatientId = None,
         issuer: Annotated[str | None, QueryParameter(description="Issuer of Patient ID, exact.", max_length=64)] = None,
         name: Name = None,
@@ -82,7 +83,7 @@ class SubjectController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         subject_id: EntityId,
         limit: Limit = None,
         cursor: Cursor = None,
@@ -103,7 +104,7 @@ class StudyController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         patient_id: PatientId = None,
         name: Name = None,
         accession: Annotated[str | None, QueryParameter(description="Accession number, exact.", max_length=16)] = None,
@@ -138,7 +139,7 @@ class StudyController(Controller):
         sync_to_thread=True,
         summary="One study with its series",
     )
-    def detail(self, conn: NamedDependency[Connection], study_id: EntityId) -> StudyDetail:
+    def detail(self, conn: RequestConnection, study_id: EntityId) -> StudyDetail:
         """The study's summary and its live series in series-number order, each with instance count and partners."""
         return to_schema(catalog_studies.get_study(conn, study_id), StudyDetail)
 
@@ -159,7 +160,7 @@ class SeriesController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
-        conn: NamedDependency[Connection],
+        conn: RequestConnection,
         series_id: EntityId,
         limit: Limit = None,
         cursor: Cursor = None,
