@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -41,9 +42,16 @@ def uri_encode_path(key: str) -> str:
     create-signed-request, "CanonicalURI": S3 object keys are encoded once
     (not twice as for other services) and '/' stays, so a nested key keeps its
     path shape. ``quote`` works on the UTF-8 bytes and uses upper-case hex, as
-    the document requires.
+    the document requires. Keys made only of those characters (the usual
+    ``studies/<uuid>.dcm``) are returned as they are: ``quote`` would not change
+    them and was a sixth of a batch's signing time.
     """
+    if _NOTHING_TO_ENCODE.fullmatch(key):
+        return key
     return quote(key, safe="/~")
+
+
+_NOTHING_TO_ENCODE = re.compile(r"[A-Za-z0-9\-._~/]*")
 
 
 def uri_encode(value: str) -> str:
