@@ -7,11 +7,14 @@ import asyncio
 import httpx
 import msgspec
 import pytest
+from litestar.testing import TestClient
+from sqlalchemy import text
 
+from api.app import create_app
 from api.db import open_pool
 from api.service import ApiService
-from api_fixtures import IndexBuilder, make_settings
-from imaging_sync import apikeys
+from api_fixtures import IndexBuilder, RecordingLauncher, make_settings
+from imaging_sync import apikeys, audit
 from imaging_sync.bootstrap import bootstrap
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
@@ -68,3 +71,26 @@ def test_a_worker_starts_when_the_database_is_down(caplog: pytest.LogCaptureFixt
         assert "secret" not in caplog.text
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_request_connection_goes_back_to_the_pool_in_transaction_mode(pg_url: str, s3: EmbeddedStorage) -> None:
+    """Requests read and audit in autocommit; whoever borrows the connection next (an operator's write) gets transactions."""
+    settings = make_settings(pg_url, s3.config, [b.name for b in s3.buckets])
+    settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, pool_size=1))
+    core = bootstrap(settings, configure_logs=False)
+    try:
+        with core.engine.begin() as conn:
+            _, token = apikeys.create_key(conn, "pool", "viewer")
+        with TestClient(create_app(core, registry=s3.registry(), launcher=RecordingLauncher())) as client:
+            assert client.get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+        with core.engine.connect() as conn:  # the pool's one connection, the request's a moment ago
+            assert conn.connection.driver_connection.autocommit is False
+            conn.execute(text("CREATE TEMP TABLE t (n int)"))
+            conn.rollback()
+            assert conn.execute(text("SELECT to_regclass('pg_temp.t')")).scalar_one() is None  # rolled back: it was a transaction
+        with core.engine.connect() as conn:
+            assert [e["action"] for e in audit.search(conn, limit=10)] == ["search"]  # the request's entry, committed
+    finally:
+        core.close()
