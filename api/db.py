@@ -4,9 +4,9 @@ Profiling the API under load showed each pool checkout costing a ping and
 each return a ROLLBACK: three per request (key, handler, audit) were a
 third of a search's time. The connection is now taken once, on first use,
 and returned when the response has started (:func:`release`, called by the
-audit middleware, which always runs last). Each part keeps its own
-transaction: the key check and the audit entry commit, the handler's reads
-are rolled back (:func:`end_reads`) before anything slow (S3) or the audit.
+audit middleware, which always runs last). No transaction is left open
+across the parts, nor while S3 answers (:func:`end_reads`; on PostgreSQL
+there is none to end, see autocommit below).
 
 Holding a connection across thread hops needs one more rule. Handlers run in
 the event loop's default executor (Litestar; min(32, cores + 4) threads), the
