@@ -3,8 +3,9 @@
 Profiling the API under load showed each pool checkout costing a ping and
 each return a ROLLBACK: three per request (key, handler, audit) were a
 third of a search's time. The connection is now taken once, on first use,
-and returned when the response has started (:func:`release`, called by the
-audit middleware, which always runs last). No transaction is left open
+and returned with the audit entry (:func:`release`): by the handler's own
+thread when it succeeded (:func:`api.auditing.recorded_in_thread`), else by
+the audit middleware, which always runs last. No transaction is left open
 across the parts, nor while S3 answers (:func:`end_reads`; on PostgreSQL
 there is none to end, see autocommit below).
 
@@ -101,13 +102,13 @@ def provide_connection(request: ASGIConnection[Any, Any, Any, Any]) -> Connectio
 class _LazyConnection:
     """Stands in for the request's :class:`Connection`; checks it out (:func:`scope_connection`) on first use."""
 
-    __slots__ = ("_scope",)
+    __slots__ = ("request_scope",)
 
     def __init__(self, scope: Scope) -> None:
-        self._scope = scope
+        self.request_scope = scope  # for the audit entry written in the handler's thread (api.auditing)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(scope_connection(self._scope), name)
+        return getattr(scope_connection(self.request_scope), name)
 
 
 def end_reads(conn: Connection) -> None:

@@ -15,7 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from api.db import RequestConnection
-from api.auditing import audited
+from api.auditing import audited, recorded_in_thread
 from api.errors import PROTECTED, documented_errors
 from api.pagination import decode_cursor, encode_cursor, page_size
 from api.params import Cursor, Limit, instant, text
@@ -57,6 +57,7 @@ class AuditController(Controller):
     guards = [require("audit_log")]
 
     @get("/", opt=audited("read_audit", "audit_log"), responses=documented_errors(*PROTECTED), sync_to_thread=True, summary="Search the audit log, newest first")
+    @recorded_in_thread
     def search(
         self,
         services: NamedDependency[Services],

@@ -18,7 +18,7 @@ from litestar.response import Redirect
 from litestar.status_codes import HTTP_307_TEMPORARY_REDIRECT
 
 from api.db import RequestConnection
-from api.auditing import audited, note
+from api.auditing import audited, note, recorded_in_thread
 from api.errors import PROTECTED, documented_errors
 from api.params import EntityId
 from api.security import require
@@ -59,6 +59,7 @@ class FileController(Controller):
         sync_to_thread=True,
         summary="A presigned URL for one instance's file",
     )
+    @recorded_in_thread
     def instance_url(
         self,
         request: Request[Any, Any, Any],
@@ -80,6 +81,7 @@ class FileController(Controller):
         summary="Redirect to the instance's file",
         status_code=HTTP_307_TEMPORARY_REDIRECT,
     )
+    @recorded_in_thread
     def instance_file(
         self,
         request: Request[Any, Any, Any],
@@ -100,6 +102,7 @@ class FileController(Controller):
         sync_to_thread=True,
         summary="Presigned URLs for every instance of a series",
     )
+    @recorded_in_thread
     def series_urls(
         self,
         request: Request[Any, Any, Any],

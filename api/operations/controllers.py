@@ -12,7 +12,7 @@ from litestar.params import Body, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from api.db import RequestConnection
-from api.auditing import audited, note
+from api.auditing import audited, note, recorded_in_thread
 from api.errors import PROTECTED, documented_errors
 from api.operations.schemas import Partner, PartnerState, RejectedItem, RejectedItemPage, SyncRequest, SyncRun, SyncRunDetail, SyncRunPage, SyncStarted
 from api.pagination import decode_cursor, encode_cursor, page_size
@@ -39,6 +39,7 @@ class OperationsController(Controller):
         sync_to_thread=True,
         summary="Partners: configuration and sync state",
     )
+    @recorded_in_thread
     def partners(self, services: NamedDependency[Services], conn: RequestConnection) -> list[Partner]:
         """Every configured partner (no secret, nor where one is kept), its bookmark, last run and last success."""
         configured = services.settings.partners
@@ -90,6 +91,7 @@ class OperationsController(Controller):
         return Response(SyncStarted(run_id=run_id, partner=name, status_url=location), status_code=HTTP_202_ACCEPTED, headers={"Location": location})
 
     @get("/sync-runs", opt=audited("list", "sync_run"), responses=documented_errors(*PROTECTED), sync_to_thread=True, summary="Sync runs, newest first")
+    @recorded_in_thread
     def runs(
         self,
         services: NamedDependency[Services],
@@ -105,6 +107,7 @@ class OperationsController(Controller):
         return SyncRunPage(items=to_schemas(page.items, SyncRun), next_cursor=encode_cursor("sync-runs", page.next_key))
 
     @get("/sync-runs/{run_id:str}", opt=audited("read", "sync_run", id_param="run_id"), responses=documented_errors(*PROTECTED, 404), sync_to_thread=True, summary="One sync run")
+    @recorded_in_thread
     def run(self, conn: RequestConnection, run_id: EntityId) -> SyncRunDetail:
         found, rejected = catalog.get_run(conn, run_id)
         return SyncRunDetail(run=to_schema(found, SyncRun), rejected_items=rejected)
@@ -116,6 +119,7 @@ class OperationsController(Controller):
         sync_to_thread=True,
         summary="Items that broke the partner contract, newest first",
     )
+    @recorded_in_thread
     def rejected(
         self,
         services: NamedDependency[Services],

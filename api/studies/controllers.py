@@ -16,7 +16,7 @@ from litestar.params import QueryParameter
 from sqlalchemy import Connection
 
 from api.db import RequestConnection
-from api.auditing import audited, note
+from api.auditing import audited, note, recorded_in_thread
 from api.errors import PROTECTED, documented_errors
 from api.pagination import decode_cursor, encode_cursor, page_size
 from api.params import Cursor, EntityId, Limit, date_range, modality, partner, text, uid
@@ -52,6 +52,7 @@ class SubjectController(Controller):
     guards = [require("patient_data")]
 
     @get("/", opt=audited("search", "subject"), responses=documented_errors(*PROTECTED), sync_to_thread=True, summary="Search subjects (patients)")
+    @recorded_in_thread
     def search(
         self,
         request: Request[Any, Any, Any],
@@ -79,6 +80,7 @@ class SubjectController(Controller):
         sync_to_thread=True,
         summary="A subject's studies",
     )
+    @recorded_in_thread
     def studies(
         self,
         request: Request[Any, Any, Any],
@@ -100,6 +102,7 @@ class StudyController(Controller):
     guards = [require("patient_data")]
 
     @get("/", opt=audited("search", "study"), responses=documented_errors(*PROTECTED), sync_to_thread=True, summary="Search studies")
+    @recorded_in_thread
     def search(
         self,
         request: Request[Any, Any, Any],
@@ -139,6 +142,7 @@ class StudyController(Controller):
         sync_to_thread=True,
         summary="One study with its series",
     )
+    @recorded_in_thread
     def detail(self, conn: RequestConnection, study_id: EntityId) -> StudyDetail:
         """The study's summary and its live series in series-number order, each with instance count and partners."""
         return to_schema(catalog_studies.get_study(conn, study_id), StudyDetail)
@@ -156,6 +160,7 @@ class SeriesController(Controller):
         sync_to_thread=True,
         summary="A series' instances",
     )
+    @recorded_in_thread
     def instances(
         self,
         request: Request[Any, Any, Any],

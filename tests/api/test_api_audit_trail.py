@@ -112,6 +112,21 @@ def test_an_access_that_cannot_be_recorded_is_refused(client: TestClient[Litesta
     assert "CHOI" not in response.text and "P-FAIL" not in response.text
 
 
+def test_a_success_is_recorded_in_the_handlers_thread_and_a_response_that_then_fails_is_recorded_again(
+    client: TestClient[Litestar], keys: Keys, core: Core, index: IndexBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = index.study(index.subject("P-TWICE", "KANG^SEOYUN"))
+    assert client.get(f"/api/v1/studies/{study}", headers=keys.headers("viewer")).status_code == 200
+    assert [(e.outcome, e.status) for e in entries(core)] == [("success", 200)]  # once: the middleware saw it written
+
+    monkeypatch.setattr("api.studies.controllers.to_schema", lambda *_: object())  # a body that cannot be serialised
+    failed = client.get(f"/api/v1/studies/{study}", headers=keys.headers("viewer"))
+
+    assert failed.status_code == 500
+    rid = failed.headers["x-request-id"]
+    assert [(e.outcome, e.status) for e in entries(core) if e.detail["request_id"] == rid] == [("success", 200), ("error", 500)]
+
+
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy(core: Core, s3: EmbeddedStorage, keys: Keys, db_url: str) -> None:
     settings = make_settings(db_url, s3.config, [b.name for b in s3.buckets], trusted_proxies=["10.0.0.0/8"])
     app = create_app(dataclasses.replace(core, settings=settings), registry=s3.registry(), launcher=RecordingLauncher())
