@@ -22,6 +22,7 @@ patient data that the log does not show must not happen.
 from __future__ import annotations
 
 import functools
+import inspect
 import ipaddress
 import logging
 import uuid
@@ -88,6 +89,9 @@ def recorded_in_thread(handler: F) -> F:
     otherwise (its body failing to serialise), the middleware adds an entry
     for the status the client got.
     """
+
+    if "conn" not in inspect.signature(handler).parameters:
+        raise TypeError(f"{handler.__qualname__}: recorded_in_thread needs the handler to take `conn` (the request's connection)")
 
     @functools.wraps(handler)
     def run(*args: Any, **kwargs: Any) -> Any:

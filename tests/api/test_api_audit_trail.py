@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from api.auditing import client_address
+from api.auditing import client_address, recorded_in_thread
 from imaging_sync.bootstrap import Core
 from imaging_sync.db.models import AuditEntry
 from storage.testing import EmbeddedStorage
@@ -159,3 +159,10 @@ def test_client_address_reads_the_forwarded_chain_right_to_left(peer: str, forwa
     headers = [] if forwarded is None else [(b"x-forwarded-for", forwarded.encode())]
     scope: Any = {"client": (peer, 1234), "headers": headers}
     assert client_address(scope, [ipaddress.ip_network("10.0.0.0/8")]) == expected
+
+
+def test_recording_in_the_handlers_thread_needs_the_requests_connection() -> None:
+    def handler(study_id: str) -> None: ...
+
+    with pytest.raises(TypeError, match="conn"):
+        recorded_in_thread(handler)  # at import time, not at the first request
