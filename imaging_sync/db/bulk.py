@@ -80,8 +80,8 @@ def chunks(values: Sequence[Any], size: int = KEYS_PER_LIST) -> Iterator[Sequenc
 
 
 def chunk_size(conn: Connection) -> int:
-    """How many keys one lookup takes: all of a page on PostgreSQL, 500 bound parameters on SQLite."""
-    return 100_000 if _is_postgres(conn) else 500
+    """How many keys one lookup takes: all of a page on PostgreSQL (one array parameter), KEYS_PER_LIST on SQLite."""
+    return 100_000 if _is_postgres(conn) else KEYS_PER_LIST
 
 
 def _columns(table: Table, rows: Sequence[dict[str, Any]]) -> list[str]:
