@@ -14,8 +14,8 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from api.db import RequestConnection
 from api.auditing import audited, recorded_in_thread
+from api.db import RequestConnection
 from api.errors import PROTECTED, documented_errors
 from api.pagination import decode_cursor, encode_cursor, page_size
 from api.params import Cursor, Limit, instant, text

@@ -17,8 +17,8 @@ from litestar.params import QueryParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_307_TEMPORARY_REDIRECT
 
-from api.db import RequestConnection
 from api.auditing import audited, note, recorded_in_thread
+from api.db import RequestConnection
 from api.errors import PROTECTED, documented_errors
 from api.params import EntityId
 from api.security import require

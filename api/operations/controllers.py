@@ -11,8 +11,8 @@ from litestar.di import NamedDependency
 from litestar.params import Body, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from api.db import RequestConnection
 from api.auditing import audited, note, recorded_in_thread
+from api.db import RequestConnection
 from api.errors import PROTECTED, documented_errors
 from api.operations.schemas import Partner, PartnerState, RejectedItem, RejectedItemPage, SyncRequest, SyncRun, SyncRunDetail, SyncRunPage, SyncStarted
 from api.pagination import decode_cursor, encode_cursor, page_size

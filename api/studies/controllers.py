@@ -15,8 +15,8 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from sqlalchemy import Connection
 
-from api.db import RequestConnection
 from api.auditing import audited, note, recorded_in_thread
+from api.db import RequestConnection
 from api.errors import PROTECTED, documented_errors
 from api.pagination import decode_cursor, encode_cursor, page_size
 from api.params import Cursor, EntityId, Limit, date_range, modality, partner, text, uid
