@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -290,7 +290,7 @@ def prewarm() -> str:
     return f"prewarmed {blocks * 8192 / 2**20:.0f} MB; database {size / 2**20:.0f} MB, shared_buffers {buffers / 2**20:.0f} MB ({fits})"
 
 
-def wait_for_workers(workers: int, timeout: float = 120.0) -> None:
+def wait_for_workers(workers: int, server_log: IO[str], timeout: float = 120.0) -> None:
     """Wait until every worker has opened its connection pool (api.db.open_pool, at each worker's start).
 
     /ready answers as soon as the first worker listens; the others were still
@@ -307,10 +307,17 @@ def wait_for_workers(workers: int, timeout: float = 120.0) -> None:
                 if opened >= workers * POOL_SIZE:
                     return
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"only {opened} of {workers * POOL_SIZE} API connections opened after {timeout:.0f} s")
+                    raise SystemExit(f"only {opened} of {workers * POOL_SIZE} API connections opened after {timeout:.0f} s; the server said:\n{tail(server_log)}")
                 time.sleep(0.2)
     finally:
         engine.dispose()
+
+
+def tail(log: IO[str], lines: int = 40) -> str:
+    """The end of the server's log (a file, not a pipe: nobody reads a pipe mid-run, and a full one blocks the workers)."""
+    log.flush()
+    log.seek(0)
+    return "".join(log.readlines()[-lines:])
 
 
 def sample_ids() -> dict[str, list[str]]:
@@ -466,7 +473,7 @@ def main() -> None:
     os.environ.setdefault(KEY_ENV, "AKIABENCH")
     os.environ.setdefault(SECRET_ENV, "bench-secret")
     os.environ.setdefault(PARTNER_KEY_ENV, "unused")
-    with EmbeddedS3(buckets={BUCKET: REGION}) as s3, tempfile.TemporaryDirectory() as tmp:
+    with EmbeddedS3(buckets={BUCKET: REGION}) as s3, tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as server_log:
         config = write_config(Path(tmp) / "imaging-sync.toml", s3.endpoint_url)
         os.environ["IMAGING_SYNC_CONFIG"] = str(config)
         if args.profile:
@@ -476,7 +483,7 @@ def main() -> None:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "imaging_sync", "serve", "api", "--port", str(port), "--workers", str(args.workers)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=server_log,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -488,9 +495,9 @@ def main() -> None:
                 except httpx.TransportError:
                     pass
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the API did not start: {server.stderr.read() if server.stderr else ''}")
+                    raise SystemExit(f"the API did not start:\n{tail(server_log)}")
                 time.sleep(0.2)
-            wait_for_workers(args.workers)
+            wait_for_workers(args.workers, server_log)
             token = viewer_token()
             rng = random.Random(7)
             sample = sample_ids()
