@@ -38,6 +38,7 @@ from api.operations.controllers import OperationsController
 from api.operations.outbox import OutboxController
 from api.metrics import PROMETHEUS, MetricsController, register_database_collector
 from api.operations.launcher import SyncLauncher, ThreadLauncher
+from api.query_check import QueryCheck
 from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
 from api.studies.controllers import SeriesController, StudyController, SubjectController
@@ -61,6 +62,7 @@ and are fetched with short-lived presigned URLs.
 `auditor` — the audit log only. Every request under /api/v1 is recorded in the audit log.
 
 **Errors**: `{"error": {"code": code, "message": text, "details": {"field": parameter (400 only), "request_id": id}}}`.
+A query parameter an endpoint does not list here is refused (400), not ignored.
 
 **Pagination**: listings return `next_cursor`; pass it back as `cursor` (keyset, stable under inserts).
 
@@ -93,10 +95,12 @@ def create_app(
         trusted_proxies=parse_trusted_proxies(settings.api),
         principals=PrincipalCache(key_cache_seconds),
     )
+    query_check = QueryCheck(API_PREFIX)
     api = Router(
         path=API_PREFIX,
         route_handlers=[SubjectController, StudyController, SeriesController, FileController, OperationsController, OutboxController, AuditController],
         guards=[authenticate],
+        before_request=query_check,  # after the guards: who may ask is decided before what was asked
         middleware=[AuditMiddleware],
         security=[{"bearer": []}, {"api_key": []}],
     )
@@ -115,6 +119,7 @@ def create_app(
         dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=False)},
         exception_handlers={Exception: error_response},
         before_send=[_request_id_header],
+        on_startup=[query_check.load],
         on_shutdown=[shutdown],
         openapi_config=OpenAPIConfig(
             title="imaging-sync API",
