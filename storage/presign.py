@@ -8,10 +8,14 @@ Lifetime policy: ``expires_in`` defaults to ``storage.presign_default_seconds``;
 asking for more than ``storage.presign_max_seconds`` (or less than 1 s) raises
 ``StorageRequestError`` naming the limit — we refuse rather than clamp, so a
 caller never gets a URL that dies sooner than it asked for without knowing
-(the API maps it to 400). A URL signed with temporary credentials (assume_role,
-or keys with a session token) also stops working when that session ends;
-botocore refreshes such credentials 15 minutes before expiry, so keep
-``presign_max_seconds`` at or below that margin when using them.
+(the API maps it to 400). A URL signed with temporary credentials also stops
+working when their session ends. For an assumed role the registry knows when
+that is, and such a URL is signed, and its ``expires_at`` reported, to end
+then (botocore refreshes the role 15 minutes before its end, so at least that
+much is left): shorter than asked, but never shorter than it says. Keys with a
+session token from the environment, and the default chain's instance or
+container roles, have no end the registry knows; keep ``presign_max_seconds``
+at or below 15 minutes with those.
 
 Signing is our own SigV4 (``storage.sigv4``), ~25x faster than botocore's
 ``generate_presigned_url`` and proven equal to it by the tests.
@@ -23,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from imaging_sync.errors import StorageRequestError
+from imaging_sync.errors import StorageError, StorageRequestError
 from storage.disposition import attachment
 from storage.registry import BucketRegistry
 from storage.sigv4 import GetUrlSigner
@@ -108,21 +112,27 @@ class Presigner:
             self._registry.bucket_config(bucket)
             _check_key(key)
         signed_at = self._clock().astimezone(timezone.utc).replace(microsecond=0)
-        expires_at = signed_at + timedelta(seconds=seconds)
-        signers: dict[str, GetUrlSigner] = {}
+        signers: dict[str, tuple[GetUrlSigner, datetime]] = {}
         urls: list[PresignedUrl] = []
         for bucket, key, filename in locations:
-            signer = signers.get(bucket)
-            if signer is None:
-                signer = signers[bucket] = self._signer(bucket, signed_at, seconds)
+            found = signers.get(bucket)
+            if found is None:
+                found = signers[bucket] = self._signer(bucket, signed_at, seconds)
+            signer, expires_at = found
             params = type_params if filename is None else [("response-content-disposition", attachment(filename)), *type_params]
             urls.append(PresignedUrl(url=signer.sign(key, params), expires_at=expires_at))
         return urls
 
-    def _signer(self, bucket: str, signed_at: datetime, seconds: int) -> GetUrlSigner:
+    def _signer(self, bucket: str, signed_at: datetime, seconds: int) -> tuple[GetUrlSigner, datetime]:
+        """The bucket's signer and when its URLs end: at ``seconds``, or when the credentials do if sooner."""
         credentials = self._registry.credentials(bucket)  # first: "no credentials" is the clearer error
+        ends = self._registry.expiry(credentials)
+        if ends is not None:
+            seconds = min(seconds, int((ends - signed_at).total_seconds()))
+            if seconds < 1:
+                raise StorageError(f"sign for bucket {bucket!r}: its temporary credentials have expired")
         endpoint = self._registry.endpoint(bucket)
-        return GetUrlSigner(
+        signer = GetUrlSigner(
             base_url=endpoint.base_url,
             host=endpoint.host,
             region=endpoint.region,
@@ -133,6 +143,7 @@ class Presigner:
             signed_at=signed_at,
             expires_in=seconds,
         )
+        return signer, signed_at + timedelta(seconds=seconds)
 
 
 def _content_type_params(content_type: str | None) -> list[tuple[str, str]]:

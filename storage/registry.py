@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -119,6 +120,8 @@ class BucketRegistry:
         self._lock = threading.Lock()
         self._connections: dict[BucketConfig, _Connection] = {}
         self._endpoints: dict[str, BucketEndpoint] = {}
+        self._expiries: dict[str, datetime] = {}  # temporary access key id -> when STS said it ends
+        self._expiry_lock = threading.Lock()  # not _lock: botocore may refresh while _lock is held (endpoint probe)
 
     @property
     def storage_config(self) -> StorageConfig:
@@ -169,6 +172,18 @@ class BucketRegistry:
             return connection.credentials.get_frozen_credentials()
         except (BotoCoreError, ClientError) as exc:
             raise storage_error(exc, action="get credentials for", bucket=bucket) from exc
+
+    def expiry(self, credentials: ReadOnlyCredentials) -> datetime | None:
+        """When ``credentials`` (from :meth:`credentials`) stop working, if known: assumed roles only.
+
+        A URL signed with them dies then too, whatever its own lifetime says.
+        Looked up by access key id, which STS issues anew each session, so a
+        refresh between reading the credentials and asking this cannot pair a
+        key with another session's end. None for long-lived keys, and for
+        temporary ones the registry did not fetch itself (a session token in
+        the environment, the default chain's instance or container role).
+        """
+        return self._expiries.get(credentials.access_key)
 
     def endpoint(self, bucket: str) -> BucketEndpoint:
         """Scheme, host, path prefix and signing scope for this bucket, resolved once by botocore.
@@ -250,7 +265,25 @@ class BucketRegistry:
             role_arn=cfg.role_arn,
             extra_args=extra,
         )
-        return DeferredRefreshableCredentials(refresh_using=fetcher.fetch_credentials, method="assume-role")
+
+        def fetch() -> dict[str, Any]:
+            fetched: dict[str, Any] = fetcher.fetch_credentials()
+            self._note_expiry(fetched["access_key"], fetched.get("expiry_time"))
+            return fetched
+
+        return DeferredRefreshableCredentials(refresh_using=fetch, method="assume-role")
+
+    def _note_expiry(self, access_key: str, expiry_time: str | None) -> None:
+        try:
+            ends = datetime.fromisoformat(str(expiry_time).replace("Z", "+00:00"))
+        except ValueError:
+            return  # no usable expiry: URLs keep their asked-for lifetime, as before
+        if ends.tzinfo is None:
+            ends = ends.replace(tzinfo=timezone.utc)
+        now = datetime.now(timezone.utc)
+        with self._expiry_lock:
+            self._expiries = {k: v for k, v in self._expiries.items() if v > now}  # one entry per live session
+            self._expiries[access_key] = ends
 
 
 @functools.lru_cache(maxsize=1)

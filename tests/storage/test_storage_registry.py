@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -191,27 +192,32 @@ def sts_s3() -> Iterator[EmbeddedS3]:
         yield server
 
 
-def test_assume_role_signs_with_refreshable_temporary_credentials_and_the_url_works(
-    sts_s3: EmbeddedS3, no_ambient_aws: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASOURCEIDENTITY")  # the service's own identity (default chain)
+ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/imaging-sync-reader"
+
+
+@pytest.fixture
+def role_source(sts_s3: EmbeddedS3, no_ambient_aws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's own identity in the default chain, and STS at the embedded server."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASOURCEIDENTITY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "source-secret")
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts_s3.endpoint_url)  # botocore's per-service endpoint variable
     monkeypatch.setenv("PARTNER_R_EXTERNAL_ID", "partner-r-external-id")
-    role_arn = f"arn:aws:iam::{ACCOUNT}:role/imaging-sync-reader"
-    config = StorageConfig(
-        buckets={
-            "assumed-role-bucket": BucketConfig(
-                region="eu-west-1",
-                endpoint_url=sts_s3.endpoint_url,
-                auth="assume_role",
-                role_arn=role_arn,
-                external_id_env="PARTNER_R_EXTERNAL_ID",
-                role_session_name="imaging-sync-test",
-            )
-        }
+
+
+def assumed_role_storage(sts_s3: EmbeddedS3, **storage: object) -> StorageConfig:
+    bucket = BucketConfig(
+        region="eu-west-1",
+        endpoint_url=sts_s3.endpoint_url,
+        auth="assume_role",
+        role_arn=ROLE_ARN,
+        external_id_env="PARTNER_R_EXTERNAL_ID",
+        role_session_name="imaging-sync-test",
     )
-    registry = BucketRegistry(config)
+    return StorageConfig(buckets={"assumed-role-bucket": bucket}, **storage)  # type: ignore[arg-type]
+
+
+def test_assume_role_signs_with_refreshable_temporary_credentials_and_the_url_works(sts_s3: EmbeddedS3, role_source: None) -> None:
+    registry = BucketRegistry(assumed_role_storage(sts_s3))
     credentials = registry.credentials("assumed-role-bucket")
     assert credentials.access_key != "AKIASOURCEIDENTITY" and credentials.token
     assert registry.credentials("assumed-role-bucket").access_key == credentials.access_key  # cached until near expiry
@@ -220,7 +226,7 @@ def test_assume_role_signs_with_refreshable_temporary_credentials_and_the_url_wo
 
     assumed = sts_backends[ACCOUNT]["aws"].get_assumed_role_from_access_key(credentials.access_key)
     assert assumed is not None
-    assert (assumed.role_arn, assumed.session_name, assumed.external_id) == (role_arn, "imaging-sync-test", "partner-r-external-id")
+    assert (assumed.role_arn, assumed.session_name, assumed.external_id) == (ROLE_ARN, "imaging-sync-test", "partner-r-external-id")
     assert isinstance(registry._connection("assumed-role-bucket").credentials, RefreshableCredentials)
 
     url = Presigner(registry).presign_get("assumed-role-bucket", "a/1.dcm").url
@@ -231,3 +237,31 @@ def test_assume_role_signs_with_refreshable_temporary_credentials_and_the_url_wo
     assert response.status_code == 200, response.text
     assert response.content == b"via-role"
     assert ObjectReader(registry).read_range("assumed-role-bucket", "a/1.dcm", 4, 8) == b"role"
+
+
+def test_a_url_signed_with_an_assumed_role_ends_when_the_roles_session_does(sts_s3: EmbeddedS3, role_source: None) -> None:
+    registry = BucketRegistry(assumed_role_storage(sts_s3, presign_default_seconds=300, presign_max_seconds=4 * 3600))
+    presigner = Presigner(registry)
+
+    long = presigner.presign_get("assumed-role-bucket", "a/1.dcm", expires_in=4 * 3600)
+
+    from moto.sts.models import sts_backends
+
+    credentials = registry.credentials("assumed-role-bucket")
+    session = sts_backends[ACCOUNT]["aws"].get_assumed_role_from_access_key(credentials.access_key)
+    session_end = session.expiration.replace(tzinfo=timezone.utc)  # type: ignore[attr-defined]
+    assert abs((registry.expiry(credentials) - session_end).total_seconds()) < 1  # type: ignore[operator]
+    assert long.expires_at <= session_end and (session_end - long.expires_at).total_seconds() < 5, "ends with the session, as it says"
+    signed = parse_qs(urlsplit(long.url).query)
+    signed_at = datetime.strptime(signed["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    assert signed_at + timedelta(seconds=int(signed["X-Amz-Expires"][0])) == long.expires_at, "the URL itself says the same"
+    assert httpx.get(long.url).content == b"via-role"
+
+    short = presigner.presign_get("assumed-role-bucket", "a/1.dcm", expires_in=600)
+    assert parse_qs(urlsplit(short.url).query)["X-Amz-Expires"] == ["600"], "a lifetime within the session is kept"
+
+
+def test_long_lived_keys_have_no_known_end() -> None:
+    registry = BucketRegistry(StorageConfig(buckets={"partner-p-a": keys_bucket()}), environ=ENV)
+
+    assert registry.expiry(registry.credentials("partner-p-a")) is None
