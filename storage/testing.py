@@ -4,8 +4,8 @@ Used by the storage tests and available to other packages' tests (API,
 DICOM) that need real objects behind real presigned URLs::
 
     with embedded_storage(["eu-west-1", "ap-northeast-2"]) as s3:
-        monkeypatch-or-pass s3.environ
-        registry = s3.registry()
+        registry = s3.registry()             # keys passed in; or, as in production:
+        s3.export_environ(monkeypatch.setenv)  # then BucketRegistry(s3.config) reads them
         s3.put(s3.buckets[0].name, "a/b.dcm", data)
 
 Every bucket gets ``auth = "keys"`` with its own access key read from its own
@@ -17,7 +17,7 @@ Bucket names carry a random suffix because moto's data is per process.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +55,11 @@ class EmbeddedStorage:
             env[bucket.access_key_id_env] = bucket.access_key_id
             env[bucket.secret_access_key_env] = bucket.secret_access_key
         return env
+
+    def export_environ(self, setenv: Callable[[str, str], object]) -> None:
+        """Put the buckets' keys where production has them, the process environment (``monkeypatch.setenv``)."""
+        for name, value in self.environ.items():
+            setenv(name, value)
 
     def registry(self, environ: Mapping[str, str] | None = None) -> BucketRegistry:
         """A registry over the config; credentials from ``environ`` (default: :attr:`environ`)."""

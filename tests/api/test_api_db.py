@@ -24,8 +24,7 @@ BURST = 40  # well over the executor's threads (cores + 4) and the pool's one co
 
 
 def test_a_burst_of_requests_larger_than_the_pool_is_served_without_a_stall(db_url: str, s3: EmbeddedStorage, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in s3.environ.items():
-        monkeypatch.setenv(name, value)
+    s3.export_environ(monkeypatch.setenv)
     settings = make_settings(db_url, s3.config, [b.name for b in s3.buckets], host="127.0.0.1", port=0)
     # One connection; a checkout gives up after 3 s (a stall shows as 503s, not a hang).
     settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, pool_size=1, pool_timeout=3.0))

@@ -38,8 +38,7 @@ def s3() -> Iterator[EmbeddedStorage]:
 @pytest.fixture
 def registry(s3: EmbeddedStorage, monkeypatch: pytest.MonkeyPatch) -> BucketRegistry:
     """Credentials come from the process environment, as in production."""
-    for name, value in s3.environ.items():
-        monkeypatch.setenv(name, value)
+    s3.export_environ(monkeypatch.setenv)
     return BucketRegistry(s3.config)
 
 

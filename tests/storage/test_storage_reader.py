@@ -31,8 +31,7 @@ def s3() -> Iterator[EmbeddedStorage]:
 
 @pytest.fixture
 def reader(s3: EmbeddedStorage, monkeypatch: pytest.MonkeyPatch) -> ObjectReader:
-    for name, value in s3.environ.items():
-        monkeypatch.setenv(name, value)
+    s3.export_environ(monkeypatch.setenv)
     return ObjectReader(BucketRegistry(s3.config))
 
 
