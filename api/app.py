@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Router, get
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -43,6 +44,7 @@ from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
 from api.studies.controllers import SeriesController, StudyController, SubjectController
 from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.config import ApiConfig
 from imaging_sync.heap import freeze_startup_objects
 from storage.registry import BucketRegistry
 
@@ -119,6 +121,7 @@ def create_app(
         dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=False)},
         exception_handlers={Exception: error_response},
         before_send=[_request_id_header],
+        cors_config=cors(settings.api),
         on_startup=[query_check.load],
         on_shutdown=[shutdown],
         openapi_config=OpenAPIConfig(
@@ -140,6 +143,27 @@ def create_app(
 
 
 _SWAGGER = SwaggerRenderPlugin(path="/swagger")
+
+
+def cors(api: ApiConfig) -> CORSConfig | None:
+    """What a browser on ``api.cors_allowed_origins`` may do: GET and POST with an API key header.
+
+    None (no CORS headers at all) when no origin is configured. No credentials
+    mode: the API takes keys in headers, never cookies. Preflights are answered
+    before routing, so they need no key and are not audited; the request that
+    follows is. Exposed: the request id (for support), ``Location`` (a started
+    sync), ``Retry-After`` and ``WWW-Authenticate``.
+    """
+    if not api.cors_allowed_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(api.cors_allowed_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After", "WWW-Authenticate"],
+        allow_credentials=False,
+        max_age=600,
+    )
 
 
 @get(f"{API_PREFIX}/docs", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)

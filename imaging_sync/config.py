@@ -191,6 +191,9 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                 raise ValueError(f"buckets: {name!r} is not a valid S3 bucket name")
 
 
+_ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
+
+
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
@@ -199,10 +202,16 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
     # Client addresses are taken from X-Forwarded-For only when the peer is one of these.
     trusted_proxies: list[str] = []
+    # Web pages on these origins may call the API from the browser (CORS). None by default:
+    # a server calling the API needs no CORS, and each origin allowed is a decision.
+    cors_allowed_origins: list[str] = []
 
     def __post_init__(self) -> None:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size: larger than max_page_size")
+        for origin in self.cors_allowed_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"cors_allowed_origins: {origin!r} is not an origin as browsers send it (scheme://host[:port] in lower case, no path, no wildcard)")
 
 
 class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
