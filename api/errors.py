@@ -34,6 +34,7 @@ anything else                      500   internal
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -187,14 +188,46 @@ def _litestar_validation(exc: LitestarValidationError) -> tuple[str | None, str]
         first = extra[0]
         key = first.get("key")
         message = str(first.get("message") or "invalid value")
+        unknown = _UNKNOWN_FIELD.match(message)
+        if unknown and first.get("source") == "body":
+            return f"body.{unknown.group(1)}", "is not a field of this body"
         if first.get("source") == "body" and key:
             key = f"body.{key}"
-        return (str(key) if key else "body" if first.get("source") == "body" else None), message
+        return (str(key) if key else "body" if first.get("source") == "body" else None), plain_message(message)
     detail = str(exc.detail or "invalid request")
     # "Validation failed for POST /x" repeats the URL (patient data may be in it): say less.
     if detail.startswith("Validation failed for"):
         detail = "invalid request"
     return _body_field(detail), detail
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]+)`")
+# msgspec's wording (the parser behind Litestar's parameters and bodies) -> ours, for people.
+_PLAIN = [
+    (re.compile(r"Expected `int(?: \| null)?`, got `.*`"), "must be a whole number"),
+    (re.compile(r"Expected `int` >= (-?\d+)"), r"must be at least \1"),
+    (re.compile(r"Expected `int` <= (-?\d+)"), r"must be at most \1"),
+    (re.compile(r"Expected `bool(?: \| null)?`, got `.*`"), "must be true or false"),
+    (re.compile(r"Expected `str(?: \| null)?`, got `.*`"), "must be a string"),
+    (re.compile(r"Expected `array(?: \| null)?`, got `.*`"), "must be a list"),
+    (re.compile(r"Expected `str` of length <= (\d+)"), r"must be at most \1 characters"),
+    (re.compile(r"Expected `str` of length >= (\d+)"), r"must be at least \1 characters"),
+    (re.compile(r"Invalid RFC3339 encoded date"), "must be a date, YYYY-MM-DD"),
+    (re.compile(r"Invalid RFC3339 encoded datetime"), "must be a date-time, RFC 3339 (2026-11-22T08:00:00Z)"),
+    (re.compile(r"Invalid UUID"), "must be a UUID"),
+]
+
+
+def plain_message(message: str) -> str:
+    """A parser's message in words a frontend developer can show (``limit: must be a whole number``).
+
+    msgspec says ``Expected `int | null`, got `str```; the field is named
+    either way, and a message not in the table passes through unchanged.
+    """
+    for pattern, replacement in _PLAIN:
+        if pattern.fullmatch(message.split(" - at ")[0]):
+            return pattern.sub(replacement, message.split(" - at ")[0])
+    return message
 
 
 def _body_field(detail: str) -> str | None:

@@ -65,6 +65,31 @@ def test_malformed_input_is_400_naming_the_field(client: TestClient[Litestar], k
     assert error["details"]["request_id"] == response.headers["x-request-id"]
 
 
+@pytest.mark.parametrize(
+    "path,message",
+    [
+        ("/api/v1/studies?limit=ten", "limit: must be a whole number"),
+        ("/api/v1/studies?limit=0", "limit: must be at least 1"),
+        ("/api/v1/studies?limit=1001", "limit: must be at most 1000"),
+        ("/api/v1/studies?date_to=2024-13-01", "date_to: must be a date, YYYY-MM-DD"),
+        ("/api/v1/studies/not-a-uuid", "study_id: must be a UUID"),
+        ("/api/v1/studies?accession=" + "1" * 17, "accession: must be at most 16 characters"),
+    ],
+)
+def test_a_400_says_what_the_value_must_be_in_plain_words(client: TestClient[Litestar], keys: Keys, path: str, message: str) -> None:
+    assert client.get(path, headers=keys.headers("viewer")).json()["error"]["message"] == message
+
+
+def test_a_body_field_the_endpoint_does_not_take_is_named(client: TestClient[Litestar], keys: Keys) -> None:
+    response = client.post("/api/v1/partners/b/sync", headers=keys.headers("operator"), json={"fulll": True})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "body.fulll"
+    assert response.json()["error"]["message"] == "body.fulll: is not a field of this body"
+    wrong_type = client.post("/api/v1/partners/b/sync", headers=keys.headers("operator"), json={"full": "yes"})
+    assert wrong_type.json()["error"]["message"] == "body.full: must be true or false"
+
+
 def test_a_cursor_from_another_listing_is_refused(client: TestClient[Litestar], keys: Keys, index) -> None:  # type: ignore[no-untyped-def]
     subject = index.subject("P-C", "A^B")
     for _ in range(3):
