@@ -55,7 +55,7 @@ def _repeatable(parameter: Parameter) -> bool:
 
 
 class QueryCheck:
-    """``before_request`` hook of the ``/api/v1`` router; ``load`` (at start-up) builds its table.
+    """``before_request`` hook of the ``/api/v1`` router; ``load`` (at start-up, else on first use) builds its table.
 
     A coroutine on purpose: Litestar runs a plain function hook in a worker thread,
     a thread hop per request for a check of a few microseconds. The table lives in
@@ -71,7 +71,10 @@ class QueryCheck:
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
         if not request.scope.get("query_string"):
             return
-        allowed: Allowed = request.app.state.get(_STATE_KEY, {})
+        allowed: Allowed | None = request.app.state.get(_STATE_KEY)
+        if allowed is None:  # served without a lifespan start-up (uvicorn --lifespan off): build it now
+            self.load(request.app)
+            allowed = request.app.state[_STATE_KEY]
         names = allowed.get((request.method, request.scope["path_template"]))
         if names is None:  # not a published operation: nothing to check against
             return

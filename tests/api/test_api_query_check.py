@@ -79,3 +79,12 @@ def test_every_published_operation_has_its_parameters_in_the_table(app: Litestar
     assert not any(repeatable for names in allowed.values() for repeatable in names.values()), "no endpoint takes a list yet"
     operations = sum(1 for item in app.openapi_schema.paths.values() for op in (item.get, item.post) if op is not None)
     assert len(allowed) == operations - 2, "every operation but the two probes is under /api/v1"
+
+
+def test_the_check_holds_without_a_lifespan_start_up(app: Litestar, keys: Keys) -> None:
+    with TestClient(app) as started:  # keys and the app's own start-up; then a client that skips it
+        assert started.get("/api/v1/studies?patientid=1", headers=keys.headers("viewer")).status_code == 400
+    app.state.pop("query_parameters", None)
+    unstarted = TestClient(app)  # not entered: no lifespan events
+
+    assert unstarted.get("/api/v1/studies?patientid=1", headers=keys.headers("viewer")).status_code == 400
