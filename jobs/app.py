@@ -30,9 +30,10 @@ from kombu.utils.url import maybe_sanitize_url
 
 from imaging_sync.config import Settings, load_settings
 from jobs.runtime import Runtime
+from imaging_sync.task_names import QUEUE
 from jobs.schedule import build_beat_schedule
 
-DEFAULT_QUEUE = "imaging-sync"
+DEFAULT_QUEUE = QUEUE
 # Time limits (seconds) for tasks that do not set their own; prefork pools enforce them.
 SOFT_TIME_LIMIT = 3600
 TIME_LIMIT = SOFT_TIME_LIMIT + 60

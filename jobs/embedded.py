@@ -28,7 +28,8 @@ from imaging_sync.bootstrap import Core
 from imaging_sync.config import Settings
 from jobs import work
 from jobs.runtime import Runtime
-from jobs.schedule import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER, NowFun, build_beat_schedule
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
+from jobs.schedule import NowFun, build_beat_schedule
 
 log = logging.getLogger(__name__)
 _Job = tuple[str, Callable[[], Any]]

@@ -8,7 +8,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from imaging_sync.config import Settings
 from imaging_sync.errors import ConfigError, ImagingSyncError
 from jobs.app import broker_for_humans, create_app
-from jobs.schedule import SYNC_PARTNER
+from imaging_sync.task_names import SYNC_PARTNER
 
 
 class BrokerUnavailableError(ImagingSyncError):

@@ -24,14 +24,8 @@ from zoneinfo import ZoneInfo
 from celery.schedules import crontab, schedule
 
 from imaging_sync.config import PartnerConfig, Settings, crontab_fields
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
 
-# Task names: stable strings, so producers (enqueue, beat, other services) need not import the tasks.
-SYNC_PARTNER = "imaging_sync.jobs.sync_partner"
-SYNC_ALL = "imaging_sync.jobs.sync_all"
-RELAY_OUTBOX = "imaging_sync.jobs.relay_outbox"
-RETRY_FAILED_OUTBOX = "imaging_sync.jobs.retry_failed_outbox"
-PRUNE = "imaging_sync.jobs.prune"
-CHECK_ALERTS = "imaging_sync.jobs.check_alerts"
 
 # The daily prune, in jobs.timezone: early morning, away from the default 06:00/18:00 syncs.
 PRUNE_CRONTAB = "30 3 * * *"

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from jobs import work
 from jobs.runtime import Runtime
-from jobs.schedule import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
 
 # A sync may legitimately run for hours (a first bulk load); it is killed only far beyond that.
 SYNC_SOFT_TIME_LIMIT = 6 * 3600

@@ -14,7 +14,7 @@ from imaging_sync.db.engine import create_db_engine
 from imaging_sync.testing.factories import simulator_partner
 from imaging_sync.testing.index_state import live_index
 from jobs.app import create_app
-from jobs.schedule import SYNC_PARTNER
+from imaging_sync.task_names import SYNC_PARTNER
 from jobs_fixtures import rabbitmq_url, start_simulator  # noqa: F401  # fixtures
 
 

@@ -22,7 +22,7 @@ from imaging_sync.db.models import PartnerState, SyncRun
 from imaging_sync.testing.factories import simulator_partner
 from imaging_sync.testing.index_state import live_index
 from imaging_sync.testing.toml_config import write_config
-from jobs.schedule import SYNC_PARTNER
+from imaging_sync.task_names import SYNC_PARTNER
 from jobs_fixtures import IGNORE_SETEX, redis_server, redis_url, sqlite_jobs, start_simulator  # noqa: F401  # fixtures
 
 pytestmark = [pytest.mark.slow, IGNORE_SETEX]

@@ -24,7 +24,8 @@ from imaging_sync.errors import ConfigError
 from imaging_sync.testing.factories import simulator_partner
 from imaging_sync.testing.toml_config import write_config
 from jobs.app import DEFAULT_QUEUE, create_app
-from jobs.schedule import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER, ZonedCrontab, build_beat_schedule, next_run_times
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
+from jobs.schedule import ZonedCrontab, build_beat_schedule, next_run_times
 from jobs_fixtures import redis_server, redis_url  # noqa: F401  # fixtures
 
 SEOUL = ZoneInfo("Asia/Seoul")

@@ -21,7 +21,7 @@ from imaging_sync.testing.index_state import live_index
 from imaging_sync.testing.toml_config import write_config
 from imaging_sync.testing.webhook_receiver import WebhookReceiver
 from jobs.app import create_app
-from jobs.schedule import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
 from jobs_fixtures import IGNORE_SETEX, jobs, redis_server, redis_url, sqlite_jobs, start_simulator  # noqa: F401  # fixtures
 
 pytestmark = IGNORE_SETEX
