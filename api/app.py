@@ -38,7 +38,7 @@ from api.health.readiness import Readiness
 from api.operations.controllers import OperationsController
 from api.operations.outbox import OutboxController
 from api.metrics import PROMETHEUS, MetricsController, register_database_collector
-from api.operations.launcher import SyncLauncher, ThreadLauncher
+from api.operations.launcher import SyncLauncher, launcher_for
 from api.query_check import QueryCheck
 from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
@@ -87,7 +87,7 @@ def create_app(
     """
     settings = core.settings
     registry = registry or BucketRegistry(settings.storage)
-    launcher = launcher or ThreadLauncher(core.runner, core.engine)
+    launcher = launcher or launcher_for(settings, core.runner, core.engine)
     services = Services(
         settings=settings,
         engine=core.engine,

@@ -26,6 +26,7 @@ method not allowed                 405   method_not_allowed
 SyncLockedError                    409   conflict
 BucketNotAllowedError              502   storage_refused
 StorageError                       503   storage_unavailable
+QueueUnavailableError              503   queue_unavailable
 DatabaseError, DB unreachable      503   database_unavailable
 anything else                      500   internal
 =================================  ====  ===================
@@ -54,6 +55,7 @@ from imaging_sync.errors import (
     DatabaseError,
     NotFoundError,
     ObjectNotFoundError,
+    QueueUnavailableError,
     StorageError,
     SyncLockedError,
     ValidationError,
@@ -145,6 +147,8 @@ def classify(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
         return 502, error_body("storage_refused", "the file's location is not in the storage registry"), {}
     if isinstance(exc, StorageError):
         return 503, error_body("storage_unavailable", "object storage is unavailable; try again later"), {"Retry-After": "5"}
+    if isinstance(exc, QueueUnavailableError):
+        return 503, error_body("queue_unavailable", "the job queue is unavailable; the sync was not started, try again later"), {"Retry-After": "5"}
     if isinstance(exc, (DatabaseError, OperationalError, DisconnectionError, PoolTimeout)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):

@@ -211,7 +211,7 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--partner")
-@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "skipped", "abandoned"]))
+@click.option("--status", type=click.Choice(catalog.RUN_STATUSES))
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @pass_ctx
 def runs_list(ctx: CliContext, partner: str | None, status: str | None, limit: int) -> None:

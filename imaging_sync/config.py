@@ -205,6 +205,9 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Web pages on these origins may call the API from the browser (CORS). None by default:
     # a server calling the API needs no CORS, and each origin allowed is a decision.
     cors_allowed_origins: list[str] = []
+    # Where POST /partners/{name}/sync does the work: "thread" in the API process (one
+    # process, the demo), "queue" on the Celery workers through [jobs] broker.
+    sync_launcher: Literal["thread", "queue"] = "thread"
 
     def __post_init__(self) -> None:
         if self.default_page_size > self.max_page_size:

@@ -81,6 +81,12 @@ class PageTokenExpiredError(PartnerError):
     kind = "protocol"
 
 
+class QueueUnavailableError(ImagingSyncError):
+    """The job queue (the Celery broker) did not take a task."""
+
+    kind = "queue"
+
+
 class SyncLockedError(ImagingSyncError):
     """Another process holds this partner's sync lock."""
 

@@ -29,9 +29,11 @@ def _runtime(task: Task) -> Runtime:
 
 
 @shared_task(name=SYNC_PARTNER, bind=True, soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_SOFT_TIME_LIMIT + 300, **_RETRY)
-def sync_partner(self: Task, name: str, full: bool = False, study_id: str | None = None, trigger: str = "task") -> dict[str, Any]:
+def sync_partner(
+    self: Task, name: str, full: bool = False, study_id: str | None = None, trigger: str = "task", run_id: str | None = None
+) -> dict[str, Any]:
     """Sync one partner (or refresh one of its studies); returns the run id, status and counts."""
-    return work.sync_partner(_runtime(self).core, name, full=full, study_id=study_id, trigger=trigger)
+    return work.sync_partner(_runtime(self).core, name, full=full, study_id=study_id, trigger=trigger, run_id=run_id)
 
 
 @shared_task(name=SYNC_ALL, bind=True)

@@ -37,12 +37,18 @@ def run_summary(result: RunResult) -> dict[str, Any]:
     }
 
 
-def sync_partner(core: Core, name: str, *, full: bool = False, study_id: str | None = None, trigger: str = "task") -> dict[str, Any]:
-    """One partner's sync (or one study's refresh); a run skipped for the lock is a normal result."""
+def sync_partner(
+    core: Core, name: str, *, full: bool = False, study_id: str | None = None, trigger: str = "task", run_id: str | None = None
+) -> dict[str, Any]:
+    """One partner's sync (or one study's refresh); a run skipped for the lock is a normal result.
+
+    ``run_id``: the run the producer recorded as queued (the REST API does), carried on here.
+    """
+    queued = uuid.UUID(run_id) if run_id else None
     if study_id is not None:
-        result = core.runner.refresh_study(name, study_id, trigger=trigger)
+        result = core.runner.refresh_study(name, study_id, trigger=trigger, run_id=queued)
     else:
-        result = core.runner.sync(name, full=full, trigger=trigger)
+        result = core.runner.sync(name, full=full, trigger=trigger, run_id=queued)
     return run_summary(result)
 
 

@@ -25,7 +25,7 @@ from imaging_sync.catalog import operations as catalog
 from imaging_sync.errors import NotFoundError, ValidationError
 
 PartnerFilter = Annotated[str | None, QueryParameter(name="partner", description="Only this partner.", max_length=63)]
-RunStatus = Literal["running", "succeeded", "failed", "skipped", "abandoned"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "skipped", "abandoned"]
 
 
 class OperationsController(Controller):

@@ -1,10 +1,11 @@
 """Starting a sync from the API: the run is recorded now, the work happens in the background.
 
-``SyncLauncher`` is what the API needs; :class:`ThreadLauncher` runs the sync
-in a thread of the API process until the Celery task of a later issue
-replaces it (the app factory takes any launcher). The API answers 202 with
-the run id as soon as the run record exists; progress and outcome are in
-``GET /sync-runs/{id}``.
+``SyncLauncher`` is what the API needs; ``api.sync_launcher`` picks one
+(:func:`launcher_for`). :class:`ThreadLauncher` runs the sync in a thread of
+the API process (one process, the demo); :class:`QueueLauncher` hands it to the
+Celery workers, so API processes sized for requests do no sync work. The API
+answers 202 with the run id as soon as the run record exists; progress and
+outcome are in ``GET /sync-runs/{id}``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import threading
 import uuid
 from typing import Protocol
 
+from celery import Celery
 from sqlalchemy import Engine
 
+from imaging_sync.config import Settings
+from imaging_sync.errors import QueueUnavailableError
 from imaging_sync.sync.lock import partner_lock
 from imaging_sync.sync.runner import SyncRunner
+from imaging_sync.task_names import QUEUE, SYNC_PARTNER
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +88,45 @@ class ThreadLauncher:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
+
+
+class QueueLauncher:
+    """Queues ``sync_partner`` for the Celery workers, with a run recorded as ``queued`` that the worker carries on.
+
+    Sent by task name on a producer-only Celery app (the API does not import
+    ``jobs``). A broker that does not take the task within a few quick retries
+    is a ``QueueUnavailableError`` (503), and the queued run is marked failed
+    with that reason: nothing is left waiting for a task that was never sent.
+    A queued run whose task is lost inside the broker stays ``queued``.
+    """
+
+    SEND_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+
+    def __init__(self, runner: SyncRunner, engine: Engine, broker_url: str) -> None:
+        self.runner = runner
+        self.engine = engine
+        self._producer = Celery("imaging-sync-api", broker=broker_url, set_as_current=False)
+        self._producer.conf.task_default_queue = QUEUE
+
+    def launch(self, partner: str, *, full: bool = False, study_id: str | None = None) -> uuid.UUID:
+        with partner_lock(self.engine, partner):  # raises SyncLockedError when held; released at once
+            pass
+        run_id = self.runner.record_queued_run(partner, trigger=TRIGGER, full=full)
+        kwargs = {"name": partner, "full": full, "study_id": study_id, "trigger": TRIGGER, "run_id": str(run_id)}
+        try:
+            self._producer.send_task(SYNC_PARTNER, kwargs=kwargs, queue=QUEUE, retry=True, retry_policy=self.SEND_RETRY)
+        except Exception as exc:  # kombu's and the transport's errors alike: the broker did not take it
+            self.runner.fail_queued_run(run_id, f"the job queue did not take the task: {type(exc).__name__}")
+            log.warning("could not queue the sync of %s: %s", partner, type(exc).__name__)
+            raise QueueUnavailableError(f"the job queue did not take the sync of {partner!r}") from exc
+        return run_id
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.close()
+
+
+def launcher_for(settings: Settings, runner: SyncRunner, engine: Engine) -> SyncLauncher:
+    """The launcher ``api.sync_launcher`` names."""
+    if settings.api.sync_launcher == "queue":
+        return QueueLauncher(runner, engine, settings.jobs.resolved_broker_url().reveal())
+    return ThreadLauncher(runner, engine)

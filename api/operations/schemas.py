@@ -14,7 +14,7 @@ NextCursor = Annotated[str | None, msgspec.Meta(description="Pass as `cursor` fo
 class SyncRun(msgspec.Struct, kw_only=True):
     id: uuid.UUID
     partner: str
-    status: Annotated[str, msgspec.Meta(description="running | succeeded | failed | skipped | abandoned")]
+    status: Annotated[str, msgspec.Meta(description="queued (waiting for a worker) | running | succeeded | failed | skipped | abandoned")]
     trigger: str
     full: bool
     started_at: dt.datetime

@@ -18,7 +18,7 @@ _state = PartnerState.__table__
 _runs = SyncRun.__table__
 _rejected = RejectedItem.__table__
 
-RUN_STATUSES = ("running", "succeeded", "failed", "skipped", "abandoned")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "abandoned")
 
 
 @dataclass(frozen=True, slots=True)

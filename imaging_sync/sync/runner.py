@@ -94,20 +94,28 @@ class SyncRunner:
         trigger: str = "cli",
         progress: ProgressCallback | None = None,
         on_start: Callable[[uuid.UUID], None] | None = None,
+        run_id: uuid.UUID | None = None,
     ) -> RunResult:
         """Sync one partner; never raises for partner or data failures (the result says).
 
         ``on_start`` is told the run id as soon as the run is recorded (a caller
-        answering "accepted, see run X" before the work is done).
+        answering "accepted, see run X" before the work is done). ``run_id``: a
+        run :meth:`record_queued_run` recorded, carried on with this work.
         """
 
         def pull(config: PartnerConfig, source: PartnerSource, result: RunResult, started: float) -> None:
             self._pull(config, source, result, full, progress, started)
 
-        return self._run(partner_name, trigger, full, pull, on_start)
+        return self._run(partner_name, trigger, full, pull, on_start, run_id)
 
     def refresh_study(
-        self, partner_name: str, partner_study_id: str, *, trigger: str = "cli", on_start: Callable[[uuid.UUID], None] | None = None
+        self,
+        partner_name: str,
+        partner_study_id: str,
+        *,
+        trigger: str = "cli",
+        on_start: Callable[[uuid.UUID], None] | None = None,
+        run_id: uuid.UUID | None = None,
     ) -> RunResult:
         """Re-read one study from the partner now (``GET /v1/studies/{id}``); the bookmark stays."""
 
@@ -118,7 +126,24 @@ class SyncRunner:
             writer = PageWriter(config.name, self.settings.priorities())
             self._commit_page(writer, config.name, Page(items=[item], next_page_token=None), result, advance_bookmark=False)
 
-        return self._run(partner_name, trigger, False, refresh, on_start)
+        return self._run(partner_name, trigger, False, refresh, on_start, run_id)
+
+    def record_queued_run(self, partner_name: str, *, trigger: str, full: bool) -> uuid.UUID:
+        """A run in status ``queued`` for work handed to the job queue; the worker carries it on (``run_id=``).
+
+        So a caller can answer "accepted, see run X" before any worker has the task.
+        """
+        self.settings.partner(partner_name)  # an unknown partner fails here, not on the worker
+        return self._insert_run(partner_name, "queued", trigger, full)
+
+    def fail_queued_run(self, run_id: uuid.UUID, error: str) -> None:
+        """The queued run's task never reached the queue: say so in its record."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_runs)
+                .where(_runs.c.id == run_id, _runs.c.status == "queued")
+                .values(status="failed", finished_at=utcnow(), error=error, error_kind="queue")
+            )
 
     def _run(
         self,
@@ -127,10 +152,11 @@ class SyncRunner:
         full: bool,
         work: Callable[[PartnerConfig, PartnerSource, RunResult, float], None],
         on_start: Callable[[uuid.UUID], None] | None = None,
+        queued: uuid.UUID | None = None,
     ) -> RunResult:
         """A recorded run under the partner lock; every outcome ends in the run record."""
         config = self.settings.partner(partner_name)
-        run_id = self._start_run(partner_name, trigger, full)
+        run_id = self._start_run(partner_name, trigger, full, queued)
         if on_start is not None:
             on_start(run_id)
         result = RunResult(run_id=run_id, partner=partner_name, status="running")
@@ -228,12 +254,31 @@ class SyncRunner:
 
     # -- run records and state ----------------------------------------------------
 
-    def _start_run(self, partner: str, trigger: str, full: bool) -> uuid.UUID:
+    def _start_run(self, partner: str, trigger: str, full: bool, queued: uuid.UUID | None = None) -> uuid.UUID:
+        """Record a running run: the queued one when it is still queued, else a new one.
+
+        A task that comes again (a retry after a failure, a redelivery after a
+        worker died) finds its run no longer queued and records a run of its
+        own, so each attempt keeps its outcome.
+        """
+        if queued is not None:
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    update(_runs)
+                    .where(_runs.c.id == queued, _runs.c.partner == partner, _runs.c.status == "queued")
+                    .values(status="running", started_at=utcnow(), host=socket.gethostname()[:255], pid=os.getpid())
+                ).rowcount
+            if taken == 1:
+                return queued
+            log.info("run %s is no longer queued (a retry or a redelivery): recording a new run", queued)
+        return self._insert_run(partner, "running", trigger, full)
+
+    def _insert_run(self, partner: str, status: str, trigger: str, full: bool) -> uuid.UUID:
         run_id = new_id()
         with self.engine.begin() as conn:
             conn.execute(
                 _runs.insert().values(
-                    id=run_id, partner=partner, status="running", trigger=trigger, full=full, started_at=utcnow(),
+                    id=run_id, partner=partner, status=status, trigger=trigger, full=full, started_at=utcnow(),
                     host=socket.gethostname()[:255], pid=os.getpid(), **dict.fromkeys(COUNTERS, 0),
                 )
             )
