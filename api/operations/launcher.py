@@ -97,7 +97,8 @@ class QueueLauncher:
     ``jobs``). A broker that does not take the task within a few quick retries
     is a ``QueueUnavailableError`` (503), and the queued run is marked failed
     with that reason: nothing is left waiting for a task that was never sent.
-    A queued run whose task is lost inside the broker stays ``queued``.
+    A queued run whose task is lost inside the broker is abandoned by the
+    partner's next run after an hour (``runner.QUEUED_RUN_EXPIRY``).
     """
 
     SEND_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}

@@ -33,6 +33,9 @@ from imaging_sync.sync.apply import PageOutcome, PageWriter
 from imaging_sync.sync.lock import partner_lock
 
 log = logging.getLogger(__name__)
+
+# A run recorded 'queued' whose task no worker took within this is abandoned by the partner's next run.
+QUEUED_RUN_EXPIRY = dt.timedelta(hours=1)
 _runs = SyncRun.__table__
 _state = PartnerState.__table__
 COUNTERS = ("pages", "fetched", "created", "updated", "unchanged", "deleted", "rejected", "instances")
@@ -289,12 +292,23 @@ class SyncRunner:
             conn.execute(update(_runs).where(_runs.c.id == run_id).values(since=since))
 
     def _abandon_stale_runs(self, partner: str, current: uuid.UUID) -> None:
-        """Runs still 'running' while we hold the lock died without finishing."""
+        """Runs still 'running' while we hold the lock died without finishing; long-'queued' ones lost their task.
+
+        A queued task normally reaches a worker within seconds (one that finds the
+        partner busy ends its run 'skipped'). After ``QUEUED_RUN_EXPIRY`` the task
+        was lost or the workers were down; if it still comes, it records a new run.
+        """
+        now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(
                 update(_runs)
                 .where(_runs.c.partner == partner, _runs.c.status == "running", _runs.c.id != current)
-                .values(status="abandoned", finished_at=utcnow(), error="process ended before the run finished (killed or crashed)")
+                .values(status="abandoned", finished_at=now, error="process ended before the run finished (killed or crashed)")
+            )
+            conn.execute(
+                update(_runs)
+                .where(_runs.c.partner == partner, _runs.c.status == "queued", _runs.c.started_at < now - QUEUED_RUN_EXPIRY)
+                .values(status="abandoned", finished_at=now, error="no worker took its task (lost, or the workers were down)")
             )
 
     def _finish_run(self, result: RunResult) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,14 +10,14 @@ import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.app import create_app
 from imaging_sync import apikeys
 from imaging_sync.bootstrap import bootstrap
 from imaging_sync.config import ApiConfig, JobsConfig, Settings
-from imaging_sync.db.models import SyncRun
-from imaging_sync.sync.runner import SyncRunner
+from imaging_sync.db.models import SyncRun, utcnow
+from imaging_sync.sync.runner import QUEUED_RUN_EXPIRY, SyncRunner
 from imaging_sync.testing.factories import simulator_partner
 from imaging_sync.testing.waiting import eventually
 from jobs_fixtures import IGNORE_SETEX, jobs, redis_server, redis_url, sqlite_jobs, start_simulator  # noqa: F401  # fixtures
@@ -103,3 +104,19 @@ def test_a_task_that_comes_again_records_a_run_of_its_own(sqlite_jobs: Any, star
     with sqlite_jobs.engine().connect() as conn:
         statuses = dict(conn.execute(select(SyncRun.id, SyncRun.status)).all())
     assert statuses == {queued_id: "succeeded", again.run_id: "succeeded"}, "the first attempt's outcome is kept"
+
+
+def test_a_run_queued_longer_than_an_hour_is_abandoned_by_the_partners_next_run(sqlite_jobs: Any, start_simulator) -> None:  # noqa: F811
+    sim = start_simulator(studies=1)
+    engine = sqlite_jobs.engine()
+    runner = SyncRunner(engine, sqlite_jobs.settings(simulator_partner("b", sim.base_url)))
+    lost = runner.record_queued_run("b", trigger="api", full=False)
+    recent = runner.record_queued_run("b", trigger="api", full=False)
+    with engine.begin() as conn:
+        conn.execute(update(SyncRun).where(SyncRun.id == lost).values(started_at=utcnow() - QUEUED_RUN_EXPIRY - dt.timedelta(minutes=1)))
+
+    runner.sync("b", trigger="schedule")
+
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(SyncRun.id, SyncRun.status)).all())
+    assert statuses[lost] == "abandoned" and statuses[recent] == "queued", "a task still on its way keeps its run"
