@@ -22,6 +22,7 @@ from imaging_sync.errors import ValidationError
 
 _STATE_KEY = "query_parameters"
 _METHODS = ("get", "put", "post", "delete", "patch")
+_NAME_SHOWN = 64
 
 # (HTTP method, path template) -> query parameter name -> whether it may be repeated
 Allowed = dict[tuple[str, str], dict[str, bool]]
@@ -82,7 +83,8 @@ class QueryCheck:
         for name, _ in request.query_params.multi_items():
             if name not in names:
                 takes = ", ".join(sorted(names)) or "none"
-                raise ValidationError(name, f"is not a parameter of this endpoint (it takes: {takes})")
+                shown = name if len(name) <= _NAME_SHOWN else name[:_NAME_SHOWN] + "…"  # echoed back: bounded
+                raise ValidationError(shown, f"is not a parameter of this endpoint (it takes: {takes})")
             if name in seen and not names[name]:
                 raise ValidationError(name, "must be given at most once")
             seen.add(name)

@@ -88,3 +88,10 @@ def test_the_check_holds_without_a_lifespan_start_up(app: Litestar, keys: Keys) 
     unstarted = TestClient(app)  # not entered: no lifespan events
 
     assert unstarted.get("/api/v1/studies?patientid=1", headers=keys.headers("viewer")).status_code == 400
+
+
+def test_a_huge_unknown_name_is_named_but_not_echoed_whole(client: TestClient[Litestar], keys: Keys) -> None:
+    response = client.get("/api/v1/studies?" + "x" * 5000 + "=1", headers=keys.headers("viewer"))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "x" * 64 + "…" and len(response.text) < 1000
