@@ -228,9 +228,10 @@ def plain_message(message: str) -> str:
     msgspec says ``Expected `int | null`, got `str```; the field is named
     either way, and a message not in the table passes through unchanged.
     """
+    core = message.split(" - at ")[0]  # msgspec appends where in the document; the field is named already
     for pattern, replacement in _PLAIN:
-        if pattern.fullmatch(message.split(" - at ")[0]):
-            return pattern.sub(replacement, message.split(" - at ")[0])
+        if pattern.fullmatch(core):
+            return pattern.sub(replacement, core)
     return message
 
 

@@ -44,6 +44,16 @@ class SyncLauncher(Protocol):
         ...
 
 
+def refuse_if_syncing(engine: Engine, partner: str) -> None:
+    """SyncLockedError (409) now when the partner is being synced, here or in another process.
+
+    A probe: the lock is released at once. The run itself takes it again, and a
+    run that loses that race ends 'skipped', recorded.
+    """
+    with partner_lock(engine, partner):
+        pass
+
+
 class ThreadLauncher:
     """Runs ``SyncRunner.sync``/``refresh_study`` in a daemon thread of this process.
 
@@ -60,8 +70,7 @@ class ThreadLauncher:
 
     def launch(self, partner: str, *, full: bool = False, study_id: str | None = None) -> uuid.UUID:
         with self._guard:
-            with partner_lock(self.engine, partner):  # raises SyncLockedError when held; released at once
-                pass
+            refuse_if_syncing(self.engine, partner)
             started: concurrent.futures.Future[uuid.UUID] = concurrent.futures.Future()
 
             def work() -> None:
@@ -110,8 +119,7 @@ class QueueLauncher:
         self._producer.conf.task_default_queue = QUEUE
 
     def launch(self, partner: str, *, full: bool = False, study_id: str | None = None) -> uuid.UUID:
-        with partner_lock(self.engine, partner):  # raises SyncLockedError when held; released at once
-            pass
+        refuse_if_syncing(self.engine, partner)
         run_id = self.runner.record_queued_run(partner, trigger=TRIGGER, full=full)
         kwargs = {"name": partner, "full": full, "study_id": study_id, "trigger": TRIGGER, "run_id": str(run_id)}
         try:
