@@ -29,11 +29,10 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 from kombu.utils.url import maybe_sanitize_url
 
 from imaging_sync.config import Settings, load_settings
-from jobs.runtime import Runtime
 from imaging_sync.task_names import QUEUE
+from jobs.runtime import Runtime
 from jobs.schedule import build_beat_schedule
 
-DEFAULT_QUEUE = QUEUE
 # Time limits (seconds) for tasks that do not set their own; prefork pools enforce them.
 SOFT_TIME_LIMIT = 3600
 TIME_LIMIT = SOFT_TIME_LIMIT + 60
@@ -88,7 +87,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": restore_interval,
             "unacked_restore_throttle": restore_throttle,
         },
-        "task_default_queue": DEFAULT_QUEUE,
+        "task_default_queue": QUEUE,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

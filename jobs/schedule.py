@@ -26,7 +26,6 @@ from celery.schedules import crontab, schedule
 from imaging_sync.config import PartnerConfig, Settings, crontab_fields
 from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
 
-
 # The daily prune, in jobs.timezone: early morning, away from the default 06:00/18:00 syncs.
 PRUNE_CRONTAB = "30 3 * * *"
 SCHEDULE_TRIGGER = "schedule"  # sync_run.trigger of scheduled runs

@@ -23,8 +23,8 @@ from imaging_sync.config import JobsConfig, OutboxConfig, Settings, WebhookConfi
 from imaging_sync.errors import ConfigError
 from imaging_sync.testing.factories import simulator_partner
 from imaging_sync.testing.toml_config import write_config
-from jobs.app import DEFAULT_QUEUE, create_app
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
+from jobs.app import create_app
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, QUEUE, RELAY_OUTBOX, SYNC_PARTNER
 from jobs.schedule import ZonedCrontab, build_beat_schedule, next_run_times
 from jobs_fixtures import redis_server, redis_url  # noqa: F401  # fixtures
 
@@ -138,9 +138,9 @@ def test_imaging_sync_beat_queues_the_scheduled_tasks_on_the_broker(redis_url: s
     client = redis.Redis.from_url(redis_url)
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and client.llen(DEFAULT_QUEUE) < 2 and process.poll() is None:
+        while time.monotonic() < deadline and client.llen(QUEUE) < 2 and process.poll() is None:
             time.sleep(0.05)
-        queued = client.lrange(DEFAULT_QUEUE, 0, -1)
+        queued = client.lrange(QUEUE, 0, -1)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
