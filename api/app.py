@@ -4,7 +4,11 @@ Layout of the URL space:
 
 - ``/api/v1/…``: the versioned API; every route needs an API key and is audited.
 - ``/api/v1/schema/openapi.json`` (and ``.yaml``) and ``/api/v1/docs``
-  (Swagger UI): the OpenAPI description, no key needed.
+  (Swagger UI, also at ``/api/v1/schema/swagger``): the OpenAPI description,
+  no key needed, not audited. The docs page loads nothing from the internet:
+  Swagger UI's files are served by the app from an installed package under
+  ``/api/v1/docs/assets/`` (``api.docs``), so it works on a hospital network
+  without internet access.
 - ``/health`` and ``/ready``: unversioned probes for load balancers, no key.
 
 ``create_app`` takes everything from outside as arguments (the core, the
@@ -16,20 +20,20 @@ server runs in each worker (``uvicorn --factory api.app:app_from_environment``).
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-from litestar import Litestar, MediaType, Request, Router, get
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Message, Scope
 
 from api.audit_log.controllers import AuditController
 from api.auditing import AuditMiddleware, parse_trusted_proxies
 from api.db import open_pool, provide_connection
+from api.docs import docs_router
 from api.errors import REQUEST_ID_HEADER, error_response
 from api.files.controllers import FileController
 from api.files.services import FileUrls
@@ -112,6 +116,7 @@ def create_app(
         if close_core:
             core.close()
 
+    docs, swagger = docs_router(API_PREFIX)
     register_database_collector(core.engine)
     return Litestar(
         route_handlers=[api, docs, health, ready, MetricsController],
@@ -129,7 +134,7 @@ def create_app(
             version=VERSION,
             description=DESCRIPTION,
             path=f"{API_PREFIX}/schema",
-            render_plugins=[JsonRenderPlugin(path="/openapi.json"), YamlRenderPlugin(path="/openapi.yaml"), _SWAGGER],
+            render_plugins=[JsonRenderPlugin(path="/openapi.json"), YamlRenderPlugin(path="/openapi.yaml"), swagger],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="Authorization: Bearer <API key>"),
@@ -140,9 +145,6 @@ def create_app(
         logging_config=None,  # the core configured logging (bootstrap); no second set-up
         debug=False,
     )
-
-
-_SWAGGER = SwaggerRenderPlugin(path="/swagger")
 
 
 def cors(api: ApiConfig) -> CORSConfig | None:
@@ -164,12 +166,6 @@ def cors(api: ApiConfig) -> CORSConfig | None:
         allow_credentials=False,
         max_age=600,
     )
-
-
-@get(f"{API_PREFIX}/docs", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)
-def docs(request: Request[Any, Any, Any]) -> bytes:
-    """Swagger UI over this app's schema (also at /api/v1/schema/swagger)."""
-    return _SWAGGER.render(request, request.app.openapi_schema.to_schema())
 
 
 async def _request_id_header(message: Message, scope: Scope) -> None:
