@@ -2,18 +2,26 @@
 
 One TOML file (``IMAGING_SYNC_CONFIG``, default ``./imaging-sync.toml``),
 overridden by environment variables named ``IMAGING_SYNC__SECTION__KEY``
-(double underscores separate the path; ``IMAGING_SYNC__PARTNERS__B__PAGE_SIZE=50``).
-With no file at all the service runs on embedded defaults: a SQLite database
-under ``./var/`` and no partners.
+(double underscores separate the path; ``IMAGING_SYNC__PARTNERS__B__PAGE_SIZE=50``;
+a list key takes a JSON array or comma-separated values). With no file at all
+the service runs on embedded defaults: a SQLite database under ``./var/`` and
+no partners.
 
-Secrets (partner API keys, database passwords, cloud credentials) are never
-read from the TOML: the config names an environment variable or a file that
-holds them, and they are checked at start so a missing key fails before any
-work, naming the config key to fix.
+Every key is declared once, here, with its description (``doc``): the
+commented example config (``docs/imaging-sync.example.toml``) is generated
+from these declarations (:mod:`imaging_sync.config_example`), so it cannot
+miss a key.
+
+Secrets (partner API keys, database passwords, cloud credentials, webhook
+URLs) are never read from the TOML: the config names an environment variable
+(``…_env``) or a file (``…_file``) that holds them, and every one of them is
+read at start, so all missing secrets fail together before any work, each
+named by its config key.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -39,7 +47,14 @@ _SECRET_KEYS = {"api_key", "password", "secret", "secret_access_key", "aws_secre
 _PARTNER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+def doc(description: str, *, example: Any = None, **constraints: Any) -> msgspec.Meta:
+    """A config key's description (and an example value), shown in the generated example config."""
+    return msgspec.Meta(description=description, examples=[example] if example is not None else None, **constraints)
+
+
+EnvName = str | None  # the name of an environment variable holding a secret
+FileName = str | None  # the path of a file holding a secret
 
 
 @dataclass(frozen=True)
@@ -60,41 +75,39 @@ class Secret:
 class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """How a partner call is retried on 5xx, timeouts, connection errors and 429."""
 
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 6
-    initial_backoff: PositiveFloat = 0.5
-    max_backoff: PositiveFloat = 30.0
-    max_total_seconds: PositiveFloat = 300.0
-    # A Retry-After longer than this is not waited out: the run fails instead.
-    max_retry_after: PositiveFloat = 120.0
+    max_attempts: Annotated[int, doc("Attempts per request, the first included.", ge=1, le=50)] = 6
+    initial_backoff: Annotated[float, doc("Seconds before the first retry; doubled each time, with jitter.", gt=0)] = 0.5
+    max_backoff: Annotated[float, doc("Longest wait between two attempts, in seconds.", gt=0)] = 30.0
+    max_total_seconds: Annotated[float, doc("Give up on a request after this many seconds of retrying.", gt=0)] = 300.0
+    max_retry_after: Annotated[float, doc("A Retry-After longer than this many seconds is not waited out: the run fails instead.", gt=0)] = 120.0
 
 
 class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One partner service: where it is, how to authenticate, how to map it."""
+    """One partner service ([partners.NAME]): where it is, how to authenticate, how to map its vocabulary."""
 
-    base_url: str
-    name: str = ""
-    adapter: Literal["reference-v1"] = "reference-v1"
-    enabled: bool = True
-    api_key_env: str | None = None
-    api_key_file: str | None = None
-    auth_header: str = "X-API-Key"
-    auth_scheme: str | None = None
-    default_bucket: str | None = None
-    allowed_buckets: list[str] = []
-    page_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 200
-    overlap_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0
-    connect_timeout: PositiveFloat = 5.0
-    read_timeout: PositiveFloat = 30.0
-    retry: RetryPolicy = RetryPolicy()
-    # Higher wins: field values of an entity come from its highest-priority partner.
-    priority: int = 0
-    # Accept values that already are DICOM defined terms (e.g. "CT") when the
-    # vocabulary table has no entry for them.
-    passthrough_dicom_terms: bool = True
-    # field name -> {partner value -> DICOM value}
-    vocabulary: dict[str, dict[str, str]] = {}
-    # When the scheduled jobs sync this partner (crontab, in jobs.timezone); None: jobs.default_schedule.
-    schedule: str | None = None
+    base_url: Annotated[str, doc("The partner's export API; requests go to {base_url}/v1/...", example="https://export.partner-b.example/api")]
+    name: Annotated[str, doc("Set from the section name [partners.NAME]; not written in the file.")] = ""
+    adapter: Annotated[Literal["reference-v1"], doc("Which export contract the partner serves (docs/partner-api.md).")] = "reference-v1"
+    enabled: Annotated[bool, doc("A disabled partner is kept (its data stays) but never synced.")] = True
+    api_key_env: Annotated[EnvName, doc("Environment variable holding the partner's API key (or api_key_file).", example="PARTNER_B_API_KEY")] = None
+    api_key_file: Annotated[FileName, doc("File holding the partner's API key (or api_key_env).", example="/run/secrets/partner-b-api-key")] = None
+    auth_header: Annotated[str, doc("Header the key is sent in, e.g. \"Authorization\" with auth_scheme = \"Bearer\".")] = "X-API-Key"
+    auth_scheme: Annotated[str | None, doc("Written before the key in auth_header (\"Bearer\" sends \"Bearer <key>\").", example="Bearer")] = None
+    default_bucket: Annotated[str | None, doc("Bucket of locations the partner gives as a bare key (no s3:// bucket).", example="partner-b-dicom")] = None
+    allowed_buckets: Annotated[list[str], doc("Other buckets this partner's locations may name; any other bucket is rejected.", example=["partner-b-archive"])] = []
+    page_size: Annotated[int, doc("Studies asked for per listing page.", ge=1, le=500)] = 200
+    overlap_seconds: Annotated[float, doc("Re-read this many seconds before the bookmark, for the partner's late commits.", ge=0)] = 600.0
+    connect_timeout: Annotated[float, doc("Seconds to open a connection to the partner.", gt=0)] = 5.0
+    read_timeout: Annotated[float, doc("Seconds to wait for a response from the partner.", gt=0)] = 30.0
+    retry: Annotated[RetryPolicy, doc("How the partner's calls are retried.")] = RetryPolicy()
+    priority: Annotated[int, doc("Higher wins: an entity several partners have shows its highest-priority partner's values, and its files are read from that partner first.")] = 0
+    passthrough_dicom_terms: Annotated[bool, doc("Accept values that already are DICOM defined terms (\"CT\", \"M\") when the vocabulary table has no entry for them.")] = True
+    vocabulary: Annotated[
+        dict[str, dict[str, str]],
+        doc("Per coded field (sex, modality, body_part_examined): the partner's value -> the DICOM value.",
+            example={"sex": {"male": "M", "female": "F", "other": "O"}, "modality": {"Computed Tomography": "CT", "MRI": "MR"}}),
+    ] = {}
+    schedule: Annotated[str | None, doc("When the scheduled jobs sync this partner (crontab, in jobs.timezone); unset: jobs.default_schedule.", example="30 2 * * *")] = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -118,55 +131,65 @@ class PartnerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class DatabaseConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    url: str = DEFAULT_DATABASE_URL
-    password_env: str | None = None
-    password_file: str | None = None
-    # Connections a process may hold at once, kept open once opened (no overflow).
-    pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
-    # Seconds a checkout waits for a free connection before DatabaseError (the API answers 503).
-    pool_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
-    echo: bool = False
+    """The index database: SQLite for one machine, PostgreSQL for production."""
+
+    url: Annotated[str, doc("SQLAlchemy URL, without a password: sqlite:///path/to/file.db or postgresql+psycopg://user@host:5432/db.",
+                            example="postgresql+psycopg://imaging_sync@db.internal:5432/imaging_sync")] = DEFAULT_DATABASE_URL
+    password_env: Annotated[EnvName, doc("Environment variable holding the database password (or password_file).", example="IMAGING_SYNC_DB_PASSWORD")] = None
+    password_file: Annotated[FileName, doc("File holding the database password (or password_env).", example="/run/secrets/db-password")] = None
+    pool_size: Annotated[int, doc("Connections a process may hold at once, kept open once opened (no overflow).", ge=1, le=200)] = 10
+    pool_timeout: Annotated[float, doc("Seconds a request waits for a free connection before failing (the API answers 503).", gt=0, le=300)] = 30.0
+    echo: Annotated[bool, doc("Log every SQL statement (debugging only: statements carry patient data).")] = False
 
 
 class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    """Logs go to stderr; they never carry patient names or IDs."""
+
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], doc("DEBUG, INFO, WARNING or ERROR.")] = "INFO"
+    format: Annotated[Literal["text", "json"], doc("text, or json: JSON lines with the run id and partner on every line of a run.")] = "text"
 
 
 class SyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    # How often a page token may expire (410) in one run before the run fails.
-    max_token_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
-    # How often a page transaction is retried after a deadlock or serialization failure.
-    max_page_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """The sync engine."""
+
+    max_token_restarts: Annotated[int, doc("How often a page token may expire (410 Gone) in one run before the run fails.", ge=0)] = 5
+    max_page_attempts: Annotated[int, doc("How often a page transaction is retried after a deadlock or serialization failure.", ge=1)] = 3
 
 
 class BucketConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One S3 bucket the service may sign or read, and how to reach it.
+    """One S3 bucket the service may sign or read ([storage.buckets.NAME]), and how to reach it.
 
     Different buckets may live in different accounts and regions; buckets with
     the same settings share one boto3 client.
     """
 
-    region: str = "us-east-1"
-    # MinIO, moto or another S3-compatible store; None for AWS itself.
-    endpoint_url: str | None = None
-    # default: the boto3 credential chain; profile: a named profile;
-    # keys: access keys from environment variables; assume_role: STS AssumeRole.
-    auth: Literal["default", "profile", "keys", "assume_role"] = "default"
-    profile: str | None = None
-    access_key_id_env: str | None = None
-    secret_access_key_env: str | None = None
-    session_token_env: str | None = None
-    role_arn: str | None = None
-    external_id_env: str | None = None
-    role_session_name: str = "imaging-sync"
-    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    region: Annotated[str, doc("The bucket's AWS region.", example="ap-northeast-2")] = "us-east-1"
+    endpoint_url: Annotated[str | None, doc("MinIO, moto or another S3-compatible store; unset for AWS itself.", example="https://minio.partner-c.example")] = None
+    auth: Annotated[
+        Literal["default", "profile", "keys", "assume_role"],
+        doc("default: the boto3 credential chain; profile: a named profile; keys: access keys from …_env/…_file; assume_role: STS AssumeRole of role_arn."),
+    ] = "default"
+    profile: Annotated[str | None, doc("The AWS profile (auth = \"profile\", or the source credentials of assume_role).", example="partner-b")] = None
+    access_key_id_env: Annotated[EnvName, doc("auth = \"keys\": environment variable holding the access key id (or access_key_id_file).", example="PARTNER_B_S3_ACCESS_KEY_ID")] = None
+    access_key_id_file: Annotated[FileName, doc("auth = \"keys\": file holding the access key id.", example="/run/secrets/partner-b-s3-access-key-id")] = None
+    secret_access_key_env: Annotated[EnvName, doc("auth = \"keys\": environment variable holding the secret access key (or secret_access_key_file).", example="PARTNER_B_S3_SECRET_ACCESS_KEY")] = None
+    secret_access_key_file: Annotated[FileName, doc("auth = \"keys\": file holding the secret access key.", example="/run/secrets/partner-b-s3-secret-access-key")] = None
+    session_token_env: Annotated[EnvName, doc("auth = \"keys\": environment variable holding a session token, for temporary keys.", example="PARTNER_B_S3_SESSION_TOKEN")] = None
+    session_token_file: Annotated[FileName, doc("auth = \"keys\": file holding a session token.", example="/run/secrets/partner-b-s3-session-token")] = None
+    role_arn: Annotated[str | None, doc("auth = \"assume_role\": the role to assume.", example="arn:aws:iam::111122223333:role/imaging-sync-read")] = None
+    external_id_env: Annotated[EnvName, doc("auth = \"assume_role\": environment variable holding the external id the role requires.", example="PARTNER_B_EXTERNAL_ID")] = None
+    external_id_file: Annotated[FileName, doc("auth = \"assume_role\": file holding the external id.", example="/run/secrets/partner-b-external-id")] = None
+    role_session_name: Annotated[str, doc("auth = \"assume_role\": the session name (shows in the partner's CloudTrail).")] = "imaging-sync"
+    addressing_style: Annotated[Literal["auto", "path", "virtual"], doc("auto, path (most S3-compatible stores) or virtual (host-style).")] = "auto"
 
     def __post_init__(self) -> None:
+        for name in ("access_key_id", "secret_access_key", "session_token", "external_id"):
+            if getattr(self, f"{name}_env") and getattr(self, f"{name}_file"):
+                raise ValueError(f"{name}_env and {name}_file: set only one")
         if self.auth == "profile" and not self.profile:
             raise ValueError("profile: required when auth = \"profile\"")
-        if self.auth == "keys" and not (self.access_key_id_env and self.secret_access_key_env):
-            raise ValueError("access_key_id_env: auth = \"keys\" needs access_key_id_env and secret_access_key_env")
+        if self.auth == "keys" and not ((self.access_key_id_env or self.access_key_id_file) and (self.secret_access_key_env or self.secret_access_key_file)):
+            raise ValueError("access_key_id_env: auth = \"keys\" needs access_key_id_env (or _file) and secret_access_key_env (or _file)")
         if self.auth == "assume_role" and not self.role_arn:
             raise ValueError("role_arn: required when auth = \"assume_role\"")
         if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
@@ -176,12 +199,19 @@ class BucketConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The bucket registry: only these buckets are ever signed or read."""
 
-    presign_default_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
-    presign_max_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 3600
-    # Start an S3 endpoint on 127.0.0.1 (moto's server) for local use and the demo.
-    embedded: bool = False
-    embedded_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
-    buckets: dict[str, BucketConfig] = {}
+    presign_default_seconds: Annotated[int, doc("Lifetime of a presigned URL when the client asks for none.", ge=1)] = 300
+    presign_max_seconds: Annotated[int, doc("Longest lifetime a client may ask for (an assume_role bucket's URLs end with the role's session if sooner).", ge=1, le=7 * 24 * 3600)] = 3600
+    embedded: Annotated[bool, doc("Start an S3 endpoint on 127.0.0.1 (moto's server) for local use: [storage.buckets] are created in it.")] = False
+    embedded_port: Annotated[int, doc("The embedded S3's port (0: any free port).", ge=0, le=65535)] = 0
+    buckets: Annotated[
+        dict[str, BucketConfig],
+        doc("The buckets, by name.", example={
+            "partner-b-dicom": {"region": "ap-northeast-2", "auth": "assume_role", "role_arn": "arn:aws:iam::111122223333:role/imaging-sync-read", "external_id_env": "PARTNER_B_EXTERNAL_ID"},
+            "partner-b-archive": {"region": "ap-northeast-2", "auth": "assume_role", "role_arn": "arn:aws:iam::111122223333:role/imaging-sync-read", "external_id_env": "PARTNER_B_EXTERNAL_ID"},
+            "partner-c-images": {"region": "eu-west-1", "endpoint_url": "https://minio.partner-c.example", "auth": "keys",
+                                 "access_key_id_env": "PARTNER_C_S3_ACCESS_KEY_ID", "secret_access_key_file": "/run/secrets/partner-c-s3-secret-access-key", "addressing_style": "path"},
+        }),
+    ] = {}
 
     def __post_init__(self) -> None:
         if self.presign_default_seconds > self.presign_max_seconds:
@@ -195,19 +225,23 @@ _ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+
 
 
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
-    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    default_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
-    max_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
-    # Client addresses are taken from X-Forwarded-For only when the peer is one of these.
-    trusted_proxies: list[str] = []
-    # Web pages on these origins may call the API from the browser (CORS). None by default:
-    # a server calling the API needs no CORS, and each origin allowed is a decision.
-    cors_allowed_origins: list[str] = []
-    # Where POST /partners/{name}/sync does the work: "thread" in the API process (one
-    # process, the demo), "queue" on the Celery workers through [jobs] broker.
-    sync_launcher: Literal["thread", "queue"] = "thread"
+    """The REST API (`imaging-sync serve api`)."""
+
+    host: Annotated[str, doc("Address to listen on (0.0.0.0: every interface).", example="0.0.0.0")] = "127.0.0.1"
+    port: Annotated[int, doc("Port to listen on.", ge=0, le=65535)] = 8080
+    workers: Annotated[int, doc("uvicorn worker processes (about two per core).", ge=1, le=64)] = 1
+    default_page_size: Annotated[int, doc("Items per page when a client asks for no limit.", ge=1, le=1000)] = 50
+    max_page_size: Annotated[int, doc("Most items per page; a larger limit gets pages of this size.", ge=1, le=1000)] = 200
+    trusted_proxies: Annotated[list[str], doc("Client addresses are taken from X-Forwarded-For only when the peer is one of these (addresses or networks).", example=["10.0.0.10"])] = []
+    cors_allowed_origins: Annotated[
+        list[str],
+        doc("Web pages on these origins may call the API from the browser (CORS): scheme://host[:port], as browsers send them. None by default: "
+            "a server calling the API needs no CORS, and each origin allowed is a decision.", example=["https://platform.example", "http://localhost:5173"]),
+    ] = []
+    sync_launcher: Annotated[
+        Literal["thread", "queue"],
+        doc("Where POST /partners/{name}/sync does the work: \"thread\" in the API process (one process, the demo), \"queue\" on the Celery workers through [jobs] broker."),
+    ] = "thread"
 
     def __post_init__(self) -> None:
         if self.default_page_size > self.max_page_size:
@@ -218,48 +252,61 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Where outbox events are POSTed (JSON, HMAC-SHA256 signed when a secret is set)."""
+    """Where outbox events are POSTed: JSON, HMAC-SHA256 signed when a secret is set (docs/webhooks.md)."""
 
-    url: str
-    secret_env: str | None = None
-    secret_file: str | None = None
-    timeout_seconds: PositiveFloat = 10.0
+    url: Annotated[str | None, doc("The receiver's URL, when it carries no secret (one with a token in it goes in url_env or url_file).",
+                                   example="https://platform.internal/hooks/imaging-sync")] = None
+    url_env: Annotated[EnvName, doc("Environment variable holding the receiver's URL (or url, url_file).", example="IMAGING_SYNC_WEBHOOK_URL")] = None
+    url_file: Annotated[FileName, doc("File holding the receiver's URL.", example="/run/secrets/webhook-url")] = None
+    secret_env: Annotated[EnvName, doc("Environment variable holding the HMAC-SHA256 signing secret (or secret_file).", example="IMAGING_SYNC_WEBHOOK_SECRET")] = None
+    secret_file: Annotated[FileName, doc("File holding the signing secret.", example="/run/secrets/webhook-secret")] = None
+    timeout_seconds: Annotated[float, doc("Seconds to wait for the receiver's answer.", gt=0)] = 10.0
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
+        given = [name for name in ("url", "url_env", "url_file") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("url: set exactly one of url, url_env and url_file")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError("url: must start with http:// or https://")
         if self.secret_env and self.secret_file:
             raise ValueError("secret_env and secret_file: set only one")
 
 
 class OutboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
-    # A claimed event not settled within the lease is claimed again by any relay.
-    lease_seconds: PositiveFloat = 60.0
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
-    initial_backoff: PositiveFloat = 2.0
-    max_backoff: PositiveFloat = 900.0
-    poll_interval: PositiveFloat = 1.0
-    # Keep done events this long (the prune task deletes older ones).
-    keep_done_days: Annotated[int, msgspec.Meta(ge=1)] = 14
-    webhook: WebhookConfig | None = None
-    # Also hand each event to this Celery task (in-process consumers); needs the jobs package.
-    celery_task: str | None = None
+    """The transactional outbox: change events relayed downstream, at least once.
+
+    With no sink (no [outbox.webhook] and no celery_task) the sync writes no
+    events: there is nobody to tell. A receiver added later loads the current
+    state through the REST API, then follows the events.
+    """
+
+    batch_size: Annotated[int, doc("Events a relay claims and delivers at once.", ge=1, le=1000)] = 100
+    lease_seconds: Annotated[float, doc("A claimed event not settled within this many seconds is claimed again by any relay.", gt=0)] = 60.0
+    max_attempts: Annotated[int, doc("Deliveries tried before an event is marked failed (`imaging-sync outbox retry-failed` re-queues it).", ge=1, le=100)] = 10
+    initial_backoff: Annotated[float, doc("Seconds before the first redelivery; doubled each time, with jitter.", gt=0)] = 2.0
+    max_backoff: Annotated[float, doc("Longest wait between two deliveries of an event, in seconds.", gt=0)] = 900.0
+    poll_interval: Annotated[float, doc("Seconds a continuously running relay sleeps when nothing is open.", gt=0)] = 1.0
+    keep_done_days: Annotated[int, doc("Delivered events are kept this many days (the prune task deletes older ones).", ge=1)] = 14
+    webhook: Annotated[WebhookConfig | None, doc("Deliver to this HTTP receiver.", example={"url_env": "IMAGING_SYNC_WEBHOOK_URL", "secret_env": "IMAGING_SYNC_WEBHOOK_SECRET"})] = None
+    celery_task: Annotated[str | None, doc("Also hand each event to this Celery task (in-process consumers); needs the broker.", example="platform.tasks.study_changed")] = None
+
+    @property
+    def has_sink(self) -> bool:
+        """Whether anybody is told about changes; without a sink the sync writes no events."""
+        return self.webhook is not None or bool(self.celery_task)
 
 
 class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Where alerts go and when they fire. Webhook URLs carry their own secret: env or file only."""
 
-    slack_webhook_url_env: str | None = None
-    slack_webhook_url_file: str | None = None
-    webhook_url_env: str | None = None  # a generic JSON webhook
-    webhook_url_file: str | None = None
-    timeout_seconds: PositiveFloat = 10.0
-    # A run whose rejected items exceed this share of what it fetched raises an alert.
-    rejected_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
-    outbox_max_age_minutes: PositiveFloat = 30.0
-    # A partner not successfully synced for this long (twice-daily default: a missed run and then some).
-    partner_stale_hours: PositiveFloat = 26.0
+    slack_webhook_url_env: Annotated[EnvName, doc("Environment variable holding a Slack-compatible incoming-webhook URL (or …_file).", example="IMAGING_SYNC_SLACK_WEBHOOK")] = None
+    slack_webhook_url_file: Annotated[FileName, doc("File holding the Slack-compatible webhook URL.", example="/run/secrets/slack-webhook")] = None
+    webhook_url_env: Annotated[EnvName, doc("Environment variable holding a generic JSON webhook URL (or …_file).", example="IMAGING_SYNC_ALERT_WEBHOOK")] = None
+    webhook_url_file: Annotated[FileName, doc("File holding the generic JSON webhook URL.", example="/run/secrets/alert-webhook")] = None
+    timeout_seconds: Annotated[float, doc("Seconds to wait for an alert webhook's answer.", gt=0)] = 10.0
+    rejected_share: Annotated[float, doc("A run whose rejected items exceed this share of what it fetched raises an alert.", ge=0, le=1)] = 0.05
+    outbox_max_age_minutes: Annotated[float, doc("An undelivered outbox event older than this raises an alert (only with an outbox sink).", gt=0)] = 30.0
+    partner_stale_hours: Annotated[float, doc("A partner not synced successfully for this long raises an alert (twice-daily default: a missed run and then some).", gt=0)] = 26.0
 
     @property
     def configured(self) -> bool:
@@ -267,32 +314,34 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class DicomDestination(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A C-MOVE destination: the AE title maps to where we open the C-STORE association."""
+    """A C-MOVE destination ([dicom.destinations.AE_TITLE]): where we open the C-STORE association."""
 
-    host: str
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    host: Annotated[str, doc("The destination's address.", example="pacs.hospital.example")]
+    port: Annotated[int, doc("The destination's port.", example=104, ge=1, le=65535)]
 
 
 class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The DICOM Query/Retrieve node (PS3.4 Annex C)."""
+    """The DICOM Query/Retrieve node (PS3.4 Annex C), `imaging-sync serve dicom`."""
 
-    ae_title: Annotated[str, msgspec.Meta(min_length=1, max_length=16)] = "IMAGING_SYNC"
-    host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 11112
-    # Empty: any calling AE may associate; otherwise only these.
-    allowed_calling_aets: list[str] = []
-    # C-MOVE destinations by AE title; an unknown destination is refused (A801).
-    destinations: dict[str, DicomDestination] = {}
-    max_associations: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
-    # How many objects are fetched from S3 at once during a C-MOVE/C-GET.
-    fetch_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
-    network_timeout_seconds: PositiveFloat = 60.0
-    # Where C-MOVE/C-GET spool each fetched object (at most fetch_concurrency files per retrieve
-    # at once, deleted once sent); None: the system temporary directory.
-    spool_dir: str | None = None
-    # Largest PDU we receive and send (PS3.8 9.3.1; 0 = unlimited). 16 KiB is the common default;
-    # larger PDUs mean fewer round trips for big files.
-    max_pdu_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 262_144
+    ae_title: Annotated[str, doc("The node's own AE title.", min_length=1, max_length=16)] = "IMAGING_SYNC"
+    host: Annotated[str, doc("Address to listen on (0.0.0.0: every interface).", example="0.0.0.0")] = "127.0.0.1"
+    port: Annotated[int, doc("Port to listen on.", ge=0, le=65535)] = 11112
+    allowed_calling_aets: Annotated[list[str], doc("Empty: any calling AE may associate; otherwise only these.", example=["HOSPITAL_PACS", "VIEWER_WS1"])] = []
+    destinations: Annotated[
+        dict[str, DicomDestination],
+        doc("C-MOVE destinations by AE title; any other destination is refused (A801).", example={"HOSPITAL_PACS": {"host": "pacs.hospital.example", "port": 104}}),
+    ] = {}
+    max_associations: Annotated[int, doc("Associations served at once.", ge=1, le=1000)] = 32
+    fetch_concurrency: Annotated[int, doc("Objects fetched from S3 at once during a C-MOVE or C-GET.", ge=1, le=64)] = 8
+    network_timeout_seconds: Annotated[float, doc("Seconds a peer may stay silent before the association is aborted.", gt=0)] = 60.0
+    spool_dir: Annotated[
+        str | None,
+        doc("Where C-MOVE/C-GET spool each fetched object (at most fetch_concurrency files per retrieve at once, deleted once sent); unset: the system temporary directory.",
+            example="/var/lib/imaging-sync/spool"),
+    ] = None
+    max_pdu_bytes: Annotated[
+        int, doc("Largest PDU received and sent (PS3.8 9.3.1; 0 = unlimited). 16 KiB is the common default; larger PDUs mean fewer round trips for big files.", ge=0, le=2**32 - 1)
+    ] = 262_144
 
     def __post_init__(self) -> None:
         if self.max_pdu_bytes and self.max_pdu_bytes < 4096:
@@ -305,26 +354,27 @@ class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class JobsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Scheduled jobs (the ``jobs`` package: Celery workers and beat, or the embedded scheduler).
+    """Scheduled jobs: Celery workers and beat through a broker, or the in-process scheduler of `imaging-sync serve`.
 
     A broker URL with a password is a secret: name an environment variable in
     ``broker_url_env`` (it overrides ``broker_url``). The result backend
     defaults to the broker (``rpc://`` for an AMQP broker).
     """
 
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    broker_url_env: str | None = None
-    result_backend: str | None = None
-    # IANA zone the crontabs are read in (e.g. "Asia/Seoul").
-    timezone: str = "UTC"
-    # Each enabled partner's sync, unless [partners.NAME] schedule overrides it: twice a day.
-    default_schedule: str = "0 6,18 * * *"
-    outbox_relay_seconds: PositiveFloat = 15.0
-    alerts_check_seconds: PositiveFloat = 300.0
-    # Sync runs (and their rejected items) older than this are pruned daily.
-    prune_days: Annotated[int, msgspec.Meta(ge=1)] = 90
-    # Redis/SQS: an unacknowledged task (its worker died) is delivered again after this long.
-    visibility_timeout: PositiveFloat = 3600.0
+    scheduler: Annotated[
+        Literal["celery", "embedded"],
+        doc("Who runs the schedules: \"celery\" (`imaging-sync beat` and workers, through the broker) or \"embedded\" (only the in-process scheduler of "
+            "`imaging-sync serve`: one machine, no broker; `worker` and `beat` refuse to start). `imaging-sync serve` runs its in-process scheduler either way."),
+    ] = "celery"
+    broker_url: Annotated[str, doc("The Celery broker (Redis or RabbitMQ), when its URL carries no password (else broker_url_env).", example="amqp://rabbitmq.internal:5672//")] = "redis://127.0.0.1:6379/0"
+    broker_url_env: Annotated[EnvName, doc("Environment variable holding the broker URL (overrides broker_url).", example="IMAGING_SYNC_BROKER_URL")] = None
+    result_backend: Annotated[str | None, doc("Celery's result backend; unset: the broker (rpc:// for an AMQP broker).", example="redis://127.0.0.1:6379/1")] = None
+    timezone: Annotated[str, doc("IANA time zone the crontabs are read in.", example="Asia/Seoul")] = "UTC"
+    default_schedule: Annotated[str, doc("Each enabled partner's sync, unless [partners.NAME] schedule overrides it (crontab): twice a day.")] = "0 6,18 * * *"
+    outbox_relay_seconds: Annotated[float, doc("How often the outbox relay runs (only with an outbox sink).", gt=0)] = 15.0
+    alerts_check_seconds: Annotated[float, doc("How often the periodic alert checks run (outbox backlog, stale partners).", gt=0)] = 300.0
+    prune_days: Annotated[int, doc("Sync runs (and their rejected items) older than this are pruned daily.", ge=1)] = 90
+    visibility_timeout: Annotated[float, doc("Redis/SQS: an unacknowledged task (its worker died) is delivered again after this many seconds.", gt=0)] = 3600.0
 
     def __post_init__(self) -> None:
         _check_crontab("default_schedule", self.default_schedule)
@@ -378,6 +428,8 @@ def _check_crontab(key: str, expression: str) -> None:
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Every section of the configuration; ``source`` says where it came from (not a key of the file)."""
+
     database: DatabaseConfig = DatabaseConfig()
     logging: LoggingConfig = LoggingConfig()
     sync: SyncConfig = SyncConfig()
@@ -387,7 +439,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     alerts: AlertsConfig = AlertsConfig()
     jobs: JobsConfig = JobsConfig()
     dicom: DicomConfig = DicomConfig()
-    partners: dict[str, PartnerConfig] = {}
+    partners: Annotated[dict[str, PartnerConfig], doc("The partners, by name (lower-case letters, digits, '-' and '_').", example={
+        "b": {"base_url": "https://export.partner-b.example/api", "api_key_env": "PARTNER_B_API_KEY", "default_bucket": "partner-b-dicom",
+              "allowed_buckets": ["partner-b-archive"], "priority": 10,
+              "vocabulary": {"sex": {"male": "M", "female": "F", "other": "O"}, "modality": {"Computed Tomography": "CT", "MRI": "MR"}}},
+        "c": {"base_url": "https://pacs-export.partner-c.example", "api_key_file": "/run/secrets/partner-c-api-key", "default_bucket": "partner-c-images", "priority": 5},
+    })] = {}
     # Where the settings came from, for `imaging-sync doctor` and error messages.
     source: str = "embedded defaults"
 
@@ -401,9 +458,27 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def priorities(self) -> dict[str, int]:
         return {name: p.priority for name, p in self.partners.items()}
 
+    def broker_users(self) -> list[str]:
+        """The keys that make this deployment use the Celery broker (none: it needs no broker)."""
+        users = []
+        if self.jobs.scheduler == "celery":
+            users.append('jobs.scheduler = "celery"')
+        if self.api.sync_launcher == "queue":
+            users.append('api.sync_launcher = "queue"')
+        if self.outbox.celery_task:
+            users.append("outbox.celery_task")
+        return users
 
-def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the TOML file and environment overrides; raise ConfigError naming the key."""
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None, *, path_key: str = CONFIG_ENV
+) -> Settings:
+    """Read the TOML file and environment overrides; raise ConfigError naming the key.
+
+    ``path_key`` names where an explicit ``path`` came from in errors (the CLI
+    passes ``--config``). Every secret the settings name is read here, and all
+    that are missing are reported in one error.
+    """
     environ = os.environ if environ is None else environ
     file_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
     explicit = path is not None or CONFIG_ENV in environ
@@ -416,7 +491,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
             raise ConfigError(str(file_path), f"not valid TOML: {exc}") from None
         source = str(file_path)
     elif explicit:
-        raise ConfigError(CONFIG_ENV, f"config file {file_path} does not exist")
+        raise ConfigError(path_key if path is not None else CONFIG_ENV, f"config file {file_path} does not exist")
     _refuse_secrets(raw, "")
     env_keys = _apply_env_overrides(raw, environ)
     if env_keys:
@@ -425,8 +500,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
     _check_database_url(settings, env_keys)
     _check_jobs_urls(settings, env_keys)
     _check_partner_buckets(settings)
-    for partner in settings.partners.values():
-        resolve_api_key(partner, environ)
+    check_secrets(settings, environ)
     return settings
 
 
@@ -454,6 +528,57 @@ def read_secret(key: str, env_name: str | None, file_name: str | None, environ: 
     return None
 
 
+@dataclass(frozen=True)
+class SecretSource:
+    """A secret the settings name: its config key (without ``_env``/``_file``) and where it is read from."""
+
+    key: str
+    env: str | None
+    file: str | None
+
+    def read(self, environ: Mapping[str, str] | None = None) -> Secret | None:
+        return read_secret(self.key, self.env, self.file, environ)
+
+
+_BUCKET_SECRETS = {"keys": ("access_key_id", "secret_access_key", "session_token"), "assume_role": ("external_id",)}
+
+
+def secret_sources(settings: Settings) -> list[SecretSource]:
+    """Every secret these settings name, and only those: the one list start-up checks and doctor masks."""
+    outbox, alerts = settings.outbox, settings.alerts
+    sources = [SecretSource("database.password", settings.database.password_env, settings.database.password_file)]
+    sources += [SecretSource(f"partners.{name}.api_key", p.api_key_env, p.api_key_file) for name, p in sorted(settings.partners.items())]
+    for name, bucket in sorted(settings.storage.buckets.items()):
+        for field in _BUCKET_SECRETS.get(bucket.auth, ()):
+            sources.append(SecretSource(f"storage.buckets.{name}.{field}", getattr(bucket, f"{field}_env"), getattr(bucket, f"{field}_file")))
+    if outbox.webhook is not None:
+        sources.append(SecretSource("outbox.webhook.url", outbox.webhook.url_env, outbox.webhook.url_file))
+        sources.append(SecretSource("outbox.webhook.secret", outbox.webhook.secret_env, outbox.webhook.secret_file))
+    sources.append(SecretSource("alerts.slack_webhook_url", alerts.slack_webhook_url_env, alerts.slack_webhook_url_file))
+    sources.append(SecretSource("alerts.webhook_url", alerts.webhook_url_env, alerts.webhook_url_file))
+    sources.append(SecretSource("jobs.broker_url", settings.jobs.broker_url_env, None))
+    return [s for s in sources if s.env or s.file]
+
+
+def check_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """Read every secret the settings name; one ConfigError listing each that is missing or unreadable."""
+    problems = [ConfigError(f"partners.{name}", "no API key source: set api_key_env or api_key_file")
+                for name, p in sorted(settings.partners.items()) if not (p.api_key_env or p.api_key_file)]
+    for source in secret_sources(settings):
+        try:
+            source.read(environ)
+        except ConfigError as exc:
+            problems.append(exc)
+    webhook = settings.outbox.webhook
+    if webhook is not None and not any(p.key.startswith("outbox.webhook.url") for p in problems):
+        try:
+            webhook_url(webhook, environ)  # a URL read from the environment or a file is checked like one in the file
+        except ConfigError as exc:
+            problems.append(exc)
+    if problems:
+        raise ConfigError.of(problems)
+
+
 def resolve_api_key(partner: PartnerConfig, environ: Mapping[str, str] | None = None) -> Secret:
     """The partner's key, from its environment variable or file; fails naming the key."""
     secret = read_secret(f"partners.{partner.name}.api_key", partner.api_key_env, partner.api_key_file, environ)
@@ -464,6 +589,17 @@ def resolve_api_key(partner: PartnerConfig, environ: Mapping[str, str] | None = 
 
 def database_password(config: DatabaseConfig, environ: Mapping[str, str] | None = None) -> Secret | None:
     return read_secret("database.password", config.password_env, config.password_file, environ)
+
+
+def webhook_url(config: WebhookConfig, environ: Mapping[str, str] | None = None) -> Secret:
+    """The outbox receiver's URL: written in the file, or from ``url_env``/``url_file``."""
+    if config.url is not None:
+        return Secret(config.url)
+    secret = read_secret("outbox.webhook.url", config.url_env, config.url_file, environ)
+    assert secret is not None  # WebhookConfig requires exactly one source
+    if not secret.reveal().startswith(("http://", "https://")):
+        raise ConfigError(f"outbox.webhook.url_{'env' if config.url_env else 'file'}", "the URL must start with http:// or https://")
+    return secret
 
 
 def _refuse_secrets(node: Any, path: str) -> None:
@@ -477,7 +613,11 @@ def _refuse_secrets(node: Any, path: str) -> None:
 
 
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> set[str]:
-    """Set ``IMAGING_SYNC__A__B=v`` as raw[a][b] = v, matching existing keys loosely."""
+    """Set ``IMAGING_SYNC__A__B=v`` as raw[a][b] = v, matching existing keys loosely.
+
+    A list key (``IMAGING_SYNC__API__CORS_ALLOWED_ORIGINS``) takes a JSON array
+    or comma-separated values; every other value is converted by the schema.
+    """
     applied: set[str] = set()
     for env_name, value in sorted(environ.items()):
         if not env_name.startswith(ENV_PREFIX):
@@ -486,14 +626,57 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> set
         if not parts:
             continue
         node = raw
+        path: list[str] = []
         for part in parts[:-1]:
             key = _match_key(node, part)
+            path.append(key)
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(env_name, f"{key} is not a table, cannot set a key below it")
-        node[_match_key(node, parts[-1])] = value
+        key = _match_key(node, parts[-1])
+        node[key] = _env_value(env_name, value, _key_type([*path, key]))
         applied.add(".".join(p.lower() for p in parts))
     return applied
+
+
+def _key_type(path: list[str]) -> msgspec.inspect.Type | None:
+    """The schema's type of the key at ``path`` (``["partners", "b", "page_size"]``); None if there is none."""
+    kind: msgspec.inspect.Type | None = msgspec.inspect.type_info(Settings)
+    for part in path:
+        kind = _unwrap(kind)
+        if isinstance(kind, msgspec.inspect.StructType):
+            kind = next((f.type for f in kind.fields if f.name == part), None)
+        elif isinstance(kind, msgspec.inspect.DictType):
+            kind = kind.value_type
+        else:
+            return None
+    return _unwrap(kind)
+
+
+def _unwrap(kind: msgspec.inspect.Type | None) -> msgspec.inspect.Type | None:
+    """The type inside ``Annotated`` metadata and ``X | None``."""
+    while True:
+        if isinstance(kind, msgspec.inspect.Metadata):
+            kind = kind.type
+        elif isinstance(kind, msgspec.inspect.UnionType):
+            others = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if len(others) != 1:
+                return kind
+            kind = others[0]
+        else:
+            return kind
+
+
+def _env_value(env_name: str, value: str, kind: msgspec.inspect.Type | None) -> Any:
+    if not isinstance(kind, msgspec.inspect.ListType):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(env_name, f"not a JSON array: {exc.msg}") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _match_key(node: dict[str, Any], env_part: str) -> str:

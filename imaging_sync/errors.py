@@ -23,7 +23,18 @@ class ConfigError(ImagingSyncError):
     def __init__(self, key: str, reason: str) -> None:
         self.key = key
         self.reason = reason
+        self.problems: tuple[ConfigError, ...] = (self,)
         super().__init__(f"config error at {key}: {reason}")
+
+    @classmethod
+    def of(cls, problems: list[ConfigError]) -> ConfigError:
+        """One error for several problems (each missing secret, say), so one start-up shows them all."""
+        if len(problems) == 1:
+            return problems[0]
+        error = cls(", ".join(p.key for p in problems), "; ".join(f"{p.key}: {p.reason}" for p in problems))
+        error.problems = tuple(problems)
+        error.args = (f"{len(problems)} config errors:\n" + "\n".join(f"  at {p.key}: {p.reason}" for p in problems),)
+        return error
 
 
 class ValidationError(ImagingSyncError):

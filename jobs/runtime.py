@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 
 from imaging_sync.bootstrap import Core, bootstrap
-from imaging_sync.config import Settings
+from imaging_sync.config import Settings, webhook_url
 from imaging_sync.outbox.relay import Relay, Sink
 from imaging_sync.outbox.webhook import WebhookSink, webhook_secret
 from jobs.outbox_sink import CelerySink
@@ -21,7 +21,7 @@ def outbox_sinks(settings: Settings, celery_app: Celery | None) -> list[Sink]:
     sinks: list[Sink] = []
     webhook = settings.outbox.webhook
     if webhook is not None:
-        sinks.append(WebhookSink(webhook, webhook_secret(webhook)))
+        sinks.append(WebhookSink(webhook, webhook_secret(webhook), url=webhook_url(webhook)))
     if settings.outbox.celery_task:
         if celery_app is None:
             raise ValueError("outbox.celery_task needs a Celery app to send with")

@@ -104,10 +104,6 @@ def shortest_gap(cron: crontab, samples: int = 64) -> dt.timedelta:
     return min(b - a for a, b in zip(ticks, ticks[1:]))
 
 
-def outbox_sinks_configured(settings: Settings) -> bool:
-    return settings.outbox.webhook is not None or bool(settings.outbox.celery_task)
-
-
 def build_beat_schedule(settings: Settings, nowfun: NowFun | None = None) -> dict[str, dict[str, Any]]:
     """Celery ``beat_schedule`` for these settings (``nowfun``: a clock for the embedded scheduler and tests)."""
     jobs = settings.jobs
@@ -122,7 +118,7 @@ def build_beat_schedule(settings: Settings, nowfun: NowFun | None = None) -> dic
             "kwargs": {"name": partner.name, "trigger": SCHEDULE_TRIGGER},
             "options": {"expires": shortest_gap(cron).total_seconds()},
         }
-    if outbox_sinks_configured(settings):  # with no sink the relay would have nothing to do
+    if settings.outbox.has_sink:  # with no sink the sync writes no events: nothing to relay
         entries["relay-outbox"] = {
             "task": RELAY_OUTBOX,
             "schedule": schedule(dt.timedelta(seconds=jobs.outbox_relay_seconds), nowfun=nowfun),

@@ -37,7 +37,7 @@ from botocore.credentials import (
 )
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
-from imaging_sync.config import BucketConfig, StorageConfig
+from imaging_sync.config import BucketConfig, StorageConfig, read_secret
 from imaging_sync.errors import BucketNotAllowedError, ConfigError, StorageError
 from storage.boto_errors import storage_error
 from storage.sigv4 import ALGORITHM
@@ -98,7 +98,7 @@ class _GivenCredentials(CredentialProvider):
 
 @dataclass(frozen=True, slots=True)
 class _Secrets:
-    """What a config's ``*_env`` names hold, read once at start."""
+    """What a config's ``*_env`` or ``*_file`` sources hold, read once at start."""
 
     access_key_id: str | None = None
     secret_access_key: str | None = None
@@ -305,28 +305,22 @@ def new_botocore_session(profile: str | None = None) -> botocore.session.Session
 
 
 def _read_secrets(name: str, cfg: BucketConfig, environ: Mapping[str, str]) -> _Secrets:
+    """The bucket's credentials from the environment variables or files its config names (``config.read_secret``)."""
     where = f"storage.buckets.{name}"
 
-    def required(field: str, variable: str) -> str:
-        value = environ.get(variable, "").strip()
-        if not value:
-            raise ConfigError(f"{where}.{field}", f"environment variable {variable} is not set")
-        return value
+    def read(field: str) -> str | None:
+        secret = read_secret(f"{where}.{field}", getattr(cfg, f"{field}_env"), getattr(cfg, f"{field}_file"), environ)
+        return None if secret is None else secret.reveal()
 
     if cfg.auth in ("profile", "assume_role") and cfg.profile:
         try:
             botocore.session.Session(profile=cfg.profile).get_scoped_config()
         except ProfileNotFound:
             raise ConfigError(f"{where}.profile", f"AWS profile {cfg.profile!r} not found") from None
-    if cfg.auth == "keys":
-        assert cfg.access_key_id_env and cfg.secret_access_key_env  # BucketConfig validates this
-        return _Secrets(
-            access_key_id=required("access_key_id_env", cfg.access_key_id_env),
-            secret_access_key=required("secret_access_key_env", cfg.secret_access_key_env),
-            session_token=required("session_token_env", cfg.session_token_env) if cfg.session_token_env else None,
-        )
-    if cfg.auth == "assume_role" and cfg.external_id_env:
-        return _Secrets(external_id=required("external_id_env", cfg.external_id_env))
+    if cfg.auth == "keys":  # BucketConfig requires both sources
+        return _Secrets(access_key_id=read("access_key_id"), secret_access_key=read("secret_access_key"), session_token=read("session_token"))
+    if cfg.auth == "assume_role":
+        return _Secrets(external_id=read("external_id"))
     return _Secrets()
 
 

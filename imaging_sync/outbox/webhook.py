@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import httpx
 import msgspec
 
-from imaging_sync.config import Secret, WebhookConfig, read_secret
+from imaging_sync.config import Secret, WebhookConfig, read_secret, webhook_url
 from imaging_sync.outbox.relay import Event
 
 SIGNATURE_HEADER = "X-Imaging-Sync-Signature"
@@ -36,8 +36,9 @@ def webhook_secret(config: WebhookConfig, environ: Mapping[str, str] | None = No
 class WebhookSink:
     name = "webhook"
 
-    def __init__(self, config: WebhookConfig, secret: Secret | None, client: httpx.Client | None = None) -> None:
-        self.url = config.url
+    def __init__(self, config: WebhookConfig, secret: Secret | None, client: httpx.Client | None = None, *, url: Secret | None = None) -> None:
+        """``url``: the receiver's URL as resolved (``config.webhook_url``); default: ``config.url``."""
+        self._url = url or webhook_url(config)
         self._secret = secret
         self._client = client or httpx.Client(timeout=config.timeout_seconds, headers={"User-Agent": "imaging-sync-outbox/0.1"})
 
@@ -48,7 +49,7 @@ class WebhookSink:
             timestamp = str(int(time.time()))
             headers[TIMESTAMP_HEADER] = timestamp
             headers[SIGNATURE_HEADER] = sign(self._secret.reveal(), timestamp, body)
-        response = self._client.post(self.url, content=body, headers=headers)
+        response = self._client.post(self._url.reveal(), content=body, headers=headers)
         if not 200 <= response.status_code < 300:
             raise RuntimeError(f"webhook answered HTTP {response.status_code}")
 

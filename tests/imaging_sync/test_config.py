@@ -94,17 +94,3 @@ def test_explicit_config_path_that_does_not_exist_is_an_error(tmp_path: Path) ->
 
 def test_secret_repr_hides_the_value() -> None:
     assert "abc" not in repr(Secret("abc")) and "abc" not in f"{Secret('abc')}"
-
-
-def test_the_documented_example_config_loads(tmp_path: Path) -> None:
-    example = Path(__file__).parents[2] / "docs" / "imaging-sync.example.toml"
-    key_file = tmp_path / "c.key"
-    key_file.write_text("c-key")
-    text = example.read_text(encoding="utf-8").replace("/run/secrets/partner-c-key", str(key_file))
-    environ = {"PARTNER_B_API_KEY": "b-key", "IMAGING_SYNC_DB_PASSWORD": "pw", "IMAGING_SYNC_WEBHOOK_SECRET": "w", "IMAGING_SYNC_SLACK_WEBHOOK": "https://hooks.example/x"}
-    settings = load_settings(write(tmp_path, text), environ)
-    assert set(settings.partners) == {"b", "c"}
-    assert settings.partner("b").buckets == {"partner-b-dicom", "partner-b-archive"}
-    assert settings.partner("b").vocabulary["modality"]["MRI"] == "MR"
-    assert settings.dicom.destinations["HOSPITAL_PACS"].port == 104 and settings.jobs.timezone == "Asia/Seoul"
-    assert set(settings.storage.buckets) == {"partner-b-dicom", "partner-b-archive", "partner-c-images"}
