@@ -59,12 +59,17 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_key(conn: Connection, name: str, role: str, expires_at: dt.datetime | None = None) -> tuple[ApiKeyInfo, str]:
-    """Store a new key; return its info and the token, which is never retrievable again."""
+def check_new_key(name: str, role: str) -> None:
+    """ValidationError naming ``name`` or ``role`` unless a key can be created with them."""
     if role not in ROLES:
         raise ValidationError("role", f"must be one of {', '.join(ROLES)}")
     if not name.strip() or len(name) > 100:
         raise ValidationError("name", "must be 1 to 100 characters")
+
+
+def create_key(conn: Connection, name: str, role: str, expires_at: dt.datetime | None = None) -> tuple[ApiKeyInfo, str]:
+    """Store a new key; return its info and the token, which is never retrievable again."""
+    check_new_key(name, role)
     prefix = secrets.token_hex(6)
     token = f"isk_{prefix}_{secrets.token_urlsafe(32)}"
     info = ApiKeyInfo(id=new_id(), name=name.strip(), role=role, prefix=prefix, created_at=utcnow(), expires_at=expires_at, revoked_at=None, last_used_at=None)

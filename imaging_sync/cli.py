@@ -28,6 +28,7 @@ from imaging_sync.catalog import operations as catalog
 from imaging_sync.cli_outbox import outbox
 from imaging_sync.cli_support import CliContext, cli_actor, pass_ctx
 from imaging_sync.db import migrate
+from imaging_sync.db.engine import missing_sqlite_file
 from imaging_sync.db.models import RejectedItem, SyncRun, utcnow
 from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError, ValidationError
 from imaging_sync.sync.runner import RunResult
@@ -61,11 +62,26 @@ class _PluginGroup(click.Group):
 
 
 @click.group(cls=_PluginGroup)
-@click.option("--config", "config_path", envvar="IMAGING_SYNC_CONFIG", help="TOML config file (default ./imaging-sync.toml).")
+@click.option("--config", "config_path", envvar="IMAGING_SYNC_CONFIG", help="TOML config file (default: $IMAGING_SYNC_CONFIG, else ./imaging-sync.toml).")
+@click.option("--verbose", "-v", is_flag=True, help="Also show libraries' log lines (Alembic, botocore, …) and INFO lines.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """imaging-sync: a federated index of partner imaging studies."""
-    ctx.obj = CliContext(config_path)
+    from_flag = ctx.get_parameter_source("config_path") is click.core.ParameterSource.COMMANDLINE
+    ctx.obj = CliContext(config_path, config_flag=from_flag, verbose=verbose)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The configuration file."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print a config file with every key, its default and what it does (docs/imaging-sync.example.toml)."""
+    from imaging_sync.config_toml import render_example
+
+    click.echo(render_example(), nl=False)
 
 
 # -- serve: commands contributed by the outer packages ----------------------------
@@ -79,8 +95,7 @@ def serve(click_ctx: click.Context) -> None:
         return
     from imaging_sync.services import registered_factories, run_services
 
-    core = click_ctx.find_object(CliContext).core
-    core.require_current_schema()
+    core = click_ctx.find_object(CliContext).ready_core
     factories = registered_factories()
     if not factories:
         raise click.UsageError("no services are installed (the api, dicom and jobs packages register them)")
@@ -111,7 +126,11 @@ def db_upgrade(ctx: CliContext, revision: str) -> None:
 @db.command("current")
 @pass_ctx
 def db_current(ctx: CliContext) -> None:
-    """Show the schema revision and whether it is current."""
+    """Show the schema revision and whether it is current (a missing SQLite file is not created)."""
+    missing = missing_sqlite_file(ctx.core.engine)
+    if missing is not None:
+        click.echo(f"current: (no database: {missing} does not exist); code expects: {migrate.head_revision()}; run `imaging-sync db upgrade`")
+        return
     current, head = migrate.current_revision(ctx.core.engine), migrate.head_revision()
     click.echo(f"current: {current or '(empty database)'}; code expects: {head}; {'up to date' if current == head else 'run `imaging-sync db upgrade`'}")
 
@@ -128,27 +147,30 @@ def db_current(ctx: CliContext) -> None:
 @pass_ctx
 def sync(ctx: CliContext, partners: Sequence[str], full: bool, study_id: str | None, queue: bool, quiet: bool) -> None:
     """Pull changed studies from partners into the index."""
-    core = ctx.core
-    core.require_current_schema()
+    if study_id is not None and (len(partners) != 1 or full):
+        raise click.UsageError("--study needs exactly one --partner and no --full")
+    settings = ctx.settings
+    for name in partners:
+        if name not in settings.partners:  # a typo fails before anything is synced or queued
+            known = ", ".join(sorted(settings.partners)) or "none configured"
+            raise click.BadParameter(f"no partner {name!r} in the config (known: {known})", param_hint="--partner")
     if queue:
         hooks = {ep.name: ep for ep in entry_points(group="imaging_sync.hooks")}
         if "enqueue_sync" not in hooks:
             raise click.UsageError("--async needs the jobs package (a Celery broker); run without --async")
+        core = ctx.ready_core  # the database must exist before work is queued for it
         for line in hooks["enqueue_sync"].load()(core.settings, list(partners), full, study_id):
             click.echo(line)
         return
+    names = list(partners) or [p.name for p in sorted(settings.partners.values(), key=lambda p: (-p.priority, p.name)) if p.enabled]
+    if not names:
+        raise ConfigError("partners", "no partners configured: add a [partners.NAME] section (see README)")
+    core = ctx.ready_core
     if study_id is not None:
-        if len(partners) != 1 or full:
-            raise click.UsageError("--study needs exactly one --partner and no --full")
         result = core.runner.refresh_study(partners[0], study_id)
         click.echo(result.summary())
         _exit_for([result])
         return
-    names = list(partners) or [p.name for p in sorted(core.settings.partners.values(), key=lambda p: (-p.priority, p.name)) if p.enabled]
-    if not names:
-        raise ConfigError("partners", "no partners configured: add a [partners.NAME] section (see README)")
-    for name in names:
-        core.settings.partner(name)  # fail on a typo before syncing anything
     progress = None if quiet else _progress_printer()
     results = [core.runner.sync(name, full=full, progress=progress) for name in names]
     for result in results:
@@ -189,7 +211,8 @@ def partners() -> None:
 @partners.command("list")
 @pass_ctx
 def partners_list(ctx: CliContext) -> None:
-    core = ctx.core
+    """Each partner: adapter, priority, enabled, base URL, bookmark, last run, last success."""
+    core = ctx.ready_core
     with core.engine.connect() as conn:
         states = catalog.partner_states(conn, sorted(core.settings.partners))
     rows = []
@@ -215,12 +238,13 @@ def runs() -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @pass_ctx
 def runs_list(ctx: CliContext, partner: str | None, status: str | None, limit: int) -> None:
+    """The latest sync runs, newest first: status, duration and counts."""
     stmt = select(SyncRun).order_by(SyncRun.started_at.desc()).limit(limit)
     if partner:
         stmt = stmt.where(SyncRun.partner == partner)
     if status:
         stmt = stmt.where(SyncRun.status == status)
-    with ctx.core.sessions() as session:
+    with ctx.ready_core.sessions() as session:
         found = session.scalars(stmt).all()
     rows = [
         [str(r.id), r.partner, r.status, _fmt(r.started_at), _duration(r), str(r.fetched), str(r.created), str(r.updated), str(r.unchanged), str(r.deleted), str(r.rejected), (r.error_kind or "")]
@@ -230,11 +254,12 @@ def runs_list(ctx: CliContext, partner: str | None, status: str | None, limit: i
 
 
 @runs.command("show")
-@click.argument("run_id")
+@click.argument("run_id", type=click.UUID)
 @pass_ctx
-def runs_show(ctx: CliContext, run_id: str) -> None:
-    with ctx.core.engine.connect() as conn:
-        run, rejected = catalog.get_run(conn, _uuid(run_id, "RUN_ID"))
+def runs_show(ctx: CliContext, run_id: uuid.UUID) -> None:
+    """One run in full: counts, timing, host, error."""
+    with ctx.ready_core.engine.connect() as conn:
+        run, rejected = catalog.get_run(conn, run_id)
     for label, value in [
         ("run", run.id), ("partner", run.partner), ("status", run.status), ("trigger", run.trigger), ("full", run.full),
         ("started", _fmt(run.started_at)), ("finished", _fmt(run.finished_at)), ("took", _duration(run)), ("since", _fmt(run.since)),
@@ -252,17 +277,18 @@ def rejected() -> None:
 
 @rejected.command("list")
 @click.option("--partner")
-@click.option("--run", "run_id")
+@click.option("--run", "run_id", type=click.UUID)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--payload", is_flag=True, help="Also print each item's JSON (contains patient data).")
 @pass_ctx
-def rejected_list(ctx: CliContext, partner: str | None, run_id: str | None, limit: int, payload: bool) -> None:
+def rejected_list(ctx: CliContext, partner: str | None, run_id: uuid.UUID | None, limit: int, payload: bool) -> None:
+    """Rejected items, newest first, with the reason (and with --payload the partner's JSON)."""
     stmt = select(RejectedItem).order_by(RejectedItem.created_at.desc()).limit(limit)
     if partner:
         stmt = stmt.where(RejectedItem.partner == partner)
     if run_id:
-        stmt = stmt.where(RejectedItem.run_id == _uuid(run_id, "--run"))
-    with ctx.core.sessions() as session:
+        stmt = stmt.where(RejectedItem.run_id == run_id)
+    with ctx.ready_core.sessions() as session:
         found = session.scalars(stmt).all()
     if payload:
         for item in found:
@@ -288,18 +314,18 @@ def apikeys_group() -> None:
 @pass_ctx
 def apikeys_create(ctx: CliContext, name: str, role: str, expires_in_days: int | None) -> None:
     """Create a key; its token is printed once, on stdout, and cannot be shown again."""
-    core = ctx.core
-    core.require_current_schema()
-    expires_at = utcnow() + dt.timedelta(days=expires_in_days) if expires_in_days else None
     try:
-        with core.engine.begin() as conn:  # the key and its audit entry commit together
-            info, token = api_keys.create_key(conn, name, role, expires_at)
-            audit_log.record(conn, AuditEvent(
-                channel="cli", actor=cli_actor(), action="create_api_key", outcome="success", resource_type="api_key", resource_id=str(info.id),
-                detail={"name": info.name, "role": role, "prefix": info.prefix, "expires_at": expires_at.isoformat() if expires_at else None},
-            ))
+        api_keys.check_new_key(name, role)
     except ValidationError as exc:
         raise click.BadParameter(exc.reason, param_hint=exc.path.upper()) from None
+    core = ctx.ready_core
+    expires_at = utcnow() + dt.timedelta(days=expires_in_days) if expires_in_days else None
+    with core.engine.begin() as conn:  # the key and its audit entry commit together
+        info, token = api_keys.create_key(conn, name, role, expires_at)
+        audit_log.record(conn, AuditEvent(
+            channel="cli", actor=cli_actor(), action="create_api_key", outcome="success", resource_type="api_key", resource_id=str(info.id),
+            detail={"name": info.name, "role": role, "prefix": info.prefix, "expires_at": expires_at.isoformat() if expires_at else None},
+        ))
     click.echo(token)
     click.echo(f"created {role} key {info.prefix} ({info.name}), {'expires ' + _fmt(expires_at) if expires_at else 'no expiry'}; keep the token now, it is not stored", err=True)
 
@@ -308,7 +334,7 @@ def apikeys_create(ctx: CliContext, name: str, role: str, expires_in_days: int |
 @pass_ctx
 def apikeys_list(ctx: CliContext) -> None:
     """Every key: prefix, name, role, status, when created, expires, last used (never the token)."""
-    core = ctx.core
+    core = ctx.ready_core
     now = utcnow()
     with core.engine.begin() as conn:
         found = api_keys.list_keys(conn)
@@ -322,8 +348,8 @@ def apikeys_list(ctx: CliContext) -> None:
 @click.argument("key")
 @pass_ctx
 def apikeys_revoke(ctx: CliContext, key: str) -> None:
-    """Revoke a key by id or prefix; it is refused from the next request on."""
-    core = ctx.core
+    """Revoke a key by id or prefix; every API worker refuses it within 5 seconds (each trusts a verified key that long)."""
+    core = ctx.ready_core
     event = AuditEvent(channel="cli", actor=cli_actor(), action="revoke_api_key", outcome="success", resource_type="api_key", resource_id=key[:128])
     try:
         with core.engine.begin() as conn:
@@ -336,13 +362,6 @@ def apikeys_revoke(ctx: CliContext, key: str) -> None:
 
 
 # -- helpers and the single error edge ----------------------------------------------
-
-
-def _uuid(value: str, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a UUID", param_hint=name) from None
 
 
 def _fmt(value: Any) -> str:

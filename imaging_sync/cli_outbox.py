@@ -23,6 +23,8 @@ def outbox() -> None:
 def outbox_status(core: Core, recent: int) -> None:
     """Counts by status, the oldest undelivered event's age, the latest failures."""
     report = relay.status(core.engine, recent=recent)
+    if not core.settings.outbox.has_sink:
+        click.echo("no sink configured ([outbox.webhook] or outbox.celery_task): the sync writes no change events")
     click.echo("  ".join(f"{name}: {count}" for name, count in report.counts.items()))
     age = report.oldest_pending_age()
     click.echo(f"oldest undelivered: {'none' if age is None else f'{int(age.total_seconds())}s old (since {report.oldest_pending_at:%Y-%m-%d %H:%M:%SZ})'}")
@@ -31,15 +33,11 @@ def outbox_status(core: Core, recent: int) -> None:
 
 
 @outbox.command("retry-failed")
-@click.option("--id", "ids", multiple=True, help="Only these event ids (repeatable); default: every failed event.")
+@click.option("--id", "ids", multiple=True, type=click.UUID, help="Only these event ids (repeatable); default: every failed event.")
 @pass_core
-def outbox_retry_failed(core: Core, ids: tuple[str, ...]) -> None:
+def outbox_retry_failed(core: Core, ids: tuple[uuid.UUID, ...]) -> None:
     """Put failed events back in the queue (attempts reset)."""
-    try:
-        wanted = [uuid.UUID(i) for i in ids]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--id") from None
-    count = relay.retry_failed(core.engine, wanted or None)
+    count = relay.retry_failed(core.engine, list(ids) or None)
     record_now(core.engine, AuditEvent(channel="cli", actor=cli_actor(), action="outbox_retry_failed", outcome="success",
-                                       resource_type="outbox", detail={"ids": list(ids), "count": count}))
+                                       resource_type="outbox", detail={"ids": [str(i) for i in ids], "count": count}))
     click.echo(f"{count} failed events queued again")

@@ -1,4 +1,4 @@
-"""Shared pieces of the command line: the lazily built Core, and who is acting."""
+"""Shared pieces of the command line: the settings and the Core, built lazily, and who is acting."""
 
 from __future__ import annotations
 
@@ -10,34 +10,60 @@ from typing import Any
 import click
 
 from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.config import CONFIG_ENV, Settings
 
 
 class CliContext:
-    """Builds the core lazily so `--help` works without a database."""
+    """Builds the settings and the core on first use, so `--help` and usage errors need no config or database.
 
-    def __init__(self, config_path: str | None) -> None:
+    ``config_flag``: whether ``--config`` was given on the command line (an
+    error about the file then names ``--config``, else ``IMAGING_SYNC_CONFIG``).
+    ``verbose``: libraries' INFO lines (Alembic, botocore, …) reach the console.
+    """
+
+    def __init__(self, config_path: str | None, *, config_flag: bool = False, verbose: bool = False) -> None:
         self.config_path = config_path
+        self.config_flag = config_flag
+        self.verbose = verbose
+        self._settings: Settings | None = None
         self._core: Core | None = None
 
     @property
-    def core(self) -> Core:
-        if self._core is None:
+    def settings(self) -> Settings:
+        if self._settings is None:
             from imaging_sync.config import load_settings
 
-            self._core = bootstrap(load_settings(self.config_path))
+            self._settings = load_settings(self.config_path, path_key="--config" if self.config_flag else CONFIG_ENV)
+        return self._settings
+
+    @property
+    def core(self) -> Core:
+        """The core, database not touched yet (``db upgrade`` creates the database through it)."""
+        if self._core is None:
+            self._core = bootstrap(self.settings, verbose=self.verbose)
         return self._core
+
+    @property
+    def ready_core(self) -> Core:
+        """The core of a database that exists at the current schema: DatabaseError (exit 4, the `db upgrade` hint) otherwise.
+
+        Checked before anything connects, so a command never creates an empty SQLite file.
+        """
+        core = self.core
+        core.require_current_schema()
+        return core
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
 
 
 def pass_core(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Hand the command the process's Core (built on first use)."""
+    """Hand the command the process's Core at the current schema (built on first use)."""
 
     @pass_ctx
     @functools.wraps(command)
     def wrapper(ctx: CliContext, *args: Any, **kwargs: Any) -> Any:
-        return command(ctx.core, *args, **kwargs)
+        return command(ctx.ready_core, *args, **kwargs)
 
     return wrapper
 

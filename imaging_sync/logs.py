@@ -60,7 +60,13 @@ class TextFormatter(logging.Formatter):
         return f"{line} [run={run_id}]" if run_id else line
 
 
-def configure_logging(config: LoggingConfig) -> None:
+# Libraries whose INFO lines are noise on an operator's console ("Context impl SQLiteImpl.",
+# every S3 request): WARNING and above only, unless verbose.
+QUIET_LIBRARIES = ("alembic", "botocore", "boto3", "s3transfer", "urllib3", "werkzeug", "moto")
+
+
+def configure_logging(config: LoggingConfig, *, verbose: bool = False) -> None:
+    """Our log lines at ``config.level`` on stderr; ``verbose``: INFO at least, libraries' lines included."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     if config.format == "json":
@@ -71,5 +77,7 @@ def configure_logging(config: LoggingConfig) -> None:
         handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(config.level)
+    root.setLevel(min(logging.getLevelName(config.level), logging.INFO) if verbose else config.level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)

@@ -16,6 +16,7 @@ import click
 from celery.signals import setup_logging
 
 from imaging_sync.config import LoggingConfig, Settings, load_settings
+from imaging_sync.errors import ConfigError
 from imaging_sync.logs import configure_logging
 from jobs.app import create_app
 from jobs.runtime import Runtime
@@ -23,9 +24,15 @@ from jobs.runtime import Runtime
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
 
-def _settings(ctx: click.Context) -> Settings:
+def _settings(ctx: click.Context, command: str) -> Settings:
+    """The settings as every command reads them (``--config`` / ``IMAGING_SYNC_CONFIG``); refused when no broker is in use."""
     # The root command's context object knows the --config path; run alone, IMAGING_SYNC_CONFIG decides.
-    return load_settings(getattr(ctx.find_root().obj, "config_path", None))
+    root = ctx.find_root().obj
+    settings = root.settings if root is not None else load_settings()
+    if settings.jobs.scheduler == "embedded" and (command == "beat" or not settings.broker_users()):
+        raise ConfigError("jobs.scheduler", f'is "embedded": `imaging-sync serve` runs the schedules in-process, so `imaging-sync {command}` has nothing to do; '
+                                            'set jobs.scheduler = "celery" to run Celery beat and workers')
+    return settings
 
 
 def _use_project_logging(settings: Settings, level: str) -> None:
@@ -45,7 +52,7 @@ def _use_project_logging(settings: Settings, level: str) -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, pool: str, loglevel: str, hostname: str | None, celery_args: Sequence[str]) -> None:
     """Run a Celery worker for the scheduled jobs; further arguments go to `celery worker`."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, "worker")
     app = create_app(settings)
     # Fail now, not on the first task: the database (schema current) and the outbox sinks' config.
     # Built and closed here; each worker process builds its own on its first task.
@@ -67,7 +74,7 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str, loglevel: str
 @click.pass_context
 def beat(ctx: click.Context, loglevel: str, schedule_file: str, max_interval: float | None) -> None:
     """Run Celery beat: each enabled partner's sync on its crontab, the outbox relay, alerts, pruning."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, "beat")
     app = create_app(settings)
     _use_project_logging(settings, loglevel)
     Path(schedule_file).parent.mkdir(parents=True, exist_ok=True)

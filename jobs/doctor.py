@@ -43,6 +43,7 @@ import click
 import msgspec
 
 from imaging_sync.config import (
+    CONFIG_ENV,
     DatabaseConfig,
     DicomConfig,
     PartnerConfig,
@@ -51,6 +52,7 @@ from imaging_sync.config import (
     database_password,
     load_settings,
     resolve_api_key,
+    secret_sources,
 )
 from imaging_sync.errors import ConfigError, ImagingSyncError, PartnerAuthError, PartnerUnavailableError
 
@@ -95,11 +97,11 @@ def skip(name: str, detail: str) -> CheckResult:
 # -- the whole run ------------------------------------------------------------------------
 
 
-def diagnose(config_path: str | None, options: DoctorOptions, environ: Mapping[str, str] | None = None) -> list[CheckResult]:
+def diagnose(config_path: str | None, options: DoctorOptions, environ: Mapping[str, str] | None = None, *, path_key: str = CONFIG_ENV) -> list[CheckResult]:
     """Load the settings, then run every check; the results in a stable order, secrets masked."""
     environ = os.environ if environ is None else environ
     try:
-        settings = load_settings(config_path, environ)
+        settings = load_settings(config_path, environ, path_key=path_key)
     except ConfigError as exc:
         return [fail("config", f"{exc} (nothing else checked: every other check needs the configuration)")]
     results = [ok("config", f"loaded from {settings.source}")]
@@ -327,6 +329,8 @@ def check_broker(settings: Settings, timeout: float, environ: Mapping[str, str])
     from kombu import Connection
     from kombu.utils.url import maybe_sanitize_url
 
+    if not settings.broker_users():
+        return skip("broker", 'not used: jobs.scheduler = "embedded" (the in-process scheduler of `imaging-sync serve`), and nothing else queues tasks')
     try:
         url = settings.jobs.resolved_broker_url(environ).reveal()
     except ConfigError as exc:
@@ -417,33 +421,26 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 
 def known_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    """Every secret value the settings point at, to mask in anything printed."""
+    """Every secret value the settings point at (``config.secret_sources``) and passwords inside URLs, to mask in anything printed."""
     values: list[str | None] = []
-    for partner in settings.partners.values():
+    for source in secret_sources(settings):
         try:
-            values.append(resolve_api_key(partner, environ).reveal())
+            secret = source.read(environ)
         except ConfigError:
-            pass
-    try:
-        password = database_password(settings.database, environ)
-        values.append(password.reveal() if password else None)
-    except ConfigError:
-        pass
-    for url in (settings.database.url, settings.jobs.broker_url, settings.jobs.result_backend,
-                environ.get(settings.jobs.broker_url_env or "", "")):
-        try:
-            values.append(urlsplit(url or "").password)
-        except ValueError:
-            pass
-    if settings.jobs.broker_url_env:
-        values.append(environ.get(settings.jobs.broker_url_env))
-    for bucket in settings.storage.buckets.values():
-        for variable in (bucket.secret_access_key_env, bucket.session_token_env, bucket.external_id_env):
-            values.append(environ.get(variable) if variable else None)
-    for variable in (settings.alerts.slack_webhook_url_env, settings.alerts.webhook_url_env,
-                     settings.outbox.webhook.secret_env if settings.outbox.webhook else None):
-        values.append(environ.get(variable) if variable else None)
+            continue
+        if secret is not None:
+            values.append(secret.reveal())
+            values.append(_url_password(secret.reveal()))
+    for url in (settings.database.url, settings.jobs.broker_url, settings.jobs.result_backend):
+        values.append(_url_password(url or ""))
     return sorted({v.strip() for v in values if v and len(v.strip()) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def mask_secrets(results: Iterable[CheckResult], secrets: Sequence[str]) -> list[CheckResult]:
@@ -488,9 +485,9 @@ def _parse_probe(values: Sequence[str]) -> dict[str, str]:
 @click.pass_context
 def doctor(ctx: click.Context, timeout: float, dicom_host: str | None, calling_aet: str, probe_objects: Sequence[str], as_json: bool) -> None:
     """Check config, database and schema, partners, buckets, broker and DICOM node; exit 1 if any FAILs."""
-    config_path = getattr(ctx.find_root().obj, "config_path", None)
+    root = ctx.find_root().obj
     options = DoctorOptions(timeout=timeout, dicom_host=dicom_host, calling_aet=calling_aet, probe_objects=_parse_probe(probe_objects))
-    results = diagnose(config_path, options)
+    results = diagnose(getattr(root, "config_path", None), options, path_key="--config" if getattr(root, "config_flag", False) else CONFIG_ENV)
     if as_json:
         click.echo(msgspec.json.encode({"ok": all(r.status != "FAIL" for r in results),
                                         "checks": [{"name": r.name, "status": r.status, "detail": r.detail} for r in results]}).decode())

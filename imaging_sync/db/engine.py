@@ -85,7 +85,6 @@ def json_text(value: Any) -> str:
 def _sqlite_engine(url: Any, config: DatabaseConfig) -> Engine:
     pool: dict[str, Any] = {}
     if url.database and url.database != ":memory:":  # a file: a queue pool sized like a server's (connection_limit)
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         pool = _pool_options(config)
     engine = create_engine(url, echo=config.echo, connect_args={"timeout": 30}, json_serializer=json_text, **pool)
 
@@ -110,6 +109,25 @@ def _sqlite_engine(url: Any, config: DatabaseConfig) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of an SQLite database (None for PostgreSQL and in-memory SQLite)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def missing_sqlite_file(engine: Engine) -> Path | None:
+    """The SQLite file the engine would create on first connect, if it does not exist yet.
+
+    SQLite creates a missing file silently; commands other than ``db upgrade``
+    check this first, so a typo in database.url or a command run in the wrong
+    directory says so instead of leaving an empty database behind.
+    """
+    path = sqlite_file(engine)
+    return path if path is not None and not path.exists() else None
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -11,6 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from imaging_sync.db.engine import sqlite_file
+
 _HERE = Path(__file__).parent
 
 
@@ -21,6 +23,10 @@ def _alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to ``revision``; the one step that creates a missing SQLite file (and its folder)."""
+    path = sqlite_file(engine)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     _run(engine, command.upgrade, revision)
 
 

@@ -83,10 +83,11 @@ def test_rejected_items_are_listed_with_their_reason(config: Path, simulator: Pa
     assert "broken-1" in out and "invalid UID" in out
 
 
-def test_unknown_partner_is_a_usage_error(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run("db", "upgrade")
-    assert run("sync", "--partner", "nope") == EXIT_USAGE
-    assert "partners.nope" in capsys.readouterr().err
+def test_unknown_partner_is_a_usage_error_naming_the_flag_before_the_database_is_touched(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("sync", "--partner", "nope") == EXIT_USAGE  # no database yet: the usage error comes first
+    err = capsys.readouterr().err
+    assert "--partner" in err and "'nope'" in err and "known: b" in err
+    assert not (tmp_path / "index.db").exists()
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,3 +171,64 @@ def test_outbox_status_and_retry_failed(config: Path, capsys: pytest.CaptureFixt
     assert statuses == {"pending"}
     assert actions[0][0] == "outbox_retry_failed" and actions[0][1].startswith("cli:")
     assert run("outbox", "retry-failed", "--id", "nope") == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("partners", "list"), ("runs", "list"), ("runs", "show", "01a23af6-dd11-7115-879f-d405ec74b6cc"), ("rejected", "list"),
+     ("outbox", "status"), ("apikeys", "list"), ("apikeys", "revoke", "abc"), ("sync",)],
+)
+def test_commands_other_than_db_upgrade_never_create_the_database(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]) -> None:
+    assert run(*args) == EXIT_DATABASE
+    assert "does not exist: run `imaging-sync db upgrade`" in capsys.readouterr().err
+    assert not (tmp_path / "index.db").exists()
+
+
+def test_db_current_reports_a_missing_database_without_creating_it(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("db", "current") == 0
+    assert "no database" in capsys.readouterr().out
+    assert not (tmp_path / "index.db").exists()
+
+
+def test_an_empty_database_gets_the_upgrade_hint_not_a_raw_sql_error(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "index.db").touch()
+    assert run("runs", "list") == EXIT_DATABASE
+    err = capsys.readouterr().err
+    assert "run `imaging-sync db upgrade`" in err and "no such table" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(("sync", "--study", "X"), "--study needs exactly one --partner"), (("runs", "show", "nope"), "RUN_ID"),
+     (("rejected", "list", "--run", "nope"), "--run"), (("outbox", "retry-failed", "--id", "nope"), "--id"),
+     (("apikeys", "create", " ", "--role", "viewer"), "NAME")],
+)
+def test_usage_errors_exit_2_before_the_database_is_touched(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], named: str) -> None:
+    assert run(*args) == EXIT_USAGE
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "index.db").exists()
+
+
+def test_a_missing_config_file_is_named_as_the_user_gave_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--config", str(tmp_path / "nope.toml"), "runs", "list") == EXIT_USAGE
+    assert "config error at --config:" in capsys.readouterr().err
+    monkeypatch.setenv("IMAGING_SYNC_CONFIG", str(tmp_path / "nope.toml"))
+    assert run("runs", "list") == EXIT_USAGE
+    assert "config error at IMAGING_SYNC_CONFIG:" in capsys.readouterr().err
+
+
+def test_library_info_lines_stay_off_the_console_unless_verbose(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("db", "upgrade") == 0
+    assert "alembic" not in capsys.readouterr().err
+    assert run("--verbose", "db", "current") == 0
+    assert "INFO alembic.runtime.migration" in capsys.readouterr().err
+
+
+def test_config_example_prints_the_documented_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("config", "example") == 0
+    assert capsys.readouterr().out == (Path(__file__).parents[2] / "docs" / "imaging-sync.example.toml").read_text(encoding="utf-8")
+
+
+def test_revoke_help_says_how_soon_a_key_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("apikeys", "revoke", "--help") == 0
+    assert "within 5 seconds" in " ".join(capsys.readouterr().out.split())

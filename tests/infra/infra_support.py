@@ -206,8 +206,13 @@ def check_cli_args(args: list[str]) -> list[str]:
     from imaging_sync.cli import cli
 
     root = click.Context(cli, info_name="imaging-sync")
-    command.make_context(" ".join(path), list(rest), parent=root)  # raises click.UsageError / BadParameter
+    # A placeholder the reader replaces (RUN_ID, EVENT_ID) stands for a well-formed value.
+    filled = [PLACEHOLDER_UUID if re.fullmatch(r"[A-Z]+_ID", arg) else arg for arg in rest]
+    command.make_context(" ".join(path), filled, parent=root)  # raises click.UsageError / BadParameter
     return path
+
+
+PLACEHOLDER_UUID = "01a23af6-dd11-7115-879f-d405ec74b6cc"
 
 
 # -- processes ---------------------------------------------------------------------------------
