@@ -5,7 +5,8 @@ in delivery order. With a secret configured, ``X-Imaging-Sync-Signature`` is
 ``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` and
 ``X-Imaging-Sync-Timestamp`` the Unix time used, so receivers can verify the
 sender and refuse replays. Any non-2xx answer or transport error fails the
-batch (it is retried with backoff).
+batch (it is retried with backoff). For receivers: docs/webhooks.md (its
+verification snippets are tested against this sink).
 """
 
 from __future__ import annotations
