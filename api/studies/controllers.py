@@ -32,7 +32,26 @@ from imaging_sync.catalog.studies import StudyQuery
 PatientId = Annotated[str | None, QueryParameter(description="Patient ID, exact.", max_length=64)]
 Name = Annotated[
     str | None,
-    QueryParameter(description="Patient name with DICOM wildcards (`*` any run, `?` one character), case-insensitive: `kim*`, `*길동`, `홍^길동`.", max_length=200),
+    QueryParameter(
+        description=(
+            "Words of the patient's name, for a search box: each word must begin a word of the name, in any order and any component "
+            "group, case- and accent-insensitive. `hong`, `gil hong` and `홍` find `HONG^GILDONG=洪^吉洞=홍^길동`; `김` finds `김^민준`; "
+            "`emile` finds `ÉMILE^ZOLA`. A `*` may end a word (`kim*` is `kim`); any other `*` or a `?` is refused (400): "
+            "DICOM wildcards go in `patient_name`. At most 8 words."
+        ),
+        max_length=200,
+    ),
+]
+PatientName = Annotated[
+    str | None,
+    QueryParameter(
+        description=(
+            "Patient name with DICOM wildcards (PS3.4 C.2.2.2.4: `*` any run, `?` one character), matched against the whole name "
+            "or one component group, case- and accent-insensitive: `hong*` finds `HONG^GILDONG` (`hong` alone does not), "
+            "`*길동`, `홍^길동`, `kim^minj?`. With `name`, both must match."
+        ),
+        max_length=200,
+    ),
 ]
 _STUDY_KEY = (dt.date | None, uuid.UUID)
 
@@ -61,6 +80,7 @@ class SubjectController(Controller):
         patient_id: PatientId = None,
         issuer: Annotated[str | None, QueryParameter(description="Issuer of Patient ID, exact.", max_length=64)] = None,
         name: Name = None,
+        patient_name: PatientName = None,
         limit: Limit = None,
         cursor: Cursor = None,
     ) -> SubjectPage:
@@ -68,7 +88,13 @@ class SubjectController(Controller):
         size = page_size(limit, services.settings.api)
         after = decode_cursor(cursor, "subjects", (str, str))
         page = catalog_subjects.search_subjects(
-            conn, patient_id=text(patient_id, "patient_id", 64), issuer=text(issuer, "issuer", 64), name=text(name, "name", 200), limit=size, after=after
+            conn,
+            patient_id=text(patient_id, "patient_id", 64),
+            issuer=text(issuer, "issuer", 64),
+            name=text(name, "name", 200),
+            patient_name=text(patient_name, "patient_name", 200),
+            limit=size,
+            after=after,
         )
         note(request, results=len(page.items))
         return SubjectPage(items=to_schemas(page.items, Subject), next_cursor=encode_cursor("subjects", page.next_key))
@@ -110,6 +136,7 @@ class StudyController(Controller):
         conn: RequestConnection,
         patient_id: PatientId = None,
         name: Name = None,
+        patient_name: PatientName = None,
         accession: Annotated[str | None, QueryParameter(description="Accession number, exact.", max_length=16)] = None,
         modality_: Annotated[str | None, QueryParameter(name="modality", description="The study has a series of this modality (CT, MR, …).", max_length=16)] = None,
         date_from: Annotated[dt.date | None, QueryParameter(description="Study date on or after (YYYY-MM-DD).")] = None,
@@ -124,6 +151,7 @@ class StudyController(Controller):
         query = StudyQuery(
             patient_id=text(patient_id, "patient_id", 64),
             name=text(name, "name", 200),
+            patient_name=text(patient_name, "patient_name", 200),
             accession=text(accession, "accession", 16),
             modality=modality(modality_),
             date_from=date_from,

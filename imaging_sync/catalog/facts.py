@@ -9,9 +9,11 @@ are now columns, recomputed from those rows by :func:`refresh` for every
 study a sync page touches, in that page's transaction: what a search reads
 is always what the rows say, and a page costs one more pair of statements.
 
-The patient's search-form name is copied onto each study
+The patient's search-form name and name words are copied onto each study
 (:func:`copy_patient_names`) so that a name matching many patients is one
-index-only scan of live studies by date (migration 0007).
+index-only scan of live studies by date (migrations 0007, 0008), and each
+subject's name words are rows of ``subject_name_token``
+(:func:`refresh_name_tokens`), the index of the REST API's word search.
 
 Only live rows count: a study's series count is its live series, its
 instance count the live instances of those series, its modalities theirs.
@@ -25,17 +27,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, tuple_, update
 
 from imaging_sync.catalog.id_lists import PerDialect
+from imaging_sync.db import bulk
 from imaging_sync.db.bulk import chunks
-from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject
+from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject, SubjectNameToken
 
 _study = Study.__table__
 _series = Series.__table__
 _instance = Instance.__table__
 _link = EntityLink.__table__
 _subject = Subject.__table__
+_token = SubjectNameToken.__table__
 
 MODALITY_SEPARATOR = "\\"  # as DICOM joins the values of a multi-valued attribute (ModalitiesInStudy)
 PARTNER_SEPARATOR = ","  # partner names are [a-z0-9_-] (config)
@@ -71,13 +75,49 @@ def refresh(conn: Connection, study_ids: Iterable[uuid.UUID]) -> None:
 
 
 def copy_patient_names(conn: Connection, subject_ids: Iterable[uuid.UUID]) -> None:
-    """The studies of these subjects take their subject's current ``patient_name_search`` (rows that differ only)."""
+    """The studies of these subjects take their subject's current ``patient_name_search`` and ``patient_name_words`` (rows that differ only)."""
     for chunk in chunks(sorted(set(subject_ids))):
         conn.execute(
             update(_study)
-            .where(_study.c.subject_id == _subject.c.id, _subject.c.id.in_(chunk), _study.c.patient_name_search.is_distinct_from(_subject.c.patient_name_search))
-            .values(patient_name_search=_subject.c.patient_name_search)
+            .where(
+                _study.c.subject_id == _subject.c.id,
+                _subject.c.id.in_(chunk),
+                or_(
+                    _study.c.patient_name_search.is_distinct_from(_subject.c.patient_name_search),
+                    _study.c.patient_name_words.is_distinct_from(_subject.c.patient_name_words),
+                ),
+            )
+            .values(patient_name_search=_subject.c.patient_name_search, patient_name_words=_subject.c.patient_name_words)
         )
+
+
+def refresh_name_tokens(conn: Connection, subject_ids: Iterable[uuid.UUID]) -> None:
+    """``subject_name_token`` holds exactly the words of these subjects' ``patient_name_words`` (in the caller's transaction).
+
+    One statement reads each subject's words beside its stored tokens (one
+    snapshot, so a concurrent page's committed rename is seen whole or not at
+    all); only the difference is written: a page whose names did not change
+    writes no token row.
+    """
+    ids = sorted(set(subject_ids))
+    wanted: dict[uuid.UUID, set[str]] = {}
+    stored: set[tuple[str, uuid.UUID]] = set()
+    for chunk in chunks(ids, bulk.chunk_size(conn)):
+        statement = (
+            select(_subject.c.id, _subject.c.patient_name_words, _token.c.token)
+            .select_from(_subject.outerjoin(_token, _token.c.subject_id == _subject.c.id))
+            .where(bulk.key_in(conn, _subject.c.id, chunk))
+        )
+        for subject_id, words, token in conn.execute(statement):
+            wanted[subject_id] = {word for word in (words or "").split(" ") if word}
+            if token is not None:
+                stored.add((token, subject_id))
+    want = {(token, subject_id) for subject_id, tokens in wanted.items() for token in tokens}
+    gone = sorted(stored - want, key=lambda t: (t[1], t[0]))
+    for chunk in chunks(gone):
+        conn.execute(delete(_token).where(tuple_(_token.c.token, _token.c.subject_id).in_(chunk)))
+    new = [{"token": token, "subject_id": subject_id} for token, subject_id in sorted(want - stored, key=lambda t: (t[1], t[0]))]
+    bulk.insert_ignoring_conflicts(conn, _token, new, ("token", "subject_id"))
 
 
 def studies_of_series(conn: Connection, series_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:

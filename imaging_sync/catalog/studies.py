@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, ex
 
 from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
-from imaging_sync.catalog.names import bound_name_values, name_matches_bound
+from imaging_sync.catalog.names import bound_name_values, bound_word_values, name_matches_bound, query_words, subjects_with_words_bound, words_match_bound
 from imaging_sync.db.models import EntityLink, Series, Study, Subject
 from imaging_sync.errors import NotFoundError
 
@@ -80,8 +80,10 @@ class StudyQuery:
 
     patient_id: str | None = None
     issuer: str | None = None
-    # DICOM wildcards (* and ?), case-insensitive; see catalog.names.
+    # Words, each the beginning of a word of the patient's name ("gil hong"); see catalog.names.
     name: str | None = None
+    # DICOM wildcards (* and ?) on the whole name or one component group; see catalog.names.
+    patient_name: str | None = None
     accession: str | None = None
     # The study has a live series of this modality.
     modality: str | None = None
@@ -121,13 +123,15 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
     (the page's keys from an index range, then its rows by primary key), and
     the undated part is read only once the dated part runs out.
 
-    A name search first looks for a page among the ``NAME_SCAN_LIMIT``
-    newest matching-by-other-filters studies (the name checked in the index,
-    :func:`_page_keys`): a name many patients share fills a page there at a
-    fraction of a millisecond. Otherwise the patient-first plan answers.
+    A name search (words, wildcards or both) first looks for a page among the
+    ``NAME_SCAN_LIMIT`` newest matching-by-other-filters studies (the name
+    checked in the index, :func:`_page_keys`): a name many patients share
+    fills a page there at a fraction of a millisecond. Otherwise the
+    patient-first plan answers (the words through ``subject_name_token``).
+    A word query that is not one is a ValidationError naming ``name``.
     """
     size = limit + 1  # one more than asked: is there a next page?
-    names = bound_name_values(query.name) if query.name is not None else {}
+    names = _Names.of(query)
     one_patient = _one_patient_at_most(query)
     in_undated = after is not None and after[0] is None
     if names and not one_patient and query.issuer is None and not in_undated and NAME_SCAN_LIMIT > 0:
@@ -151,6 +155,24 @@ def _page_of(rows: list[Row[Any]], limit: int) -> Page[StudySummary]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Names:
+    """A search's name filters as values to bind: ``patterns`` wildcard candidates, ``words`` word prefixes."""
+
+    values: dict[str, str]
+    patterns: int
+    words: int
+
+    @classmethod
+    def of(cls, query: StudyQuery) -> _Names:
+        patterns = bound_name_values(query.patient_name) if query.patient_name is not None else {}
+        words = query_words(query.name, "name") if query.name is not None else []
+        return cls({**patterns, **bound_word_values(words)}, len(patterns), len(words))
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns or self.words)
+
+
+@dataclass(frozen=True, slots=True)
 class _Shape:
     """Which filters a page statement has: statements are built once per shape, values bound per call.
 
@@ -160,16 +182,17 @@ class _Shape:
 
     filters: frozenset[str]
     name_patterns: int
+    name_words: int
     name_scan: bool
     dated: bool | None
     after: str | None  # None, "dated" (a study_date in the cursor) or "undated"
 
 
 def _page(
-    query: StudyQuery, names: dict[str, str], name_scan: bool, size: int, after: Key | None, *, dated: bool | None
+    query: StudyQuery, names: _Names, name_scan: bool, size: int, after: Key | None, *, dated: bool | None
 ) -> tuple[Select[Any], dict[str, Any]]:
-    """The page statement for ``query``'s shape and the values to bind to it (``names``: bound_name_values)."""
-    params: dict[str, Any] = {"size": size, **names}
+    """The page statement for ``query``'s shape and the values to bind to it."""
+    params: dict[str, Any] = {"size": size, **names.values}
     if name_scan:
         params["scan"] = NAME_SCAN_LIMIT
     for name in _BOUND_FILTERS:
@@ -182,7 +205,7 @@ def _page(
         params["after_id"] = after[1]
         if after[0] is not None:
             params["after_date"] = after[0]
-    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), len(names), name_scan, dated, after_kind)
+    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), names.patterns, names.words, name_scan, dated, after_kind)
     return _page_statement(shape), params
 
 
@@ -215,8 +238,9 @@ def _one_patient_at_most(query: StudyQuery) -> bool:
 def _page_keys(shape: _Shape) -> Subquery:
     """``(id, study_date)`` of the next ``:size`` matching dated (or undated, or all: None) studies, in listing order.
 
-    - Subject filters (patient id, issuer, name) first find the subjects, once
-      (a MATERIALIZED CTE): PostgreSQL then probes each subject's studies,
+    - Subject filters (patient id, issuer, name words, wildcards) first find
+      the subjects, once (a MATERIALIZED CTE; each word a range of
+      ``subject_name_token``): PostgreSQL then probes each subject's studies,
       index-only, in ``ix_study_subject_id_study_date_id_deleted_at`` instead
       of hashing the whole study table.
     - Otherwise the seek ``(study_date, id) < cursor`` is a bound of a
@@ -227,7 +251,8 @@ def _page_keys(shape: _Shape) -> Subquery:
     - ``name_scan`` (tried first for names, see :func:`search_studies`) goes the
       other way: the backward scan of ``ix_study_live_date_id_name`` (live
       studies by date, the patient's name included: index-only), at most
-      ``:scan`` entries, the name checked on each, stopping at the page's end;
+      ``:scan`` entries, the name (wildcards on ``patient_name_search``, words
+      on ``patient_name_words``) checked on each, stopping at the page's end;
       for a name 1,300 patients share, probing their studies and sorting
       them all cost PostgreSQL 7 ms, the scan 0.1–1 ms.
     - A live study always has a live subject (a subject is linked by the same
@@ -247,8 +272,13 @@ def _page_keys(shape: _Shape) -> Subquery:
         subject_conditions.append(_subject.c.issuer == bound("issuer", _subject.c.issuer))
     if shape.name_patterns:
         subject_conditions.append(name_matches_bound(_subject.c.patient_name_search, shape.name_patterns))
-    if subject_conditions and not shape.name_scan:
-        matched = select(_subject.c.id).where(_subject.c.deleted_at.is_(None), *subject_conditions).cte("matched").prefix_with("MATERIALIZED")
+    if not shape.name_scan and (subject_conditions or shape.name_words):
+        if not subject_conditions:  # words alone: the subjects straight from the token index
+            matched = subjects_with_words_bound(shape.name_words).cte("matched").prefix_with("MATERIALIZED")
+        else:
+            if shape.name_words:
+                subject_conditions.append(_subject.c.id.in_(subjects_with_words_bound(shape.name_words)))
+            matched = select(_subject.c.id).where(_subject.c.deleted_at.is_(None), *subject_conditions).cte("matched").prefix_with("MATERIALIZED")
         source = _study.join(matched, _study.c.subject_id == matched.c.id)
     for name, column in (("subject_id", _study.c.subject_id), ("accession", _study.c.accession_number), ("study_uid", _study.c.study_instance_uid)):
         if has(name):
@@ -283,12 +313,17 @@ def _page_keys(shape: _Shape) -> Subquery:
     size = bindparam("size", type_=Integer)
     if shape.name_scan:  # the newest :scan studies, then the name on each (the scan stops once a page is full)
         newest = (
-            select(_study.c.id, _study.c.study_date, _study.c.patient_name_search)
+            select(_study.c.id, _study.c.study_date, _study.c.patient_name_search, _study.c.patient_name_words)
             .where(*conditions).order_by(*order).limit(bindparam("scan", type_=Integer)).subquery("newest")
         )
+        name_conditions = []
+        if shape.name_patterns:
+            name_conditions.append(name_matches_bound(newest.c.patient_name_search, shape.name_patterns))
+        if shape.name_words:
+            name_conditions.append(words_match_bound(newest.c.patient_name_words, shape.name_words))
         return (
             select(newest.c.id, newest.c.study_date)
-            .where(name_matches_bound(newest.c.patient_name_search, shape.name_patterns))
+            .where(*name_conditions)
             .order_by(newest.c.study_date.desc(), newest.c.id.desc())
             .limit(size)
             .subquery("page_keys")

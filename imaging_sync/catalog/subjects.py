@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import Connection, select
 
 from imaging_sync.catalog.keyset import Key, Page, after_asc, split
-from imaging_sync.catalog.names import name_matches
+from imaging_sync.catalog.names import bound_word_values, name_matches, query_words, subjects_with_words_bound
 from imaging_sync.catalog.studies import SubjectSummary
 from imaging_sync.db.models import Subject
 
@@ -20,17 +20,28 @@ def search_subjects(
     patient_id: str | None = None,
     issuer: str | None = None,
     name: str | None = None,
+    patient_name: str | None = None,
     limit: int,
     after: Key | None = None,
 ) -> Page[SubjectSummary]:
-    """Live subjects in (patient_id, issuer) order: that pair is unique, so it is the keyset."""
+    """Live subjects in (patient_id, issuer) order: that pair is unique, so it is the keyset.
+
+    ``name``: words, each the beginning of a word of the name (the token
+    index; a query that is not words is a ValidationError naming ``name``);
+    ``patient_name``: DICOM wildcards (see catalog.names).
+    """
     conditions = [_subject.c.deleted_at.is_(None)]
+    words: dict[str, str] = {}
     if patient_id is not None:
         conditions.append(_subject.c.patient_id == patient_id)
     if issuer is not None:
         conditions.append(_subject.c.issuer == issuer)
     if name is not None:
-        conditions.append(name_matches(_subject.c.patient_name_search, name))
+        prefixes = query_words(name, "name")
+        words = bound_word_values(prefixes)
+        conditions.append(_subject.c.id.in_(subjects_with_words_bound(len(prefixes))))
+    if patient_name is not None:
+        conditions.append(name_matches(_subject.c.patient_name_search, patient_name))
     seek = after_asc([_subject.c.patient_id, _subject.c.issuer], after)
     if seek is not None:
         conditions.append(seek)
@@ -40,7 +51,7 @@ def search_subjects(
         .order_by(_subject.c.patient_id, _subject.c.issuer)
         .limit(limit + 1)
     )
-    rows, next_key = split(conn.execute(stmt).all(), limit, lambda r: (r.patient_id, r.issuer))
+    rows, next_key = split(conn.execute(stmt, words).all(), limit, lambda r: (r.patient_id, r.issuer))
     return Page(items=[SubjectSummary(**r._asdict()) for r in rows], next_key=next_key)
 
 

@@ -63,8 +63,29 @@ class Subject(_Entity, Base):
     patient_id: Mapped[str] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(200))
     patient_name_search: Mapped[str | None] = mapped_column(String(200))
+    # person_names.name_words of the name, each after a space (" hong gildong"): see catalog.names.stored_words.
+    # Text: compatibility folding can lengthen a name (NFKD of "ﷺ" is 18 characters).
+    patient_name_words: Mapped[str | None] = mapped_column(Text)
     birth_date: Mapped[dt.date | None] = mapped_column(Date)
     sex: Mapped[str | None] = mapped_column(String(16))
+
+
+class SubjectNameToken(Base):
+    """One word of a subject's name (person_names.name_words): the REST word search's index (migration 0008).
+
+    A word prefix ``w`` is the range ``w <= token < w with its last character
+    incremented``, a B-tree range scan in code-point order on both databases
+    (SQLite compares UTF-8 bytes; PostgreSQL does with ``COLLATE "C"``, where a
+    linguistic collation would order "Hong" between "hong" and "hoo" and rule
+    the range out). Kept by catalog.facts.refresh_name_tokens in each sync
+    page's transaction; rows of a deleted subject go with it.
+    """
+
+    __tablename__ = "subject_name_token"
+    __table_args__ = (Index(None, "subject_id"),)
+
+    token: Mapped[str] = mapped_column(String(64).with_variant(String(64, collation="C"), "postgresql"), primary_key=True)
+    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subject.id", ondelete="CASCADE"), primary_key=True)
 
 
 class Study(_Entity, Base):
@@ -77,12 +98,12 @@ class Study(_Entity, Base):
         # A patient's studies in listing order, index-only (the API's name and patient searches; migration 0005).
         Index(None, "subject_id", "study_date", "id", "deleted_at"),
         # Live studies newest first with the patient's name beside them: a name matching many patients is
-        # one index-only scan (migration 0007). Partial, so every entry is a live study.
+        # one index-only scan (migration 0007; the words since 0008). Partial, so every entry is a live study.
         Index(
             "ix_study_live_date_id_name",
             "study_date",
             "id",
-            postgresql_include=["patient_name_search"],
+            postgresql_include=["patient_name_search", "patient_name_words"],
             postgresql_where=text("deleted_at IS NULL"),
             sqlite_where=text("deleted_at IS NULL"),
         ),
@@ -95,8 +116,9 @@ class Study(_Entity, Base):
     study_time: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
     referring_physician_name: Mapped[str | None] = mapped_column(String(200))
-    # The subject's patient_name_search, copied for name searches (catalog.facts.copy_patient_names).
+    # The subject's patient_name_search and patient_name_words, copied for name searches (catalog.facts.copy_patient_names).
     patient_name_search: Mapped[str | None] = mapped_column(String(200))
+    patient_name_words: Mapped[str | None] = mapped_column(Text)
     # Facts of its live series, kept by catalog.facts.refresh (migration 0006): what every search result shows.
     modalities: Mapped[str] = mapped_column(String(200), default="", server_default="")  # sorted, joined by "\\"
     series_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, select,
 
 from imaging_sync import outbox
 from imaging_sync.catalog import facts
+from imaging_sync.catalog.names import stored_words
 from imaging_sync.db import bulk
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
 from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
@@ -57,7 +58,7 @@ class Level:
         return tuple(row[c] for c in self.key_columns)
 
 
-SUBJECT = Level("subject", Subject.__table__, ("issuer", "patient_id"), ("patient_name", "patient_name_search", "birth_date", "sex"))
+SUBJECT = Level("subject", Subject.__table__, ("issuer", "patient_id"), ("patient_name", "patient_name_search", "patient_name_words", "birth_date", "sex"))
 STUDY = Level(
     "study",
     Study.__table__,
@@ -165,7 +166,9 @@ class PageWriter:
         touched = set(events) - self._made_whole(wanted, ids, created)
         touched |= moved_from[SERIES.name] | facts.studies_of_series(conn, moved_from[INSTANCE.name])
         facts.refresh(conn, touched)
-        facts.copy_patient_names(conn, {*ids[SUBJECT.name].values(), *(eid for level, eid in removed if level == SUBJECT.name)})
+        named = {*ids[SUBJECT.name].values(), *(eid for level, eid in removed if level == SUBJECT.name)}
+        facts.copy_patient_names(conn, named)
+        facts.refresh_name_tokens(conn, named)
         outbox.add_study_events(conn, self.partner, events, now)
         return outcome
 
@@ -182,7 +185,7 @@ class PageWriter:
                 "issuer": subject.issuer,
                 "patient_id": subject.patient_id,
                 "patient_name": subject.name,
-                "patient_name_search": search_form(subject.name),
+                **_name_forms(subject.name),
                 "birth_date": subject.birth_date,
                 "sex": subject.sex,
             }
@@ -196,8 +199,8 @@ class PageWriter:
                 "study_time": study.study_time,
                 "description": study.description,
                 "referring_physician_name": study.referring_physician_name,
-                # As the subject row says; copy_patient_names mends it when the stored subject says otherwise.
-                "patient_name_search": search_form(subject.name),
+                # As the subject row says; copy_patient_names mends them when the stored subject says otherwise.
+                **_name_forms(subject.name),
             }
             # The study link carries the whole item's hash: equal next time means "skip the item".
             wanted.links.append(("study", study_key, sid, sid, study.content_hash))
@@ -516,4 +519,12 @@ def _from_attrs(level: Level, attrs: Mapping[str, Any]) -> dict[str, Any]:
         elif value is not None and isinstance(column_type, Uuid):
             value = uuid.UUID(value)
         values[column] = value
+    if level is SUBJECT:
+        # Folded from the name now: a link's attrs keep the forms of the day it was written (before 0008, none).
+        values.update(_name_forms(values["patient_name"]))
     return values
+
+
+def _name_forms(name: str | None) -> dict[str, str | None]:
+    """What name searches read for a patient name: its search form (wildcards) and its words (word prefixes)."""
+    return {"patient_name_search": search_form(name), "patient_name_words": stored_words(name)}

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject
+from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject, SubjectNameToken
+from imaging_sync.person_names import name_words, search_form
 
 
 def _wire_time(tm: str | None) -> str | None:
@@ -77,15 +78,25 @@ def live_index(engine: Engine, partner: str) -> dict[str, dict[str, Any]]:
 
 
 def stale_facts(engine: Engine) -> list[str]:
-    """Study and series rows whose stored facts (catalog.facts) differ from their rows, recounted here in Python.
+    """Rows whose stored facts (catalog.facts) differ from their rows, recounted here in Python.
 
-    Counted independently of ``catalog.facts`` (no shared query), so a test
-    that ends with ``assert stale_facts(engine) == []`` checks the sync kept
-    them, not that the code agrees with itself.
+    Study and series facts; each subject's search form, name words and
+    ``subject_name_token`` rows against its name (``person_names``, the
+    definition); each study's copies of its subject's name forms. Counted
+    independently of ``catalog.facts`` and the sync (no shared query), so a
+    test that ends with ``assert stale_facts(engine) == []`` checks the sync
+    kept them, not that the code agrees with itself.
     """
     with engine.connect() as conn:
         studies = list(conn.execute(select(Study.id, Study.modalities, Study.series_count, Study.instance_count, Study.partners).where(Study.deleted_at.is_(None))))
-        names = list(conn.execute(select(Study.id, Study.patient_name_search, Subject.patient_name_search).join(Subject, Subject.id == Study.subject_id)))
+        names = list(
+            conn.execute(
+                select(Study.id, Study.patient_name_search, Study.patient_name_words, Subject.patient_name_search, Subject.patient_name_words)
+                .join(Subject, Subject.id == Study.subject_id)
+            )
+        )
+        subject_names = list(conn.execute(select(Subject.id, Subject.patient_name, Subject.patient_name_search, Subject.patient_name_words)))
+        tokens = list(conn.execute(select(SubjectNameToken.subject_id, SubjectNameToken.token)))
         series = list(conn.execute(select(Series.id, Series.study_id, Series.modality, Series.instance_count, Series.partners).where(Series.deleted_at.is_(None))))
         instances = list(conn.execute(select(Instance.series_id).where(Instance.deleted_at.is_(None))).scalars())
         links = list(conn.execute(select(EntityLink.entity_type, EntityLink.entity_id, EntityLink.partner)))
@@ -106,5 +117,19 @@ def stale_facts(engine: Engine) -> list[str]:
         want = ("\\".join(sorted(modalities)), series_count, instance_count, ",".join(sorted(partners.get(("study", row.id), ()))))
         if (row.modalities, row.series_count, row.instance_count, row.partners) != want:
             stale.append(f"study {row.id}: stored {(row.modalities, row.series_count, row.instance_count, row.partners)}, rows say {want}")
-    stale += [f"study {study_id}: name {copied!r}, its subject's {actual!r}" for study_id, copied, actual in names if copied != actual]
+    stale += [
+        f"study {study_id}: name {(search, words)!r}, its subject's {(subject_search, subject_words)!r}"
+        for study_id, search, words, subject_search, subject_words in names
+        if (search, words) != (subject_search, subject_words)
+    ]
+    stored_tokens: dict[Any, set[str]] = {}
+    for subject_id, token in tokens:
+        stored_tokens.setdefault(subject_id, set()).add(token)
+    for subject_id, name, search, words in subject_names:
+        expected_words = name_words(name)
+        want = (search_form(name), "".join(" " + w for w in expected_words) or None, set(expected_words))
+        stored = (search, words, stored_tokens.pop(subject_id, set()))
+        if stored != want:
+            stale.append(f"subject {subject_id}: name forms and tokens {stored!r}, its name {name!r} says {want!r}")
+    stale += [f"tokens {sorted(rows)!r} of no subject {subject_id}" for subject_id, rows in stored_tokens.items()]
     return stale

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 
 from imaging_sync.catalog import facts
+from imaging_sync.catalog.names import stored_words
 from imaging_sync.config import ApiConfig, DatabaseConfig, PartnerConfig, Settings, StorageConfig
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject, utcnow
 from imaging_sync.ids import new_id
@@ -79,7 +80,7 @@ class Located:
 class IndexBuilder:
     """Writes index rows directly: subject → study → series → instance, links and locations.
 
-    Like a sync page, every write ends with the study's facts refreshed (catalog.facts).
+    Like a sync page, every write ends with the study's facts (and a subject's name tokens) refreshed (catalog.facts).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -87,7 +88,12 @@ class IndexBuilder:
 
     def subject(self, patient_id: str, name: str | None = None, *, issuer: str = "", birth_date: dt.date | None = None, sex: str | None = None) -> uuid.UUID:
         sid = new_id()
-        self._insert(Subject, id=sid, issuer=issuer, patient_id=patient_id, patient_name=name, patient_name_search=search_form(name), birth_date=birth_date, sex=sex)
+        self._insert(
+            Subject, id=sid, issuer=issuer, patient_id=patient_id, patient_name=name, patient_name_search=search_form(name),
+            patient_name_words=stored_words(name), birth_date=birth_date, sex=sex,
+        )
+        with self.engine.begin() as conn:
+            facts.refresh_name_tokens(conn, [sid])
         return sid
 
     def study(self, subject_id: uuid.UUID, *, date: dt.date | None = None, accession: str | None = None, description: str | None = None, partners: Sequence[str] = ("b",), uid: str | None = None) -> uuid.UUID:

@@ -1,8 +1,9 @@
-"""Study and subject search: filters, DICOM name wildcards (Korean included), summaries, soft deletes."""
+"""Study and subject search: filters, name words and DICOM name wildcards (Korean, accents), summaries, soft deletes."""
 
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 import uuid
 from typing import Any
 
@@ -17,7 +18,7 @@ from api_fixtures import IndexBuilder, Keys, Located
 
 @pytest.fixture
 def people(index: IndexBuilder) -> dict[str, uuid.UUID]:
-    """Subjects with one dated study each (names as partners send them: PN, romanised or Hangul)."""
+    """Subjects with one dated study each (names as partners send them: PN, romanised, Hangul or accented)."""
     names = {
         "P1": "KIM^MINJI",
         "P2": "Kim^Minjun",
@@ -27,6 +28,10 @@ def people(index: IndexBuilder) -> dict[str, uuid.UUID]:
         "P6": "LEE^SEOYEON",
         "P7": "O%BRIEN^A_B",  # LIKE metacharacters in the data itself
         "P8": "김^길동",
+        "P9": "ÉMILE^ZOLA",
+        "P10": unicodedata.normalize("NFD", "JOSÉ^MARÍA"),  # decomposed accents, as some systems send them
+        "P11": "Van Der Berg^Jan",
+        "P12": "김^민준",
     }
     studies = {}
     for i, (patient_id, name) in enumerate(names.items()):
@@ -55,6 +60,12 @@ def patients(items: list[dict[str, Any]]) -> set[str]:
     return {i["subject"]["patient_id"] for i in items}
 
 
+def subject_ids(client: TestClient[Litestar], keys: Keys, **params: Any) -> set[str]:
+    response = client.get("/api/v1/subjects", params={"limit": 200, **params}, headers=keys.headers("viewer"))
+    assert response.status_code == 200, response.text
+    return {s["patient_id"] for s in response.json()["items"]}
+
+
 @pytest.mark.parametrize(
     "pattern,expected",
     [
@@ -71,15 +82,98 @@ def patients(items: list[dict[str, Any]]) -> set[str]:
         ("o_brien*", set()),  # "_" is a literal underscore, not a one-character wildcard
         ("*^a_b", {"P7"}),
         ("%", set()),
-        ("ｋｉｍ*", {"P1", "P2"}),  # full-width Latin folds (NFKC)
+        ("ｋｉｍ*", {"P1", "P2"}),  # full-width Latin folds (NFKD)
+        ("emile*", {"P9"}),  # accents fold away, in the data and in the pattern
+        ("ÉMILE^ZOLA", {"P9"}),
+        ("jose^maria", {"P10"}),
+        ("hong", set()),  # no wildcard: the whole name or a whole group, not a word of it
+        ("van der berg^*", {"P11"}),
     ],
 )
-def test_name_wildcards_match_case_insensitively_in_any_component_group(
+def test_patient_name_wildcards_match_case_and_accent_insensitively_in_any_component_group(
     client: TestClient[Litestar], keys: Keys, people: dict[str, uuid.UUID], name_plan: str, pattern: str, expected: set[str]
 ) -> None:
-    assert patients(search(client, keys, name=pattern)) == expected
-    subjects = client.get("/api/v1/subjects", params={"name": pattern}, headers=keys.headers("viewer")).json()["items"]
-    assert {s["patient_id"] for s in subjects} == expected
+    assert patients(search(client, keys, patient_name=pattern)) == expected
+    assert subject_ids(client, keys, patient_name=pattern) == expected
+
+
+# query -> the patients it finds (people above); one table, compared whole, so a failure shows every miss at once.
+WORD_QUERIES = {
+    "hong": {"P5"},  # a word of the name, not the whole of it
+    "HONG": {"P5"},
+    "gil hong": {"P5"},  # any order; each word the beginning of a word
+    "gil* hong*": {"P5"},  # a trailing * means the same
+    "kim": {"P1", "P2"},
+    "kim minji": {"P1"},
+    "kim* minj*": {"P1", "P2"},
+    "ｋｉｍ": {"P1", "P2"},  # full-width Latin
+    "minj": {"P1", "P2"},
+    "inji": set(),  # the beginning of a word, not its middle
+    "김": {"P8", "P12"},
+    "김 민": {"P12"},
+    "홍": {"P3", "P4", "P5"},
+    "길동": {"P3", "P5", "P8"},
+    "洪": {"P5"},
+    "吉": {"P5"},
+    "hong 홍": {"P5"},  # words from different component groups
+    "gildong=길동": {"P5"},  # "=" separates words like any other separator
+    "emile": {"P9"},  # accent-insensitive
+    "Émile Zola": {"P9"},
+    unicodedata.normalize("NFD", "émi"): {"P9"},  # a decomposed query
+    "jose": {"P10"},  # a decomposed name
+    "maría": {"P10"},
+    "van der": {"P11"},
+    "berg jan": {"P11"},
+    "erg": set(),
+    "o brien": {"P7"},
+    "a_b": {"P7"},  # "_" is a word character, matched literally
+    "a_c": set(),
+    "lee park": set(),  # every word must match
+}
+
+
+def test_name_words_find_patients_by_the_beginnings_of_their_name_words(
+    client: TestClient[Litestar], keys: Keys, people: dict[str, uuid.UUID], name_plan: str
+) -> None:
+    assert {q: patients(search(client, keys, name=q)) for q in WORD_QUERIES} == WORD_QUERIES
+    assert {q: subject_ids(client, keys, name=q) for q in WORD_QUERIES} == WORD_QUERIES
+
+
+def test_name_and_patient_name_together_must_both_match(client: TestClient[Litestar], keys: Keys, people: dict[str, uuid.UUID], name_plan: str) -> None:
+    assert patients(search(client, keys, name="gil", patient_name="hong*")) == {"P5"}
+    assert patients(search(client, keys, name="길동", patient_name="김*")) == {"P8"}
+    assert patients(search(client, keys, name="minji", patient_name="hong*")) == set()
+    assert subject_ids(client, keys, name="gil", patient_name="hong*") == {"P5"}
+
+
+@pytest.mark.parametrize(
+    "value,says",
+    [
+        ("hong?", "patient_name"),
+        ("*hong", "patient_name"),
+        ("ho*ng", "patient_name"),
+        ("hong^*", "patient_name"),
+        ("hong**", "patient_name"),
+        ("＊hong", "patient_name"),  # a full-width star is a star
+        ("^=", "letter or a digit"),
+        ("  ", "letter or a digit"),
+        ("a b c d e f g h i", "at most 8 words"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["/api/v1/studies", "/api/v1/subjects"])
+def test_a_name_that_is_not_words_is_a_400_naming_name(client: TestClient[Litestar], keys: Keys, endpoint: str, value: str, says: str) -> None:
+    response = client.get(endpoint, params={"name": value}, headers=keys.headers("viewer"))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["details"]["field"] == "name" and error["message"].startswith("name") and says in error["message"]
+
+
+def test_the_openapi_document_tells_name_from_patient_name(client: TestClient[Litestar]) -> None:
+    document = client.get("/api/v1/schema/openapi.json").json()
+    for path in ("/api/v1/studies", "/api/v1/subjects"):
+        parameters = {p["name"]: p["description"] for p in document["paths"][path]["get"]["parameters"] if p["in"] == "query"}
+        assert "patient_name" in parameters["name"] and "`hong`" in parameters["name"]
+        assert "DICOM wildcards" in parameters["patient_name"] and "`hong*`" in parameters["patient_name"]
 
 
 def test_filters_combine_and_the_summary_shows_what_a_frontend_needs(client: TestClient[Litestar], keys: Keys, index: IndexBuilder) -> None:
@@ -143,7 +237,10 @@ def test_undated_studies_come_last(client: TestClient[Litestar], keys: Keys, ind
     assert [i["id"] for i in second["items"]] == [str(undated)] and second["next_cursor"] is None
 
 
-def test_a_name_search_pages_newest_first_the_same_with_either_plan(client: TestClient[Litestar], keys: Keys, index: IndexBuilder, name_plan: str) -> None:
+@pytest.mark.parametrize("name", [{"name": "park"}, {"patient_name": "park*"}, {"name": "park", "patient_name": "park*"}])
+def test_a_name_search_pages_newest_first_the_same_with_either_plan(
+    client: TestClient[Litestar], keys: Keys, index: IndexBuilder, name_plan: str, name: dict[str, str]
+) -> None:
     expected = []
     for p in range(6):
         subject = index.subject(f"N{p}", f"PARK^SEO{p}", issuer="HOSP-A")
@@ -156,7 +253,7 @@ def test_a_name_search_pages_newest_first_the_same_with_either_plan(client: Test
     expected.sort(key=lambda e: (e[0], str(e[1])), reverse=True)
     seen, cursor = [], None
     while True:
-        params = {"name": "park*", "limit": 4, **({"cursor": cursor} if cursor else {})}
+        params = {**name, "limit": 4, **({"cursor": cursor} if cursor else {})}
         page = client.get("/api/v1/studies", params=params, headers=keys.headers("viewer")).json()
         seen += [item["id"] for item in page["items"]]
         cursor = page["next_cursor"]

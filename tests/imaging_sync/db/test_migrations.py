@@ -1,11 +1,16 @@
 """The migrations build exactly the schema the models describe, on both backends."""
 
+import datetime as dt
+import unicodedata
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, insert, inspect, select
 
+from imaging_sync.catalog.studies import StudyQuery, search_studies
 from imaging_sync.db import migrate
-from imaging_sync.db.models import Base, Study
+from imaging_sync.db.models import Base, Study, Subject, SubjectNameToken
+from imaging_sync.ids import new_id
 from imaging_sync.sync.runner import SyncRunner
 from imaging_sync.testing.datagen import DatasetSpec
 from imaging_sync.testing.factories import TEST_API_KEY, settings_for, simulator_partner
@@ -45,3 +50,37 @@ def test_0006_fills_the_facts_of_an_index_synced_before_it(engine: Engine) -> No
     assert stale_facts(engine) == []
     with engine.connect() as conn:
         assert sorted(conn.execute(select(Study.series_count)).scalars()) == [1, 2, 2, 2, 2, 2]
+
+
+def test_0008_refolds_names_fills_words_and_tokens_of_rows_written_before_it_and_downgrades(engine: Engine) -> None:
+    sim = PartnerSimulator(DatasetSpec(partner="b", studies=6, series_per_study=1, instances_per_series=1), SimulatorConfig(api_key=TEST_API_KEY))
+    sim.start()
+    try:
+        runner = SyncRunner(engine, settings_for(engine.url.render_as_string(hide_password=False), simulator_partner("b", sim.base_url)))
+        sim.dataset.update_study(sim.dataset.spec.study_id(0), lambda item: item["subject"].update(name="ÉMILE^ZOLA"))
+        assert runner.sync("b").ok
+    finally:
+        sim.stop()
+    migrate.downgrade(engine, "0007")
+    try:
+        with engine.connect() as conn:
+            assert "patient_name_words" not in {c["name"] for c in inspect(conn).get_columns("subject")}
+            assert "subject_name_token" not in inspect(conn).get_table_names()
+            # The 0007 folding is back (NFKC, casefold: accents kept), on the subject and its studies.
+            assert set(conn.execute(select(Study.patient_name_search).join(Subject).where(Subject.patient_name == "ÉMILE^ZOLA")).scalars()) == {"émile^zola"}
+        with engine.begin() as conn:  # a patient written by the 0007 code, decomposed accents and all
+            now = dt.datetime.now(dt.timezone.utc)
+            entity = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
+            name = unicodedata.normalize("NFD", "José^María")
+            subject_id, study_id = new_id(), new_id()
+            conn.execute(insert(Subject.__table__).values(id=subject_id, issuer="", patient_id="OLD-1", patient_name=name, patient_name_search=unicodedata.normalize("NFKC", name).casefold(), **entity))
+            conn.execute(insert(Study.__table__).values(id=study_id, study_instance_uid="1.2.3.4.5", subject_id=subject_id, patient_name_search="stale", **entity))
+    finally:
+        migrate.upgrade(engine)
+    assert stale_facts(engine) == []  # every subject's search form, words and tokens; every study's copies
+    with engine.connect() as conn:
+        assert conn.execute(select(Study.patient_name_search, Study.patient_name_words).where(Study.id == study_id)).one() == ("jose^maria", " jose maria")
+        assert set(conn.execute(select(SubjectNameToken.token).where(SubjectNameToken.subject_id == subject_id)).scalars()) == {"jose", "maria"}
+        assert set(conn.execute(select(Subject.patient_name_search).where(Subject.patient_name == "ÉMILE^ZOLA")).scalars()) == {"emile^zola"}
+        found = search_studies(conn, StudyQuery(name="emi zol"), limit=10).items
+        assert [s.subject.patient_name for s in found] == ["ÉMILE^ZOLA"]

@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text, update
 
+from imaging_sync.catalog.studies import StudyQuery, search_studies
 from imaging_sync.config import PartnerConfig, RetryPolicy
-from imaging_sync.db.models import Base, EntityLink, Instance, InstanceLocation, PartnerState, RejectedItem, Series, Study, Subject, SyncRun
+from imaging_sync.db.models import Base, EntityLink, Instance, InstanceLocation, PartnerState, RejectedItem, Series, Study, Subject, SubjectNameToken, SyncRun
 from imaging_sync.sync.runner import SyncRunner
 from imaging_sync.testing.datagen import DatasetSpec
 from imaging_sync.testing.factories import settings_for, simulator_partner
@@ -50,9 +51,28 @@ def runner_for(engine: Engine, *partners: PartnerConfig) -> SyncRunner:
 
 def all_rows(engine: Engine) -> dict[str, set[str]]:
     """Every row of every index table (not runs), to prove a re-run wrote nothing."""
-    tables = [m.__table__ for m in (Subject, Study, Series, Instance, EntityLink, InstanceLocation)]
+    tables = [m.__table__ for m in (Subject, SubjectNameToken, Study, Series, Instance, EntityLink, InstanceLocation)]
     with engine.connect() as conn:
         return {t.name: {repr(tuple(r)) for r in conn.execute(select(t))} for t in tables}
+
+
+def token_row_versions(engine: Engine) -> set[tuple[str, Any, str]]:
+    """Each ``subject_name_token`` row with its row version (PostgreSQL ``xmin``, SQLite ``rowid``): a row deleted and written again shows."""
+    version = "xmin::text" if engine.dialect.name == "postgresql" else "CAST(rowid AS TEXT)"
+    with engine.connect() as conn:
+        return {tuple(row) for row in conn.execute(text(f"SELECT token, subject_id, {version} FROM subject_name_token"))}  # type: ignore[misc]
+
+
+def tokens_of(engine: Engine, patient_id: str) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(select(SubjectNameToken.token).join(Subject, Subject.id == SubjectNameToken.subject_id).where(Subject.patient_id == patient_id)).scalars()
+        )
+
+
+def patients_found(engine: Engine, **query: Any) -> set[str]:
+    with engine.connect() as conn:
+        return {study.subject.patient_id for study in search_studies(conn, StudyQuery(**query), limit=1000).items}
 
 
 def count(engine: Engine, model: type[Base], *where: Any) -> int:
@@ -79,6 +99,18 @@ def test_rerun_with_no_changes_writes_nothing(engine: Engine, start_simulator: S
     assert again.counts["unchanged"] == again.counts["fetched"] == 60
     assert again.counts["created"] == again.counts["updated"] == 0
     assert all_rows(engine) == before
+
+
+def test_a_changed_study_whose_patient_keeps_the_name_writes_no_token_rows(engine: Engine, start_simulator: StartSimulator) -> None:
+    sim = start_simulator(studies=20)
+    runner = runner_for(engine, simulator_partner("b", sim.base_url))
+    assert runner.sync("b").ok
+    before = token_row_versions(engine)
+    assert before  # every patient's words are there
+    sim.dataset.update_study(sim.dataset.spec.study_id(3), lambda item: item.update(description="REVISED READ"))
+    again = runner.sync("b", full=True)
+    assert again.ok and again.counts["updated"] == 1
+    assert token_row_versions(engine) == before
 
 
 def test_update_deletion_and_series_removal_propagate(engine: Engine, start_simulator: StartSimulator) -> None:
@@ -362,6 +394,7 @@ def test_a_renamed_patient_is_found_by_the_new_name_in_studies_the_page_did_not_
     patients = [sim.dataset.item(sim.dataset.spec.study_id(i))["subject"]["patient_id"] for i in range(6)]
     patient = max(set(patients), key=patients.count)
     first = sim.dataset.spec.study_id(patients.index(patient))
+    old_words = tokens_of(engine, patient)
     sim.dataset.update_study(first, lambda item: item["subject"].update(name="RENAMED^PATIENT"))
 
     assert runner.refresh_study("b", first).ok  # one study re-read; the patient has others
@@ -370,3 +403,30 @@ def test_a_renamed_patient_is_found_by_the_new_name_in_studies_the_page_did_not_
             select(Study.patient_name_search).join(Subject, Subject.id == Study.subject_id).where(Subject.patient_id == patient)
         ).scalars().all()
     assert len(names) == patients.count(patient) > 1 and set(names) == {"renamed^patient"}
+    assert tokens_of(engine, patient) == {"renamed", "patient"}  # the old words are gone
+    assert patient in patients_found(engine, name="renam pat")
+    assert patient not in patients_found(engine, name=" ".join(old_words))
+
+
+def test_a_patient_handed_over_to_another_partner_takes_that_partner_s_name_words(engine: Engine, start_simulator: StartSimulator) -> None:
+    b = start_simulator("b", studies=1)
+    c = start_simulator("c", studies=0)  # only the copy below
+    shared = b.dataset.item(b.dataset.spec.study_id(0))
+    theirs = shared_copy(shared, "c")
+    theirs["subject"]["name"] = "ÉMILE^ZOLA"
+    c.dataset.put_study(theirs)
+    runner = runner_for(engine, simulator_partner("b", b.base_url, priority=10), simulator_partner("c", c.base_url, priority=5))
+    assert all(r.ok for r in runner.sync_all())
+    patient = shared["subject"]["patient_id"]
+    assert "emile" not in tokens_of(engine, patient)  # b's name shows
+    with engine.begin() as conn:  # c's link as written before migration 0008: no words, the old folding
+        link_id, attrs = conn.execute(
+            select(EntityLink.id, EntityLink.attrs).join(Subject, Subject.id == EntityLink.entity_id).where(EntityLink.partner == "c", Subject.patient_id == patient)
+        ).one()
+        attrs = {k: v for k, v in attrs.items() if k != "patient_name_words"} | {"patient_name_search": "émile^zola"}
+        conn.execute(update(EntityLink).where(EntityLink.id == link_id).values(attrs=attrs))
+
+    b.dataset.delete_study(shared["id"])
+    assert runner.sync("b").ok
+    assert tokens_of(engine, patient) == {"emile", "zola"}  # the autouse check compares the search form and words too
+    assert patients_found(engine, name="emile") == {patient}
