@@ -19,7 +19,7 @@ from imaging_sync.db.models import Instance, Series, Study, Subject
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 # How a key matches: uid (single value or list), string (single value, wildcard;
-# case-sensitive), cs (like string, plus lists), pn (case-insensitive, wildcard),
+# case-sensitive), cs (like string, plus lists), pn (case- and accent-insensitive, wildcard),
 # date / time (single value or range), number (single value or list),
 # computed (return-only, or EXISTS for ModalitiesInStudy), none (not kept: return only).
 Match = Literal["uid", "string", "cs", "pn", "date", "time", "number", "computed", "none"]

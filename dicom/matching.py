@@ -3,8 +3,10 @@
 Single value (C.2.2.2.1), universal (C.2.2.2.3: no condition), wildcard
 (C.2.2.2.4: ``*`` and ``?``), range (C.2.2.2.5: ``a-b``, ``a-``, ``-b`` for DA
 and TM; combined date-time when negotiated, C.2.2.2.5.1 / C.5.1.1.2) and lists of
-UIDs (C.2.2.2.2). Person names match case-insensitively on the search form
-(``person_names.search_form``, via ``catalog.names``); every other string
+UIDs (C.2.2.2.2). Person names match case- and accent-insensitively on the
+search form (``person_names.search_form``, via ``catalog.names``; a PN
+attribute without a stored search form, ReferringPhysicianName, is compared
+lower-cased on both sides: case folds, accents must match); every other string
 matches case-sensitively, so on SQLite wildcards become GLOB (LIKE there
 ignores ASCII case) and on PostgreSQL LIKE, with the caller's own LIKE/GLOB
 metacharacters escaped.
@@ -135,8 +137,9 @@ def _one(key: Key, column: Any, value: str, dialect: str) -> ColumnElement[bool]
             raise InvalidKeyValueError(f"{key.keyword}: not an integer", key.tag) from None
     if key.match == "pn":
         groups = "=".join(g.rstrip("^ ") if not g.endswith("*") else g for g in value.split("="))
-        target = key.search_column if key.search_column is not None else func.lower(column)
-        return name_matches(target, groups)
+        if key.search_column is not None:
+            return name_matches(key.search_column, groups)
+        return name_matches(func.lower(column), groups, fold=str.lower)
     # string / cs: leading and trailing spaces are not significant (C.2.2.2.1)
     if has_wildcard(value):
         return wildcard_condition(column, value, dialect)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+from sqlalchemy import insert
 
 from dicom_fixtures import Node
+from imaging_sync.db.models import Study, Subject
+from imaging_sync.ids import new_id
+from imaging_sync.person_names import search_form
 from scu import FIND, find, identifier, values
 
 # (model, level, keys, the key to read back, expected values) — answers from conftest.SUBJECTS.
@@ -141,6 +147,20 @@ def test_latin1_query_is_decoded(node: Node) -> None:
     ds = identifier("STUDY", charset="ISO_IR 100", PatientName="Lee^Seoyeon", StudyInstanceUID="")
     status, results, _ = find(node.address, ds)
     assert status == 0x0000 and values(results, "StudyInstanceUID") == ["1.2.826.0.1.4"]
+
+
+def test_patient_name_matches_accent_insensitively(node: Node) -> None:
+    """Accents fold away in the stored name and in the query (person_names.search_form), as Orthanc matches PN."""
+    now = dt.datetime.now(dt.timezone.utc)
+    entity = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
+    subject_id = new_id()
+    with node.engine.begin() as conn:
+        conn.execute(insert(Subject.__table__).values(id=subject_id, issuer="", patient_id="P-ZOLA", patient_name="ÉMILE^ZOLA", patient_name_search=search_form("ÉMILE^ZOLA"), **entity))
+        conn.execute(insert(Study.__table__).values(id=new_id(), study_instance_uid="1.2.826.0.1.90", subject_id=subject_id, study_date=dt.date(2024, 3, 1), **entity))
+    for charset, pattern in (("ISO_IR 192", "emile*"), ("ISO_IR 192", "Emile^Zola"), ("ISO_IR 100", "Émile*"), ("ISO_IR 192", "*^zolà")):
+        status, results, _ = find(node.address, identifier("STUDY", charset=charset, PatientName=pattern, StudyInstanceUID=""))
+        assert (status, values(results, "StudyInstanceUID")) == (0x0000, ["1.2.826.0.1.90"]), (charset, pattern)
+        assert [str(r.PatientName) for r in results] == ["ÉMILE^ZOLA"]  # answered as stored
 
 
 def test_combined_date_time_range_when_negotiated(node: Node) -> None:
