@@ -17,7 +17,7 @@ Prints p50/p99 per scenario and whether p99 < 50 ms (searches, detail) and < 100
 with the machine's idle and steal time over the scenario (a shared VM's host takes its share).
 
     python bench/api_latency.py [--workers 2] [--rate 200] [--requests 2000] [--rebuild]
-    python bench/api_latency.py --profile name   # pyinstrument over in-process requests first
+    python bench/api_latency.py --profile "search by name words"   # pyinstrument over in-process requests first
 """
 
 from __future__ import annotations
@@ -48,14 +48,15 @@ from sqlalchemy.engine import make_url
 import http_load
 from imaging_sync import apikeys
 from imaging_sync.catalog.facts import join_modalities
+from imaging_sync.catalog.names import stored_words
 from imaging_sync.db import migrate
 from imaging_sync.ids import new_ids
-from imaging_sync.person_names import search_form
+from imaging_sync.person_names import name_words, search_form
 from imaging_sync.testing.index_state import stale_facts
 
 ADMIN_URL = os.environ.get("IMAGING_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "imaging_sync_bench_api"
-DATASET = "api-latency v3 (stored facts, study names): 50000 subjects, 100000 studies, 2x5 instances, one 500-instance series"
+DATASET = "api-latency v4 (stored facts, study names, name words): 50000 subjects, 100000 studies, 2x5 instances, one 500-instance series"
 SUBJECTS, STUDIES, SERIES_PER_STUDY, INSTANCES_PER_SERIES, BIG_SERIES = 50_000, 100_000, 2, 5, 500
 BUCKET, REGION, PARTNER = "bench-dicom", "eu-west-1", "bench"
 POOL_SIZE = 10  # per worker
@@ -126,27 +127,30 @@ def load(conn: psycopg.Connection) -> None:
     entity = ("source_partner", "source_priority", "created_at", "updated_at")
     link_cols = "id, partner, entity_type, entity_id, partner_entity_id, partner_study_id, content_hash, attrs, created_at, updated_at"
     subject_ids = new_ids(SUBJECTS)
-    search_names: list[str | None] = []
+    names: list[str] = []
     with conn.cursor() as cur:
-        with cur.copy(f"COPY subject (id, issuer, patient_id, patient_name, patient_name_search, birth_date, sex, {', '.join(entity)}) FROM STDIN") as copy:
+        with cur.copy(f"COPY subject (id, issuer, patient_id, patient_name, patient_name_search, patient_name_words, birth_date, sex, {', '.join(entity)}) FROM STDIN") as copy:
             for n, sid in enumerate(subject_ids):
                 (fk, fe), (gk, ge) = rng.choice(FAMILY), rng.choice(GIVEN)
-                name = f"{fk}^{gk}" if rng.random() < 0.3 else f"{fe}^{ge}"
+                names.append(f"{fk}^{gk}" if rng.random() < 0.3 else f"{fe}^{ge}")
                 birth = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(33000))
-                search_names.append(search_form(name))
-                copy.write_row((sid, "HOSP-A" if n % 2 else "HOSP-B", f"BP{n:07d}", name, search_names[-1], birth, rng.choice("MFO"), PARTNER, 0, now, now))
+                copy.write_row((sid, "HOSP-A" if n % 2 else "HOSP-B", f"BP{n:07d}", names[-1], search_form(names[-1]), stored_words(names[-1]), birth, rng.choice("MFO"), PARTNER, 0, now, now))
+        with cur.copy("COPY subject_name_token (token, subject_id) FROM STDIN") as copy:
+            for name, sid in zip(names, subject_ids):
+                for word in name_words(name):
+                    copy.write_row((word, sid))
         study_ids = new_ids(STUDIES)
         series_ids = new_ids(STUDIES * SERIES_PER_STUDY)
         counts = [BIG_SERIES if n == 0 else INSTANCES_PER_SERIES for n in range(len(series_ids))]
         # The facts catalog.facts keeps (checked against the rows by stale_facts after the load).
-        study_facts = "patient_name_search, modalities, series_count, instance_count, partners"
+        study_facts = "patient_name_search, patient_name_words, modalities, series_count, instance_count, partners"
         with cur.copy(f"COPY study (id, study_instance_uid, subject_id, accession_number, study_date, study_time, description, {study_facts}, {', '.join(entity)}) FROM STDIN") as copy:
             for n, sid in enumerate(study_ids):
                 date = None if rng.random() < 0.02 else FIRST_DATE + dt.timedelta(days=rng.randrange(3650))
                 own = range(n * SERIES_PER_STUDY, (n + 1) * SERIES_PER_STUDY)
                 modalities = join_modalities(MODALITIES[k % len(MODALITIES)] for k in own)
                 copy.write_row((sid, f"{UID_ROOT}.{n}", subject_ids[n % SUBJECTS], f"A{n:08d}", date, "101500", "CT CHEST W/O CONTRAST",
-                                search_names[n % SUBJECTS], modalities, SERIES_PER_STUDY, sum(counts[k] for k in own), PARTNER, PARTNER, 0, now, now))
+                                search_form(names[n % SUBJECTS]), stored_words(names[n % SUBJECTS]), modalities, SERIES_PER_STUDY, sum(counts[k] for k in own), PARTNER, PARTNER, 0, now, now))
         with cur.copy(f"COPY series (id, series_instance_uid, study_id, modality, series_number, description, body_part_examined, instance_count, partners, {', '.join(entity)}) FROM STDIN") as copy:
             for n, sid in enumerate(series_ids):
                 copy.write_row((sid, f"{UID_ROOT}.{n // SERIES_PER_STUDY}.{n % SERIES_PER_STUDY + 1}", study_ids[n // SERIES_PER_STUDY], MODALITIES[n % len(MODALITIES)], n % SERIES_PER_STUDY + 1, "AXIAL", "CHEST", counts[n], PARTNER, PARTNER, 0, now, now))
@@ -231,6 +235,8 @@ def viewer_token() -> str:
 
 def scenarios(rng: random.Random, sample: dict[str, list[str]]) -> dict[str, tuple[Callable[[], str], float]]:
     """name -> (next request path, p99 target in ms)."""
+    # What a search box sends (REST ``name``: word prefixes) and what a DICOM-minded client does (``patient_name``: wildcards).
+    words = ["kim min", "홍", "길동", "park s", "lee ye", "민지", "choi", "jung hajun", "gil", "yoon do", "김 민준", "kang"]
     patterns = ["kim^min*", "홍*", "*길동", "park^s*", "lee^ye*", "*^민지", "choi*", "jung^h?jun"]
 
     def date_window() -> str:
@@ -239,7 +245,8 @@ def scenarios(rng: random.Random, sample: dict[str, list[str]]) -> dict[str, tup
 
     return {
         "search by patient id": (lambda: f"/api/v1/studies?patient_id=BP{rng.randrange(SUBJECTS):07d}", 50),
-        "search by name wildcard": (lambda: "/api/v1/studies?name=" + quote(rng.choice(patterns)), 50),
+        "search by name words": (lambda: "/api/v1/studies?name=" + quote(rng.choice(words)), 50),
+        "search by name wildcard": (lambda: "/api/v1/studies?patient_name=" + quote(rng.choice(patterns)), 50),
         "search by date range": (date_window, 50),
         "study detail": (lambda: f"/api/v1/studies/{rng.choice(sample['studies'])}", 50),
         "series/{id}/urls (500)": (lambda: f"/api/v1/series/{sample['big_series'][0]}/urls", 100),

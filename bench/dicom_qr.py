@@ -37,12 +37,13 @@ import httpx
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
+from imaging_sync.catalog.names import stored_words
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
-from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject
+from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject, SubjectNameToken
 from imaging_sync.ids import new_id
-from imaging_sync.person_names import search_form
+from imaging_sync.person_names import name_words, search_form
 from imaging_sync.testing.dicom_files import InstanceSpec, dicom_file
 from imaging_sync.testing.waiting import eventually, port_open
 from storage.testing import embedded_storage
@@ -98,18 +99,23 @@ def fill_index(db_url: str, studies: list[StudyRow], n_patients: int, bucket: st
     now = dt.datetime.now(dt.timezone.utc)
     common = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now, "deleted_at": None}
     subject_ids = [new_id() for _ in range(n_patients)]
+    name_forms = [{"patient_name_search": search_form(patient_name(p)), "patient_name_words": stored_words(patient_name(p))} for p in range(n_patients)]
     with engine.begin() as conn:
         conn.execute(insert(Subject.__table__), [
             {"id": subject_ids[p], **common, "issuer": "", "patient_id": f"PAT{p:06d}", "patient_name": patient_name(p),
-             "patient_name_search": search_form(patient_name(p)), "birth_date": dt.date(1970, 1, 1), "sex": "MF"[p % 2]}
+             **name_forms[p], "birth_date": dt.date(1970, 1, 1), "sex": "MF"[p % 2]}
             for p in range(n_patients)
+        ])
+        conn.execute(insert(SubjectNameToken.__table__), [
+            {"token": word, "subject_id": subject_ids[p]} for p in range(n_patients) for word in name_words(patient_name(p))
         ])
     for chunk in range(0, len(studies), 500):
         st_rows, se_rows, in_rows, loc_rows = [], [], [], []
         for s in studies[chunk:chunk + 500]:
             sid = new_id()
             st_rows.append({"id": sid, **common, "study_instance_uid": s.uid, "subject_id": subject_ids[s.patient], "accession_number": s.accession,
-                            "study_date": s.date, "study_time": s.time, "description": f"{s.modality} STUDY", "referring_physician_name": None})
+                            "study_date": s.date, "study_time": s.time, "description": f"{s.modality} STUDY", "referring_physician_name": None,
+                            **name_forms[s.patient]})
             for series in range(1, SERIES_PER_STUDY + 1):
                 seid = new_id()
                 se_rows.append({"id": seid, **common, "series_instance_uid": f"{s.uid}.{series}", "study_id": sid, "modality": s.modality,
