@@ -79,12 +79,15 @@ def test_a_url_with_a_password_in_the_file_is_refused(tmp_path: Path, key: str) 
 
 
 def test_a_password_url_comes_from_the_named_environment_variable(tmp_path: Path) -> None:
-    settings = load(tmp_path, '[jobs]\nbroker_url_env = "BROKER_URL"\n')
+    settings = load(tmp_path, '[jobs]\nbroker_url_env = "BROKER_URL"\n', BROKER_URL="amqp://app:pw@rabbit:5672//")
     secret = settings.jobs.resolved_broker_url({"BROKER_URL": "amqp://app:pw@rabbit:5672//"})
     assert secret.reveal() == "amqp://app:pw@rabbit:5672//" and "pw" not in repr(secret)
     with pytest.raises(ConfigError) as caught:
         settings.jobs.resolved_broker_url({})
     assert caught.value.key == "jobs.broker_url_env"
+    with pytest.raises(ConfigError) as at_start:  # a named variable that is missing fails at start, like every secret
+        load(tmp_path, '[jobs]\nbroker_url_env = "BROKER_URL"\n')
+    assert at_start.value.key == "jobs.broker_url_env"
     # The environment override of the key itself is the other sanctioned way in, as for database.url.
     overridden = load(tmp_path, "", IMAGING_SYNC__JOBS__BROKER_URL="redis://:pw@cache:6379/1")
     assert overridden.jobs.broker_url == "redis://:pw@cache:6379/1"
