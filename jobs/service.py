@@ -25,7 +25,9 @@ class SchedulerService:
     def describe(self) -> str:
         jobs = self.core.settings.jobs
         partners = ", ".join(f"{p.name} ({p.schedule or jobs.default_schedule})" for p in self.core.settings.partners.values() if p.enabled) or "no partners"
-        return f"scheduler in {jobs.timezone}: syncs {partners}; outbox relay every {jobs.outbox_relay_seconds:g}s; alert checks every {jobs.alerts_check_seconds:g}s"
+        outbox = (f"outbox relay every {jobs.outbox_relay_seconds:g}s" if self.core.settings.outbox.has_sink
+                  else "no outbox relay (no sink configured: the sync writes no change events)")
+        return f"scheduler in {jobs.timezone}: syncs {partners}; {outbox}; alert checks every {jobs.alerts_check_seconds:g}s"
 
 
 def scheduler_service(core: Core) -> SchedulerService:

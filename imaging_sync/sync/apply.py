@@ -95,12 +95,17 @@ class _Wanted:
 
 
 class PageWriter:
-    """Writes pages for one partner; ``priorities`` is every configured partner's priority."""
+    """Writes pages for one partner; ``priorities`` is every configured partner's priority.
 
-    def __init__(self, partner: str, priorities: Mapping[str, int]) -> None:
+    ``events``: write the page's outbox events (``outbox.has_sink``). With no sink nobody
+    would ever drain them, so none are written.
+    """
+
+    def __init__(self, partner: str, priorities: Mapping[str, int], *, events: bool = True) -> None:
         self.partner = partner
         self.priorities = dict(priorities)
         self.priority = self.priorities.get(partner, 0)
+        self.events = events
 
     def apply(self, conn: Connection, items: Sequence[PageItem], run_id: uuid.UUID, now: dt.datetime) -> PageOutcome:
         outcome = PageOutcome(fetched=len(items))
@@ -169,7 +174,8 @@ class PageWriter:
         named = {*ids[SUBJECT.name].values(), *(eid for level, eid in removed if level == SUBJECT.name)}
         facts.copy_patient_names(conn, named)
         facts.refresh_name_tokens(conn, named)
-        outbox.add_study_events(conn, self.partner, events, now)
+        if self.events:
+            outbox.add_study_events(conn, self.partner, events, now)
         return outcome
 
     # -- what the page says -------------------------------------------------

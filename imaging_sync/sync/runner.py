@@ -126,7 +126,7 @@ class SyncRunner:
             item = source.get_study(partner_study_id)
             if item is None:
                 raise NotFoundError(f"partner {partner_name!r} has no study {partner_study_id!r}")
-            writer = PageWriter(config.name, self.settings.priorities())
+            writer = PageWriter(config.name, self.settings.priorities(), events=self.settings.outbox.has_sink)
             self._commit_page(writer, config.name, Page(items=[item], next_page_token=None), result, advance_bookmark=False)
 
         return self._run(partner_name, trigger, False, refresh, on_start, run_id)
@@ -208,7 +208,7 @@ class SyncRunner:
     # -- the pull loop ----------------------------------------------------------
 
     def _pull(self, config: PartnerConfig, source: PartnerSource, result: RunResult, full: bool, progress: ProgressCallback | None, started: float) -> None:
-        writer = PageWriter(config.name, self.settings.priorities())
+        writer = PageWriter(config.name, self.settings.priorities(), events=self.settings.outbox.has_sink)
         bookmark = None if full else self._bookmark(config.name)
         since = None if bookmark is None else bookmark - dt.timedelta(seconds=config.overlap_seconds)
         self._set_run_since(result.run_id, since)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imaging_sync.config import DatabaseConfig, PartnerConfig, RetryPolicy, Settings
+from imaging_sync.config import DatabaseConfig, OutboxConfig, PartnerConfig, RetryPolicy, Settings, WebhookConfig
 
 TEST_API_KEY_ENV = "IMAGING_SYNC_TEST_PARTNER_KEY"
 TEST_API_KEY = "sim-key"
@@ -28,5 +28,11 @@ def simulator_partner(name: str, base_url: str, *, api_key_env: str = TEST_API_K
     return PartnerConfig(**values)
 
 
-def settings_for(db_url: str, *partners: PartnerConfig) -> Settings:
-    return Settings(database=DatabaseConfig(url=db_url), partners={p.name: p for p in partners})
+def settings_for(db_url: str, *partners: PartnerConfig, webhook_url: str | None = None) -> Settings:
+    """Settings for a database and partners; ``webhook_url``: an outbox sink, without which the sync writes no events."""
+    outbox = OutboxConfig(webhook=WebhookConfig(url=webhook_url)) if webhook_url else OutboxConfig()
+    return Settings(database=DatabaseConfig(url=db_url), partners={p.name: p for p in partners}, outbox=outbox)
+
+
+# A sink nobody listens on: the sync writes events for it, and nothing relays them in the test.
+UNREACHED_WEBHOOK = "http://127.0.0.1:9/unreached"

@@ -8,7 +8,8 @@ from litestar.testing import TestClient
 from api.app import create_app
 from imaging_sync.bootstrap import Core, bootstrap
 from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import TEST_API_KEY, simulator_partner
+from imaging_sync.config import OutboxConfig, WebhookConfig
+from imaging_sync.testing.factories import TEST_API_KEY, UNREACHED_WEBHOOK, simulator_partner
 from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
 from storage.testing import EmbeddedStorage
 
@@ -17,7 +18,8 @@ from api_fixtures import Keys
 
 def test_metrics_after_a_sync_and_some_requests(core: Core, s3: EmbeddedStorage, keys: Keys) -> None:
     with PartnerSimulator(DatasetSpec(partner="b", studies=4), SimulatorConfig(api_key=TEST_API_KEY)) as sim:
-        settings = msgspec.structs.replace(core.settings, partners={"b": simulator_partner("b", sim.base_url)})
+        outbox = OutboxConfig(webhook=WebhookConfig(url=UNREACHED_WEBHOOK))  # the sync writes events only for a sink
+        settings = msgspec.structs.replace(core.settings, partners={"b": simulator_partner("b", sim.base_url)}, outbox=outbox)
         live = bootstrap(settings, configure_logs=False)
         try:
             assert live.runner.sync("b").ok

@@ -14,7 +14,7 @@ from imaging_sync.config import AlertsConfig
 from imaging_sync.db.models import OutboxEvent, utcnow
 from imaging_sync.sync.runner import SyncRunner
 from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import settings_for, simulator_partner
+from imaging_sync.testing.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
 from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.testing.webhook_receiver import WebhookReceiver
 
@@ -31,8 +31,9 @@ def sim() -> Iterator[PartnerSimulator]:
         yield simulator
 
 
-def wire(engine: Engine, sim: PartnerSimulator, receiver: WebhookReceiver, **alert_settings: object) -> tuple[SyncRunner, Alerts]:
-    settings = settings_for(engine.url.render_as_string(hide_password=False), simulator_partner("b", sim.base_url))
+def wire(engine: Engine, sim: PartnerSimulator, receiver: WebhookReceiver, *, sink: bool = True, **alert_settings: object) -> tuple[SyncRunner, Alerts]:
+    url = engine.url.render_as_string(hide_password=False)
+    settings = settings_for(url, simulator_partner("b", sim.base_url), webhook_url=UNREACHED_WEBHOOK if sink else None)
     settings = msgspec.structs.replace(settings, alerts=AlertsConfig(**alert_settings))  # type: ignore[arg-type]
     alerts = Alerts(engine, settings, [WebhookNotifier(receiver.url, slack=False, timeout=5)])
     return SyncRunner(engine, settings, after_run=[alerts.on_run]), alerts
@@ -93,6 +94,14 @@ def test_outbox_backlog_and_stale_partner_checks(engine: Engine, sim: PartnerSim
     assert runner.sync("b").ok
     alerts.check()
     assert sorted(messages(receiver)[2:]) == [("outbox_backlog", "resolved"), ("partner_stale:b", "resolved")]
+
+
+def test_no_backlog_alert_without_an_outbox_sink_even_for_events_left_from_before(engine: Engine, sim: PartnerSimulator, receiver: WebhookReceiver) -> None:
+    runner, _ = wire(engine, sim, receiver)
+    assert runner.sync("b").ok  # events written while a sink was configured, never relayed
+    _, alerts = wire(engine, sim, receiver, sink=False, outbox_max_age_minutes=5)
+    alerts.check(now=utcnow() + dt.timedelta(hours=2))
+    assert ("outbox_backlog", "firing") not in messages(receiver)
 
 
 def test_an_unreachable_alert_webhook_is_retried_later(engine: Engine, sim: PartnerSimulator, receiver: WebhookReceiver) -> None:

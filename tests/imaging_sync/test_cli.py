@@ -14,7 +14,7 @@ from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.sync.lock import partner_lock
 from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import simulator_partner
+from imaging_sync.testing.factories import UNREACHED_WEBHOOK, simulator_partner
 from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.testing.toml_config import write_config
 
@@ -150,12 +150,14 @@ def test_outbox_status_and_retry_failed(config: Path, capsys: pytest.CaptureFixt
 
     from imaging_sync.db.models import AuditEntry, OutboxEvent
 
+    with config.open("a", encoding="utf-8") as file:  # a sink: without one the sync writes no events
+        file.write(f'\n[outbox.webhook]\nurl = "{UNREACHED_WEBHOOK}"\n')
     run("db", "upgrade")
     run("sync", "--quiet")
     capsys.readouterr()
     assert run("outbox", "status") == 0
     out = capsys.readouterr().out
-    assert "pending: 12" in out and "oldest undelivered:" in out
+    assert "pending: 12" in out and "oldest undelivered:" in out and "no sink" not in out
 
     engine = create_db_engine(DatabaseConfig(url=f"sqlite:///{config.parent / 'index.db'}"))
     with engine.begin() as conn:
@@ -232,3 +234,12 @@ def test_config_example_prints_the_documented_example(capsys: pytest.CaptureFixt
 def test_revoke_help_says_how_soon_a_key_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("apikeys", "revoke", "--help") == 0
     assert "within 5 seconds" in " ".join(capsys.readouterr().out.split())
+
+
+def test_outbox_status_says_when_no_sink_is_configured_and_no_events_are_written(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run("db", "upgrade")
+    run("sync", "--quiet")
+    capsys.readouterr()
+    assert run("outbox", "status") == 0
+    out = capsys.readouterr().out
+    assert "no sink configured" in out and "pending: 0" in out and "oldest undelivered: none" in out

@@ -33,7 +33,7 @@ from imaging_sync.db import migrate
 from imaging_sync.db.models import AuditEntry, Base
 from imaging_sync.sync.runner import SyncRunner
 from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import TEST_API_KEY, TEST_API_KEY_ENV, settings_for, simulator_partner
+from imaging_sync.testing.factories import TEST_API_KEY, TEST_API_KEY_ENV, UNREACHED_WEBHOOK, settings_for, simulator_partner
 from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
 from infra_support import REPO
 
@@ -121,7 +121,7 @@ def source(databases: dict[str, str], admin: Engine) -> Iterator[Engine]:
     spec = DatasetSpec(partner="b", studies=25, series_per_study=2, instances_per_series=3)
     with PartnerSimulator(spec, SimulatorConfig(api_key=TEST_API_KEY)) as sim, pytest.MonkeyPatch.context() as env:
         env.setenv(TEST_API_KEY_ENV, TEST_API_KEY)  # module scope: the autouse per-test key is not set yet
-        runner = SyncRunner(engine, settings_for(_url(name), simulator_partner("b", sim.base_url)))
+        runner = SyncRunner(engine, settings_for(_url(name), simulator_partner("b", sim.base_url), webhook_url=UNREACHED_WEBHOOK))  # outbox rows too
         first = runner.sync("b")
         assert first.ok and first.counts["created"] == 25, first.error
         assert runner.sync("b", full=True).ok  # a second run: sync_run history with more than one row

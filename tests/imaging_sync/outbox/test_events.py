@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, text
 from imaging_sync.db.models import OutboxEvent, Study
 from imaging_sync.sync.runner import SyncRunner
 from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import settings_for, simulator_partner
+from imaging_sync.testing.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
 from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
 
 
@@ -21,8 +21,9 @@ def sim() -> Iterator[PartnerSimulator]:
         yield simulator
 
 
-def runner_for(engine: Engine, *partners: object) -> SyncRunner:
-    return SyncRunner(engine, settings_for(engine.url.render_as_string(hide_password=False), *partners))  # type: ignore[arg-type]
+def runner_for(engine: Engine, *partners: object, sink: bool = True) -> SyncRunner:
+    url = engine.url.render_as_string(hide_password=False)
+    return SyncRunner(engine, settings_for(url, *partners, webhook_url=UNREACHED_WEBHOOK if sink else None))  # type: ignore[arg-type]
 
 
 def events(engine: Engine) -> list[tuple[str, str]]:
@@ -77,3 +78,13 @@ def test_a_page_that_fails_leaves_neither_changes_nor_events(engine: Engine, sim
     assert events(engine) == []
     with engine.connect() as conn:
         assert conn.execute(select(Study.id)).first() is None
+
+
+def test_with_no_sink_configured_the_sync_writes_no_events(engine: Engine, sim: PartnerSimulator) -> None:
+    runner = runner_for(engine, simulator_partner("b", sim.base_url), sink=False)
+    assert runner.sync("b").ok
+    sim.dataset.update_study(sim.dataset.spec.study_id(2), lambda item: item.update(description="NEW"))
+    assert runner.sync("b").ok
+    assert events(engine) == []  # nobody to tell: nothing queued that would only grow
+    with engine.connect() as conn:
+        assert conn.execute(select(Study.description).where(Study.description == "NEW")).all()  # the change itself landed
