@@ -5,27 +5,49 @@ different vocabularies, an embedded S3 whose two buckets (two regions) hold
 real small DICOM files for every instance, a first sync of both partners,
 then the REST API, the DICOM node and the in-process scheduler in this
 process until Ctrl-C. It prints ready-to-paste commands.
+
+The demo owns its work dir (``--workdir``, default ``./var/demo``) while it
+runs: a lock there refuses a second demo, and everything else in it is
+replaced at start. It writes its settings to ``imaging-sync.toml`` in the
+work dir (secrets in files beside it), so ``export IMAGING_SYNC_CONFIG=…``
+makes every other command (``doctor``, ``partners list``, ``runs list``,
+``outbox status``, ``apikeys``) see the demo. The usual config file and
+``IMAGING_SYNC__…`` variables add to the demo's settings (CORS origins,
+logging, alerts…); the demo sets the database, partners, buckets and ports.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 import msgspec
+from sqlalchemy import select
 
 from imaging_sync import apikeys
 from imaging_sync.bootstrap import Core, bootstrap
-from imaging_sync.config import ApiConfig, BucketConfig, DatabaseConfig, DicomConfig, LoggingConfig, Settings, StorageConfig
+from imaging_sync.config import (
+    CONFIG_ENV,
+    BucketConfig,
+    DatabaseConfig,
+    LoggingConfig,
+    Settings,
+    StorageConfig,
+    load_settings,
+)
+from imaging_sync.config_toml import dumps
 from imaging_sync.db import migrate
+from imaging_sync.db.models import Instance, Series, Study, Subject
 from imaging_sync.services import run_services
 from imaging_sync.testing.datagen import PARTNER_VOCABULARY, DatasetSpec
 from imaging_sync.testing.dicom_files import dicom_file_for_item
@@ -41,64 +63,228 @@ C_VOCABULARY = {
 _B_TO_DICOM = PARTNER_VOCABULARY
 ENCODABLE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+BUCKETS = {"b-dicom": "ap-northeast-2", "c-dicom": "eu-west-1"}
+CONFIG_FILE = "imaging-sync.toml"
+KEYS_FILE = "api-keys.env"
+LOCK_FILE = "demo.lock"
+# The first subjects get these names, so the printed searches always find someone: Hangul, the
+# three component groups of a Korean name (PS3.5 6.2), and accents.
+DEMO_NAMES = ("HONG^GILDONG=洪^吉洞=홍^길동", "김^민준", "KIM^SEOYEON", "Dupont^Élodie")
+DCMTK_FINDSCU = Path("/usr/bin/findscu")
 
 
 @click.command("demo")
 @click.option("--studies", default=30, show_default=True, type=click.IntRange(2, 5000), help="Studies per partner.")
-@click.option("--workdir", default="./var/demo", show_default=True, type=click.Path(file_okay=False), help="Recreated at each run.")
-@click.option("--api-port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--dicom-port", default=11112, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workdir", default="./var/demo", show_default=True, type=click.Path(file_okay=False),
+              help="The demo's database, config, keys and spool; emptied at start. A second demo in the same work dir is refused.")
+@click.option("--api-port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="The REST API's port (0: any free one); when the default is busy another is chosen and printed.")
+@click.option("--dicom-port", default=11112, show_default=True, type=click.IntRange(0, 65535), help="The DICOM node's port, chosen like --api-port.")
 @click.option("--no-serve", is_flag=True, help="Stop after the first sync and the report (no servers).")
-def demo(studies: int, workdir: str, api_port: int, dicom_port: int, no_serve: bool) -> None:
+@click.pass_context
+def demo(ctx: click.Context, studies: int, workdir: str, api_port: int, dicom_port: int, no_serve: bool) -> None:
     """Run the whole service on this machine: demo partners, embedded S3, sync, API, DICOM node, scheduler."""
-    run_demo(studies=studies, workdir=Path(workdir), api_port=api_port, dicom_port=dicom_port, serve=not no_serve, echo=click.echo)
+    flags = {name: ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE for name in ("api_port", "dicom_port")}
+    root = ctx.find_root().obj
+    config_flag = getattr(root, "config_path", None) if getattr(root, "config_flag", False) else None
+    work = Path(workdir).absolute()
+    with _claim(work):
+        ports = (_port(api_port, "--api-port", "the REST API", flags["api_port"], click.echo),
+                 _port(dicom_port, "--dicom-port", "the DICOM node", flags["dicom_port"], click.echo))
+        (work / LOCK_FILE).write_text(f"pid {os.getpid()}, REST API on http://127.0.0.1:{ports[0]}\n")
+        base = _base_settings(config_flag, work, click.echo)
+        run_demo(base, studies=studies, workdir=work, api_port=ports[0], dicom_port=ports[1], serve=not no_serve, echo=click.echo)
 
 
-def run_demo(*, studies: int, workdir: Path, api_port: int, dicom_port: int, serve: bool, echo: Callable[[str], None]) -> None:
-    shutil.rmtree(workdir, ignore_errors=True)
+def run_demo(base: Settings, *, studies: int, workdir: Path, api_port: int, dicom_port: int, serve: bool, echo: Callable[[str], None]) -> None:
+    """The demo in ``workdir`` (claimed and emptied by the caller), on ``base`` settings plus its own parts."""
+    secret_dir = workdir / "secrets"
     (workdir / "spool").mkdir(parents=True)
-    os.environ.setdefault("IMAGING_SYNC_DEMO_PARTNER_KEY", secrets.token_urlsafe(18))
-    key = os.environ["IMAGING_SYNC_DEMO_PARTNER_KEY"]
-    buckets = {"b-dicom": "ap-northeast-2", "c-dicom": "eu-west-1"}
+    secret_dir.mkdir(mode=0o700)
+    key = _write_secret(secret_dir / "partner-api-key", secrets.token_urlsafe(18))
     s3_keys = {}
-    for bucket in buckets:
-        env = bucket.upper().replace("-", "_")
-        os.environ.setdefault(f"DEMO_{env}_ACCESS_KEY_ID", f"AKIA{secrets.token_hex(8).upper()}")
-        os.environ.setdefault(f"DEMO_{env}_SECRET_ACCESS_KEY", secrets.token_urlsafe(30))
-        s3_keys[os.environ[f"DEMO_{env}_ACCESS_KEY_ID"]] = os.environ[f"DEMO_{env}_SECRET_ACCESS_KEY"]
+    for bucket in BUCKETS:
+        access_key = _write_secret(secret_dir / f"{bucket}-access-key-id", f"AKIA{secrets.token_hex(8).upper()}")
+        s3_keys[access_key] = _write_secret(secret_dir / f"{bucket}-secret-access-key", secrets.token_urlsafe(30))
 
     with (
-        EmbeddedS3(buckets=buckets, secrets=s3_keys) as s3,
+        EmbeddedS3(buckets=BUCKETS, secrets=s3_keys) as s3,
         PartnerSimulator(DatasetSpec(partner="b", studies=studies, series_per_study=2, instances_per_series=3), SimulatorConfig(api_key=key)) as sim_b,
         PartnerSimulator(DatasetSpec(partner="c", studies=studies // 2, series_per_study=2, instances_per_series=3, seed=7, uid_root="1.2.826.0.1.3680043.10.5678"), SimulatorConfig(api_key=key)) as sim_c,
     ):
         echo(f"embedded S3 on {s3.endpoint_url}; partner b on {sim_b.base_url}; partner c on {sim_c.base_url}")
         files = _prepare_partners(sim_b, sim_c, s3, overlap=max(1, studies // 5))
-        echo(f"uploaded {files} real DICOM files to buckets {', '.join(buckets)} (regions {', '.join(buckets.values())})")
-        settings = _settings(workdir, sim_b.base_url, sim_c.base_url, s3.endpoint_url, buckets, api_port, dicom_port)
-        core = bootstrap(settings)
+        echo(f"uploaded {files} real DICOM files to buckets {', '.join(BUCKETS)} (regions {', '.join(BUCKETS.values())})")
+        config_path = _write_config(_settings(base, workdir, sim_b.base_url, sim_c.base_url, s3.endpoint_url, api_port, dicom_port), workdir)
+        core = bootstrap(load_settings(config_path, {k: v for k, v in os.environ.items() if k != CONFIG_ENV}))  # exactly what the CLI will read
         try:
             migrate.upgrade(core.engine)
             for result in core.runner.sync_all(trigger="demo"):
                 echo("  " + result.summary().splitlines()[0])
-            with core.engine.begin() as conn:
-                _, viewer = apikeys.create_key(conn, "demo viewer", "viewer")
-                _, operator = apikeys.create_key(conn, "demo operator", "operator")
+            keys = _create_keys(core, workdir / KEYS_FILE)
+            echo(f"\nsettings written to {config_path}; in another shell, every imaging-sync command sees this demo after:\n"
+                 f"  export {CONFIG_ENV}={config_path}\n")
+            _echo_keys(keys, workdir / KEYS_FILE, echo)
+            echo(_outbox_line(core.settings))
             if not serve:
-                echo(f"viewer key: {viewer}\noperator key: {operator}")
                 return
-            _serve(core, viewer, operator, echo)
+            _serve(core, keys, workdir / KEYS_FILE, echo)
         finally:
             core.close()
 
 
+# -- the work dir and the ports ---------------------------------------------------------------
+
+
+@contextmanager
+def _claim(workdir: Path) -> Iterator[None]:
+    """Hold the work dir's lock while the demo runs; a second demo there is refused, not let to delete it.
+
+    The lock is an ``flock``: released by the kernel when this process ends,
+    however it ends, so a crashed demo never blocks the next one.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock_path = workdir / LOCK_FILE
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_path.read_text(encoding="utf-8").strip() or "another process"
+            raise click.ClickException(
+                f"another demo is running in {workdir} ({holder}); stop it first (Ctrl-C in its terminal) or give this one its own --workdir"
+            ) from None
+        for child in workdir.iterdir():
+            if child != lock_path:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        yield
+    finally:
+        os.close(fd)
+
+
+def _port(wanted: int, flag: str, what: str, explicit: bool, echo: Callable[[str], None]) -> int:
+    """``wanted`` if it is free on 127.0.0.1; a port asked for on the command line must be, a default may move (and says so)."""
+    if wanted and _is_free(wanted):
+        return wanted
+    if wanted and explicit:
+        raise click.BadParameter(f"port {wanted} is in use on 127.0.0.1", param_hint=flag)
+    chosen = next((p for p in range(wanted + 1, wanted + 20) if wanted and _is_free(p)), 0) or _any_free_port()
+    if wanted:
+        echo(f"port {wanted} is busy: {what} listens on {chosen} instead (choose with {flag})")
+    return chosen
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def _base_settings(config_path: str | None, workdir: Path, echo: Callable[[str], None]) -> Settings:
+    """The settings the demo adds to: the usual config file and environment, unless that file is a demo's own."""
+    environ = dict(os.environ)
+    named = config_path or environ.get(CONFIG_ENV)
+    if named and Path(named).absolute() == workdir / CONFIG_FILE:
+        echo(f"({CONFIG_ENV} names this demo's own settings from an earlier run: starting from the defaults instead)")
+        environ.pop(CONFIG_ENV)
+        config_path = None
+    return load_settings(config_path, environ)
+
+
+def _settings(base: Settings, workdir: Path, b_url: str, c_url: str, s3_url: str, api_port: int, dicom_port: int) -> Settings:
+    """``base`` with the demo's database, partners, buckets, ports and spool; the rest (CORS origins, say) as configured."""
+    secret_dir = workdir / "secrets"
+    storage = StorageConfig(
+        presign_default_seconds=base.storage.presign_default_seconds,
+        presign_max_seconds=base.storage.presign_max_seconds,
+        buckets={
+            name: BucketConfig(region=region, endpoint_url=s3_url, auth="keys", addressing_style="path",
+                               access_key_id_file=str(secret_dir / f"{name}-access-key-id"),
+                               secret_access_key_file=str(secret_dir / f"{name}-secret-access-key"))
+            for name, region in BUCKETS.items()
+        },
+    )
+    key_file = str(secret_dir / "partner-api-key")
+    partners = {
+        "b": simulator_partner("b", b_url, api_key_env=None, api_key_file=key_file, priority=10, page_size=100),
+        "c": simulator_partner("c", c_url, api_key_env=None, api_key_file=key_file, priority=5, page_size=100, vocabulary=C_VOCABULARY),
+    }
+    return msgspec.structs.replace(
+        base,
+        database=DatabaseConfig(url=f"sqlite:///{workdir / 'index.db'}"),
+        # The demo's console shows its own lines; INFO logs only when the config asks for them.
+        logging=LoggingConfig(level="WARNING", format=base.logging.format) if base.logging == LoggingConfig() else base.logging,
+        storage=storage,
+        api=msgspec.structs.replace(base.api, port=api_port),
+        dicom=msgspec.structs.replace(base.dicom, port=dicom_port, spool_dir=str(workdir / "spool")),
+        jobs=msgspec.structs.replace(base.jobs, scheduler="embedded"),
+        partners=partners,
+    )
+
+
+def _write_config(settings: Settings, workdir: Path) -> Path:
+    """The settings as a config file any command can read (secrets stay in their files)."""
+    data = msgspec.to_builtins(settings)
+    data.pop("source", None)
+    for partner in data["partners"].values():
+        partner.pop("name", None)
+    path = workdir / CONFIG_FILE
+    path.write_text(f"# Written by `imaging-sync demo` at its start; valid while that demo runs.\n{dumps(data)}", encoding="utf-8")
+    return path
+
+
+def _write_secret(path: Path, value: str) -> str:
+    path.write_text(value + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return value
+
+
+def _create_keys(core: Core, keys_file: Path) -> dict[str, str]:
+    """One API key per role the demo shows, also written (0600) as shell variables."""
+    keys = {}
+    with core.engine.begin() as conn:
+        for role in ("viewer", "operator"):
+            _, keys[role] = apikeys.create_key(conn, f"demo {role}", role)
+    _write_secret(keys_file, "\n".join(f"{role.upper()}_KEY={token}" for role, token in keys.items()))
+    return keys
+
+
+def _echo_keys(keys: dict[str, str], keys_file: Path, echo: Callable[[str], None]) -> None:
+    echo(f"viewer key (patients, studies, file URLs): {keys['viewer']}\n"
+         f"operator key (partners, sync runs, rejected items): {keys['operator']}\n"
+         f"both also in {keys_file} (`. {keys_file}` sets $VIEWER_KEY and $OPERATOR_KEY)")
+
+
+def _outbox_line(settings: Settings) -> str:
+    if settings.outbox.has_sink:
+        return "outbox: change events are written and relayed to the configured sink"
+    return "outbox: no sink configured ([outbox.webhook]), so the sync writes no change events"
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
 def _prepare_partners(sim_b: PartnerSimulator, sim_c: PartnerSimulator, s3: EmbeddedS3, overlap: int) -> int:
-    """Real files for every instance; C gets its own vocabulary and copies of some of B's studies."""
+    """Real files for every instance; known names for the first subjects; C gets its own vocabulary and copies of some of B's studies."""
     client_b, client_c = s3.admin_client("ap-northeast-2"), s3.admin_client("eu-west-1")
+    names: dict[str, str] = {}
     uploaded = 0
     for sim, client, bucket, translate in ((sim_b, client_b, "b-dicom", None), (sim_c, client_c, "c-dicom", _to_c_vocabulary)):
         for study_id in sim.dataset.live_study_ids():
             item = sim.dataset.item(study_id)
+            if sim is sim_b:
+                _name_subject(item, names)
             uploaded += _attach_files(item, client, bucket)
             sim.dataset.put_study(translate(item) if translate else item)
     for index in range(overlap):  # the same studies (same UIDs) at C, under C's ids, bucket and vocabulary
@@ -112,6 +298,15 @@ def _prepare_partners(sim_b: PartnerSimulator, sim_c: PartnerSimulator, s3: Embe
         uploaded += _attach_files(shared, client_c, "c-dicom", reuse_bytes_from=client_b)
         sim_c.dataset.put_study(_to_c_vocabulary(shared))
     return uploaded
+
+
+def _name_subject(item: dict[str, Any], names: dict[str, str]) -> None:
+    """The first subjects seen get DEMO_NAMES (the same name for all of a subject's studies)."""
+    subject_id = item["subject"]["id"]
+    if subject_id not in names and len(names) < len(DEMO_NAMES):
+        names[subject_id] = DEMO_NAMES[len(names)]
+    if subject_id in names:
+        item["subject"]["name"] = names[subject_id]
 
 
 def _attach_files(item: dict[str, Any], client: Any, bucket: str, reuse_bytes_from: Any = None) -> int:
@@ -145,43 +340,10 @@ def _to_c_vocabulary(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def _settings(workdir: Path, b_url: str, c_url: str, s3_url: str, buckets: dict[str, str], api_port: int, dicom_port: int) -> Settings:
-    storage = StorageConfig(
-        buckets={
-            name: BucketConfig(region=region, endpoint_url=s3_url, auth="keys", addressing_style="path",
-                               access_key_id_env=f"DEMO_{name.upper().replace('-', '_')}_ACCESS_KEY_ID",
-                               secret_access_key_env=f"DEMO_{name.upper().replace('-', '_')}_SECRET_ACCESS_KEY")
-            for name, region in buckets.items()
-        }
-    )
-    partners = {
-        "b": simulator_partner("b", b_url, api_key_env="IMAGING_SYNC_DEMO_PARTNER_KEY", priority=10, page_size=100),
-        "c": simulator_partner("c", c_url, api_key_env="IMAGING_SYNC_DEMO_PARTNER_KEY", priority=5, page_size=100, vocabulary=C_VOCABULARY),
-    }
-    base = Settings(database=DatabaseConfig(url=f"sqlite:///{workdir / 'index.db'}"), logging=LoggingConfig(level="WARNING"), source="demo")
-    return msgspec.structs.replace(
-        base,
-        storage=storage,
-        api=ApiConfig(port=_free_or(api_port)),
-        dicom=DicomConfig(port=_free_or(dicom_port), spool_dir=str(workdir / "spool")),
-        jobs=msgspec.structs.replace(base.jobs, timezone="Asia/Seoul"),
-        partners=partners,
-    )
+# -- serving ------------------------------------------------------------------------------------
 
 
-def _free_or(port: int) -> int:
-    """The wanted port if it is free on 127.0.0.1, else any free one (0)."""
-    if port == 0:
-        return 0
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return 0
-    return port
-
-
-def _serve(core: Core, viewer: str, operator: str, echo: Callable[[str], None]) -> None:
+def _serve(core: Core, keys: dict[str, str], keys_file: Path, echo: Callable[[str], None]) -> None:
     from api.service import ApiService
     from dicom.service import DicomService
     from jobs.service import SchedulerService
@@ -191,16 +353,40 @@ def _serve(core: Core, viewer: str, operator: str, echo: Callable[[str], None]) 
     def echo_and_hint(line: str) -> None:
         echo(line)
         if line.startswith("running"):
-            base = f"http://127.0.0.1:{api.port}/api/v1"
-            dicom_port = node._server.port if node._server else core.settings.dicom.port  # noqa: SLF001
-            echo(
-                "\ntry:\n"
-                f"  curl -s -H 'Authorization: Bearer {viewer}' '{base}/studies?limit=3'\n"
-                f"  curl -s -H 'Authorization: Bearer {viewer}' '{base}/studies?name=*' | python3 -m json.tool | head -40\n"
-                f"  curl -s -H 'Authorization: Bearer {viewer}' '{base}/instances/<instance id from a study>/url'   # then curl the url\n"
-                f"  curl -s -H 'Authorization: Bearer {operator}' '{base}/sync-runs'\n"
-                f"  /usr/bin/findscu -S -k QueryRetrieveLevel=STUDY -k PatientName -k StudyInstanceUID -k ModalitiesInStudy -aec {core.settings.dicom.ae_title} 127.0.0.1 {dicom_port}\n"
-                f"  open {base}/docs for the interactive API docs\n"
-            )
+            echo(try_lines(core, f"http://127.0.0.1:{api.port}/api/v1", core.settings.dicom.port, keys_file))
 
     run_services(core, [api, node, scheduler], echo=echo_and_hint)
+
+
+def try_lines(core: Core, base: str, dicom_port: int, keys_file: Path) -> str:
+    """Commands to paste, each complete: a real instance id, the keys by role, JSON shown as UTF-8."""
+    json_tool = "python3 -m json.tool --no-ensure-ascii"
+    findscu = (f"{DCMTK_FINDSCU} -S -aec {core.settings.dicom.ae_title} -k QueryRetrieveLevel=STUDY -k 'PatientName=HONG*' "
+               f"-k PatientID -k StudyInstanceUID -k ModalitiesInStudy 127.0.0.1 {dicom_port}")
+    dcmtk = "DICOM C-FIND with DCMTK" if DCMTK_FINDSCU.exists() else "needs DCMTK, not installed here: sudo apt-get install dcmtk"
+    return (
+        "\ntry (in a shell where the keys are set):\n"
+        f"  . {keys_file}\n"
+        f"  curl -s -H \"Authorization: Bearer $VIEWER_KEY\" '{base}/studies?limit=3' | {json_tool}\n"
+        f"  curl -s -G -H \"Authorization: Bearer $VIEWER_KEY\" '{base}/studies' --data-urlencode 'name=홍' | {json_tool}   # name search: any name part, e.g. hong, gil, 김\n"
+        f"  curl -s -H \"Authorization: Bearer $VIEWER_KEY\" '{base}/instances/{_an_instance_id(core)}/url' | {json_tool}   # then curl the url\n"
+        f"  curl -s -H \"Authorization: Bearer $OPERATOR_KEY\" '{base}/sync-runs' | {json_tool}\n"
+        f"  {findscu}   # {dcmtk}\n"
+        f"  imaging-sync doctor   # with {CONFIG_ENV} exported as above\n"
+        f"  interactive API docs (no internet needed): {base}/docs\n"
+    )
+
+
+def _an_instance_id(core: Core) -> str:
+    """An instance of the first demo patient's study: the URL line works as printed."""
+    stmt = (
+        select(Instance.id)
+        .join(Series, Series.id == Instance.series_id)
+        .join(Study, Study.id == Series.study_id)
+        .join(Subject, Subject.id == Study.subject_id)
+        .where(Instance.deleted_at.is_(None))
+        .order_by((Subject.patient_name == DEMO_NAMES[0]).desc(), Instance.id)
+        .limit(1)
+    )
+    with core.engine.connect() as conn:
+        return str(conn.execute(stmt).scalar_one())
