@@ -118,3 +118,57 @@ def engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture(autouse=True)
 def _partner_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TEST_API_KEY_ENV, TEST_API_KEY)
+
+
+# -- which external services this run used: in the header and in a summary at the end --------------
+# A CI log must show that the PostgreSQL half (and DCMTK, Redis, RabbitMQ, Chromium) really ran, not
+# only that nothing failed. A test counts for a service when it requests one of these fixtures (or,
+# for PostgreSQL, carries the ``postgres`` mark of the database parameter).
+
+SERVICE_FIXTURES = {
+    "PostgreSQL": {"postgres_url", "pg_url"},
+    "Redis": {"redis_server", "redis_url"},
+    "RabbitMQ": {"rabbitmq_url"},
+    "DCMTK": {"dcmtk"},
+    "Chromium": {"chromium"},
+}
+_REQUIRED = {
+    "PostgreSQL": "IMAGING_SYNC_REQUIRE_POSTGRES",
+    "DCMTK": "IMAGING_SYNC_REQUIRE_DCMTK",
+    "Redis": "IMAGING_SYNC_REQUIRE_SERVICES",
+    "RabbitMQ": "IMAGING_SYNC_REQUIRE_SERVICES",
+    "Chromium": "IMAGING_SYNC_REQUIRE_SERVICES",
+}
+_services_of: dict[str, list[str]] = {}
+_outcomes: dict[str, dict[str, int]] = {name: {"passed": 0, "failed": 0, "skipped": 0} for name in SERVICE_FIXTURES}
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    where = {"PostgreSQL": make_url(PG_ADMIN_URL).render_as_string(hide_password=True), "DCMTK": "/usr/bin",
+             "Redis": "127.0.0.1:6379", "RabbitMQ": "127.0.0.1:5672", "Chromium": "/usr/bin/chromium"}
+    return ["external services (SQLite always runs): " + "; ".join(
+        f"{name} at {where[name]} ({'required' if os.environ.get(_REQUIRED[name]) == '1' else 'skipped when missing'})" for name in SERVICE_FIXTURES
+    )]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        _services_of[item.nodeid] = [
+            name for name, fixtures in SERVICE_FIXTURES.items()
+            if used & fixtures or (name == "PostgreSQL" and item.get_closest_marker("postgres") is not None)
+        ]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    final = report.when == "call" or (report.when == "setup" and not report.passed)
+    if not final:
+        return
+    for name in _services_of.get(report.nodeid, ()):
+        _outcomes[name][report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_sep("-", "external services used")
+    for name, counts in _outcomes.items():
+        terminalreporter.write_line(f"{name}: " + ", ".join(f"{n} {outcome}" for outcome, n in counts.items()))
