@@ -357,8 +357,9 @@ class JobsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Scheduled jobs: Celery workers and beat through a broker, or the in-process scheduler of `imaging-sync serve`.
 
     A broker URL with a password is a secret: name an environment variable in
-    ``broker_url_env`` (it overrides ``broker_url``). The result backend
-    defaults to the broker (``rpc://`` for an AMQP broker).
+    ``broker_url_env`` or a file in ``broker_url_file`` (either overrides
+    ``broker_url``). The result backend defaults to the broker (``rpc://`` for
+    an AMQP broker).
     """
 
     scheduler: Annotated[
@@ -367,7 +368,8 @@ class JobsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             "`imaging-sync serve`: one machine, no broker; `worker` and `beat` refuse to start). `imaging-sync serve` runs its in-process scheduler either way."),
     ] = "celery"
     broker_url: Annotated[str, doc("The Celery broker (Redis or RabbitMQ), when its URL carries no password (else broker_url_env).", example="amqp://rabbitmq.internal:5672//")] = "redis://127.0.0.1:6379/0"
-    broker_url_env: Annotated[EnvName, doc("Environment variable holding the broker URL (overrides broker_url).", example="IMAGING_SYNC_BROKER_URL")] = None
+    broker_url_env: Annotated[EnvName, doc("Environment variable holding the broker URL (overrides broker_url; or broker_url_file).", example="IMAGING_SYNC_BROKER_URL")] = None
+    broker_url_file: Annotated[FileName, doc("File holding the broker URL (overrides broker_url).", example="/run/secrets/broker-url")] = None
     result_backend: Annotated[str | None, doc("Celery's result backend; unset: the broker (rpc:// for an AMQP broker).", example="redis://127.0.0.1:6379/1")] = None
     timezone: Annotated[str, doc("IANA time zone the crontabs are read in.", example="Asia/Seoul")] = "UTC"
     default_schedule: Annotated[str, doc("Each enabled partner's sync, unless [partners.NAME] schedule overrides it (crontab): twice a day.")] = "0 6,18 * * *"
@@ -385,16 +387,18 @@ class JobsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         for name, url in (("broker_url", self.broker_url), ("result_backend", self.result_backend)):
             if url is not None and "://" not in url:
                 raise ValueError(f"{name}: not a URL (e.g. redis://127.0.0.1:6379/0 or amqp://host:5672//)")
+        if self.broker_url_env and self.broker_url_file:
+            raise ValueError("broker_url_env and broker_url_file: set only one")
 
     def resolved_broker_url(self, environ: Mapping[str, str] | None = None) -> Secret:
-        """The broker URL: from ``broker_url_env`` when set, else ``broker_url``."""
-        environ = os.environ if environ is None else environ
-        if self.broker_url_env:
-            value = environ.get(self.broker_url_env, "").strip()
-            if not value:
-                raise ConfigError("jobs.broker_url_env", f"environment variable {self.broker_url_env} is not set")
-            return Secret(value)
-        return Secret(self.broker_url)
+        """The broker URL: from ``broker_url_env`` or ``broker_url_file`` when set, else ``broker_url``."""
+        secret = read_secret("jobs.broker_url", self.broker_url_env, self.broker_url_file, environ)
+        return secret if secret is not None else Secret(self.broker_url)
+
+    @property
+    def broker_url_key(self) -> str:
+        """The config key the broker URL comes from, for messages about an unreachable broker."""
+        return "jobs.broker_url_env" if self.broker_url_env else "jobs.broker_url_file" if self.broker_url_file else "jobs.broker_url"
 
     def resolved_result_backend(self, environ: Mapping[str, str] | None = None) -> Secret:
         """The result backend: as configured, else the broker (``rpc://`` for AMQP brokers)."""
@@ -556,7 +560,7 @@ def secret_sources(settings: Settings) -> list[SecretSource]:
         sources.append(SecretSource("outbox.webhook.secret", outbox.webhook.secret_env, outbox.webhook.secret_file))
     sources.append(SecretSource("alerts.slack_webhook_url", alerts.slack_webhook_url_env, alerts.slack_webhook_url_file))
     sources.append(SecretSource("alerts.webhook_url", alerts.webhook_url_env, alerts.webhook_url_file))
-    sources.append(SecretSource("jobs.broker_url", settings.jobs.broker_url_env, None))
+    sources.append(SecretSource("jobs.broker_url", settings.jobs.broker_url_env, settings.jobs.broker_url_file))
     return [s for s in sources if s.env or s.file]
 
 
@@ -761,6 +765,6 @@ def _check_jobs_urls(settings: Settings, env_keys: set[str]) -> None:
         except ValueError:
             password = None
         if password:
-            how = ("name an environment variable holding the URL in jobs.broker_url_env" if key == "broker_url"
+            how = ("name an environment variable or a file holding the URL in jobs.broker_url_env or jobs.broker_url_file" if key == "broker_url"
                    else "leave it unset to use the broker (jobs.broker_url_env), or set IMAGING_SYNC__JOBS__RESULT_BACKEND")
             raise ConfigError(f"jobs.{key}", f"contains a password; {how}")

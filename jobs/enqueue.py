@@ -35,8 +35,7 @@ def enqueue_sync(settings: Settings, partners: list[str], full: bool, study_id: 
             try:
                 queued = task.apply_async(kwargs={"name": name, "full": full, "study_id": study_id})
             except BrokerError as exc:
-                key = "jobs.broker_url_env" if settings.jobs.broker_url_env else "jobs.broker_url"
-                raise BrokerUnavailableError(f"cannot reach the Celery broker at {broker_for_humans(app)} ({key}): {exc}") from None
+                raise BrokerUnavailableError(f"cannot reach the Celery broker at {broker_for_humans(app)} ({settings.jobs.broker_url_key}): {exc}") from None
             what = f"refresh of study {study_id} of partner {name}" if study_id else f"{'full ' if full else ''}sync of partner {name}"
             lines.append(f"queued {what}: task {queued.id}")
         return lines

@@ -96,3 +96,14 @@ def test_a_password_url_comes_from_the_named_environment_variable(tmp_path: Path
 def test_jobs_config_built_in_code_is_validated_too() -> None:
     with pytest.raises(ValueError, match="default_schedule"):
         JobsConfig(default_schedule="every day")
+
+
+def test_a_broker_url_with_a_password_may_come_from_a_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "broker-url"
+    secret_file.write_text("amqp://app:pw@rabbit:5672//\n")
+    settings = load(tmp_path, f'[jobs]\nbroker_url_file = "{secret_file}"\n')
+    assert settings.jobs.resolved_broker_url().reveal() == "amqp://app:pw@rabbit:5672//"
+    assert settings.jobs.broker_url_key == "jobs.broker_url_file"
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f'[jobs]\nbroker_url_file = "{tmp_path / "missing"}"\n')
+    assert caught.value.key == "jobs.broker_url_file"
