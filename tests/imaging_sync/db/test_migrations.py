@@ -2,6 +2,7 @@
 
 import datetime as dt
 import unicodedata
+from collections.abc import Callable
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -31,16 +32,21 @@ def _is_extra_index(difference: object) -> bool:
     return isinstance(difference, tuple) and difference[0] == "remove_index" and difference[1].name.startswith("ix_subject_patient_name_search_")
 
 
-def test_0006_fills_the_facts_of_an_index_synced_before_it(engine: Engine) -> None:
-    sim = PartnerSimulator(DatasetSpec(partner="b", studies=6, series_per_study=2, instances_per_series=3), SimulatorConfig(api_key=TEST_API_KEY))
-    sim.start()
-    try:
+def _sync_from_a_simulator(engine: Engine, spec: DatasetSpec, *edits: Callable[[PartnerSimulator], None]) -> None:
+    """Sync partner b from a simulator of ``spec``; each edit changes the partner's data, then another sync follows."""
+    with PartnerSimulator(spec, SimulatorConfig(api_key=TEST_API_KEY)) as sim:
         runner = SyncRunner(engine, settings_for(engine.url.render_as_string(hide_password=False), simulator_partner("b", sim.base_url)))
         assert runner.sync("b").ok
-        sim.dataset.update_study(sim.dataset.spec.study_id(1), lambda item: item["series"].pop())  # a soft-deleted series too
-        assert runner.sync("b").ok
-    finally:
-        sim.stop()
+        for edit in edits:
+            edit(sim)
+            assert runner.sync("b").ok
+
+
+def test_0006_fills_the_facts_of_an_index_synced_before_it(engine: Engine) -> None:
+    _sync_from_a_simulator(
+        engine, DatasetSpec(partner="b", studies=6, series_per_study=2, instances_per_series=3),
+        lambda sim: sim.dataset.update_study(sim.dataset.spec.study_id(1), lambda item: item["series"].pop()),  # a soft-deleted series too
+    )
     migrate.downgrade(engine, "0005")
     try:
         with engine.connect() as conn:
@@ -53,14 +59,10 @@ def test_0006_fills_the_facts_of_an_index_synced_before_it(engine: Engine) -> No
 
 
 def test_0008_refolds_names_fills_words_and_tokens_of_rows_written_before_it_and_downgrades(engine: Engine) -> None:
-    sim = PartnerSimulator(DatasetSpec(partner="b", studies=6, series_per_study=1, instances_per_series=1), SimulatorConfig(api_key=TEST_API_KEY))
-    sim.start()
-    try:
-        runner = SyncRunner(engine, settings_for(engine.url.render_as_string(hide_password=False), simulator_partner("b", sim.base_url)))
-        sim.dataset.update_study(sim.dataset.spec.study_id(0), lambda item: item["subject"].update(name="ÉMILE^ZOLA"))
-        assert runner.sync("b").ok
-    finally:
-        sim.stop()
+    _sync_from_a_simulator(
+        engine, DatasetSpec(partner="b", studies=6, series_per_study=1, instances_per_series=1),
+        lambda sim: sim.dataset.update_study(sim.dataset.spec.study_id(0), lambda item: item["subject"].update(name="ÉMILE^ZOLA")),
+    )
     migrate.downgrade(engine, "0007")
     try:
         with engine.connect() as conn:
