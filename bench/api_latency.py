@@ -52,7 +52,7 @@ from imaging_sync.catalog.names import stored_words
 from imaging_sync.db import migrate
 from imaging_sync.ids import new_ids
 from imaging_sync.person_names import name_words, search_form
-from imaging_sync.testing.index_state import stale_facts
+from devtools.index_state import stale_facts
 
 ADMIN_URL = os.environ.get("IMAGING_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "imaging_sync_bench_api"

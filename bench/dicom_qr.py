@@ -44,9 +44,9 @@ from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject, SubjectNameToken
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import name_words, search_form
-from imaging_sync.testing.dicom_files import InstanceSpec, dicom_file
-from imaging_sync.testing.waiting import eventually, port_open
-from storage.testing import embedded_storage
+from devtools.dicom_files import InstanceSpec, dicom_file
+from devtools.waiting import eventually, port_open
+from devtools.storage import embedded_storage
 
 DCMTK = Path("/usr/bin")
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"

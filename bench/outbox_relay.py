@@ -29,7 +29,7 @@ from imaging_sync.db.models import OutboxEvent
 from imaging_sync.ids import new_ids
 from imaging_sync.outbox.relay import Relay
 from imaging_sync.outbox.webhook import WebhookSink
-from imaging_sync.testing.webhook_receiver import WebhookReceiver
+from devtools.webhook_receiver import WebhookReceiver
 
 CONFIG = OutboxConfig(batch_size=200, lease_seconds=60, poll_interval=0.05)
 

@@ -34,7 +34,7 @@ from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import Base, Instance
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.testing.factories import settings_for, simulator_partner
+from devtools.factories import settings_for, simulator_partner
 
 SERIES_PER_STUDY, INSTANCES_PER_SERIES = 2, 5
 KEY_ENV = "IMAGING_SYNC_BENCH_KEY"
@@ -43,7 +43,7 @@ KEY_ENV = "IMAGING_SYNC_BENCH_KEY"
 @contextmanager
 def simulator_process(studies: int) -> Iterator[str]:
     env = {**os.environ, KEY_ENV: "bench-key"}
-    command = [sys.executable, "-m", "imaging_sync.testing.simulator", "--partner", "bench", "--studies", str(studies),
+    command = [sys.executable, "-m", "devtools.simulator", "--partner", "bench", "--studies", str(studies),
                "--series", str(SERIES_PER_STUDY), "--instances", str(INSTANCES_PER_SERIES), "--port", "0", "--api-key-env", KEY_ENV]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     try:

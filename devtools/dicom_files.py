@@ -149,7 +149,7 @@ def _da(iso: str | None) -> str | None:
 
 
 def dicom_file_for_item(item: dict[str, Any], series_uid: str, sop_instance_uid: str, *, modality: str | None = None, transfer_syntax_uid: str | None = None) -> bytes:
-    """The file of one instance of a simulator wire item (imaging_sync.testing.datagen.generate_study).
+    """The file of one instance of a simulator wire item (devtools.datagen.generate_study).
 
     ``modality`` is the DICOM code (the wire carries the partner's term);
     ``transfer_syntax_uid`` overrides the item's when that one cannot be encoded here.

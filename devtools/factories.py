@@ -12,7 +12,7 @@ TEST_API_KEY = "sim-key"
 
 def simulator_partner(name: str, base_url: str, *, api_key_env: str = TEST_API_KEY_ENV, **overrides: Any) -> PartnerConfig:
     """A partner config for a simulator: its vocabulary, its bucket, quick retries."""
-    from imaging_sync.testing.datagen import PARTNER_VOCABULARY
+    from devtools.datagen import PARTNER_VOCABULARY
 
     values: dict[str, Any] = {
         "name": name,

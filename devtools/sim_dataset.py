@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from imaging_sync.testing.datagen import (
+from devtools.datagen import (
     DatasetSpec,
     format_timestamp,
     from_epoch_us,

@@ -2,18 +2,18 @@
 
 Tests start it in a background thread and sync against it exactly as against a
 partner; benchmarks point it at 100,000 generated studies; the demo runs it in
-the foreground (``python -m imaging_sync.testing.simulator``). The wire format
+the foreground (``python -m devtools.simulator``). The wire format
 is the Partner Export API v1 contract (``partner-api.md``): listing ordered by
 ``(updated_at, id)``, inclusive ``updated_since``, opaque expiring page
 tokens, 401/403/410/429/5xx with JSON bodies.
 
 Three pieces, each usable on its own:
 
-* :class:`PartnerDataset` (in :mod:`imaging_sync.testing.sim_dataset`) -
+* :class:`PartnerDataset` (in :mod:`devtools.sim_dataset`) -
   generated base studies (never materialised) plus an overlay of changes made
   by tests, and the DICOM-vocabulary truth a correct sync must reach
   (:meth:`PartnerDataset.expected_state`).
-* :class:`Faults` (in :mod:`imaging_sync.testing.sim_faults`) - failures to
+* :class:`Faults` (in :mod:`devtools.sim_faults`) - failures to
   inject into the next requests (5xx, 429, delays, dropped connections,
   expired tokens, a request parked on a gate).
 * :class:`PartnerSimulator` (here) - the HTTP server that ties them together.
@@ -45,9 +45,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.sim_dataset import PartnerDataset, SortKey, parse_rfc3339
-from imaging_sync.testing.sim_faults import (
+from devtools.datagen import DatasetSpec
+from devtools.sim_dataset import PartnerDataset, SortKey, parse_rfc3339
+from devtools.sim_faults import (
     Endpoint,
     Faults,
     PageGate,
@@ -466,7 +466,7 @@ class PartnerSimulator:
 
 def _parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(
-        prog="python -m imaging_sync.testing.simulator",
+        prog="python -m devtools.simulator",
         description="Serve the Partner Export API v1 from generated studies.",
     )
     parser.add_argument("--partner", default="demo", help="partner name, the prefix of every id")

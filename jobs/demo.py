@@ -49,10 +49,10 @@ from imaging_sync.config_toml import dumps
 from imaging_sync.db import migrate
 from imaging_sync.db.models import Instance, Series, Study, Subject
 from imaging_sync.services import run_services
-from imaging_sync.testing.datagen import PARTNER_VOCABULARY, DatasetSpec
-from imaging_sync.testing.dicom_files import dicom_file_for_item
-from imaging_sync.testing.factories import simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
+from devtools.dicom_files import dicom_file_for_item
+from devtools.factories import simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from storage import EmbeddedS3
 
 # Partner C speaks another vocabulary: lower-case sex letters and "<modality>-scan".

@@ -23,7 +23,7 @@ from imaging_sync.db.models import Base
 
 PG_ADMIN_URL = os.environ.get("IMAGING_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("IMAGING_SYNC_REQUIRE_POSTGRES") == "1"
-from imaging_sync.testing.factories import TEST_API_KEY, TEST_API_KEY_ENV
+from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV
 
 
 def _postgres_problem() -> str | None:

@@ -24,7 +24,7 @@ from imaging_sync.config import ApiConfig, DatabaseConfig, PartnerConfig, Settin
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject, utcnow
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import search_form
-from imaging_sync.testing.factories import TEST_API_KEY_ENV
+from devtools.factories import TEST_API_KEY_ENV
 
 UID_ROOT = "1.2.826.0.1.3680043.10.777"
 PRIORITY = {"b": 10, "c": 5}

@@ -1,7 +1,7 @@
 """Fixtures of the API tests: the REST API over real components.
 
 SQLite and PostgreSQL (``db_url``), an embedded S3 with buckets in two
-regions and per-bucket keys (``storage.testing``), real API keys, Litestar's
+regions and per-bucket keys (``devtools.storage``), real API keys, Litestar's
 TestClient. Helpers (settings, index builder, …) are in ``api_fixtures``.
 """
 
@@ -18,7 +18,7 @@ from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 from imaging_sync import apikeys
 from imaging_sync.bootstrap import Core, bootstrap
 from imaging_sync.config import Settings
-from storage.testing import EmbeddedStorage, embedded_storage
+from devtools.storage import EmbeddedStorage, embedded_storage
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from imaging_sync import apikeys
 from imaging_sync.bootstrap import Core
 from imaging_sync.db.models import SyncRun
 from imaging_sync.ids import new_id
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 from api.app import create_app
 from api_fixtures import IndexBuilder, Keys, Located, RecordingLauncher

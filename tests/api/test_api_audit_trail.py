@@ -19,7 +19,7 @@ from api.app import create_app
 from api.auditing import client_address, recorded_in_thread
 from imaging_sync.bootstrap import Core
 from imaging_sync.db.models import AuditEntry
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 

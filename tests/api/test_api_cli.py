@@ -20,7 +20,7 @@ from imaging_sync.cli import EXIT_FAILED, EXIT_USAGE, main
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import AuditEntry
-from imaging_sync.testing.toml_config import write_config
+from devtools.toml_config import write_config
 
 
 @pytest.fixture(autouse=True)

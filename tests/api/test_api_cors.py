@@ -14,7 +14,7 @@ from imaging_sync.bootstrap import Core, bootstrap
 from imaging_sync.config import ApiConfig, Settings, load_settings
 from imaging_sync.db.models import AuditEntry
 from imaging_sync.errors import ConfigError
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 

@@ -18,7 +18,7 @@ from imaging_sync import apikeys, audit
 from imaging_sync.bootstrap import bootstrap
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 BURST = 40  # well over the executor's threads (cores + 4) and the pool's one connection
 

@@ -28,7 +28,7 @@ from api.service import ApiService
 from api_fixtures import make_settings
 from imaging_sync.bootstrap import Core, bootstrap
 from imaging_sync.db.models import AuditEntry
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from api.errors import classify
 from imaging_sync.bootstrap import Core
 from imaging_sync.errors import BucketNotAllowedError, StorageError, SyncLockedError, ValidationError
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 from api.app import create_app
 from api_fixtures import Keys, RecordingLauncher

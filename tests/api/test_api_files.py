@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from imaging_sync.bootstrap import Core
 from imaging_sync.db.models import AuditEntry, Instance, Series
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 from api_fixtures import IndexBuilder, Keys, Located
 

@@ -7,11 +7,11 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from imaging_sync.bootstrap import Core, bootstrap
-from imaging_sync.testing.datagen import DatasetSpec
+from devtools.datagen import DatasetSpec
 from imaging_sync.config import OutboxConfig, WebhookConfig
-from imaging_sync.testing.factories import TEST_API_KEY, UNREACHED_WEBHOOK, simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
-from storage.testing import EmbeddedStorage
+from devtools.factories import TEST_API_KEY, UNREACHED_WEBHOOK, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
+from devtools.storage import EmbeddedStorage
 
 from api_fixtures import Keys
 

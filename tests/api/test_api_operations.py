@@ -17,11 +17,11 @@ from imaging_sync.bootstrap import Core, bootstrap
 from imaging_sync.db.models import EntityLink, RejectedItem, SyncRun
 from imaging_sync.ids import new_id
 from imaging_sync.sync.lock import partner_lock
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import TEST_API_KEY, simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
-from imaging_sync.testing.waiting import eventually
-from storage.testing import EmbeddedStorage
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
+from devtools.waiting import eventually
+from devtools.storage import EmbeddedStorage
 
 from api_fixtures import Keys
 

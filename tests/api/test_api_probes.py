@@ -13,7 +13,7 @@ from api.app import create_app
 from imaging_sync.bootstrap import bootstrap
 from imaging_sync.config import BucketConfig, StorageConfig
 from storage.registry import BucketRegistry
-from storage.testing import EmbeddedStorage
+from devtools.storage import EmbeddedStorage
 
 from api_fixtures import RecordingLauncher, make_settings
 

@@ -20,14 +20,14 @@ from typing import Any
 import httpx
 import pytest
 
-from imaging_sync.testing import sim_dataset
-from imaging_sync.testing.datagen import (
+from devtools import sim_dataset
+from devtools.datagen import (
     PARTNER_VOCABULARY,
     DatasetSpec,
     generate_study,
     split_location,
 )
-from imaging_sync.testing.simulator import (
+from devtools.simulator import (
     PartnerDataset,
     PartnerSimulator,
     SimulatorConfig,
@@ -458,7 +458,7 @@ def test_command_line_serves_until_sigterm() -> None:
     python_path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": python_path, "TEST_SIM_KEY": "cli-secret"}
     command = [
-        sys.executable, "-m", "imaging_sync.testing.simulator",
+        sys.executable, "-m", "devtools.simulator",
         "--studies", "5", "--port", "0", "--api-key-env", "TEST_SIM_KEY",
     ]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:

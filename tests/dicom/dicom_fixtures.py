@@ -2,7 +2,7 @@
 
 The data set (``STUDIES``) is small and every answer to every query in the
 tests is known. Rows go straight into the index (SQLAlchemy Core); files are
-real Part 10 files (imaging_sync.testing.dicom_files) in an embedded S3 with
+real Part 10 files (devtools.dicom_files) in an embedded S3 with
 one bucket per partner, in different regions.
 
 DCMTK is called by absolute path (/usr/bin/findscu …: the names on PATH are
@@ -32,10 +32,10 @@ from imaging_sync.config import DicomConfig, DicomDestination
 from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import search_form
-from imaging_sync.testing.dicom_files import InstanceSpec, dicom_file
-from imaging_sync.testing.waiting import eventually, port_open
+from devtools.dicom_files import InstanceSpec, dicom_file
+from devtools.waiting import eventually, port_open
 from storage import ObjectReader
-from storage.testing import EmbeddedStorage, embedded_storage
+from devtools.storage import EmbeddedStorage, embedded_storage
 
 REQUIRE_DCMTK = os.environ.get("IMAGING_SYNC_REQUIRE_DCMTK") == "1"
 DCMTK = Path("/usr/bin")

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, run_tool, walk
 from imaging_sync.db.models import AuditEntry
-from imaging_sync.testing.dicom_files import dataset_bytes
+from devtools.dicom_files import dataset_bytes
 from scu import GET, MOVE, get_ae, identifier, scu
 
 STUDY_1 = "1.2.826.0.1.1"  # 3 series, 6 instances, partners b and c, 4 transfer syntaxes

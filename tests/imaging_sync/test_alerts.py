@@ -13,10 +13,10 @@ from imaging_sync.alerts import Alerts, WebhookNotifier
 from imaging_sync.config import AlertsConfig
 from imaging_sync.db.models import OutboxEvent, utcnow
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
-from imaging_sync.testing.webhook_receiver import WebhookReceiver
+from devtools.datagen import DatasetSpec
+from devtools.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
+from devtools.webhook_receiver import WebhookReceiver
 
 
 @pytest.fixture

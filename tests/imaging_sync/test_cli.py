@@ -13,10 +13,10 @@ from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.sync.lock import partner_lock
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import UNREACHED_WEBHOOK, simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
-from imaging_sync.testing.toml_config import write_config
+from devtools.datagen import DatasetSpec
+from devtools.factories import UNREACHED_WEBHOOK, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
+from devtools.toml_config import write_config
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 from imaging_sync.config import LoggingConfig
 from imaging_sync.logs import configure_logging
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import settings_for, simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import DatasetSpec
+from devtools.factories import settings_for, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 
 
 @pytest.fixture

@@ -32,9 +32,9 @@ from imaging_sync.audit import AuditEvent, record_now
 from imaging_sync.db import migrate
 from imaging_sync.db.models import AuditEntry, Base
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import TEST_API_KEY, TEST_API_KEY_ENV, UNREACHED_WEBHOOK, settings_for, simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV, UNREACHED_WEBHOOK, settings_for, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from infra_support import REPO
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

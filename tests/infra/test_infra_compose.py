@@ -78,7 +78,7 @@ def test_the_stack_has_every_part_the_deployment_needs() -> None:
         "dicom": ["imaging-sync", "serve", "dicom"],
         "worker": ["imaging-sync", "worker"],
         "beat": ["imaging-sync", "beat"],
-        "simulator": ["python", "-m", "imaging_sync.testing.simulator"],
+        "simulator": ["python", "-m", "devtools.simulator"],
     }
     for name, prefix in wanted.items():
         assert commands[name][: len(prefix)] == prefix, f"service {name} runs {commands[name]}"
@@ -102,10 +102,10 @@ def test_the_doctor_command_is_registered() -> None:
 
 
 def test_the_simulator_service_arguments_are_the_simulators_own() -> None:
-    from imaging_sync.testing.simulator import _parse_args
+    from devtools.simulator import _parse_args
 
     argv = argv_of(SERVICES["simulator"])
-    assert argv[:3] == ["python", "-m", "imaging_sync.testing.simulator"]
+    assert argv[:3] == ["python", "-m", "devtools.simulator"]
     _, args = _parse_args(argv[3:])  # argparse exits on an unknown argument
     assert (args.partner, args.port, args.host, args.api_key_env) == ("demo", 8081, "0.0.0.0", "SIM_API_KEY")
     assert args.api_key_env in environment_of(SERVICES["simulator"])
@@ -299,7 +299,7 @@ def test_hosts_in_the_config_are_compose_services_on_the_right_ports() -> None:
 
 def test_the_demo_partners_vocabulary_maps_everything_the_simulator_sends() -> None:
     from imaging_sync.config import load_settings
-    from imaging_sync.testing.datagen import PARTNER_VOCABULARY
+    from devtools.datagen import PARTNER_VOCABULARY
 
     settings = load_settings(COMPOSE_CONFIG, environment_of(SERVICES["api"]))
     assert settings.partners["demo"].vocabulary == PARTNER_VOCABULARY
@@ -560,14 +560,12 @@ def test_the_image_gets_every_third_party_package_the_service_imports() -> None:
 
     from packaging.requirements import Requirement
 
-    ours = {"imaging_sync", "api", "dicom", "jobs", "storage"}
+    ours = {"imaging_sync", "api", "dicom", "jobs", "storage", "devtools"}
     # Imported only for local use (`[storage] embedded = true`, the demo): the dev extra provides it.
     local_only = {"moto"}
     imported: dict[str, set[str]] = {}
     for package in sorted(ours):
         for path in (REPO / package).rglob("*.py"):
-            if "testing" in path.parts:
-                continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                         [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []

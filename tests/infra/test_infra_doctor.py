@@ -25,8 +25,8 @@ from imaging_sync.cli import cli
 from imaging_sync.config import DatabaseConfig, DicomConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
-from imaging_sync.testing.datagen import PARTNER_VOCABULARY, DatasetSpec
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from infra_support import free_port
 
 REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
@@ -69,7 +69,7 @@ def simulator(storage: Any) -> Iterator[PartnerSimulator]:
 
 @pytest.fixture(scope="module")
 def storage() -> Iterator[Any]:
-    from storage.testing import embedded_storage
+    from devtools.storage import embedded_storage
 
     with embedded_storage(["us-east-1", "eu-west-1"]) as s3:
         yield s3

@@ -33,8 +33,8 @@ from sqlalchemy import Engine
 
 from imaging_sync.config import DatabaseConfig, JobsConfig, OutboxConfig, PartnerConfig, Settings, WebhookConfig
 from imaging_sync.db.engine import create_db_engine
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import DatasetSpec
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from jobs.app import JobsApp, create_app
 
 REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"

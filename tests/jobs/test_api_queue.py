@@ -18,8 +18,8 @@ from imaging_sync.bootstrap import bootstrap
 from imaging_sync.config import ApiConfig, JobsConfig, Settings
 from imaging_sync.db.models import SyncRun, utcnow
 from imaging_sync.sync.runner import QUEUED_RUN_EXPIRY, SyncRunner
-from imaging_sync.testing.factories import simulator_partner
-from imaging_sync.testing.waiting import eventually
+from devtools.factories import simulator_partner
+from devtools.waiting import eventually
 from jobs_fixtures import IGNORE_SETEX, jobs, redis_server, redis_url, sqlite_jobs, start_simulator  # noqa: F401  # fixtures
 
 pytestmark = [IGNORE_SETEX]

@@ -16,10 +16,10 @@ from sqlalchemy import select
 from imaging_sync.bootstrap import Core, bootstrap
 from imaging_sync.config import DatabaseConfig, JobsConfig, Settings, WebhookConfig
 from imaging_sync.db.models import SyncRun
-from imaging_sync.testing.factories import simulator_partner
-from imaging_sync.testing.index_state import live_index
-from imaging_sync.testing.waiting import eventually
-from imaging_sync.testing.webhook_receiver import WebhookReceiver
+from devtools.factories import simulator_partner
+from devtools.index_state import live_index
+from devtools.waiting import eventually
+from devtools.webhook_receiver import WebhookReceiver
 from jobs.embedded import EmbeddedScheduler
 from jobs_fixtures import FAST_OUTBOX, start_simulator  # noqa: F401  # fixtures
 

@@ -11,8 +11,8 @@ from celery.contrib.testing.worker import start_worker
 
 from imaging_sync.config import DatabaseConfig, JobsConfig, Settings
 from imaging_sync.db.engine import create_db_engine
-from imaging_sync.testing.factories import simulator_partner
-from imaging_sync.testing.index_state import live_index
+from devtools.factories import simulator_partner
+from devtools.index_state import live_index
 from jobs.app import create_app
 from imaging_sync.task_names import SYNC_PARTNER
 from jobs_fixtures import rabbitmq_url, start_simulator  # noqa: F401  # fixtures

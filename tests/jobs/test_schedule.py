@@ -21,8 +21,8 @@ from celery.beat import PersistentScheduler
 
 from imaging_sync.config import JobsConfig, OutboxConfig, Settings, WebhookConfig, load_settings
 from imaging_sync.errors import ConfigError
-from imaging_sync.testing.factories import simulator_partner
-from imaging_sync.testing.toml_config import write_config
+from devtools.factories import simulator_partner
+from devtools.toml_config import write_config
 from jobs.app import create_app
 from imaging_sync.task_names import CHECK_ALERTS, PRUNE, QUEUE, RELAY_OUTBOX, SYNC_PARTNER
 from jobs.schedule import ZonedCrontab, build_beat_schedule, next_run_times

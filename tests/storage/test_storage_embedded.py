@@ -11,7 +11,7 @@ import pytest
 from imaging_sync.config import BucketConfig, StorageConfig
 from imaging_sync.errors import StorageError
 from storage import EmbeddedS3, ObjectReader, Presigner
-from storage.testing import embedded_storage
+from devtools.storage import embedded_storage
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ import pytest
 from imaging_sync.errors import BucketNotAllowedError, StorageRequestError
 from storage import DICOM_CONTENT_TYPE, BucketRegistry, Presigner
 from storage.disposition import attachment
-from storage.testing import EmbeddedStorage, embedded_storage
+from devtools.storage import EmbeddedStorage, embedded_storage
 
 DATA = os.urandom(300 * 1024)
 KEY = "studies/1.2.3/환자 영상/instance+1=a.dcm"

@@ -15,7 +15,7 @@ from imaging_sync.config import BucketConfig, StorageConfig
 from imaging_sync.errors import BucketNotAllowedError, ObjectNotFoundError, StorageError, StorageRequestError
 from storage import BucketRegistry, ObjectReader
 from storage.reader import DEFAULT_CHUNK_SIZE
-from storage.testing import EmbeddedStorage, embedded_storage
+from devtools.storage import EmbeddedStorage, embedded_storage
 
 BIG = os.urandom(5 * 1024 * 1024 + 12345)
 SMALL = os.urandom(64 * 1024)

@@ -13,10 +13,10 @@ from imaging_sync.db import migrate
 from imaging_sync.db.models import Base, Study, Subject, SubjectNameToken
 from imaging_sync.ids import new_id
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import TEST_API_KEY, settings_for, simulator_partner
-from imaging_sync.testing.index_state import stale_facts
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, settings_for, simulator_partner
+from devtools.index_state import stale_facts
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:

@@ -10,9 +10,9 @@ from sqlalchemy import Engine, select, text
 
 from imaging_sync.db.models import OutboxEvent, Study
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import DatasetSpec
+from devtools.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from imaging_sync.config import Secret, WebhookConfig
 from imaging_sync.outbox.relay import Event
 from imaging_sync.outbox.webhook import WebhookSink
-from imaging_sync.testing.webhook_receiver import WebhookReceiver
+from devtools.webhook_receiver import WebhookReceiver
 
 DOC = (Path(__file__).parents[3] / "docs" / "webhooks.md").read_text(encoding="utf-8")
 SECRET = "whsec-test-secret"

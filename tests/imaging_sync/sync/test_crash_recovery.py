@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from imaging_sync.db.models import Instance, PartnerState, SyncRun
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import simulator_partner
-from imaging_sync.testing.index_state import live_index
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
-from imaging_sync.testing.toml_config import write_config
+from devtools.datagen import DatasetSpec
+from devtools.factories import simulator_partner
+from devtools.index_state import live_index
+from devtools.simulator import PartnerSimulator, SimulatorConfig
+from devtools.toml_config import write_config
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from imaging_sync.catalog.studies import StudyQuery, search_studies
 from imaging_sync.config import PartnerConfig, RetryPolicy
 from imaging_sync.db.models import Base, EntityLink, Instance, InstanceLocation, PartnerState, RejectedItem, Series, Study, Subject, SubjectNameToken, SyncRun
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.testing.datagen import DatasetSpec
-from imaging_sync.testing.factories import settings_for, simulator_partner
-from imaging_sync.testing.index_state import live_index, stale_facts
-from imaging_sync.testing.simulator import PartnerSimulator, SimulatorConfig
+from devtools.datagen import DatasetSpec
+from devtools.factories import settings_for, simulator_partner
+from devtools.index_state import live_index, stale_facts
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 
 StartSimulator = Callable[..., PartnerSimulator]
 
