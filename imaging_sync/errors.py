@@ -3,7 +3,7 @@
 Each edge (CLI exit code, HTTP status, DIMSE status) maps these once; the core
 raises nothing else on purpose. ``kind`` is a stable, countable failure class
 for logs and alerts (network, auth, rate_limit, validation, mapping, database,
-storage, config, protocol, locked).
+storage, config, protocol, locked, audit).
 """
 
 from __future__ import annotations
@@ -118,6 +118,17 @@ class DatabaseError(ImagingSyncError):
     """The database is unreachable or its schema is not current."""
 
     kind = "database"
+
+
+class AuditUnavailableError(ImagingSyncError):
+    """The audit log could not record an access, so the access must not happen (or go on).
+
+    The message names only the database error's class and SQLSTATE: the
+    driver's own text and context can quote the values being written, which
+    are patient names and IDs. Raised ``from None`` for the same reason.
+    """
+
+    kind = "audit"
 
 
 class StorageError(ImagingSyncError):

@@ -17,6 +17,13 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 def create_db_engine(config: DatabaseConfig) -> Engine:
+    """The process's engine, on PostgreSQL or SQLite.
+
+    ``hide_parameters``: SQLAlchemy writes a failed statement's parameters
+    into the exception's text (and ``echo`` into the log), and those are
+    patient names and IDs: a search's filters, an audit entry's query. With
+    it, an error message shows the statement alone.
+    """
     url = make_url(config.url)
     password = database_password(config)
     if password is not None:
@@ -25,7 +32,7 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
         return _sqlite_engine(url, config)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    engine = create_engine(url, echo=config.echo, json_serializer=json_text, **_pool_options(config))
+    engine = create_engine(url, echo=config.echo, json_serializer=json_text, hide_parameters=True, **_pool_options(config))
     _ping_when_idle(engine)
     return engine
 
@@ -86,7 +93,7 @@ def _sqlite_engine(url: Any, config: DatabaseConfig) -> Engine:
     pool: dict[str, Any] = {}
     if url.database and url.database != ":memory:":  # a file: a queue pool sized like a server's (connection_limit)
         pool = _pool_options(config)
-    engine = create_engine(url, echo=config.echo, connect_args={"timeout": 30}, json_serializer=json_text, **pool)
+    engine = create_engine(url, echo=config.echo, connect_args={"timeout": 30}, json_serializer=json_text, hide_parameters=True, **pool)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
