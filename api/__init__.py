@@ -1,7 +1,7 @@
 """The REST API (Litestar) over the federated index: search, browse, presigned file URLs, operations, the audit log.
 
 ``api`` imports ``imaging_sync`` and ``storage``, never ``jobs`` or ``dicom``.
-``app.create_app`` assembles it around a core; ``app.app_from_environment`` is
-what each server worker runs. The URL space, roles, errors and audit are in
-``api/README.md``.
+``api.app.create_app`` builds it over the parts a process passes in; the
+process assembly (``app.assembly``) is what calls it, in each server worker.
+The URL space, roles, errors and audit are in ``api/README.md``.
 """

@@ -1,20 +1,17 @@
-"""The REST API application: assembled once per process from the core.
+"""The REST API application, over parts the process assembly (``app.assembly``) passes in.
 
 Layout of the URL space:
 
 - ``/api/v1/…``: the versioned API; every route needs an API key and is audited.
 - ``/api/v1/schema/openapi.json`` (and ``.yaml``) and ``/api/v1/docs``
-  (Swagger UI, also at ``/api/v1/schema/swagger``): the OpenAPI description,
-  no key needed, not audited. The docs page loads nothing from the internet:
-  Swagger UI's files are served by the app from an installed package under
-  ``/api/v1/docs/assets/`` (``api.docs``), so it works on a hospital network
-  without internet access.
+  (Swagger UI, served whole by the app: it works without internet access,
+  see :mod:`api.docs`): the OpenAPI description, no key needed.
 - ``/health`` and ``/ready``: unversioned probes for load balancers, no key.
 
 ``create_app`` takes everything from outside as arguments (the core, the
-bucket registry, the sync launcher) so tests assemble the same app around real
-databases and an embedded S3; ``app_from_environment`` is the factory the
-server runs in each worker (``uvicorn --factory api.app:app_from_environment``).
+bucket registry, the sync launcher), so tests assemble the same app around
+real databases and an embedded S3; the uvicorn worker factory that builds it
+from the environment is ``app.assembly.api_app_from_environment``.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ from litestar.types import Message, Scope
 
 from api.audit_log.controllers import AuditController
 from api.auditing import AuditMiddleware, parse_trusted_proxies
-from api.db import open_pool, provide_connection
+from api.db import provide_connection
 from api.docs import docs_router
 from api.errors import REQUEST_ID_HEADER, error_response
 from api.files.controllers import FileController
@@ -42,14 +39,13 @@ from api.health.readiness import Readiness
 from api.operations.controllers import OperationsController
 from api.operations.outbox import OutboxController
 from api.metrics import PROMETHEUS, MetricsController, register_database_collector
-from api.operations.launcher import SyncLauncher, launcher_for
+from api.operations.launcher import SyncLauncher
 from api.query_check import QueryCheck
 from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
 from api.studies.controllers import SeriesController, StudyController, SubjectController
-from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.core import Core
 from imaging_sync.config import ApiConfig
-from imaging_sync.heap import freeze_startup_objects
 from storage.registry import BucketRegistry
 
 API_PREFIX = "/api/v1"
@@ -79,19 +75,18 @@ A query parameter an endpoint does not list here is refused (400), not ignored.
 def create_app(
     core: Core,
     *,
-    registry: BucketRegistry | None = None,
-    launcher: SyncLauncher | None = None,
+    registry: BucketRegistry,
+    launcher: SyncLauncher,
     key_cache_seconds: float = KEY_CACHE_SECONDS,
     close_core: bool = False,
 ) -> Litestar:
-    """The app over ``core``; ``registry`` defaults to one built from ``core.settings.storage``.
+    """The app over ``core``, the process's bucket registry and the sync launcher ``api.sync_launcher`` names.
 
     ``key_cache_seconds``: how long a verified API key is trusted without a lookup
     (so how long a revoked key may still work; 0 = look up every request).
+    ``close_core``: the app owns the core and closes it at shutdown (a uvicorn worker's app).
     """
     settings = core.settings
-    registry = registry or BucketRegistry(settings.storage)
-    launcher = launcher or launcher_for(settings, core.runner, core.engine)
     services = Services(
         settings=settings,
         engine=core.engine,
@@ -142,7 +137,7 @@ def create_app(
                 }
             ),
         ),
-        logging_config=None,  # the core configured logging (bootstrap); no second set-up
+        logging_config=None,  # the process assembly configured logging (app.assembly); no second set-up
         debug=False,
     )
 
@@ -182,14 +177,4 @@ async def _request_id_header(message: Message, scope: Scope) -> None:
     message["headers"] = headers  # type: ignore[typeddict-unknown-key]
 
 
-def app_from_environment() -> Litestar:
-    """The app factory each server worker calls: settings from ``IMAGING_SYNC_CONFIG`` and the environment."""
-    core = bootstrap()
-    app = create_app(core, close_core=True)
-    if core.engine.dialect.name == "postgresql":
-        open_pool(core.engine, core.settings.database.pool_size)
-    freeze_startup_objects()
-    return app
-
-
-__all__ = ["API_PREFIX", "app_from_environment", "create_app"]
+__all__ = ["API_PREFIX", "create_app"]

@@ -1,40 +1,34 @@
 """The REST API as a service of the single-process mode (``imaging-sync serve`` with no subcommand).
 
-Registered under the entry-point group ``imaging_sync.services``; it serves
-the app over the process's own Core from a thread, on ``api.host``/``api.port``.
+It serves an app the process assembly built (``app.assembly.all_in_one``) with
+uvicorn in a thread of this process, on ``api.host``/``api.port``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
-from imaging_sync.bootstrap import Core
+import uvicorn
+from litestar import Litestar
 
-if TYPE_CHECKING:
-    import uvicorn
+from imaging_sync.config import ApiConfig
 
 START_TIMEOUT_SECONDS = 15.0
 
 
 class ApiService:
     name = "api"
-    order = 50
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self._server: object | None = None
+    def __init__(self, app: Litestar, config: ApiConfig) -> None:
+        self.app = app
+        self.config = config
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        import uvicorn
-
-        from api.app import create_app
-
-        api = self.core.settings.api
         config = uvicorn.Config(
-            create_app(self.core), host=api.host, port=api.port, proxy_headers=False, server_header=False, access_log=False, log_config=None
+            self.app, host=self.config.host, port=self.config.port, proxy_headers=False, server_header=False, access_log=False, log_config=None
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -43,7 +37,7 @@ class ApiService:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the REST API did not start on {api.host}:{api.port}")
+                raise RuntimeError(f"the REST API did not start on {self.config.host}:{self.config.port}")
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -53,8 +47,7 @@ class ApiService:
             self._thread.join(10)
 
     def describe(self) -> str:
-        host, port = self.core.settings.api.host, self.port
-        return f"REST API on http://{host}:{port}/api/v1 (docs /api/v1/docs)"
+        return f"REST API on http://{self.config.host}:{self.port}/api/v1 (docs /api/v1/docs)"
 
     @property
     def port(self) -> int:
@@ -62,9 +55,4 @@ class ApiService:
         for server in getattr(self._server, "servers", None) or []:
             for sock in server.sockets:
                 return int(sock.getsockname()[1])
-        return self.core.settings.api.port
-
-
-def api_service(core: Core) -> ApiService:
-    """Entry point ``imaging_sync.services: api``."""
-    return ApiService(core)
+        return self.config.port

@@ -425,7 +425,7 @@ def profile(name: str, count: int) -> None:
     import litestar.concurrency
     from pyinstrument import Profiler
 
-    from api.app import app_from_environment
+    from app.assembly import api_app_from_environment
 
     async def inline(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
         return fn(*args, **kwargs)
@@ -434,7 +434,7 @@ def profile(name: str, count: int) -> None:
     anyio.to_thread.run_sync = inline  # type: ignore[assignment]
     token = viewer_token()
     next_path, _ = scenarios(random.Random(1), sample_ids())[name]
-    app = app_from_environment()
+    app = api_app_from_environment()
 
     async def run() -> Profiler:
         transport = httpx.ASGITransport(app=app)
@@ -489,7 +489,7 @@ def main() -> None:
             return
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "imaging_sync", "serve", "api", "--port", str(port), "--workers", str(args.workers)],
+            [sys.executable, "-m", "app", "serve", "api", "--port", str(port), "--workers", str(args.workers)],
             stdout=subprocess.DEVNULL, stderr=server_log,
         )
         base = f"http://127.0.0.1:{port}"

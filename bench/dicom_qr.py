@@ -172,7 +172,7 @@ def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int) -> 
     config = work / "imaging-sync.toml"
     config.write_text("\n".join(lines))
     env = {**os.environ, **s3.environ, "IMAGING_SYNC_CONFIG": str(config)}
-    proc = subprocess.Popen([sys.executable, "-m", "imaging_sync", "serve", "dicom"], env=env, stdout=subprocess.DEVNULL, stderr=open(work / "node.log", "wb"))
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "dicom"], env=env, stdout=subprocess.DEVNULL, stderr=open(work / "node.log", "wb"))
     wait_port(port)
     return proc
 

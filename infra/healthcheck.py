@@ -51,7 +51,7 @@ def check_api(port: int | None) -> tuple[bool, str]:
 
 
 def check_dicom(port: int | None) -> tuple[bool, str]:
-    from jobs.doctor import dicom_echo
+    from app.doctor import dicom_echo
 
     config = _settings().dicom
     # A calling AE of its own, so the node's association log lines of the probe are easy to tell apart.

@@ -13,22 +13,23 @@ Redis (default) or RabbitMQ is chosen by the URL alone (``redis://…`` or
 ``jobs.visibility_timeout``; a sync still running then gets a duplicate,
 which the partner lock turns into a recorded ``skipped`` run.
 
-``celery -A jobs.app worker`` finds :data:`app` here: it is created from
-``IMAGING_SYNC_CONFIG`` the first time it is asked for, so importing this
-module to call :func:`create_app` reads no config and opens no connection.
+Workers and beat run through ``imaging-sync worker`` / ``imaging-sync beat``,
+whose app the process assembly builds (``app.assembly.worker_app``).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, current_app
 from celery.signals import worker_process_shutdown, worker_shutdown
 from kombu.utils.url import maybe_sanitize_url
 
-from imaging_sync.config import Settings, load_settings
+from imaging_sync.config import Settings
+from imaging_sync.core import Core
 from imaging_sync.task_names import QUEUE
 from jobs.runtime import Runtime
 from jobs.schedule import build_beat_schedule
@@ -38,12 +39,20 @@ SOFT_TIME_LIMIT = 3600
 TIME_LIMIT = SOFT_TIME_LIMIT + 60
 
 
-class JobsApp(Celery):
-    """A Celery app that carries its settings and, per process, the core built from them."""
+OpenCore = Callable[[Settings], Core]
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+
+class JobsApp(Celery):
+    """A Celery app that carries its settings and, per worker process, the runtime its tasks use.
+
+    ``open_core``: how a worker process gets its core (the process assembly,
+    ``app.assembly.worker_app``, passes it in); an app without it only sends tasks.
+    """
+
+    def __init__(self, settings: Settings, open_core: OpenCore | None = None, **kwargs: Any) -> None:
         super().__init__("imaging_sync", **kwargs)
         self.settings = settings
+        self._open_core = open_core
         self._runtime: Runtime | None = None
         self._runtime_pid: int | None = None
         self._runtime_lock = threading.Lock()
@@ -56,9 +65,21 @@ class JobsApp(Celery):
                 self._runtime.forget_inherited()
                 self._runtime = None
             if self._runtime is None:
-                self._runtime = Runtime(self.settings, self)
+                self._runtime = self.open_runtime()
                 self._runtime_pid = os.getpid()
             return self._runtime
+
+    def open_runtime(self) -> Runtime:
+        """A runtime over a new core (schema checked): what a worker process runs its tasks with."""
+        if self._open_core is None:
+            raise RuntimeError("this Celery app only sends tasks: it has no core (a worker's app comes from app.assembly.worker_app)")
+        core = self._open_core(self.settings)
+        try:
+            core.require_current_schema()
+            return Runtime(core, self, owns_core=True)
+        except BaseException:
+            core.close()
+            raise
 
     def close_runtime(self) -> None:
         with self._runtime_lock:
@@ -105,10 +126,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings | None = None, **overrides: Any) -> JobsApp:
-    """A Celery app for ``settings`` (default: read from ``IMAGING_SYNC_CONFIG``); ``overrides`` win."""
-    settings = settings or load_settings()
-    app = JobsApp(settings, set_as_current=False)
+def create_app(settings: Settings, *, open_core: OpenCore | None = None, **overrides: Any) -> JobsApp:
+    """A Celery app for ``settings``; ``overrides`` win. ``open_core``: see :class:`JobsApp` (workers need it)."""
+    app = JobsApp(settings, open_core, set_as_current=False)
     app.conf.update(celery_config(settings), **overrides)
     import jobs.tasks  # noqa: F401  # registers the shared tasks on every app
 
@@ -127,18 +147,3 @@ def _close_runtime(**_: Any) -> None:
     app = current_app._get_current_object()
     if isinstance(app, JobsApp):
         app.close_runtime()
-
-
-_module_app: JobsApp | None = None
-_module_lock = threading.Lock()
-
-
-def __getattr__(name: str) -> Any:
-    """``jobs.app.app``: the app Celery's command line looks for, created on first access."""
-    global _module_app
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    with _module_lock:
-        if _module_app is None:
-            _module_app = create_app()
-        return _module_app

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.config import Settings
 from jobs import work
 from jobs.runtime import Runtime
@@ -76,7 +76,7 @@ class EmbeddedScheduler:
 
             producer = create_app(self.settings)
         try:
-            self._runtime = Runtime(self.settings, producer, core=self.core)  # fails now on a bad sink config
+            self._runtime = Runtime(self.core, producer)  # fails now on a bad sink config
         except BaseException:
             if producer is not None:
                 producer.close()

@@ -1,4 +1,4 @@
-"""What a process running jobs builds once: the core, and the outbox relay with its sinks."""
+"""What the jobs of a process share: the core they are given, and the outbox relay with its sinks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.core import Core
 from imaging_sync.config import Settings, webhook_url
 from imaging_sync.outbox.relay import Relay, Sink
 from imaging_sync.outbox.webhook import WebhookSink, webhook_secret
@@ -40,20 +40,23 @@ def close_sinks(sinks: list[Any]) -> None:
 
 
 class Runtime:
-    """One per process (per Celery app): built on the first job, closed at process shutdown."""
+    """What the jobs of one process share: its core, and the outbox relay with the configured sinks.
 
-    def __init__(self, settings: Settings, celery_app: Celery | None = None, *, core: Core | None = None) -> None:
-        self.settings = settings
-        self._owns_core = core is None
-        self.core = core or bootstrap(settings, configure_logs=False)
+    Given the core by the process assembly (a worker's, built on its first job
+    after the fork) or by the all-in-one process (its embedded scheduler).
+    ``owns_core``: closing the runtime closes the core too.
+    """
+
+    def __init__(self, core: Core, celery_app: Celery | None = None, *, owns_core: bool = False) -> None:
+        self.core = core
+        self.settings = core.settings
+        self._owns_core = owns_core
         try:
-            if self._owns_core:
-                self.core.require_current_schema()
-            self.sinks = outbox_sinks(settings, celery_app)
+            self.sinks = outbox_sinks(self.settings, celery_app)
         except BaseException:
             self.close()
             raise
-        self.relay = Relay(self.core.engine, self.sinks, settings.outbox) if self.sinks else None
+        self.relay = Relay(self.core.engine, self.sinks, self.settings.outbox) if self.sinks else None
 
     def close(self) -> None:
         close_sinks(getattr(self, "sinks", []))

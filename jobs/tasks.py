@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from jobs import work
 from jobs.runtime import Runtime
+from imaging_sync.sync.queue import SyncQueue
 from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
 
 # A sync may legitimately run for hours (a first bulk load); it is killed only far beyond that.
@@ -38,11 +39,11 @@ def sync_partner(
 
 @shared_task(name=SYNC_ALL, bind=True)
 def sync_all(self: Task, full: bool = False) -> dict[str, Any]:
-    """Queue one ``sync_partner`` per enabled partner (they run in parallel on the workers)."""
-    settings = _runtime(self).settings
-    partners = sorted((p for p in settings.partners.values() if p.enabled), key=lambda p: (-p.priority, p.name))
-    task = self.app.tasks[SYNC_PARTNER]
-    return {"queued": {p.name: task.apply_async(kwargs={"name": p.name, "full": full}).id for p in partners}}
+    """Queue one ``sync_partner`` per enabled partner, each with its run recorded ``queued`` (they run in parallel)."""
+    runtime = _runtime(self)
+    queue = SyncQueue(runtime.core.runner, self.app)
+    partners = sorted((p for p in runtime.settings.partners.values() if p.enabled), key=lambda p: (-p.priority, p.name))
+    return {"queued": {p.name: str(queue.queue(p.name, trigger="task", full=full)) for p in partners}}
 
 
 @shared_task(name=RELAY_OUTBOX, bind=True, soft_time_limit=600, time_limit=660, **_RETRY)

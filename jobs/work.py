@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, utcnow
 from imaging_sync.outbox.relay import Relay, prune_done, retry_failed
 from imaging_sync.sync.runner import RunResult

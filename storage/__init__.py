@@ -1,14 +1,14 @@
 """Partner buckets: the registry of allowed buckets, presigned GET URLs, streaming reads, an embedded S3.
 
 ``storage`` imports ``imaging_sync`` (config, errors); ``imaging_sync`` never imports ``storage``.
-Assemble once per process::
+Assembled once per process (``app.assembly``)::
 
     registry = BucketRegistry(settings.storage)
     presigner = Presigner(registry)
     reader = ObjectReader(registry)
 
 With ``[storage] embedded = true`` (local use, the demo), start the embedded
-S3 first and build the registry from the config it rewrites::
+S3 first and build the registry from the config it rewrites (``app.assembly.embedded_storage``)::
 
     embedded = EmbeddedS3.for_config(settings.storage)
     embedded.start()                  # embedded.stop() at shutdown, or use a with-block

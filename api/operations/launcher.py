@@ -16,14 +16,11 @@ import threading
 import uuid
 from typing import Protocol
 
-from celery import Celery
 from sqlalchemy import Engine
 
 from imaging_sync.config import Settings
-from imaging_sync.errors import QueueUnavailableError
-from imaging_sync.sync.lock import partner_lock
+from imaging_sync.sync.queue import SyncQueue, refuse_if_syncing
 from imaging_sync.sync.runner import SyncRunner
-from imaging_sync.task_names import QUEUE, SYNC_PARTNER
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +39,6 @@ class SyncLauncher(Protocol):
     def close(self, timeout: float = 10.0) -> None:
         """Stop accepting work; wait up to ``timeout`` for running syncs."""
         ...
-
-
-def refuse_if_syncing(engine: Engine, partner: str) -> None:
-    """SyncLockedError (409) now when the partner is being synced, here or in another process.
-
-    A probe: the lock is released at once. The run itself takes it again, and a
-    run that loses that race ends 'skipped', recorded.
-    """
-    with partner_lock(engine, partner):
-        pass
 
 
 class ThreadLauncher:
@@ -100,42 +87,24 @@ class ThreadLauncher:
 
 
 class QueueLauncher:
-    """Queues ``sync_partner`` for the Celery workers, with a run recorded as ``queued`` that the worker carries on.
+    """Queues the sync for the Celery workers (:class:`imaging_sync.sync.queue.SyncQueue`): a run recorded
+    ``queued`` that the worker carries on; a broker that does not take the task is a ``QueueUnavailableError``
+    (503) and the run is marked failed with that reason."""
 
-    Sent by task name on a producer-only Celery app (the API does not import
-    ``jobs``). A broker that does not take the task within a few quick retries
-    is a ``QueueUnavailableError`` (503), and the queued run is marked failed
-    with that reason: nothing is left waiting for a task that was never sent.
-    A queued run whose task is lost inside the broker is abandoned by the
-    partner's next run after an hour (``runner.QUEUED_RUN_EXPIRY``).
-    """
-
-    SEND_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
-
-    def __init__(self, runner: SyncRunner, engine: Engine, broker_url: str) -> None:
-        self.runner = runner
+    def __init__(self, queue: SyncQueue, engine: Engine) -> None:
+        self.queue = queue
         self.engine = engine
-        self._producer = Celery("imaging-sync-api", broker=broker_url, set_as_current=False)
-        self._producer.conf.task_default_queue = QUEUE
 
     def launch(self, partner: str, *, full: bool = False, study_id: str | None = None) -> uuid.UUID:
         refuse_if_syncing(self.engine, partner)
-        run_id = self.runner.record_queued_run(partner, trigger=TRIGGER, full=full)
-        kwargs = {"name": partner, "full": full, "study_id": study_id, "trigger": TRIGGER, "run_id": str(run_id)}
-        try:
-            self._producer.send_task(SYNC_PARTNER, kwargs=kwargs, queue=QUEUE, retry=True, retry_policy=self.SEND_RETRY)
-        except Exception as exc:  # kombu's and the transport's errors alike: the broker did not take it
-            self.runner.fail_queued_run(run_id, f"the job queue did not take the task: {type(exc).__name__}")
-            log.warning("could not queue the sync of %s: %s", partner, type(exc).__name__)
-            raise QueueUnavailableError(f"the job queue did not take the sync of {partner!r}") from exc
-        return run_id
+        return self.queue.queue(partner, trigger=TRIGGER, full=full, study_id=study_id)
 
     def close(self, timeout: float = 10.0) -> None:
-        self._producer.close()
+        self.queue.close()
 
 
 def launcher_for(settings: Settings, runner: SyncRunner, engine: Engine) -> SyncLauncher:
     """The launcher ``api.sync_launcher`` names."""
     if settings.api.sync_launcher == "queue":
-        return QueueLauncher(runner, engine, settings.jobs.resolved_broker_url().reveal())
+        return QueueLauncher(SyncQueue.on_broker(runner, settings.jobs.resolved_broker_url().reveal()), engine)
     return ThreadLauncher(runner, engine)

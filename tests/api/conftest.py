@@ -16,7 +16,8 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 from imaging_sync import apikeys
-from imaging_sync.bootstrap import Core, bootstrap
+from app.assembly import open_core
+from imaging_sync.core import Core
 from imaging_sync.config import Settings
 from devtools.storage import EmbeddedStorage, embedded_storage
 
@@ -35,7 +36,7 @@ def settings(db_url: str, s3: EmbeddedStorage) -> Settings:
 
 @pytest.fixture
 def core(settings: Settings) -> Iterator[Core]:
-    core = bootstrap(settings, configure_logs=False)
+    core = open_core(settings, configure_logs=False)
     yield core
     core.close()
 

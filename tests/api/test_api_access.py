@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 from sqlalchemy import insert
 
 from imaging_sync import apikeys
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.db.models import SyncRun
 from imaging_sync.ids import new_id
 from devtools.storage import EmbeddedStorage

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from api.auditing import client_address, recorded_in_thread
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry
 from devtools.storage import EmbeddedStorage
 

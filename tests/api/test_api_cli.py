@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from imaging_sync import apikeys
-from imaging_sync.cli import EXIT_FAILED, EXIT_USAGE, main
+from app.cli import EXIT_FAILED, EXIT_USAGE, main
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import AuditEntry
@@ -88,10 +88,10 @@ def free_port() -> int:
 def test_serve_api_runs_several_workers_from_the_app_factory(tmp_path: Path, sqlite_url: str) -> None:
     config = write_config(tmp_path / "imaging-sync.toml", sqlite_url)
     env = {**os.environ, "IMAGING_SYNC_CONFIG": str(config)}
-    created = subprocess.run([sys.executable, "-m", "imaging_sync", "apikeys", "create", "t", "--role", "viewer"], env=env, capture_output=True, text=True, check=True)
+    created = subprocess.run([sys.executable, "-m", "app", "apikeys", "create", "t", "--role", "viewer"], env=env, capture_output=True, text=True, check=True)
     token = created.stdout.strip()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "imaging_sync", "serve", "api", "--port", str(port), "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "api", "--port", str(port), "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -112,12 +112,13 @@ def test_serve_api_runs_several_workers_from_the_app_factory(tmp_path: Path, sql
 
 
 def test_the_api_runs_as_a_service_of_the_single_process_mode(sqlite_url: str) -> None:
-    from api.service import api_service
-    from imaging_sync.bootstrap import bootstrap
+    from api.service import ApiService
+    from app.assembly import api_app, open_core
     from imaging_sync.config import ApiConfig, DatabaseConfig, Settings
+    from storage import BucketRegistry
 
-    core = bootstrap(Settings(database=DatabaseConfig(url=sqlite_url), api=ApiConfig(port=0)), configure_logs=False)
-    service = api_service(core)
+    core = open_core(Settings(database=DatabaseConfig(url=sqlite_url), api=ApiConfig(port=0)), configure_logs=False)
+    service = ApiService(api_app(core, BucketRegistry(core.settings.storage)), core.settings.api)
     try:
         service.start()
         assert httpx.get(f"http://127.0.0.1:{service.port}/ready").json()["status"] == "ready"

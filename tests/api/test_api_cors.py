@@ -10,7 +10,8 @@ from litestar.testing import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
-from imaging_sync.bootstrap import Core, bootstrap
+from app.assembly import open_core
+from imaging_sync.core import Core
 from imaging_sync.config import ApiConfig, Settings, load_settings
 from imaging_sync.db.models import AuditEntry
 from imaging_sync.errors import ConfigError
@@ -69,7 +70,7 @@ def test_another_origin_gets_no_grant(client: TestClient[Litestar], keys: Keys) 
 
 
 def test_no_origin_is_granted_unless_configured(db_url: str, s3: EmbeddedStorage) -> None:
-    core = bootstrap(make_settings(db_url, s3.config, [b.name for b in s3.buckets]), configure_logs=False)
+    core = open_core(make_settings(db_url, s3.config, [b.name for b in s3.buckets]), configure_logs=False)
     try:
         with TestClient(create_app(core, registry=s3.registry(), launcher=RecordingLauncher())) as default_client:
             preflight = default_client.options("/api/v1/studies", headers=PREFLIGHT)

@@ -15,10 +15,11 @@ from api.db import open_pool
 from api.service import ApiService
 from api_fixtures import IndexBuilder, RecordingLauncher, make_settings
 from imaging_sync import apikeys, audit
-from imaging_sync.bootstrap import bootstrap
+from app.assembly import api_app, open_core
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
 from devtools.storage import EmbeddedStorage
+from storage import BucketRegistry
 
 BURST = 40  # well over the executor's threads (cores + 4) and the pool's one connection
 
@@ -28,8 +29,8 @@ def test_a_burst_of_requests_larger_than_the_pool_is_served_without_a_stall(db_u
     settings = make_settings(db_url, s3.config, [b.name for b in s3.buckets], host="127.0.0.1", port=0)
     # One connection; a checkout gives up after 3 s (a stall shows as 503s, not a hang).
     settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, pool_size=1, pool_timeout=3.0))
-    core = bootstrap(settings, configure_logs=False)
-    service = ApiService(core)
+    core = open_core(settings, configure_logs=False)
+    service = ApiService(api_app(core, BucketRegistry(settings.storage)), settings.api)
     try:
         index = IndexBuilder(core.engine)
         index.study(index.subject("P-BURST", "KIM^BURST"))
@@ -77,7 +78,7 @@ def test_a_request_connection_goes_back_to_the_pool_in_transaction_mode(pg_url: 
     """Requests read and audit in autocommit; whoever borrows the connection next (an operator's write) gets transactions."""
     settings = make_settings(pg_url, s3.config, [b.name for b in s3.buckets])
     settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, pool_size=1))
-    core = bootstrap(settings, configure_logs=False)
+    core = open_core(settings, configure_logs=False)
     try:
         with core.engine.begin() as conn:
             _, token = apikeys.create_key(conn, "pool", "viewer")

@@ -26,9 +26,11 @@ from sqlalchemy import func, select
 from api.docs import ASSETS, CACHE_CONTROL, VERSION
 from api.service import ApiService
 from api_fixtures import make_settings
-from imaging_sync.bootstrap import Core, bootstrap
+from app.assembly import api_app, open_core
+from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry
 from devtools.storage import EmbeddedStorage
+from storage import BucketRegistry
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -152,8 +154,8 @@ def chromium(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
 def live_api(sqlite_url: str, s3: EmbeddedStorage, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The app under uvicorn on a free port of 127.0.0.1, as `imaging-sync serve` runs it; its base URL."""
     s3.export_environ(monkeypatch.setenv)
-    core = bootstrap(make_settings(sqlite_url, s3.config, [b.name for b in s3.buckets], host="127.0.0.1", port=0), configure_logs=False)
-    service = ApiService(core)
+    core = open_core(make_settings(sqlite_url, s3.config, [b.name for b in s3.buckets], host="127.0.0.1", port=0), configure_logs=False)
+    service = ApiService(api_app(core, BucketRegistry(core.settings.storage)), core.settings.api)
     try:
         service.start()
         yield f"http://127.0.0.1:{service.port}"

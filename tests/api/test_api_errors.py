@@ -10,7 +10,7 @@ from litestar.testing import TestClient
 from sqlalchemy.exc import OperationalError
 
 from api.errors import classify
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.errors import BucketNotAllowedError, StorageError, SyncLockedError, ValidationError
 from devtools.storage import EmbeddedStorage
 

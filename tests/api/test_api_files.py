@@ -13,7 +13,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select
 
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry, Instance, Series
 from devtools.storage import EmbeddedStorage
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgspec
 from litestar.testing import TestClient
 
-from api.app import create_app
-from imaging_sync.bootstrap import Core, bootstrap
+
+from app.assembly import api_app, open_core
+from imaging_sync.core import Core
 from devtools.datagen import DatasetSpec
 from imaging_sync.config import OutboxConfig, WebhookConfig
 from devtools.factories import TEST_API_KEY, UNREACHED_WEBHOOK, simulator_partner
@@ -20,10 +21,10 @@ def test_metrics_after_a_sync_and_some_requests(core: Core, s3: EmbeddedStorage,
     with PartnerSimulator(DatasetSpec(partner="b", studies=4), SimulatorConfig(api_key=TEST_API_KEY)) as sim:
         outbox = OutboxConfig(webhook=WebhookConfig(url=UNREACHED_WEBHOOK))  # the sync writes events only for a sink
         settings = msgspec.structs.replace(core.settings, partners={"b": simulator_partner("b", sim.base_url)}, outbox=outbox)
-        live = bootstrap(settings, configure_logs=False)
+        live = open_core(settings, configure_logs=False)
         try:
             assert live.runner.sync("b").ok
-            with TestClient(create_app(live, registry=s3.registry())) as client:
+            with TestClient(api_app(live, s3.registry())) as client:
                 assert client.get("/api/v1/studies", headers=keys.headers("viewer")).status_code == 200
                 response = client.get("/metrics")
         finally:

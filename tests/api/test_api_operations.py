@@ -13,7 +13,8 @@ from litestar.testing import TestClient
 from sqlalchemy import insert, select
 
 from api.app import create_app
-from imaging_sync.bootstrap import Core, bootstrap
+from app.assembly import api_app, open_core
+from imaging_sync.core import Core
 from imaging_sync.db.models import EntityLink, RejectedItem, SyncRun
 from imaging_sync.ids import new_id
 from imaging_sync.sync.lock import partner_lock
@@ -38,14 +39,14 @@ def simulator() -> Iterator[PartnerSimulator]:
 def live_core(core: Core, simulator: PartnerSimulator) -> Iterator[Core]:
     """The core with partner b pointing at the simulator (and the runner the app factory wires by default)."""
     settings = msgspec.structs.replace(core.settings, partners={"b": simulator_partner("b", simulator.base_url, priority=10)})
-    live = bootstrap(settings, configure_logs=False)
+    live = open_core(settings, configure_logs=False)
     yield live
     live.close()
 
 
 @pytest.fixture
 def live_client(live_core: Core, s3: EmbeddedStorage) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(live_core, registry=s3.registry())) as client:  # the real ThreadLauncher
+    with TestClient(api_app(live_core, s3.registry())) as client:  # the real ThreadLauncher
         yield client
 
 

@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select
 
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry, OutboxEvent
 from imaging_sync.ids import new_ids
 

@@ -12,7 +12,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import Engine, insert
 
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.db.models import Study, Subject, utcnow
 from imaging_sync.ids import new_ids
 

@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from imaging_sync.bootstrap import bootstrap
+from app.assembly import open_core
 from imaging_sync.config import BucketConfig, StorageConfig
 from storage.registry import BucketRegistry
 from devtools.storage import EmbeddedStorage
@@ -19,7 +19,7 @@ from api_fixtures import RecordingLauncher, make_settings
 
 
 def ready(settings, registry=None) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
-    core = bootstrap(settings, configure_logs=False)
+    core = open_core(settings, configure_logs=False)
     try:
         with TestClient(create_app(core, registry=registry, launcher=RecordingLauncher())) as client:
             assert client.get("/health").status_code == 200  # alive whatever else is wrong

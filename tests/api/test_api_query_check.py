@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from api.app import API_PREFIX
 from api.query_check import allowed_query_parameters
-from imaging_sync.bootstrap import Core
+from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry
 
 from api_fixtures import IndexBuilder, Keys

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging_sync.cli import cli
+from app.cli import cli
 from imaging_sync.config import load_settings
 from imaging_sync.errors import ConfigError
 

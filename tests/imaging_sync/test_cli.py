@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging_sync.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, main
+from app.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, main
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
@@ -130,7 +130,7 @@ def test_a_sync_process_refuses_while_another_process_holds_the_partner(config: 
     run("db", "upgrade")
     engine = create_db_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'index.db'}"))
     with partner_lock(engine, "b"):
-        other = subprocess.run([sys.executable, "-m", "imaging_sync", "sync", "--quiet"], capture_output=True, text=True, timeout=60)
+        other = subprocess.run([sys.executable, "-m", "app", "sync", "--quiet"], capture_output=True, text=True, timeout=60)
     engine.dispose()
     assert other.returncode == EXIT_LOCKED, other.stdout + other.stderr
     assert "already being synced by another process" in other.stdout

@@ -178,7 +178,7 @@ def resolve_cli(args: list[str]) -> tuple[list[str], click.Command, list[str]]:
     Uses the real root group, so entry-point commands (api, dicom, jobs) resolve
     exactly as ``imaging-sync`` resolves them. LookupError names a missing one.
     """
-    from imaging_sync.cli import cli
+    from app.cli import cli
 
     ctx = click.Context(cli, info_name="imaging-sync")
     command: click.Command = cli
@@ -203,7 +203,7 @@ def check_cli_args(args: list[str]) -> list[str]:
     path, command, rest = resolve_cli(args)
     if isinstance(command, click.Group):
         raise LookupError(f"`imaging-sync {' '.join(args)}` names the group `{' '.join(path)}`, not a command")
-    from imaging_sync.cli import cli
+    from app.cli import cli
 
     root = click.Context(cli, info_name="imaging-sync")
     # A placeholder the reader replaces (RUN_ID, EVENT_ID) stands for a well-formed value.
@@ -236,7 +236,7 @@ def run(args: list[str], env: Mapping[str, str], *, cwd: Path | None = None, tim
 
 
 def imaging_sync(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "imaging_sync", *args]
+    return [sys.executable, "-m", "app", *args]
 
 
 @dataclass

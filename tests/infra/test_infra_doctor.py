@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from imaging_sync.cli import cli
+from app.cli import cli
 from imaging_sync.config import DatabaseConfig, DicomConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
@@ -200,14 +200,14 @@ def test_after_a_sync_the_bucket_check_heads_an_object_the_index_knows(
     setup: Setup, tmp_path: Path, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from imaging_sync.config import load_settings
-    from imaging_sync.bootstrap import bootstrap
+    from app.assembly import open_core
     from imaging_sync.db.models import InstanceLocation
     from sqlalchemy import select
 
     for name, value in setup.env.items():
         monkeypatch.setenv(name, value)
     (tmp_path / "imaging-sync.toml").write_text(setup.toml(), encoding="utf-8")
-    core = bootstrap(load_settings(tmp_path / "imaging-sync.toml"), configure_logs=False)
+    core = open_core(load_settings(tmp_path / "imaging-sync.toml"), configure_logs=False)
     try:
         assert core.runner.sync("demo").ok
         with core.engine.connect() as conn:
@@ -366,7 +366,7 @@ def test_a_closed_dicom_port_fails_the_dicom_line(setup: Setup, tmp_path: Path) 
 
 def test_an_allowlisted_node_that_refuses_our_calling_ae_still_counts_as_answering(tmp_path: Path, database: str, storage: Any) -> None:
     from dicom.server import DicomServer, build_services
-    from jobs.doctor import dicom_echo
+    from app.doctor import dicom_echo
     from storage import ObjectReader
 
     config = DicomConfig(ae_title=NODE_AE, host="127.0.0.1", port=0, allowed_calling_aets=["PACS_ONLY"])

@@ -66,13 +66,13 @@ def test_every_command_in_the_runbook_exists_with_those_options(args: list[str])
 
 
 def test_every_endpoint_in_the_runbook_is_a_route_of_the_api(tmp_path: Path) -> None:
-    from api.app import create_app
-    from imaging_sync.bootstrap import bootstrap
+    from storage import BucketRegistry
+    from app.assembly import api_app, open_core
     from imaging_sync.config import DatabaseConfig, Settings
 
-    core = bootstrap(Settings(database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'routes.db'}")), configure_logs=False)
+    core = open_core(Settings(database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'routes.db'}")), configure_logs=False)
     try:
-        app = create_app(core)
+        app = api_app(core, BucketRegistry(core.settings.storage))
         routes = {re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path) for route in app.routes}
     finally:
         core.close()

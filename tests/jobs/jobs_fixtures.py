@@ -35,7 +35,8 @@ from imaging_sync.config import DatabaseConfig, JobsConfig, OutboxConfig, Partne
 from imaging_sync.db.engine import create_db_engine
 from devtools.datagen import DatasetSpec
 from devtools.simulator import PartnerSimulator, SimulatorConfig
-from jobs.app import JobsApp, create_app
+from app.assembly import worker_app
+from jobs.app import JobsApp
 
 REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
 # host:port of the Redis server (the tests pick the database number themselves)
@@ -180,7 +181,7 @@ class Jobs:
         )
 
     def app(self, *partners: PartnerConfig, settings: Settings | None = None, **kwargs: Any) -> JobsApp:
-        app = create_app(settings or self.settings(*partners, **kwargs))
+        app = worker_app(settings or self.settings(*partners, **kwargs))
         self.apps.append(app)
         return app
 

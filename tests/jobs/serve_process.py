@@ -16,7 +16,7 @@ def serving(args: list[str], env: Mapping[str, str], ready: Callable[[str], bool
 
     On leaving, SIGTERM; the process must exit 0 within 60 s (the assertion shows its output).
     """
-    process = subprocess.Popen([sys.executable, "-m", "imaging_sync", *args], env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "app", *args], env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + timeout

@@ -12,9 +12,10 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select, update
 
-from api.app import create_app
+
 from imaging_sync import apikeys
-from imaging_sync.bootstrap import bootstrap
+from app.assembly import api_app, open_core
+from storage import BucketRegistry
 from imaging_sync.config import ApiConfig, JobsConfig, Settings
 from imaging_sync.db.models import SyncRun, utcnow
 from imaging_sync.sync.runner import QUEUED_RUN_EXPIRY, SyncRunner
@@ -38,10 +39,10 @@ def api_client() -> Iterator[Any]:
     opened: list[Any] = []
 
     def start(settings: Settings) -> tuple[TestClient[Litestar], dict[str, str], Any]:
-        core = bootstrap(settings, configure_logs=False)
+        core = open_core(settings, configure_logs=False)
         with core.engine.begin() as conn:
             _, token = apikeys.create_key(conn, "ops", "operator")
-        client = TestClient(create_app(core))
+        client = TestClient(api_app(core, BucketRegistry(core.settings.storage)))
         client.__enter__()
         opened.append((client, core))
         return client, {"Authorization": f"Bearer {token}"}, core

@@ -13,7 +13,8 @@ import msgspec
 import pytest
 from sqlalchemy import select
 
-from imaging_sync.bootstrap import Core, bootstrap
+from app.assembly import open_core
+from imaging_sync.core import Core
 from imaging_sync.config import DatabaseConfig, JobsConfig, Settings, WebhookConfig
 from imaging_sync.db.models import SyncRun
 from devtools.factories import simulator_partner
@@ -58,7 +59,7 @@ def make_core(db_url: str) -> Iterator[Callable[..., Core]]:
             jobs=JobsConfig(timezone="Asia/Seoul", outbox_relay_seconds=5, alerts_check_seconds=60),
             partners={p.name: p for p in partners},
         )
-        core = bootstrap(settings, configure_logs=False)
+        core = open_core(settings, configure_logs=False)
         cores.append(core)
         return core
 

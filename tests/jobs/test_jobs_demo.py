@@ -25,7 +25,7 @@ DCMTK = Path("/usr/bin")
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imaging_sync", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def demo_env(**extra: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ def test_serve_runs_every_service_in_one_process_until_sigterm(tmp_path: Path) -
     config = tmp_path / "imaging-sync.toml"
     config.write_text(CONFIG.format(db=tmp_path / "index.db"))
     env = {**os.environ, "IMAGING_SYNC_CONFIG": str(config), "PYTHONUNBUFFERED": "1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-    assert subprocess.run([sys.executable, "-m", "imaging_sync", "db", "upgrade"], env=env, capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=env, capture_output=True, timeout=60).returncode == 0
     with serving(["serve"], env, ready=lambda line: line.startswith("running")) as text:
         api = re.search(r"REST API on (http://\S+)/api/v1", text)
         dicom = re.search(r"DICOM node ALL_IN_ONE on 127\.0\.0\.1:(\d+)", text)

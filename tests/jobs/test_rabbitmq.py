@@ -13,7 +13,7 @@ from imaging_sync.config import DatabaseConfig, JobsConfig, Settings
 from imaging_sync.db.engine import create_db_engine
 from devtools.factories import simulator_partner
 from devtools.index_state import live_index
-from jobs.app import create_app
+from app.assembly import worker_app
 from imaging_sync.task_names import SYNC_PARTNER
 from jobs_fixtures import rabbitmq_url, start_simulator  # noqa: F401  # fixtures
 
@@ -35,7 +35,7 @@ def test_a_sync_task_round_trips_through_rabbitmq_with_the_rpc_backend(amqp_sett
     # A queue of this test's own (the vhost is shared with other test runs), deleted afterwards.
     # No AMQP heartbeats: the in-thread test worker (no event loop) would wait up to 10 s for one to stop.
     queue = f"imaging-sync-test-{uuid.uuid4().hex[:12]}"
-    app = create_app(settings, task_default_queue=queue, broker_heartbeat=0)
+    app = worker_app(settings, task_default_queue=queue, broker_heartbeat=0)
     try:
         assert app.conf.broker_url.startswith("amqp://") and app.conf.result_backend == "rpc://"
         with start_worker(app, pool="threads", concurrency=1, loglevel="WARNING", shutdown_timeout=30):

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, IGNORE_SETEX]
 
 
 def start_worker_process(config: Path, pool: str, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "imaging_sync", "--config", str(config), "worker", "--pool", pool, "--concurrency", "1",
+    command = [sys.executable, "-m", "app", "--config", str(config), "worker", "--pool", pool, "--concurrency", "1",
                "--loglevel", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"]
     with log.open("wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -132,7 +132,7 @@ def test_imaging_sync_beat_queues_the_scheduled_tasks_on_the_broker(redis_url: s
     config = write_config(tmp_path / "imaging-sync.toml", sqlite_url, simulator_partner("b", "http://127.0.0.1:9"))
     config.write_text(config.read_text() + f'\n[jobs]\nbroker_url = "{redis_url}"\nalerts_check_seconds = 0.2\n')
     log = tmp_path / "beat.log"
-    command = [sys.executable, "-m", "imaging_sync", "--config", str(config), "beat", "--schedule-file", str(tmp_path / "beat"), "--max-interval", "0.2"]
+    command = [sys.executable, "-m", "app", "--config", str(config), "beat", "--schedule-file", str(tmp_path / "beat"), "--max-interval", "0.2"]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     client = redis.Redis.from_url(redis_url)

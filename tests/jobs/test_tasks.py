@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from imaging_sync import cli
+from app import cli
 from imaging_sync.config import JobsConfig, Settings
 from imaging_sync.db.models import OutboxEvent, PartnerState, RejectedItem, SyncRun, utcnow
 from devtools.factories import simulator_partner
 from devtools.index_state import live_index
+from devtools.waiting import eventually
 from devtools.toml_config import write_config
 from devtools.webhook_receiver import WebhookReceiver
 from jobs.app import create_app
@@ -123,12 +124,23 @@ def test_relay_outbox_without_a_sink_does_nothing(sqlite_jobs: Any) -> None:
 def test_sync_all_fans_out_one_sync_per_enabled_partner(sqlite_jobs: Any, start_simulator) -> None:
     b, c = start_simulator("b", studies=6), start_simulator("c", studies=4, seed=7, uid_root="1.2.826.0.1.3680043.10.5678")
     app = sqlite_jobs.app(simulator_partner("b", b.base_url), simulator_partner("c", c.base_url), simulator_partner("d", "http://127.0.0.1:9", enabled=False))
+    engine = sqlite_jobs.engine()
+
+    def runs(ids: dict[str, str]) -> dict[str, tuple[str, int]]:
+        with engine.connect() as conn:
+            rows = conn.execute(select(SyncRun.id, SyncRun.status, SyncRun.created).where(SyncRun.id.in_([uuid.UUID(i) for i in ids.values()])))
+            by_id = {str(run_id): (status, created) for run_id, status, created in rows}
+        return {name: by_id[run_id] for name, run_id in ids.items()}
+
     with sqlite_jobs.worker(app):
-        queued = app.tasks[SYNC_ALL].delay().get(timeout=20)["queued"]
+        queued = app.tasks[SYNC_ALL].delay().get(timeout=20)["queued"]  # partner -> the run recorded as queued
         assert set(queued) == {"b", "c"}
-        results = {name: app.AsyncResult(task_id).get(timeout=30) for name, task_id in queued.items()}
-    assert {name: r["status"] for name, r in results.items()} == {"b": "succeeded", "c": "succeeded"}
-    assert results["b"]["counts"]["created"] == 6 and results["c"]["counts"]["created"] == 4
+        def all_done() -> dict[str, tuple[str, int]] | None:
+            found = runs(queued)
+            return found if all(status == "succeeded" for status, _ in found.values()) else None
+
+        finished = eventually(all_done, timeout=30, what="both queued runs carried on by the workers")
+    assert finished == {"b": ("succeeded", 6), "c": ("succeeded", 4)}
 
 
 def test_prune_retry_and_alert_checks_run_through_the_worker(jobs: Any) -> None:
@@ -164,9 +176,16 @@ def test_sync_async_on_the_command_line_queues_a_task_the_worker_runs(sqlite_job
     config.write_text(config.read_text() + f'\n[jobs]\nbroker_url = "{sqlite_jobs.broker_url}"\n')
     cli.main(["--config", str(config), "sync", "--async", "--partner", "b"])
     line = capsys.readouterr().out.strip()
-    match = re.fullmatch(r"queued sync of partner b: task ([0-9a-f-]{36})", line)
+    match = re.fullmatch(r"queued sync of partner b: run ([0-9a-f-]{36}) \(`imaging-sync runs show \1`\)", line)
     assert match, line
+    run_id, engine = uuid.UUID(match.group(1)), sqlite_jobs.engine()
+
+    def status() -> str:
+        with engine.connect() as conn:
+            return str(conn.execute(select(SyncRun.status).where(SyncRun.id == run_id)).scalar_one())
+
+    assert status() == "queued", "recorded before any worker has the task"
     app = sqlite_jobs.app(partner)
     with sqlite_jobs.worker(app, concurrency=1):
-        assert app.AsyncResult(match.group(1)).get(timeout=30)["status"] == "succeeded"
-    assert live_index(sqlite_jobs.engine(), "b") == sim.dataset.expected_state()
+        eventually(lambda: status() == "succeeded", timeout=30, what="the worker carries the queued run on")
+    assert live_index(engine, "b") == sim.dataset.expected_state()

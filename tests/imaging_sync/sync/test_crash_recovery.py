@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def start_sync(config: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "IMAGING_SYNC_CONFIG": str(config)}
-    return subprocess.Popen([sys.executable, "-m", "imaging_sync", "sync", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "app", "sync", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_sync_killed_between_pages_resumes_to_exactly_the_partner_state(engine: Engine, tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_sync_killed_between_pages_resumes_to_exactly_the_partner_state(engine: 
             assert live_index(engine, "b") != sim.dataset.expected_state()  # and not all of them
 
         sim.dataset.update_study(spec.study_id(1), lambda item: item.update(description="CHANGED WHILE DOWN"))
-        finished = subprocess.run([sys.executable, "-m", "imaging_sync", "sync", "--quiet"], env={**os.environ, "IMAGING_SYNC_CONFIG": str(config)}, capture_output=True, text=True, timeout=120)
+        finished = subprocess.run([sys.executable, "-m", "app", "sync", "--quiet"], env={**os.environ, "IMAGING_SYNC_CONFIG": str(config)}, capture_output=True, text=True, timeout=120)
         assert finished.returncode == 0, finished.stdout + finished.stderr
         assert "b: succeeded" in finished.stdout
 

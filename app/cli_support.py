@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from imaging_sync.bootstrap import Core, bootstrap
 from imaging_sync.config import CONFIG_ENV, Settings
+from imaging_sync.core import Core
 
 
 class CliContext:
@@ -40,7 +40,9 @@ class CliContext:
     def core(self) -> Core:
         """The core, database not touched yet (``db upgrade`` creates the database through it)."""
         if self._core is None:
-            self._core = bootstrap(self.settings, verbose=self.verbose)
+            from app.assembly import open_core  # local: --help and usage errors import no edge
+
+            self._core = open_core(self.settings, verbose=self.verbose)
         return self._core
 
     @property

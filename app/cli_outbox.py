@@ -7,8 +7,8 @@ import uuid
 import click
 
 from imaging_sync.audit import AuditEvent, record_now
-from imaging_sync.cli_support import cli_actor, pass_core
-from imaging_sync.bootstrap import Core
+from app.cli_support import cli_actor, pass_core
+from imaging_sync.core import Core
 from imaging_sync.outbox import relay
 
 

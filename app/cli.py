@@ -1,6 +1,7 @@
-"""The ``imaging-sync`` command line.
+"""The ``imaging-sync`` command line (``python -m app`` is the same command).
 
-Commands parse, call the core, print. Errors are mapped to exit codes once,
+Commands parse, call the core, print; the servers and workers are built by
+:mod:`app.assembly` (``serve``, ``worker``, ``beat``: :mod:`app.cli_serve`). Errors are mapped to exit codes once,
 in ``main``: 0 success, 1 a sync failed, 2 bad usage or configuration,
 3 another process is syncing that partner, 4 the database is unreachable or
 its schema is not current.
@@ -14,54 +15,34 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from typing import Any
 
 import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from app.cli_outbox import outbox
+from app.cli_serve import beat, serve, worker
+from app.cli_support import CliContext, cli_actor, pass_ctx
+from app.demo import demo
+from app.doctor import doctor
 from imaging_sync import apikeys as api_keys
 from imaging_sync import audit as audit_log
 from imaging_sync.audit import AuditEvent
 from imaging_sync.catalog import operations as catalog
-from imaging_sync.cli_outbox import outbox
-from imaging_sync.cli_support import CliContext, cli_actor, pass_ctx
+from imaging_sync.core import Core
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import missing_sqlite_file
 from imaging_sync.db.models import RejectedItem, SyncRun, utcnow
 from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError, ValidationError
+from imaging_sync.sync.queue import SyncQueue
 from imaging_sync.sync.runner import RunResult
 
 EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_DATABASE = 1, 2, 3, 4
 
 
 
-
-class _PluginGroup(click.Group):
-    """Subcommands registered by other packages (entry point group ``imaging_sync.<group>``).
-
-    The core never imports ``api``, ``dicom`` or ``jobs``: they register their
-    commands through package metadata (``imaging_sync.commands`` for top-level
-    commands such as ``worker``, ``imaging_sync.serve`` for servers), loaded
-    only when one is invoked.
-    """
-
-    def _entry_points(self) -> dict[str, Any]:
-        group = "imaging_sync.commands" if self.name == "cli" else f"imaging_sync.{self.name}"
-        return {ep.name: ep for ep in entry_points(group=group)}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._entry_points()})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        command = super().get_command(ctx, name)
-        if command is None and name in (eps := self._entry_points()):
-            command = eps[name].load()
-        return command
-
-
-@click.group(cls=_PluginGroup)
+@click.group()
 @click.option("--config", "config_path", envvar="IMAGING_SYNC_CONFIG", help="TOML config file (default: $IMAGING_SYNC_CONFIG, else ./imaging-sync.toml).")
 @click.option("--verbose", "-v", is_flag=True, help="Also show libraries' log lines (Alembic, botocore, …) and INFO lines.")
 @click.pass_context
@@ -84,26 +65,8 @@ def config_example() -> None:
     click.echo(render_example(), nl=False)
 
 
-# -- serve: commands contributed by the outer packages ----------------------------
-
-
-@cli.group(cls=_PluginGroup, invoke_without_command=True)
-@click.pass_context
-def serve(click_ctx: click.Context) -> None:
-    """Run a server (api, dicom, …); with no subcommand, everything in one process."""
-    if click_ctx.invoked_subcommand is not None:
-        return
-    from imaging_sync.services import registered_factories, run_services
-
-    core = click_ctx.find_object(CliContext).ready_core
-    factories = registered_factories()
-    if not factories:
-        raise click.UsageError("no services are installed (the api, dicom and jobs packages register them)")
-    click.echo(f"imaging-sync: starting {', '.join(factories)} in one process")
-    run_services(core, [factory(core) for factory in factories.values()], echo=click.echo)
-
-
-cli.add_command(outbox)
+for command in (outbox, serve, worker, beat, doctor, demo):
+    cli.add_command(command)
 
 
 # -- db ----------------------------------------------------------------------
@@ -154,18 +117,13 @@ def sync(ctx: CliContext, partners: Sequence[str], full: bool, study_id: str | N
         if name not in settings.partners:  # a typo fails before anything is synced or queued
             known = ", ".join(sorted(settings.partners)) or "none configured"
             raise click.BadParameter(f"no partner {name!r} in the config (known: {known})", param_hint="--partner")
-    if queue:
-        hooks = {ep.name: ep for ep in entry_points(group="imaging_sync.hooks")}
-        if "enqueue_sync" not in hooks:
-            raise click.UsageError("--async needs the jobs package (a Celery broker); run without --async")
-        core = ctx.ready_core  # the database must exist before work is queued for it
-        for line in hooks["enqueue_sync"].load()(core.settings, list(partners), full, study_id):
-            click.echo(line)
-        return
     names = list(partners) or [p.name for p in sorted(settings.partners.values(), key=lambda p: (-p.priority, p.name)) if p.enabled]
     if not names:
         raise ConfigError("partners", "no partners configured: add a [partners.NAME] section (see README)")
     core = ctx.ready_core
+    if queue:
+        _queue_syncs(core, names, full=full, study_id=study_id)
+        return
     if study_id is not None:
         result = core.runner.refresh_study(partners[0], study_id)
         click.echo(result.summary())
@@ -176,6 +134,18 @@ def sync(ctx: CliContext, partners: Sequence[str], full: bool, study_id: str | N
     for result in results:
         click.echo(result.summary())
     _exit_for(results)
+
+
+def _queue_syncs(core: Core, names: Sequence[str], *, full: bool, study_id: str | None) -> None:
+    """``--async``: each sync queued for the workers with its run recorded ``queued`` (one line per run)."""
+    queue = SyncQueue.on_broker(core.runner, core.settings.jobs.resolved_broker_url().reveal())
+    try:
+        for name in names:
+            run_id = queue.queue(name, trigger="cli", full=full, study_id=study_id)
+            what = f"refresh of study {study_id} of partner {name}" if study_id else f"{'full ' if full else ''}sync of partner {name}"
+            click.echo(f"queued {what}: run {run_id} (`imaging-sync runs show {run_id}`)")
+    finally:
+        queue.close()
 
 
 def _progress_printer() -> Callable[[RunResult], None]:

@@ -1,4 +1,9 @@
-"""Assemble the core once per process: settings, logging, engine, session factory, runner."""
+"""The core's own objects of one process: settings, engine, session factory, sync runner, alerts.
+
+Built by :meth:`Core.open`, called from the one assembly point of each
+process (``app.assembly``), which passes the Core to the edges it builds.
+Nothing here configures logging or knows an edge.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from imaging_sync.alerts import Alerts, notifiers_from
-from imaging_sync.config import Settings, load_settings
+from imaging_sync.config import Settings
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine, make_session_factory, missing_sqlite_file
 from imaging_sync.errors import DatabaseError
-from imaging_sync.logs import configure_logging
 from imaging_sync.sync.runner import SyncRunner
 
 
@@ -23,6 +27,14 @@ class Core:
     sessions: sessionmaker[Session]
     runner: SyncRunner
     alerts: Alerts
+
+    @classmethod
+    def open(cls, settings: Settings) -> Core:
+        """The core over ``settings``: one engine (pool not opened yet), its session factory, runner and alerts."""
+        engine = create_db_engine(settings.database)
+        alerts = Alerts(engine, settings, notifiers_from(settings.alerts))
+        runner = SyncRunner(engine, settings, after_run=[alerts.on_run])
+        return cls(settings=settings, engine=engine, sessions=make_session_factory(engine), runner=runner, alerts=alerts)
 
     def require_current_schema(self) -> None:
         """DatabaseError unless the database exists at the schema the code expects (checked without creating it)."""
@@ -35,14 +47,3 @@ class Core:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def bootstrap(settings: Settings | None = None, *, configure_logs: bool = True, verbose: bool = False) -> Core:
-    """``verbose``: libraries' INFO lines reach the console too (the CLI's ``--verbose``)."""
-    settings = settings or load_settings()
-    if configure_logs:
-        configure_logging(settings.logging, verbose=verbose)
-    engine = create_db_engine(settings.database)
-    alerts = Alerts(engine, settings, notifiers_from(settings.alerts))
-    runner = SyncRunner(engine, settings, after_run=[alerts.on_run])
-    return Core(settings=settings, engine=engine, sessions=make_session_factory(engine), runner=runner, alerts=alerts)

@@ -35,7 +35,7 @@ import msgspec
 from sqlalchemy import select
 
 from imaging_sync import apikeys
-from imaging_sync.bootstrap import Core, bootstrap
+from imaging_sync.core import Core
 from imaging_sync.config import (
     CONFIG_ENV,
     BucketConfig,
@@ -48,12 +48,14 @@ from imaging_sync.config import (
 from imaging_sync.config_toml import dumps
 from imaging_sync.db import migrate
 from imaging_sync.db.models import Instance, Series, Study, Subject
-from imaging_sync.services import run_services
 from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
 from devtools.dicom_files import dicom_file_for_item
 from devtools.factories import simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
 from storage import EmbeddedS3
+
+from app import assembly
+from app.services import run_services
 
 # Partner C speaks another vocabulary: lower-case sex letters and "<modality>-scan".
 C_VOCABULARY = {
@@ -115,8 +117,9 @@ def run_demo(base: Settings, *, studies: int, workdir: Path, api_port: int, dico
         files = _prepare_partners(sim_b, sim_c, s3, overlap=max(1, studies // 5))
         echo(f"uploaded {files} real DICOM files to buckets {', '.join(BUCKETS)} (regions {', '.join(BUCKETS.values())})")
         config_path = _write_config(_settings(base, workdir, sim_b.base_url, sim_c.base_url, s3.endpoint_url, api_port, dicom_port), workdir)
-        core = bootstrap(load_settings(config_path, {k: v for k, v in os.environ.items() if k != CONFIG_ENV}))  # exactly what the CLI will read
-        try:
+        settings = load_settings(config_path, {k: v for k, v in os.environ.items() if k != CONFIG_ENV})  # exactly what the CLI will read
+        with assembly.open_process(settings, require_schema=False) as process:
+            core = process.core
             migrate.upgrade(core.engine)
             for result in core.runner.sync_all(trigger="demo"):
                 echo("  " + result.summary().splitlines()[0])
@@ -125,11 +128,8 @@ def run_demo(base: Settings, *, studies: int, workdir: Path, api_port: int, dico
                  f"  export {CONFIG_ENV}={config_path}\n")
             _echo_keys(keys, workdir / KEYS_FILE, echo)
             echo(_outbox_line(core.settings))
-            if not serve:
-                return
-            _serve(core, keys, workdir / KEYS_FILE, echo)
-        finally:
-            core.close()
+            if serve:
+                _serve(process, workdir / KEYS_FILE, echo)
 
 
 # -- the work dir and the ports ---------------------------------------------------------------
@@ -343,19 +343,16 @@ def _to_c_vocabulary(item: dict[str, Any]) -> dict[str, Any]:
 # -- serving ------------------------------------------------------------------------------------
 
 
-def _serve(core: Core, keys: dict[str, str], keys_file: Path, echo: Callable[[str], None]) -> None:
-    from api.service import ApiService
-    from dicom.service import DicomService
-    from jobs.service import SchedulerService
-
-    api, node, scheduler = ApiService(core), DicomService(core), SchedulerService(core)
+def _serve(process: assembly.Process, keys_file: Path, echo: Callable[[str], None]) -> None:
+    """The all-in-one services over the demo's process, with the commands to try once they run."""
+    settings = process.settings
 
     def echo_and_hint(line: str) -> None:
         echo(line)
         if line.startswith("running"):
-            echo(try_lines(core, f"http://127.0.0.1:{api.port}/api/v1", core.settings.dicom.port, keys_file))
+            echo(try_lines(process.core, f"http://127.0.0.1:{settings.api.port}/api/v1", settings.dicom.port, keys_file))
 
-    run_services(core, [api, node, scheduler], echo=echo_and_hint)
+    run_services(assembly.all_in_one(process), echo=echo_and_hint)
 
 
 def try_lines(core: Core, base: str, dicom_port: int, keys_file: Path) -> str:
