@@ -21,24 +21,49 @@ from typing import Any
 from sqlalchemy import Engine
 
 from dicom import statuses
+from dicom.limits import restart_idle_timer
 from dicom.retrieve import Tally
-from imaging_sync.audit import AuditEvent, record_now
+from dicom.session import session
+from imaging_sync.audit import AuditEvent, describe_failure, record_now
+from imaging_sync.errors import AuditUnavailableError
 
 log = logging.getLogger("dicom.operations")
 
+# Refusals by policy or limit (not authorised, unknown destination, over a limit): outcome ``denied``.
+DENIED = frozenset({statuses.NOT_AUTHORIZED, statuses.MOVE_DESTINATION_UNKNOWN, statuses.OUT_OF_RESOURCES, statuses.OUT_OF_RESOURCES_MATCHES})
+
 
 def association_id(assoc: Any) -> str:
-    ident = getattr(assoc, "_isync_id", None)
-    if ident is None:
-        ident = f"{id(assoc) & 0xFFFFFF:06x}"
-        assoc._isync_id = ident
-    return ident
+    return session(assoc).id
 
 
 def peer(assoc: Any) -> tuple[str, str]:
-    """(calling AE title, peer address) of an association we accepted."""
+    """(calling AE title, peer address) of an association we accepted (known from its A-ASSOCIATE-RQ on)."""
+    state = session(assoc)
+    if state.calling_ae or state.address:
+        return state.calling_ae, state.address
     requestor = assoc.requestor
-    return str(requestor.ae_title).strip(), str(requestor.address)
+    return str(requestor.ae_title or "").strip(), str(requestor.address or "")
+
+
+def record_refusal(
+    engine: Engine, assoc: Any, action: str, *, status: int | None = None, detail: dict[str, Any] | None = None, query: dict[str, Any] | None = None
+) -> None:
+    """Audit a refusal that disclosed nothing (an association rejected or aborted for a limit, a C-ECHO not granted).
+
+    Outcome ``denied``, actor the calling AE (as sent; the audit log escapes
+    what it cannot store), ``detail.reason`` why. The refusal stands whether
+    or not the row can be written; a row that cannot is logged without values.
+    """
+    calling_ae, address = peer(assoc)
+    event = AuditEvent(
+        channel="dicom", actor=calling_ae, action=action, outcome="denied", client_addr=address or None, status=status, query=query,
+        detail={"association": association_id(assoc), **(detail or {})},
+    )
+    try:
+        record_now(engine, event)
+    except AuditUnavailableError as exc:
+        log.error("the refusal (%s, association %s) could not be audited: %s", action, association_id(assoc), describe_failure(exc))
 
 
 @dataclass
@@ -83,7 +108,9 @@ class Operation:
             return "error"
         if status in (statuses.SUCCESS, statuses.WARNING_SUBOPERATIONS_FAILED, statuses.CANCEL):
             return "success"
-        return "error"  # the DICOM status (A900, A801, …) says which
+        if status in DENIED:
+            return "denied"
+        return "error"  # the DICOM status (A900, C001, …) says which
 
 
 def audited(action: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]]:
@@ -105,6 +132,7 @@ def audited(action: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..
                 log.exception("%s failed in the handler (association %s)", action, op.association)
                 raise
             finally:
+                restart_idle_timer(event.assoc)
                 _finish(op, services.engine, interrupted)
 
         return run

@@ -41,3 +41,19 @@ class UnknownDestinationError(QueryRetrieveError):
     """C-MOVE to an AE title not in ``[dicom.destinations]`` (PS3.4 C.4.2.1.5: 0xA801)."""
 
     status = 0xA801
+
+
+class LimitExceededError(QueryRetrieveError):
+    """A request over a limit of ``[dicom]`` (its size, the values of one key): refused as out of resources,
+    A700 for C-FIND (PS3.4 C.4.1.1.4), A701 for C-MOVE and C-GET (C.4.2.1.5, C.4.3.1.4: unable to calculate
+    the number of matches, which we will not try)."""
+
+    status = 0xA700
+    retrieve_status = 0xA701
+
+
+class NotAuthorizedError(QueryRetrieveError):
+    """A listed calling AE asking an operation ``[dicom.peers]`` did not grant it: 0124, Refused: Not Authorized
+    (PS3.7 C.5, a status of every DIMSE service)."""
+
+    status = 0x0124

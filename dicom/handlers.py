@@ -8,24 +8,29 @@ rule is implemented.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import build_context, sop_class
 from sqlalchemy import Engine
 
 from dicom import statuses
-from dicom.auditing import Operation, association_id, audited, peer
-from dicom.errors import IdentifierMismatchError, UnknownDestinationError
+from dicom.access import ADMISSION_FAILED, AccessPolicy
+from dicom.auditing import Operation, audited, peer, record_refusal
+from dicom.errors import LimitExceededError, NotAuthorizedError, UnknownDestinationError
 from dicom.find import Finder
 from dicom.identifiers import Model, parse
+from dicom.limits import Limits, guard_reads, oversized, watch_request
 from dicom.retrieve import Retriever, Tally, presentation_contexts
 from dicom.sending import use_stored_encoding
-from imaging_sync.config import DicomDestination
+from dicom.session import session
+from imaging_sync.config import DicomConfig, DicomOperation
 
 log = logging.getLogger("dicom.associations")
 
@@ -50,42 +55,122 @@ class Services:
     engine: Engine
     finder: Finder
     retriever: Retriever
-    destinations: Mapping[str, DicomDestination]
-    max_pdu: int = 0
+    config: DicomConfig
+    access: AccessPolicy
+    limits: Limits
+
+    @property
+    def max_pdu(self) -> int:
+        return self.config.max_pdu_bytes
 
 
 # -- association events --------------------------------------------------------------
 
 
-def handle_connection_open(event: Any) -> None:
+def _no_delay(assoc: Any) -> Any:
     """No Nagle delay: pynetdicom writes a DIMSE message's command and data set as separate PDUs,
     and a peer's delayed ACK would hold the second back ~40 ms per response or sub-operation."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def handle_outgoing_connection_open(event: Any) -> None:
+    """The association we open for a C-MOVE's sub-operations (dicom.server.QueryRetrieveAE.associate)."""
+    _no_delay(event.assoc)
+
+
+def handle_connection_open(event: Any, services: Services) -> None:
+    """A peer connected, before it sends anything: no Nagle delay, every read bounded (dicom.limits), and a
+    socket timeout so a peer that stops reading or stops mid-PDU cannot hold a thread for ever (pynetdicom's
+    accepted sockets block without one; a send or read that makes no progress for ``idle_timeout_seconds``
+    now ends the connection)."""
+    session(event.assoc)  # created here, before the association's own threads start
+    sock = _no_delay(event.assoc)
+    if sock is not None:
+        sock.settimeout(services.config.idle_timeout_seconds)
+    guard_reads(event.assoc, services.limits, functools.partial(_refused_by_limit, services))
+
+
+def handle_requested(event: Any, services: Services) -> None:
+    """An A-ASSOCIATE-RQ arrived: admit it, or reject it before anything is negotiated (dicom.access).
+
+    The refusal is audited first (outcome ``denied``: when the peer reads the
+    rejection, the row exists), then rejected the way pynetdicom documents for
+    EVT_REQUESTED: send the A-ASSOCIATE-RJ and end the association as its ACSE
+    does for its own rejections. Any error deciding is a rejection too.
+    """
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    state = session(assoc)
+    state.calling_ae = str(request.calling_ae_title or "").strip()
+    state.address = str(assoc.requestor.address)
+    try:
+        refusal = services.access.admit(assoc, state.calling_ae, state.address)
+    except Exception:  # fail closed: pynetdicom would log a notification handler's error and go on to accept
+        log.exception("association %s: admission failed; rejected", state.id)
+        refusal = ADMISSION_FAILED
+    if refusal is None:
+        state.admitted = True
+        return
+    log.warning("association %s from calling AE %s at %s rejected: %s", state.id, state.calling_ae, state.address, refusal.reason.replace("_", " "))
+    record_refusal(services.engine, assoc, "associate", detail={**refusal.detail, "called_ae": str(request.called_ae_title or "").strip()})
+    assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
+    assoc.kill()
+
+
+def handle_pdu_received(event: Any, services: Services) -> None:
+    watch_request(event.assoc, event.pdu, services.limits, functools.partial(_refused_by_limit, services))
+
+
+def _refused_by_limit(services: Services, assoc: Any, reason: str, detail: dict[str, Any]) -> None:
+    record_refusal(services.engine, assoc, "associate" if not session(assoc).admitted else "association", detail={"reason": reason, **detail})
 
 
 def handle_established(event: Any) -> None:
     calling, addr = peer(event.assoc)
-    log.info("association %s established: calling AE %s from %s", association_id(event.assoc), calling, addr)
+    log.info("association %s established: calling AE %s from %s", session(event.assoc).id, calling, addr)
 
 
-def handle_released(event: Any) -> None:
-    log.info("association %s released", association_id(event.assoc))
+def handle_released(event: Any, services: Services) -> None:
+    services.access.ended(event.assoc)
+    log.info("association %s released", session(event.assoc).id)
 
 
-def handle_aborted(event: Any) -> None:
-    log.warning("association %s aborted", association_id(event.assoc))
+def handle_aborted(event: Any, services: Services) -> None:
+    """Aborted by the peer, or by us: an association idle for ``idle_timeout_seconds`` (pynetdicom's network
+    timeout) is aborted by pynetdicom's reactor, and that is a limit enforced on the peer: audited."""
+    assoc = event.assoc
+    services.access.ended(assoc)
+    if session(assoc).admitted and assoc.dul.idle_timer_expired():
+        log.warning("association %s aborted: idle for %.0f s", session(assoc).id, services.config.idle_timeout_seconds)
+        record_refusal(services.engine, assoc, "association", detail={"reason": "idle_timeout", "limit": services.config.idle_timeout_seconds})
+    else:
+        log.warning("association %s aborted", session(assoc).id)
 
 
-def handle_rejected(event: Any) -> None:
-    calling, addr = peer(event.assoc)
-    log.warning("association from calling AE %s at %s rejected", calling, addr)
+def handle_connection_closed(event: Any, services: Services) -> None:
+    services.access.ended(event.assoc)
 
 
-def handle_echo(event: Any) -> int:
-    """Verification (PS3.4 A.4): always success."""
-    return statuses.SUCCESS
+def handle_rejected(event: Any, services: Services) -> None:
+    """pynetdicom rejected an association we had admitted (its own limit on connections, set in dicom.server)."""
+    assoc = event.assoc
+    services.access.ended(assoc)
+    calling, addr = peer(assoc)
+    log.warning("association %s from calling AE %s at %s rejected by pynetdicom: too many connections", session(assoc).id, calling, addr)
+    record_refusal(services.engine, assoc, "associate", detail={"reason": "connection_limit", "result": 2, "source": 3, "diagnostic": 2})
+
+
+def handle_echo(event: Any, services: Services) -> int:
+    """Verification (PS3.4 A.4): success for a peer granted ``echo``; else 0124, not authorised, audited."""
+    calling, _ = peer(event.assoc)
+    if services.access.may(calling, "echo"):
+        return statuses.SUCCESS
+    log.warning("association %s: C-ECHO refused, calling AE %s is not granted echo", session(event.assoc).id, calling)
+    record_refusal(services.engine, event.assoc, "c-echo", status=statuses.NOT_AUTHORIZED, detail={"reason": "operation_not_granted"})
+    return statuses.NOT_AUTHORIZED
 
 
 def handle_sop_extended(event: Any) -> dict[str, bytes]:
@@ -109,20 +194,40 @@ def _combined_datetime(event: Any) -> bool:
 # -- C-FIND ----------------------------------------------------------------------------
 
 
+def _refusal(event: Any, services: Services, op: Operation, operation: DicomOperation, *, retrieve: bool) -> Dataset | None:
+    """The failure status a request gets before anything is looked up, or None: the calling AE was not granted
+    ``operation`` (0124, dicom.access), or its identifier was over ``dicom.max_identifier_bytes`` (A700/A701,
+    dicom.limits; then it is not even decoded). The audit row names the identifier of a refused request."""
+    size = oversized(event.assoc, event.request, services.limits)
+    if size is not None:
+        op.query = {"identifier": "not decoded", "bytes": size}
+        return op.fail(statuses.failure_for(LimitExceededError(f"identifier over {services.limits.max_identifier} bytes"), retrieve=retrieve))
+    if services.access.may(op.calling_ae, operation):
+        return None
+    log.warning("association %s: %s refused, calling AE %s is not granted %s", op.association, op.action, op.calling_ae, operation)
+    try:
+        request = parse(event.identifier, op.model or "STUDY", retrieve=retrieve, max_values=services.limits.max_values)
+        op.level, op.query = request.level, request.audit_keys
+    except Exception:  # refused anyway; the row says what could be read
+        op.query = {"identifier": "not decoded"}
+    return op.fail(statuses.failure_for(NotAuthorizedError(f"calling AE not granted {operation}")))
+
+
 @audited("c-find")
 def handle_find(event: Any, services: Services, op: Operation) -> Iterator[Any]:
     """C-FIND SCP (PS3.4 C.4.1.3.1): one pending response per match, cancel honoured between matches."""
     op.model = FIND_MODELS[event.request.AffectedSOPClassUID]
+    refused = _refusal(event, services, op, "find", retrieve=False)
+    if refused is not None:
+        yield refused, None
+        return
     try:
         identifier = event.identifier
     except Exception:
         yield op.fail(statuses.status_dataset(statuses.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "identifier cannot be decoded")), None
         return
     try:
-        request = parse(identifier, op.model)
-    except IdentifierMismatchError as exc:
-        yield op.fail(statuses.failure_for(exc)), None
-        return
+        request = parse(identifier, op.model, max_values=services.limits.max_values)
     except Exception as exc:
         yield op.fail(statuses.failure_for(exc)), None
         return
@@ -161,7 +266,7 @@ def _wait_for_the_peer(assoc: Any) -> None:
 def _retrieve(event: Any, services: Services, op: Operation, model: Model) -> Iterator[Any]:
     """The sub-operations shared by C-MOVE and C-GET: resolve, then yield each fetched file (PS3.4 C.4.2.3.1, C.4.3.3.1)."""
     op.model = model
-    request = parse(event.identifier, model, retrieve=True)
+    request = parse(event.identifier, model, retrieve=True, max_values=services.limits.max_values)
     op.level, op.query = request.level, request.audit_keys
     return services.retriever.sub_operations(request)  # type: ignore[return-value]
 
@@ -183,16 +288,26 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
     """C-MOVE SCP (PS3.4 C.4.2): sub-operations over a new association to a configured destination."""
     op.model = MOVE_MODELS[event.request.AffectedSOPClassUID]
     op.destination = str(event.move_destination or "").strip()
-    destination = services.destinations.get(op.destination)
+    destination = services.config.destination(op.destination)
     if destination is None:  # C.4.2.1.5: Refused, Move Destination unknown
         op.fail(statuses.failure_for(UnknownDestinationError("move destination not configured")))
         yield None, None
+        return
+    refused = _refusal(event, services, op, "move", retrieve=True)
+    if refused is not None:
+        # pynetdicom's C-MOVE loop sends no status but A801 before it has associated with the destination:
+        # the destination sees an association that carries nothing, then the requester gets the refusal.
+        # Should the destination not answer, pynetdicom sends A801 and never asks for the count: so recorded.
+        op.fail(statuses.failure_for(UnknownDestinationError("move destination did not accept the association")))
+        yield destination.host, destination.port, {"contexts": [build_context(sop_class.Verification)], "max_pdu": services.max_pdu}
+        yield 1
+        yield op.fail(refused), None
         return
     try:
         subs = list(_retrieve(event, services, op, op.model))
         failure = None
     except Exception as exc:
-        subs, failure = [], statuses.failure_for(exc)
+        subs, failure = [], statuses.failure_for(exc, retrieve=True)
     # Propose what is actually sent; a refused request still needs one context to associate.
     contexts = presentation_contexts(subs) or [build_context(sop_class.Verification)]
     kwargs: dict[str, Any] = {"contexts": contexts, "max_pdu": services.max_pdu}
@@ -210,11 +325,17 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
 def handle_get(event: Any, services: Services, op: Operation) -> Iterator[Any]:
     """C-GET SCP (PS3.4 C.4.3): sub-operations on the requester's own association, which must have
     proposed the storage contexts with the SCP role (PS3.4 C.4.3.3.1, PS3.7 D.3.3.4)."""
+    op.model = GET_MODELS[event.request.AffectedSOPClassUID]
+    refused = _refusal(event, services, op, "get", retrieve=True)
+    if refused is not None:
+        yield 1  # pynetdicom wants the sub-operation count before any status
+        yield refused, None
+        return
     try:
         subs = list(_retrieve(event, services, op, GET_MODELS[event.request.AffectedSOPClassUID]))
     except Exception as exc:
         yield 1
-        yield op.fail(statuses.failure_for(exc)), None
+        yield op.fail(statuses.failure_for(exc, retrieve=True)), None
         return
     use_stored_encoding(event.assoc)
     yield len(subs)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicom.errors import IdentifierMismatchError, InvalidKeyValueError
+from dicom.errors import IdentifierMismatchError, InvalidKeyValueError, LimitExceededError
 from dicom.keys import KEYS, LEVELS, NOT_KEYS, UNIQUE_KEY, Key, Level, key_level, level_rank
 
 Model = Literal["PATIENT", "STUDY"]  # Patient Root or Study Root information model
@@ -84,12 +84,18 @@ def _single_uid_or_id(request: QueryRequest, keyword: str, *, required: bool) ->
         raise IdentifierMismatchError(f"{keyword} must be a single value above the query level", tag)
 
 
-def parse(identifier: Dataset, model: Model, *, retrieve: bool = False) -> QueryRequest:
-    """The request an identifier makes, or IdentifierMismatchError / InvalidKeyValueError.
+# Values one key may list when the caller does not say (dicom.max_values_per_key is the node's setting).
+MAX_VALUES_PER_KEY = 4096
+
+
+def parse(identifier: Dataset, model: Model, *, retrieve: bool = False, max_values: int = MAX_VALUES_PER_KEY) -> QueryRequest:
+    """The request an identifier makes, or IdentifierMismatchError / InvalidKeyValueError / LimitExceededError.
 
     For C-FIND every element but the level and the character set is a key to
     return; those with a value are also matched. For C-MOVE/C-GET only the
     unique keys count (C.4.2.2.1), and the requested level's key is required.
+    A key listing more than ``max_values`` values is refused before anything
+    is matched (a UID list is one SQL parameter per value).
     """
     level = _level(identifier, model)
     request = QueryRequest(model=model, level=level)
@@ -100,6 +106,8 @@ def parse(identifier: Dataset, model: Model, *, retrieve: bool = False) -> Query
         if elem.tag.group == 0x0002 or elem.tag.is_private or keyword in NOT_KEYS:
             continue
         values = values_of(elem)
+        if len(values) > max_values:
+            raise LimitExceededError(f"{keyword or 'an element'} lists {len(values)} values; at most {max_values}", int(elem.tag))
         if values:
             request.audit_keys[keyword or f"{int(elem.tag):08X}"] = values if len(values) > 1 else values[0]
         key = KEYS.get(keyword)

@@ -24,8 +24,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import Engine
 
 from dicom import handlers
+from dicom.access import AccessPolicy
 from dicom.find import Finder
 from dicom.handlers import FIND_MODELS, GET_MODELS, MOVE_MODELS, Services
+from dicom.limits import Limits
 from dicom.sending import use_stored_encoding
 from imaging_sync.config import DicomConfig
 from storage import ObjectReader
@@ -52,7 +54,7 @@ class QueryRetrieveAE(AE):
     """Our AE: each association it opens (the C-MOVE sub-operations' one) sends stored files as they are."""
 
     def associate(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["evt_handlers"] = [*(kwargs.get("evt_handlers") or []), (evt.EVT_CONN_OPEN, handlers.handle_connection_open)]
+        kwargs["evt_handlers"] = [*(kwargs.get("evt_handlers") or []), (evt.EVT_CONN_OPEN, handlers.handle_outgoing_connection_open)]
         assoc = super().associate(*args, **kwargs)
         use_stored_encoding(assoc)
         return assoc
@@ -70,22 +72,31 @@ def build_services(
         retriever=Retriever(
             engine, reader, fetch_concurrency=config.fetch_concurrency, spool_dir=config.spool_dir, partner_priority=partner_priority
         ),
-        destinations=config.destinations,
-        max_pdu=config.max_pdu_bytes,
+        config=config,
+        access=AccessPolicy(config),
+        limits=Limits.of(config),
     )
+
+
+# Connections pynetdicom serves at once beyond the associations admitted (dicom.access counts those): peers
+# still to send their A-ASSOCIATE-RQ, or rejected ones closing. Each costs two threads; past this many,
+# pynetdicom itself rejects (local limit exceeded), and handlers.handle_rejected audits it.
+EXTRA_CONNECTIONS = 32
 
 
 def build_ae(config: DicomConfig) -> QueryRetrieveAE:
     ae = QueryRetrieveAE(ae_title=config.ae_title)
-    ae.maximum_associations = config.max_associations
-    ae.network_timeout = config.network_timeout_seconds
-    ae.acse_timeout = config.network_timeout_seconds
+    ae.maximum_associations = config.max_associations + EXTRA_CONNECTIONS
+    # Idle: the peer sends nothing between requests (pynetdicom aborts the association), or a new connection
+    # sends no A-ASSOCIATE-RQ (ACSE timeout). Our own waits for a peer's answer (C-STORE responses of a
+    # retrieve, a destination accepting us) keep the longer network timeout.
+    ae.network_timeout = config.idle_timeout_seconds
+    ae.acse_timeout = config.idle_timeout_seconds
     ae.dimse_timeout = config.network_timeout_seconds
     ae.connection_timeout = config.network_timeout_seconds
     ae.maximum_pdu_size = config.max_pdu_bytes
-    if config.allowed_calling_aets:
-        # An unknown caller is rejected at association time (A-ASSOCIATE-RJ, calling AE title not recognised).
-        ae.require_calling_aet = list(config.allowed_calling_aets)
+    # Who may associate is decided per request by dicom.access (handlers.handle_requested), not by
+    # pynetdicom's require_calling_aet, which cannot tie a title to addresses nor count per peer.
     ae.add_supported_context(sop_class.Verification)
     for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
         ae.add_supported_context(uid)
@@ -100,16 +111,19 @@ def build_ae(config: DicomConfig) -> QueryRetrieveAE:
 
 def bound_handlers(services: Services) -> list[Any]:
     return [
-        (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
-        (evt.EVT_C_ECHO, handlers.handle_echo),
+        (evt.EVT_CONN_OPEN, handlers.handle_connection_open, [services]),
+        (evt.EVT_REQUESTED, handlers.handle_requested, [services]),
+        (evt.EVT_PDU_RECV, handlers.handle_pdu_received, [services]),
+        (evt.EVT_C_ECHO, handlers.handle_echo, [services]),
         (evt.EVT_C_FIND, handlers.handle_find, [services]),
         (evt.EVT_C_MOVE, handlers.handle_move, [services]),
         (evt.EVT_C_GET, handlers.handle_get, [services]),
         (evt.EVT_SOP_EXTENDED, handlers.handle_sop_extended),
         (evt.EVT_ESTABLISHED, handlers.handle_established),
-        (evt.EVT_RELEASED, handlers.handle_released),
-        (evt.EVT_ABORTED, handlers.handle_aborted),
-        (evt.EVT_REJECTED, handlers.handle_rejected),
+        (evt.EVT_RELEASED, handlers.handle_released, [services]),
+        (evt.EVT_ABORTED, handlers.handle_aborted, [services]),
+        (evt.EVT_REJECTED, handlers.handle_rejected, [services]),
+        (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, [services]),
     ]
 
 
@@ -121,6 +135,10 @@ class DicomServer:
         self._services = services
         self.ae = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def services(self) -> Services:
+        return self._services
 
     @property
     def port(self) -> int:
@@ -135,10 +153,11 @@ class DicomServer:
         for cx in self._server.contexts:
             cx.__class__ = _SharedUIDContext
         log.info(
-            "DICOM node %s listening on %s:%d (%d destinations, calling-AE allowlist %s)",
-            self._config.ae_title, self._config.host, self.port, len(self._config.destinations),
-            "on" if self._config.allowed_calling_aets else "off",
+            "DICOM node %s listening on %s:%d (%d calling AEs listed, %d C-MOVE destinations)",
+            self._config.ae_title, self._config.host, self.port, len(self._config.peers), len(self._config.destinations),
         )
+        if not self._config.peers:
+            log.warning("no [dicom.peers] listed: every association will be rejected")
         return self.port
 
     def serve_forever(self) -> None:

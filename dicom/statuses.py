@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom.errors import QueryRetrieveError
+from dicom.errors import LimitExceededError, QueryRetrieveError
 
 SUCCESS = 0x0000
 # Pending: one more match follows (C-FIND) / sub-operations are continuing (C-MOVE, C-GET).
@@ -18,6 +18,10 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 # Sub-operations complete, one or more failures or warnings (C.4.2.1.5).
 WARNING_SUBOPERATIONS_FAILED = 0xB000
+# Refused: Not Authorized (PS3.7 C.5): the calling AE was not granted this operation ([dicom.peers]).
+NOT_AUTHORIZED = 0x0124
+# Refused: out of resources (C-FIND, C.4.1.1.4): a request over a limit of [dicom].
+OUT_OF_RESOURCES = 0xA700
 # Refused: out of resources – unable to calculate number of matches (C-MOVE/C-GET).
 OUT_OF_RESOURCES_MATCHES = 0xA701
 # Refused: out of resources – unable to perform sub-operations (every sub-operation failed).
@@ -36,6 +40,8 @@ NAMES = {
     SUCCESS: "success",
     PENDING: "pending",
     CANCEL: "cancel",
+    NOT_AUTHORIZED: "refused: not authorized",
+    OUT_OF_RESOURCES: "out of resources",
     WARNING_SUBOPERATIONS_FAILED: "warning: sub-operations failed",
     OUT_OF_RESOURCES_MATCHES: "out of resources: unable to calculate number of matches",
     OUT_OF_RESOURCES_SUBOPERATIONS: "out of resources: unable to perform sub-operations",
@@ -63,14 +69,15 @@ def status_dataset(status: int, comment: str | None = None, offending: list[int]
     return ds
 
 
-def failure_for(exc: BaseException) -> Dataset:
-    """The failure status an exception means, once for every handler.
+def failure_for(exc: BaseException, *, retrieve: bool = False) -> Dataset:
+    """The failure status an exception means, once for every handler (``retrieve``: for C-MOVE or C-GET).
 
     Error comments are built from our messages, which name keys and reasons,
     never the values a caller sent (they may be patient names or IDs).
     """
     if isinstance(exc, QueryRetrieveError):
-        return status_dataset(exc.status, exc.comment, [exc.tag] if exc.tag is not None else None)
+        status = exc.retrieve_status if retrieve and isinstance(exc, LimitExceededError) else exc.status
+        return status_dataset(status, exc.comment, [exc.tag] if exc.tag is not None else None)
     if isinstance(exc, SQLAlchemyError):
         return status_dataset(UNABLE_TO_PROCESS_DATABASE, "the index could not be read")
     return status_dataset(UNABLE_TO_PROCESS, f"internal error ({type(exc).__name__})")

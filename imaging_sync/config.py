@@ -21,6 +21,7 @@ named by its config key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -28,7 +29,8 @@ import tomllib
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -320,27 +322,104 @@ class DicomDestination(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: Annotated[int, doc("The destination's port.", example=104, ge=1, le=65535)]
 
 
+DicomOperation = Literal["echo", "find", "move", "get"]
+DICOM_OPERATIONS: tuple[DicomOperation, ...] = ("echo", "find", "move", "get")
+
+
+def ae_title_key(title: str) -> str:
+    """How calling and destination AE titles are compared: without padding, ignoring case.
+
+    Orthanc's default (``StrictAetComparison = false``), and what lets an
+    environment override name a peer (``IMAGING_SYNC__DICOM__PEERS__PACS__…``
+    creates the key ``pacs``). An AE title is no credential: the addresses a
+    peer may come from are what tie it to its hosts.
+    """
+    return title.strip().upper()
+
+
+class DicomPeer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A calling AE the node serves ([dicom.peers.AE_TITLE]): the operations it may use and where it may come from.
+
+    No other calling AE is served: its association is rejected (A-ASSOCIATE-RJ,
+    calling AE title not recognised) and the refusal audited.
+    """
+
+    operations: Annotated[
+        list[DicomOperation],
+        doc("What this AE may ask: echo (C-ECHO), find (C-FIND), move (C-MOVE, to [dicom.destinations] only), get (C-GET: files go "
+            "to the caller itself, so grant it only to AEs that may hold the images). Any other request is refused (0124, not authorised) and audited.",
+            example=["echo", "find", "move"]),
+    ]
+    addresses: Annotated[
+        list[str],
+        doc("IP addresses or networks (CIDR) this AE may associate from; empty: any address. From anywhere else it is rejected like an "
+            "unknown AE. Host names are not accepted (an ACL must not depend on DNS).", example=["10.1.2.3", "10.9.0.0/16"]),
+    ] = []
+
+    def __post_init__(self) -> None:
+        if not self.operations:
+            raise ValueError("operations: list at least one of " + ", ".join(DICOM_OPERATIONS))
+        for address in self.addresses:
+            try:
+                ipaddress.ip_network(address.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"addresses: {address!r} is not an IP address or network (such as 10.1.2.3 or 10.9.0.0/16)") from None
+
+
 class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The DICOM Query/Retrieve node (PS3.4 Annex C), `imaging-sync serve dicom`."""
+    """The DICOM Query/Retrieve node (PS3.4 Annex C), `imaging-sync serve dicom`.
+
+    Deny by default: only the calling AEs listed in ``[dicom.peers]`` are
+    served, each with its own operations and addresses; the limits below bound
+    what any one peer, listed or not, can make the node hold.
+    """
 
     ae_title: Annotated[str, doc("The node's own AE title.", min_length=1, max_length=16)] = "IMAGING_SYNC"
     host: Annotated[str, doc("Address to listen on (0.0.0.0: every interface).", example="0.0.0.0")] = "127.0.0.1"
     port: Annotated[int, doc("Port to listen on.", ge=0, le=65535)] = 11112
-    allowed_calling_aets: Annotated[list[str], doc("Empty: any calling AE may associate; otherwise only these.", example=["HOSPITAL_PACS", "VIEWER_WS1"])] = []
+    peers: Annotated[
+        dict[str, DicomPeer],
+        doc("The calling AEs served, by AE title (compared ignoring case); every other caller is rejected at association and audited. "
+            "Empty: the node serves nobody.",
+            example={"HOSPITAL_PACS": {"operations": ["echo", "find", "move"], "addresses": ["10.1.2.3"]},
+                     "RESEARCH_WS": {"operations": ["echo", "find", "get"], "addresses": ["10.9.0.0/16"]},
+                     "ISYNC_DOCTOR": {"operations": ["echo"], "addresses": ["127.0.0.1"]}}),
+    ] = {}
     destinations: Annotated[
         dict[str, DicomDestination],
-        doc("C-MOVE destinations by AE title; any other destination is refused (A801).", example={"HOSPITAL_PACS": {"host": "pacs.hospital.example", "port": 104}}),
+        doc("C-MOVE destinations by AE title (compared ignoring case); any other destination is refused (A801).",
+            example={"HOSPITAL_PACS": {"host": "pacs.hospital.example", "port": 104}}),
     ] = {}
-    max_associations: Annotated[int, doc("Associations served at once.", ge=1, le=1000)] = 32
+    max_associations: Annotated[int, doc("Associations served at once, all peers together; one more is rejected (A-ASSOCIATE-RJ, local limit exceeded).", ge=1, le=1000)] = 32
+    max_associations_per_peer: Annotated[
+        int, doc("Associations one calling AE may hold at once; one more is rejected like the total limit, so one peer cannot lock the others out.", ge=1, le=1000)
+    ] = 8
+    idle_timeout_seconds: Annotated[
+        float,
+        doc("An association on which the peer sends nothing for this long between requests is aborted; it is also the longest a request "
+            "may take to arrive in full (command and identifier), and a new connection's wait for its A-ASSOCIATE-RQ.", gt=0),
+    ] = 20.0
+    network_timeout_seconds: Annotated[
+        float, doc("Seconds we wait for a peer's answer while we are the one asking: a C-STORE response during C-MOVE/C-GET, a destination accepting our association.", gt=0)
+    ] = 60.0
+    max_identifier_bytes: Annotated[
+        int, doc("Largest request data set (identifier) accepted; a larger one is not kept in memory and the request is refused (A700/A701, out of resources).",
+                 ge=4096, le=2**31 - 1)
+    ] = 1_048_576
+    max_values_per_key: Annotated[
+        int, doc("Most values one matching key may list (a UID list, say); more are refused (A700/A701, out of resources) and audited.", ge=1, le=30_000)
+    ] = 4096
     fetch_concurrency: Annotated[int, doc("Objects fetched from S3 at once during a C-MOVE or C-GET.", ge=1, le=64)] = 8
-    network_timeout_seconds: Annotated[float, doc("Seconds a peer may stay silent before the association is aborted.", gt=0)] = 60.0
     spool_dir: Annotated[
         str | None,
-        doc("Where C-MOVE/C-GET spool each fetched object (at most fetch_concurrency files per retrieve at once, deleted once sent); unset: the system temporary directory.",
+        doc("Where C-MOVE/C-GET spool each fetched object, in a folder of the node's own (imaging-sync-dicom-PORT), at most fetch_concurrency files "
+            "per retrieve at once, each deleted once sent or when the transfer ends; what a killed node left is swept at its next start. "
+            "Unset: the system temporary directory.",
             example="/var/lib/imaging-sync/spool"),
     ] = None
     max_pdu_bytes: Annotated[
-        int, doc("Largest PDU received and sent (PS3.8 9.3.1; 0 = unlimited). 16 KiB is the common default; larger PDUs mean fewer round trips for big files.", ge=0, le=2**32 - 1)
+        int, doc("Largest PDU received and sent (PS3.8 9.3.1; 0 = unlimited). 16 KiB is the common default; larger PDUs mean fewer round trips for big files. "
+                 "A peer sending a longer one is aborted.", ge=0, le=2**32 - 1)
     ] = 262_144
 
     def __post_init__(self) -> None:
@@ -348,9 +427,41 @@ class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError("max_pdu_bytes: 0 (unlimited) or at least 4096")
         if self.spool_dir is not None and not Path(self.spool_dir).is_dir():
             raise ValueError(f"spool_dir: {self.spool_dir!r} is not a directory")
-        for title in [self.ae_title, *self.allowed_calling_aets, *self.destinations]:
-            if not title.strip() or len(title) > 16 or "\\" in title or any(ord(c) < 32 for c in title):
-                raise ValueError(f"ae_title: {title!r} is not a valid AE title (1-16 characters, no backslash or control characters)")
+        for key, titles in (("ae_title", [self.ae_title]), ("peers", list(self.peers)), ("destinations", list(self.destinations))):
+            seen: dict[str, str] = {}
+            for title in titles:
+                if not title.strip() or len(title) > 16 or "\\" in title or any(ord(c) < 32 for c in title):
+                    raise ValueError(f"{key}: {title!r} is not a valid AE title (1-16 characters, no backslash or control characters)")
+                if ae_title_key(title) in seen:
+                    raise ValueError(f"{key}: {seen[ae_title_key(title)]!r} and {title!r} are the same AE title (AE titles are compared ignoring case)")
+                seen[ae_title_key(title)] = title
+
+    def peer(self, calling_ae: str) -> DicomPeer | None:
+        """The ``[dicom.peers]`` entry of a calling AE title, or None: it is not served."""
+        return _by_ae_title(self.peers, calling_ae)
+
+    def destination(self, ae_title: str) -> DicomDestination | None:
+        """The ``[dicom.destinations]`` entry of a C-MOVE destination, or None: refused (A801)."""
+        return _by_ae_title(self.destinations, ae_title)
+
+    def with_local_peers(self, operations: Mapping[str, Sequence[DicomOperation]]) -> DicomConfig:
+        """These settings plus peers that may only come from this machine (loopback), for the demo and tests.
+
+        ``{"FINDSCU": ["echo", "find"], "ISYNC_DOCTOR": ["echo"]}`` lets DCMTK's
+        findscu (its default calling AE) and ``imaging-sync doctor`` in from
+        127.0.0.1 and ::1. An AE the settings already list keeps its entry.
+        """
+        added = {title: DicomPeer(operations=list(ops), addresses=list(LOOPBACK)) for title, ops in operations.items() if self.peer(title) is None}
+        return msgspec.structs.replace(self, peers={**self.peers, **added})
+
+
+LOOPBACK = ("127.0.0.1", "::1")
+_T = TypeVar("_T")
+
+
+def _by_ae_title(entries: Mapping[str, _T], title: str) -> _T | None:
+    wanted = ae_title_key(title)
+    return next((value for key, value in entries.items() if ae_title_key(key) == wanted), None)
 
 
 class JobsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -500,6 +611,8 @@ def load_settings(
     env_keys = _apply_env_overrides(raw, environ)
     if env_keys:
         source += f" + environment ({len(env_keys)} overrides)"
+    _check_retired_keys(raw)
+    _check_ae_title_tables(raw)
     settings = _convert(raw, source)
     _check_database_url(settings, env_keys)
     _check_jobs_urls(settings, env_keys)
@@ -727,6 +840,40 @@ def _config_error(exc: msgspec.ValidationError, prefix: str) -> ConfigError:
     if unknown:
         path, reason = ".".join(p for p in (path, unknown.group(1)) if p), "unknown key"
     return ConfigError(".".join(p for p in (prefix, path) if p) or "(root)", reason)
+
+
+def _check_retired_keys(raw: Mapping[str, Any]) -> None:
+    """Keys whose meaning changed so much that a config still using them must not start: each error says what to write instead."""
+    dicom = raw.get("dicom")
+    if not isinstance(dicom, Mapping) or "allowed_calling_aets" not in dicom:
+        return
+    old = dicom["allowed_calling_aets"]
+    titles = [t.strip() for t in (old.split(",") if isinstance(old, str) else old if isinstance(old, list) else []) if isinstance(t, str) and t.strip()]
+    was = (f"it listed {', '.join(titles)}" if titles else "it was empty, which let any calling AE in")
+    sections = " ".join(f'[dicom.peers.{t}] operations = ["echo", "find", "move"]' for t in titles[:8]) or '[dicom.peers.HOSPITAL_PACS] operations = ["echo", "find", "move"]'
+    raise ConfigError(
+        "dicom.allowed_calling_aets",
+        f"no longer exists ({was}): no calling AE is served unless it has its own [dicom.peers.AE_TITLE] section naming the operations "
+        f"it may use (echo, find, move, get) and, optionally, the addresses it may come from. Write instead: {sections} "
+        '(add "get" only for AEs that may retrieve with C-GET, and addresses = ["10.1.2.3"] to tie a title to its hosts; '
+        "from the environment: IMAGING_SYNC__DICOM__PEERS__AE_TITLE__OPERATIONS=echo,find,move)",
+    )
+
+
+def _check_ae_title_tables(raw: Mapping[str, Any]) -> None:
+    """Each [dicom.peers.X] and [dicom.destinations.X] on its own first, so an error names the AE title (msgspec says ``[...]``)."""
+    dicom = raw.get("dicom")
+    if not isinstance(dicom, Mapping):
+        return
+    for table, kind in (("peers", DicomPeer), ("destinations", DicomDestination)):
+        entries = dicom.get(table)
+        if not isinstance(entries, Mapping):
+            continue
+        for title, body in entries.items():
+            try:
+                msgspec.convert(body, kind, strict=False)
+            except msgspec.ValidationError as exc:
+                raise _config_error(exc, f"dicom.{table}.{title}") from None
 
 
 def _check_partner_buckets(settings: Settings) -> None:

@@ -263,12 +263,21 @@ class Node:
         return "127.0.0.1", self.port
 
 
+# The calling AEs the tests use, each granted everything from this machine (the node serves nobody unlisted).
+# DCMTK's tools call themselves ECHOSCU, FINDSCU, MOVESCU and GETSCU unless told otherwise.
+TEST_PEERS = ("TEST_SCU", "AUDITED_SCU", "GET_SCU", "ECHOSCU", "FINDSCU", "MOVESCU", "GETSCU", "SCU_P001", "SCU_P002", "SCU_P003", "SCU_P%5_")
+ALL_OPERATIONS = ["echo", "find", "move", "get"]
+
+
 def start_node(engine: Engine, files: Files, **overrides: Any) -> Node:
+    """The node over ``engine`` on a free port; ``overrides`` replace [dicom] keys (``peers`` replaces TEST_PEERS)."""
     ports = {"STORESCP": free_port(), "PYSTORE": free_port()}
     config = DicomConfig(
         ae_title=NODE_AE, host="127.0.0.1", port=0, network_timeout_seconds=10,
         destinations={ae: DicomDestination(host="127.0.0.1", port=p) for ae, p in ports.items()}, fetch_concurrency=3,
     )
+    if "peers" not in overrides:
+        config = config.with_local_peers({ae: ALL_OPERATIONS for ae in TEST_PEERS})
     config = msgspec.structs.replace(config, **overrides) if overrides else config
     services = build_services(config, engine, ObjectReader(files.s3.registry()), partner_priority={"b": 10, "c": 5})
     server = DicomServer(config, services)

@@ -14,6 +14,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine, insert, select
 
 from dicom_fixtures import NODE_AE, SUBJECTS, Files, Node, run_tool, start_node
+from imaging_sync.config import DicomPeer
 from imaging_sync.db.models import AuditEntry, Study, Subject
 from imaging_sync.ids import new_id
 from scu import find, identifier, values
@@ -25,7 +26,7 @@ def test_echo_with_dcmtk_echoscu(sqlite_node: Node, dcmtk: Path) -> None:
 
 
 def test_an_unknown_calling_ae_is_rejected_at_association_time(sqlite_engine: Engine, files: Files) -> None:
-    node = start_node(sqlite_engine, files, allowed_calling_aets=["GOOD_AE"])
+    node = start_node(sqlite_engine, files, peers={"GOOD_AE": DicomPeer(operations=["echo"])})
     try:
         ae = AE(ae_title="EVIL_AE")
         ae.add_requested_context(Verification)
