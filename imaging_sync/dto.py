@@ -8,8 +8,13 @@ key. The sync engine trusts these and nothing else.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import msgspec
+
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +57,8 @@ class StudyDTO:
 
     partner_id: str
     updated_at: dt.datetime
-    # Hash of the item's content (not its updated_at) plus the partner's mapping
-    # fingerprint: equal hash means nothing to write.
+    # Hash of the item as the partner sent it (not its updated_at) plus the
+    # partner's mapping: equal means the item need not even be validated again.
     content_hash: str
     study_instance_uid: str
     accession_number: str | None
@@ -67,6 +72,20 @@ class StudyDTO:
     @property
     def instance_count(self) -> int:
         return sum(len(s.instances) for s in self.series)
+
+    def mapped_hash(self) -> str:
+        """SHA-256 of what the study says once validated and mapped: every field but ``updated_at`` and ``content_hash``.
+
+        What decides whether a study changed: a partner that renames its
+        vocabulary (``CT`` → ``Computed Tomography``, with its table updated to
+        match) sends new raw items whose mapped content, and so this hash, is
+        the same. Field order is the dataclasses' own, so the encoding is stable.
+        """
+        content = (
+            self.partner_id, self.study_instance_uid, self.accession_number, self.study_date, self.study_time,
+            self.description, self.referring_physician_name, self.subject, self.series,
+        )
+        return hashlib.sha256(_encode(content)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +114,10 @@ class PendingStudy:
 
     Validating every instance costs more than fetching it; the engine compares
     ``content_hash`` with what it committed last time and calls ``resolve()``
-    (full validation and mapping) only for items that changed. An item whose
-    hash matches was valid, under the same mapping, when it was committed.
+    (full validation and mapping) only for items whose raw content changed. An
+    item whose hash matches was valid, under the same mapping, when it was
+    committed. Whether a resolved item changed is then its mapped content's
+    to say (``StudyDTO.mapped_hash``).
     """
 
     partner_id: str

@@ -6,8 +6,9 @@ instance count and partners. Aggregated from ``series``, ``instance`` and
 ``entity_link`` for each page, these were half of a date-range search's
 cost (the API's CPU per request and PostgreSQL's; bench/api_latency.py). They
 are now columns, recomputed from those rows by :func:`refresh` for every
-study a sync page touches, in that page's transaction: what a search reads
-is always what the rows say, and a page costs one more pair of statements.
+study a sync page touches, in that page's transaction, and written only where
+they differ: what a search reads is always what the rows say, and a page costs
+one more pair of statements.
 
 The patient's search-form name and name words are copied onto each study
 (:func:`copy_patient_names`) so that a name matching many patients is one
@@ -44,11 +45,12 @@ _token = SubjectNameToken.__table__
 MODALITY_SEPARATOR = "\\"  # as DICOM joins the values of a multi-valued attribute (ModalitiesInStudy)
 PARTNER_SEPARATOR = ","  # partner names are [a-z0-9_-] (config)
 
+# Each live series of the studies with its live instances counted, beside the facts it stores now.
 _LIVE_SERIES = PerDialect(
-    lambda in_ids: select(_series.c.study_id, _series.c.id, _series.c.modality, func.count(_instance.c.id))
+    lambda in_ids: select(_series.c.study_id, _series.c.id, _series.c.modality, func.count(_instance.c.id), _series.c.instance_count, _series.c.partners)
     .select_from(_series.outerjoin(_instance, and_(_instance.c.series_id == _series.c.id, _instance.c.deleted_at.is_(None))))
     .where(in_ids(_series.c.study_id), _series.c.deleted_at.is_(None))
-    .group_by(_series.c.study_id, _series.c.id, _series.c.modality)
+    .group_by(_series.c.study_id, _series.c.id, _series.c.modality, _series.c.instance_count, _series.c.partners)
 )
 
 
@@ -60,6 +62,7 @@ def _linked_partners(entity_type: str) -> PerDialect[Any]:
 
 _STUDY_PARTNERS = _linked_partners("study")
 _SERIES_PARTNERS = _linked_partners("series")
+_STUDY_FACTS = ("modalities", "series_count", "instance_count", "partners")
 _SET_STUDY = (
     update(_study)
     .where(_study.c.id == bindparam("_id"))
@@ -69,7 +72,11 @@ _SET_SERIES = update(_series).where(_series.c.id == bindparam("_id")).values(ins
 
 
 def refresh(conn: Connection, study_ids: Iterable[uuid.UUID]) -> None:
-    """Recompute the facts of these studies and of their live series from the rows (in the caller's transaction)."""
+    """Recompute the facts of these studies and of their live series from the rows (in the caller's transaction).
+
+    Only rows whose stored facts differ are written: a page that changed a
+    study's description rewrites neither its facts nor its series' rows.
+    """
     for chunk in chunks(sorted(set(study_ids))):  # sorted: one lock order for concurrent partners
         _refresh_chunk(conn, chunk)
 
@@ -145,39 +152,46 @@ def _refresh_chunk(conn: Connection, study_ids: Sequence[uuid.UUID]) -> None:
     # Lock the study rows first (PostgreSQL; SQLite has one writer anyway): a partner syncing the
     # same study concurrently waits here until it has committed, and the counts read below then
     # include its rows. Counted before the lock, one page's update would overwrite the other's.
-    conn.execute(select(_study.c.id).where(_study.c.id.in_(study_ids)).order_by(_study.c.id).with_for_update()).all()
+    # The same statement reads the facts the studies store now.
+    stored_studies = {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            select(_study.c.id, *(_study.c[c] for c in _STUDY_FACTS)).where(_study.c.id.in_(study_ids)).order_by(_study.c.id).with_for_update()
+        )
+    }
     modalities: dict[uuid.UUID, set[str]] = defaultdict(set)
     series_counts: dict[uuid.UUID, int] = defaultdict(int)
     instance_counts: dict[uuid.UUID, int] = defaultdict(int)
     series_instances: dict[uuid.UUID, int] = {}
-    for study_id, series_id, modality, instances in conn.execute(_LIVE_SERIES(conn), {"ids": list(study_ids)}):
+    stored_series: dict[uuid.UUID, tuple[Any, ...]] = {}
+    for study_id, series_id, modality, instances, stored_count, stored_partners in conn.execute(_LIVE_SERIES(conn), {"ids": list(study_ids)}):
         modalities[study_id].add(modality)
         series_counts[study_id] += 1
         instance_counts[study_id] += instances
         series_instances[series_id] = instances
+        stored_series[series_id] = (stored_count, stored_partners)
     study_partners = _partners(conn, _STUDY_PARTNERS, study_ids)
     series_partners = _partners(conn, _SERIES_PARTNERS, list(series_instances))
-    conn.execute(
-        _SET_STUDY,
-        [
-            {
-                "_id": study_id,
-                "modalities": join_modalities(modalities.get(study_id, ())),
-                "series_count": series_counts.get(study_id, 0),
-                "instance_count": instance_counts.get(study_id, 0),
-                "partners": join_values(study_partners.get(study_id, ()), PARTNER_SEPARATOR),
-            }
-            for study_id in study_ids
-        ],
-    )
-    if series_instances:
-        conn.execute(
-            _SET_SERIES,
-            [
-                {"_id": series_id, "instance_count": count, "partners": join_values(series_partners.get(series_id, ()), PARTNER_SEPARATOR)}
-                for series_id, count in sorted(series_instances.items())
-            ],
-        )
+    studies: list[dict[str, Any]] = [
+        {
+            "_id": study_id,
+            "modalities": join_modalities(modalities.get(study_id, ())),
+            "series_count": series_counts.get(study_id, 0),
+            "instance_count": instance_counts.get(study_id, 0),
+            "partners": join_values(study_partners.get(study_id, ()), PARTNER_SEPARATOR),
+        }
+        for study_id in study_ids
+    ]
+    studies = [row for row in studies if stored_studies.get(row["_id"]) != tuple(row[c] for c in _STUDY_FACTS)]
+    if studies:
+        conn.execute(_SET_STUDY, studies)
+    series: list[dict[str, Any]] = [
+        {"_id": series_id, "instance_count": count, "partners": join_values(series_partners.get(series_id, ()), PARTNER_SEPARATOR)}
+        for series_id, count in sorted(series_instances.items())
+    ]
+    series = [row for row in series if stored_series[row["_id"]] != (row["instance_count"], row["partners"])]
+    if series:
+        conn.execute(_SET_SERIES, series)
 
 
 def _partners(conn: Connection, statement: PerDialect[Any], ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[str]]:

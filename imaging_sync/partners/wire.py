@@ -29,7 +29,8 @@ PAYLOAD_MAX_CHARS = 256 * 1024
 INT32 = (-(2**31), 2**31 - 1)
 INT64_MAX = 2**63 - 1
 # Bump when validation or mapping changes what a given item produces: stored
-# hashes then no longer match and every item is re-applied once.
+# raw fingerprints then no longer match, every item is validated once more, and
+# only those whose mapped content changed are written (sync.apply).
 VALIDATION_VERSION = "1"
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
