@@ -61,8 +61,6 @@ from imaging_sync.errors import (
     ValidationError,
 )
 
-from api.security import MissingCredentialsError
-
 log = logging.getLogger("api")
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -132,7 +130,7 @@ def classify(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
     if isinstance(exc, AuthenticationError):
         # RFC 6750 §3: a presented but unusable token is error="invalid_token"; none presented, no error code.
         challenge = 'Bearer realm="imaging-sync"'
-        if not isinstance(exc, MissingCredentialsError):
+        if exc.presented:
             challenge += ', error="invalid_token"'
         return 401, error_body("unauthenticated", str(exc)), {"WWW-Authenticate": challenge}
     if isinstance(exc, AccessDeniedError):

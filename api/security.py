@@ -2,7 +2,9 @@
 
 Guards are plain functions that raise (Litestar runs them before any
 parameter is parsed, so an unauthenticated caller learns nothing about
-valid parameters). The ``/api/v1`` router runs :func:`authenticate` first;
+valid parameters). A key that is unknown, expired or revoked gets the same
+401, with the same body and headers: which of the three it was goes to the
+audit entry only (``detail.auth_failure``), never to the caller. The ``/api/v1`` router runs :func:`authenticate` first;
 each controller then names the roles it admits with :func:`require`.
 
 Roles (least privilege; :data:`PERMISSIONS` is the whole table):
@@ -23,9 +25,11 @@ import time
 from typing import Any
 
 import anyio.to_thread
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from api.auditing import note
 from api.db import scope_connection, write_transaction
 from imaging_sync import apikeys
 from imaging_sync.apikeys import Principal
@@ -41,10 +45,6 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
 }
 
 _PRINCIPAL = "principal"
-
-
-class MissingCredentialsError(AuthenticationError):
-    """No API key was presented at all (RFC 6750: the challenge then carries no error code)."""
 
 
 def presented_token(headers: Any) -> str | None:
@@ -73,22 +73,27 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
     state = connection.scope["state"]
     token = presented_token(connection.headers)
     state["claimed_prefix"] = claimed_prefix(token)
-    if token is None:
-        raise MissingCredentialsError("missing API key: send Authorization: Bearer <key> or X-API-Key: <key>")
-    if len(token) > 200:
-        raise AuthenticationError("invalid API key")
+    try:
+        if token is None:
+            raise AuthenticationError("missing")
+        if len(token) > 200:
+            raise AuthenticationError("invalid")
 
-    cache: PrincipalCache = connection.app.state["services"].principals
-    principal = cache.get(token)
-    if principal is None:
+        cache: PrincipalCache = connection.app.state["services"].principals
+        principal = cache.get(token)
+        if principal is None:
 
-        def check() -> Principal:
-            conn = scope_connection(connection.scope)  # the request's connection, from here to the audit entry
-            with write_transaction(conn):  # authenticate may write (last_used_at)
-                return apikeys.authenticate(conn, token)
+            def check() -> Principal:
+                conn = scope_connection(connection.scope)  # the request's connection, from here to the audit entry
+                with write_transaction(conn):  # authenticate may write (last_used_at)
+                    return apikeys.authenticate(conn, token)
 
-        principal = await anyio.to_thread.run_sync(check)
-        cache.put(token, principal)
+            principal = await anyio.to_thread.run_sync(check)
+            cache.put(token, principal)
+    except AuthenticationError as exc:
+        if isinstance(connection, Request):
+            note(connection, auth_failure=exc.reason)  # for the auditor; the response says only "invalid API key"
+        raise
     state[_PRINCIPAL] = principal
 
 
@@ -142,7 +147,7 @@ def require(area: str) -> Any:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = principal_of(connection)
         if principal is None:  # authenticate did not run: a wiring mistake, refuse
-            raise AuthenticationError("not authenticated")
+            raise AuthenticationError("invalid")
         if principal.role not in roles:
             raise AccessDeniedError(f"role {principal.role!r} may not use this endpoint (allowed: {', '.join(roles)})")
 

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from imaging_sync.config import AlertsConfig, Settings, read_secret
 from imaging_sync.db.models import AlertState, PartnerState, SyncRun, utcnow
+from imaging_sync.errors import PartnerAuthError
 from imaging_sync.outbox import relay as outbox_relay
 from imaging_sync.sync.runner import RunResult
 
@@ -95,7 +96,7 @@ class Alerts:
         """A runner observer: called with every finished sync run."""
         partner = result.partner
         if result.status == "failed":
-            if result.error_kind == "auth":
+            if result.error_kind == PartnerAuthError.kind:
                 self._fire(f"partner_auth:{partner}", "partner_auth", partner, f"partner {partner}: the partner refused our API key — {result.error}", result.run_id)
             else:
                 self._fire(f"sync_failed:{partner}", "sync_failed", partner, f"partner {partner}: sync failed ({result.error_kind}) — {result.error}", result.run_id)

@@ -102,18 +102,22 @@ def revoke_key(conn: Connection, key: str) -> ApiKeyInfo:
 
 
 def authenticate(conn: Connection, token: str, now: dt.datetime | None = None) -> Principal:
-    """The principal for a presented token, or AuthenticationError (never saying which part was wrong)."""
+    """The principal for a presented token, or AuthenticationError.
+
+    Its ``reason`` (invalid, revoked, expired) is for the audit log; its
+    message is the same for all three (errors.AuthenticationError).
+    """
     now = now or utcnow()
     parts = token.split("_", 2)  # the secret may itself contain "_"
     if len(parts) != 3 or parts[0] != "isk":
-        raise AuthenticationError("invalid API key")
+        raise AuthenticationError("invalid")
     row = conn.execute(select(_table).where(_table.c.prefix == parts[1])).mappings().first()
     if row is None or not hmac.compare_digest(row["secret_hash"], _hash(token)):
-        raise AuthenticationError("invalid API key")
+        raise AuthenticationError("invalid")
     if row["revoked_at"] is not None:
-        raise AuthenticationError("API key revoked")
+        raise AuthenticationError("revoked")
     if row["expires_at"] is not None and row["expires_at"] <= now:
-        raise AuthenticationError("API key expired")
+        raise AuthenticationError("expired")
     if row["last_used_at"] is None or now - row["last_used_at"] > _TOUCH_EVERY:
         conn.execute(update(_table).where(_table.c.id == row["id"]).values(last_used_at=now))
     return Principal(key_id=row["id"], name=row["name"], role=row["role"], prefix=row["prefix"])

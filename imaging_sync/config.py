@@ -573,6 +573,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def priorities(self) -> dict[str, int]:
         return {name: p.priority for name, p in self.partners.items()}
 
+    def enabled_partners(self) -> list[PartnerConfig]:
+        """The enabled partners, highest priority first, ties by name: the one order of every "all partners" action.
+
+        Syncing every partner, queueing their syncs, scheduling them: each
+        takes this list, so the partner whose values win a shared entity is
+        the one synced first everywhere.
+        """
+        return sorted((p for p in self.partners.values() if p.enabled), key=lambda p: (-p.priority, p.name))
+
     def broker_users(self) -> list[str]:
         """The keys that make this deployment use the Celery broker (none: it needs no broker)."""
         users = []

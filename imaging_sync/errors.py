@@ -2,8 +2,32 @@
 
 Each edge (CLI exit code, HTTP status, DIMSE status) maps these once; the core
 raises nothing else on purpose. ``kind`` is a stable, countable failure class
-for logs and alerts (network, auth, rate_limit, validation, mapping, database,
-storage, config, protocol, locked, audit).
+for logs, run records and alerts, and each kind is raised as exactly one type
+(a subclass refines the handling, never reuses its parent's kind):
+
+================  =======================  ==================================================
+kind              type                     failure
+================  =======================  ==================================================
+internal          ImagingSyncError         a bug (no deliberate raise uses the base itself)
+config            ConfigError              the configuration is unusable
+validation        ValidationError          input breaks its contract (partner item, request, storage call)
+mapping           MappingError             a coded value the partner's vocabulary lacks
+protocol          PartnerError             the partner answered outside its contract
+network           PartnerUnavailableError  the partner unreachable or failing, retries spent
+auth              PartnerAuthError         the partner refused our key
+rate_limit        PartnerRateLimitedError  the partner kept answering 429
+page_expired      PageTokenExpiredError    a page token the partner no longer honours (410)
+queue             QueueUnavailableError    the job queue did not take a task
+locked            SyncLockedError          the partner is being synced by another process
+not_found         NotFoundError            a named thing (partner, run, entity, study) does not exist
+database          DatabaseError            the database is unreachable or its schema not current
+audit             AuditUnavailableError    the audit log could not record an access
+storage           StorageError             object storage failed or refused
+bucket_refused    BucketNotAllowedError    a bucket outside the registry (never signed, never read)
+object_missing    ObjectNotFoundError      a registered location whose object is gone
+denied            AccessDeniedError        a known caller whose role may not do this
+unauthenticated   AuthenticationError      no credentials, or unusable ones (``reason`` says which)
+================  =======================  ==================================================
 """
 
 from __future__ import annotations
@@ -38,7 +62,14 @@ class ConfigError(ImagingSyncError):
 
 
 class ValidationError(ImagingSyncError):
-    """A partner item breaks the wire contract; ``path`` points into the item."""
+    """Input breaks its contract; ``path`` names the field, ``reason`` says why.
+
+    The same kind wherever the input comes from: a partner's item (``path``
+    points into the item, which is rejected alone), a request's parameter (a
+    400 naming it), a storage call asking for what it may not have (a presigned
+    URL living longer than ``storage.presign_max_seconds``, an empty key, an
+    inverted range: the caller's mistake, a 400, not a storage failure).
+    """
 
     kind = "validation"
 
@@ -87,9 +118,9 @@ class PartnerRateLimitedError(PartnerError):
 
 
 class PageTokenExpiredError(PartnerError):
-    """410 Gone on a page token: the listing restarts from the bookmark."""
+    """410 Gone on a page token: the listing restarts from what the run committed (it ends no run by itself)."""
 
-    kind = "protocol"
+    kind = "page_expired"
 
 
 class QueueUnavailableError(ImagingSyncError):
@@ -138,7 +169,13 @@ class StorageError(ImagingSyncError):
 
 
 class BucketNotAllowedError(StorageError):
-    """A bucket outside the configured registry: never signed, never read."""
+    """A bucket outside the configured registry: never signed, never read.
+
+    Our own refusal (a partner's location naming a bucket we do not serve),
+    not a storage failure: counted apart from ``storage``.
+    """
+
+    kind = "bucket_refused"
 
     def __init__(self, bucket: str) -> None:
         self.bucket = bucket
@@ -146,17 +183,14 @@ class BucketNotAllowedError(StorageError):
 
 
 class ObjectNotFoundError(StorageError):
-    """The location is registered but the object is not there (any more)."""
+    """The location is registered but the object is not there (any more).
 
-    kind = "not_found"
+    The partner's index and its bucket disagree: a different failure from a
+    caller naming something that does not exist (``not_found``), and one an
+    operator takes up with the partner.
+    """
 
-
-class StorageRequestError(ValidationError):
-    """A storage call asked for something it may not have (a presigned URL
-    living longer than ``storage.presign_max_seconds``, an empty key, an
-    inverted range): the caller's mistake, so the API answers 400, not 5xx."""
-
-    kind = "validation"
+    kind = "object_missing"
 
 
 class AccessDeniedError(ImagingSyncError):
@@ -166,6 +200,24 @@ class AccessDeniedError(ImagingSyncError):
 
 
 class AuthenticationError(ImagingSyncError):
-    """No credentials, or unknown, expired or revoked ones."""
+    """No credentials, or unknown, expired or revoked ones.
+
+    ``reason`` (``missing``, ``invalid``, ``expired``, ``revoked``) is for the
+    audit log only. The message, all a client is ever told, says no more than
+    "no key" or "not a usable key": telling a revoked key from an expired or an
+    unknown one would tell whoever holds a stolen key which it is.
+    """
 
     kind = "unauthenticated"
+    REASONS = ("missing", "invalid", "expired", "revoked")
+
+    def __init__(self, reason: str = "invalid") -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown authentication failure reason {reason!r}")
+        self.reason = reason
+        super().__init__("missing API key: send Authorization: Bearer <key> or X-API-Key: <key>" if reason == "missing" else "invalid API key")
+
+    @property
+    def presented(self) -> bool:
+        """A key was presented (RFC 6750 §3: the challenge then says ``error="invalid_token"``)."""
+        return self.reason != "missing"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import unicodedata
 from urllib.parse import quote
 
-from imaging_sync.errors import StorageRequestError
+from imaging_sync.errors import ValidationError
 
 MAX_FILENAME_CHARS = 255
 # RFC 8187 attr-char minus ALPHA / DIGIT (which quote() never encodes).
@@ -34,9 +34,9 @@ def attachment(filename: str) -> str:
         "_" if ch in _NEVER else ch for ch in filename if unicodedata.category(ch) not in _CONTROL
     ).strip()
     if not name:
-        raise StorageRequestError("filename", "must contain at least one printable character")
+        raise ValidationError("filename", "must contain at least one printable character")
     if len(name) > MAX_FILENAME_CHARS:
-        raise StorageRequestError("filename", f"must be at most {MAX_FILENAME_CHARS} characters")
+        raise ValidationError("filename", f"must be at most {MAX_FILENAME_CHARS} characters")
     fallback = "".join(ch if ch.isascii() and ch not in _NOT_IN_FALLBACK else "_" for ch in name)
     value = f'attachment; filename="{fallback}"'
     if fallback != name:

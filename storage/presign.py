@@ -6,7 +6,7 @@ Only registry buckets are signed (anything else: ``BucketNotAllowedError``).
 
 Lifetime policy: ``expires_in`` defaults to ``storage.presign_default_seconds``;
 asking for more than ``storage.presign_max_seconds`` (or less than 1 s) raises
-``StorageRequestError`` naming the limit — we refuse rather than clamp, so a
+``ValidationError`` naming the limit — we refuse rather than clamp, so a
 caller never gets a URL that dies sooner than it asked for without knowing
 (the API maps it to 400). A URL signed with temporary credentials also stops
 working when their session ends. For an assumed role the registry knows when
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from imaging_sync.errors import StorageError, StorageRequestError
+from imaging_sync.errors import StorageError, ValidationError
 from storage.disposition import attachment
 from storage.registry import BucketRegistry
 from storage.sigv4 import GetUrlSigner
@@ -65,11 +65,11 @@ class Presigner:
         if expires_in is None:
             return self._default_seconds
         if isinstance(expires_in, bool) or not isinstance(expires_in, int):
-            raise StorageRequestError("expires_in", "must be a whole number of seconds")
+            raise ValidationError("expires_in", "must be a whole number of seconds")
         if expires_in < 1:
-            raise StorageRequestError("expires_in", f"must be at least 1 second, got {expires_in}")
+            raise ValidationError("expires_in", f"must be at least 1 second, got {expires_in}")
         if expires_in > self._max_seconds:
-            raise StorageRequestError(
+            raise ValidationError(
                 "expires_in", f"must be at most {self._max_seconds} seconds (storage.presign_max_seconds), got {expires_in}"
             )
         return expires_in
@@ -150,16 +150,16 @@ def _content_type_params(content_type: str | None) -> list[tuple[str, str]]:
     if content_type is None:
         return []
     if not content_type or any(not (0x20 <= ord(ch) < 0x7F) for ch in content_type) or "/" not in content_type:
-        raise StorageRequestError("content_type", "must be a printable ASCII media type such as application/dicom")
+        raise ValidationError("content_type", "must be a printable ASCII media type such as application/dicom")
     return [("response-content-type", content_type)]
 
 
 def _check_key(key: str) -> None:
     if not isinstance(key, str) or not key:
-        raise StorageRequestError("key", "must be a non-empty string")
+        raise ValidationError("key", "must be a non-empty string")
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:
-        raise StorageRequestError("key", "must be valid Unicode (no lone surrogates)") from None
+        raise ValidationError("key", "must be valid Unicode (no lone surrogates)") from None
     if size > MAX_KEY_BYTES:
-        raise StorageRequestError("key", f"must be at most {MAX_KEY_BYTES} bytes in UTF-8")
+        raise ValidationError("key", f"must be at most {MAX_KEY_BYTES} bytes in UTF-8")

@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imaging_sync.errors import StorageError, StorageRequestError
+from imaging_sync.errors import StorageError, ValidationError
 from storage.boto_errors import storage_error, where
 from storage.registry import BucketRegistry
 
@@ -111,14 +111,14 @@ class ObjectReader:
 
         Sent as ``Range: bytes=start-(end-1)`` (RFC 9110 §14.1.2; HTTP ranges are
         inclusive). A range running past the end returns what exists; one
-        starting past the end raises ``StorageRequestError``. For bounded
+        starting past the end raises ``ValidationError``. For bounded
         reads (a DICOM header, a frame); whole objects go through
         :meth:`open_object`.
         """
         if isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int):
-            raise StorageRequestError("range", "start and end must be integers")
+            raise ValidationError("range", "start and end must be integers")
         if start < 0 or end <= start:
-            raise StorageRequestError("range", f"needs 0 <= start < end, got start={start}, end={end}")
+            raise ValidationError("range", f"needs 0 <= start < end, got start={start}, end={end}")
         client = self._registry.client(bucket)
         try:
             response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
@@ -126,7 +126,7 @@ class ObjectReader:
                 return body.read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                raise StorageRequestError("range", f"start={start} is past the end of {where(bucket, key)}") from None
+                raise ValidationError("range", f"start={start} is past the end of {where(bucket, key)}") from None
             raise storage_error(exc, action="read range of", bucket=bucket, key=key) from exc
         except BotoCoreError as exc:
             raise storage_error(exc, action="read range of", bucket=bucket, key=key) from exc

@@ -19,7 +19,7 @@ from functools import partial
 import msgspec
 
 from imaging_sync.dto import DeletedStudyDTO, InstanceDTO, PageItem, PendingStudy, RejectedItemDTO, SeriesDTO, StudyDTO, SubjectDTO
-from imaging_sync.errors import MappingError, ValidationError
+from imaging_sync.errors import ValidationError
 from imaging_sync.person_names import check_person_name
 from imaging_sync.uids import check_uid
 from imaging_sync.vocabulary import Vocabulary
@@ -161,10 +161,8 @@ class ItemParser:
     def _resolve(self, raw: bytes | msgspec.Raw, wire: WireStudy, partner_id: str, updated_at: dt.datetime, content_hash: str) -> StudyDTO | RejectedItemDTO:
         try:
             return self._to_dto(wire, partner_id, updated_at, content_hash)
-        except MappingError as exc:
-            return self._rejected(raw, str(exc), "mapping", wire)
-        except ValidationError as exc:
-            return self._rejected(raw, str(exc), "validation", wire)
+        except ValidationError as exc:  # a MappingError too: the rejection is counted under the error's kind
+            return self._rejected(raw, str(exc), exc.kind, wire)
 
     def _to_dto(self, wire: WireStudy, partner_id: str, updated_at: dt.datetime, content_hash: str) -> StudyDTO:
         uid = check_uid(wire.study_instance_uid, "study_instance_uid")

@@ -25,7 +25,7 @@ from imaging_sync.config import PartnerConfig, Settings
 from imaging_sync.db.models import PartnerState, SyncRun, utcnow
 from imaging_sync.dto import Page
 from imaging_sync.ids import new_id
-from imaging_sync.errors import ImagingSyncError, NotFoundError, PageTokenExpiredError, PartnerError, SyncLockedError
+from imaging_sync.errors import DatabaseError, ImagingSyncError, NotFoundError, PageTokenExpiredError, PartnerError, QueueUnavailableError, SyncLockedError
 from imaging_sync.logs import run_context
 from imaging_sync.partners.factory import build_source
 from imaging_sync.partners.source import PartnerSource
@@ -145,7 +145,7 @@ class SyncRunner:
             conn.execute(
                 update(_runs)
                 .where(_runs.c.id == run_id, _runs.c.status == "queued")
-                .values(status="failed", finished_at=utcnow(), error=error, error_kind="queue")
+                .values(status="failed", finished_at=utcnow(), error=error, error_kind=QueueUnavailableError.kind)
             )
 
     def _run(
@@ -179,10 +179,10 @@ class SyncRunner:
             except ImagingSyncError as exc:
                 result.status, result.error, result.error_kind = "failed", str(exc), exc.kind
             except SQLAlchemyError as exc:
-                result.status, result.error, result.error_kind = "failed", f"database error: {type(exc).__name__}: {exc.orig if isinstance(exc, DBAPIError) else exc}", "database"
+                result.status, result.error, result.error_kind = "failed", f"database error: {type(exc).__name__}: {exc.orig if isinstance(exc, DBAPIError) else exc}", DatabaseError.kind
             except BaseException as exc:  # a bug or an interrupt: record it, then let it surface
                 what = "internal error" if isinstance(exc, Exception) else "interrupted"
-                result.status, result.error, result.error_kind = "failed", f"{what}: {type(exc).__name__}: {exc}", "internal"
+                result.status, result.error, result.error_kind = "failed", f"{what}: {type(exc).__name__}: {exc}", ImagingSyncError.kind
                 result.seconds = time.monotonic() - started
                 self._finish_run(result)
                 raise
@@ -202,8 +202,7 @@ class SyncRunner:
 
     def sync_all(self, *, full: bool = False, trigger: str = "cli", progress: ProgressCallback | None = None) -> list[RunResult]:
         """Every enabled partner, highest priority first; one failing does not stop the others."""
-        partners = sorted((p for p in self.settings.partners.values() if p.enabled), key=lambda p: (-p.priority, p.name))
-        return [self.sync(p.name, full=full, trigger=trigger, progress=progress) for p in partners]
+        return [self.sync(p.name, full=full, trigger=trigger, progress=progress) for p in self.settings.enabled_partners()]
 
     # -- the pull loop ----------------------------------------------------------
 

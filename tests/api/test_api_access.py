@@ -101,9 +101,9 @@ def test_revoked_and_expired_keys_are_refused(client: TestClient[Litestar], core
         revoked, revoked_token = apikeys.create_key(conn, "old", "viewer")
         _, expired_token = apikeys.create_key(conn, "temp", "viewer", expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1))
         apikeys.revoke_key(conn, revoked.prefix)
-    for token, reason in ((revoked_token, "revoked"), (expired_token, "expired")):
+    for token in (revoked_token, expired_token):
         response = client.get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"})
-        assert response.status_code == 401 and reason in response.json()["error"]["message"]
+        assert response.status_code == 401 and response.json()["error"]["message"] == "invalid API key"  # which of the two: the audit's (test_api_hardening)
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
 

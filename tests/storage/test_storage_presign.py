@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from imaging_sync.errors import BucketNotAllowedError, StorageRequestError
+from imaging_sync.errors import BucketNotAllowedError, ValidationError
 from storage import DICOM_CONTENT_TYPE, BucketRegistry, Presigner
 from storage.disposition import attachment
 from devtools.storage import EmbeddedStorage, embedded_storage
@@ -113,13 +113,13 @@ def test_default_lifetime_and_expiry_time(s3: EmbeddedStorage, registry: BucketR
 
 
 def test_lifetime_over_the_maximum_is_refused_naming_the_limit(s3: EmbeddedStorage, presigner: Presigner) -> None:
-    with pytest.raises(StorageRequestError) as caught:
+    with pytest.raises(ValidationError) as caught:
         presigner.presign_get(s3.buckets[0].name, KEY, expires_in=3601)
     assert caught.value.path == "expires_in"
     assert "at most 3600 seconds (storage.presign_max_seconds)" in str(caught.value)
     assert caught.value.kind == "validation"
     for bad in (0, -5, True, 1.5):
-        with pytest.raises(StorageRequestError):
+        with pytest.raises(ValidationError):
             presigner.presign_get(s3.buckets[0].name, KEY, expires_in=bad)  # type: ignore[arg-type]
     assert query(presigner.presign_get(s3.buckets[0].name, KEY, expires_in=3600).url)["X-Amz-Expires"] == "3600"
 
@@ -138,7 +138,7 @@ def test_unregistered_bucket_is_never_signed(s3: EmbeddedStorage, presigner: Pre
     [("", "application/dicom", "key"), ("k" * 1025, "application/dicom", "key"), (KEY, "text/plain\r\nX-Evil: 1", "content_type")],
 )
 def test_bad_arguments_are_request_errors(s3: EmbeddedStorage, presigner: Presigner, key: str, content_type: str, path: str) -> None:
-    with pytest.raises(StorageRequestError) as caught:
+    with pytest.raises(ValidationError) as caught:
         presigner.presign_get(s3.buckets[0].name, key, content_type=content_type)
     assert caught.value.path == path
 
@@ -211,5 +211,5 @@ def test_content_disposition_is_rfc6266_safe(filename: str, expected: str) -> No
 
 
 def test_empty_download_name_is_a_request_error() -> None:
-    with pytest.raises(StorageRequestError):
+    with pytest.raises(ValidationError):
         attachment(" \r\n ")

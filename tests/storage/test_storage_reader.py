@@ -12,7 +12,7 @@ import pytest
 
 import storage.registry
 from imaging_sync.config import BucketConfig, StorageConfig
-from imaging_sync.errors import BucketNotAllowedError, ObjectNotFoundError, StorageError, StorageRequestError
+from imaging_sync.errors import BucketNotAllowedError, ObjectNotFoundError, StorageError, ValidationError
 from storage import BucketRegistry, ObjectReader
 from storage.reader import DEFAULT_CHUNK_SIZE
 from devtools.storage import EmbeddedStorage, embedded_storage
@@ -78,7 +78,7 @@ def test_read_range_is_like_slicing(s3: EmbeddedStorage, reader: ObjectReader, s
 
 @pytest.mark.parametrize(("start", "end"), [(-1, 5), (5, 5), (9, 3), (len(BIG) + 1, len(BIG) + 9)])
 def test_bad_ranges_are_request_errors(s3: EmbeddedStorage, reader: ObjectReader, start: int, end: int) -> None:
-    with pytest.raises(StorageRequestError):
+    with pytest.raises(ValidationError):
         reader.read_range(s3.buckets[0].name, "big/5mb.dcm", start, end)
 
 
