@@ -8,7 +8,11 @@ what (resource type and id), how (method, path, query filters), the outcome
 and the status, through :func:`imaging_sync.audit.record`.
 
 Handlers name what they touched only when the path does not say it
-(:func:`note`); each route declares its action and resource type once, in its
+(:func:`note`), and whose patient data their answer carries
+(:func:`disclosed`: the subjects and studies, or the series and instances
+that stand for theirs), recorded with the entry of a success in the same
+statement, so that ``GET /audit?subject=`` finds every answer that showed
+a patient; each route declares its action and resource type once, in its
 ``opt`` (:func:`audited`). Handlers that read the database write the entry of
 their success themselves, in their own worker thread as they return
 (:func:`recorded_in_thread`): a thread hop of its own cost a tenth of a
@@ -16,7 +20,10 @@ search's CPU. The middleware then writes only the entries nobody wrote.
 
 The record is written *before* the response leaves: if it cannot be written,
 the client gets ``503 audit_unavailable`` instead of the data — an access to
-patient data that the log does not show must not happen.
+patient data that the log does not show must not happen. Every value of the
+entry is cleaned and capped by the core (:func:`imaging_sync.audit.clean`),
+and a failure is logged by its class alone (:func:`imaging_sync.audit.describe_failure`):
+the database's message can quote the values, which are patient names and IDs.
 """
 
 from __future__ import annotations
@@ -29,16 +36,18 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import msgspec
 from litestar import Request
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy.exc import SQLAlchemyError
 
 from imaging_sync import audit
-from imaging_sync.audit import AuditEvent
+from imaging_sync.audit import AuditEvent, describe_failure
 from imaging_sync.config import ApiConfig
-from imaging_sync.errors import ConfigError
+from imaging_sync.errors import AuditUnavailableError, ConfigError
 
 from api.db import release, scope_connection, write_transaction
 from api.errors import REQUEST_ID_HEADER, error_body, request_id
@@ -48,8 +57,9 @@ log = logging.getLogger("api.audit")
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 F = TypeVar("F", bound=Callable[..., Any])
 _NOTE = "audit_note"
+_DISCLOSED = "audit_disclosed"
 _RECORDED = "audit_recorded_status"  # the status an entry was already written for (recorded_in_thread)
-_MAX_QUERY_VALUE = 256  # a query value longer than this is cut in the record (it is a 400 anyway)
+_UNRECORDED = "audit_unrecorded"  # the handler's thread could not write its entry: the answer must not leave
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,26 @@ def note(request: Request[Any, Any, Any], *, resource_type: str | None = None, r
     state.setdefault("detail", {}).update({k: v for k, v in detail.items() if v is not None})
 
 
+def disclosed(
+    request: Request[Any, Any, Any],
+    *,
+    subject_ids: Iterable[uuid.UUID] = (),
+    study_ids: Iterable[uuid.UUID] = (),
+    series_ids: Iterable[uuid.UUID] = (),
+    instance_ids: Iterable[uuid.UUID] = (),
+) -> None:
+    """Tell the audit entry of this request whose patient data the answer carries (calls add up).
+
+    The subjects and studies the response shows; a series or an instance
+    stands for its study and subject (looked up by the entry's own INSERT).
+    Recorded only with the entry of a success: an error response disclosed
+    nothing. See :meth:`imaging_sync.audit.AuditHandle.disclose`.
+    """
+    state = request.scope["state"].setdefault(_DISCLOSED, {})
+    for name, ids in (("subject_ids", subject_ids), ("study_ids", study_ids), ("series_ids", series_ids), ("instance_ids", instance_ids)):
+        state.setdefault(name, []).extend(ids)
+
+
 def recorded_in_thread(handler: F) -> F:
     """Decorate a sync handler that takes ``conn``: its success is recorded in its own worker thread.
 
@@ -87,7 +117,9 @@ def recorded_in_thread(handler: F) -> F:
     the thread hop ends. A handler that raises is recorded by the middleware
     as before (with the error's status). Should the response still end
     otherwise (its body failing to serialise), the middleware adds an entry
-    for the status the client got.
+    for the status the client got. Should the entry fail, the handler raises
+    :class:`~imaging_sync.errors.AuditUnavailableError` and the middleware
+    answers ``503 audit_unavailable`` whatever the error mapping made of it.
     """
 
     if "conn" not in inspect.signature(handler).parameters:
@@ -98,7 +130,11 @@ def recorded_in_thread(handler: F) -> F:
         result = handler(*args, **kwargs)
         scope: Scope = kwargs["conn"].request_scope
         status = scope["route_handler"].status_code  # type: ignore[typeddict-item]
-        _write(scope, status)
+        try:
+            _write(scope, status)
+        except Exception:
+            scope["state"][_UNRECORDED] = True  # type: ignore[typeddict-item]
+            raise
         scope["state"][_RECORDED] = status  # type: ignore[typeddict-item]
         return result
 
@@ -181,10 +217,16 @@ class AuditMiddleware:
                 if scope["state"].get(_RECORDED) == message["status"]:
                     await send(message)  # the handler's thread wrote this very entry
                     return
+                if scope["state"].get(_UNRECORDED):  # the handler's thread could not: refuse, and record the refusal if possible
+                    replaced = True
+                    scope["state"]["error_code"] = "audit_unavailable"
+                    await _try_write(scope, 503, "audit entry of a refused response could not be written either")
+                    await _send_audit_unavailable(scope, send)
+                    return
                 try:
                     await anyio.to_thread.run_sync(_write, scope, message["status"])
-                except Exception:
-                    log.exception("audit entry could not be written; refusing the response", extra={"request_id": scope["state"].get("request_id")})
+                except Exception as error:
+                    _log_failure("audit entry could not be written; refusing the response", error, scope)
                     replaced = True
                     await _send_audit_unavailable(scope, send)
                     return
@@ -194,23 +236,40 @@ class AuditMiddleware:
             await self.app(scope, receive, audited_send)
         except Exception:
             if not started:  # escaped every handler: the outer one answers 500; record that too
-                try:
-                    await anyio.to_thread.run_sync(_write, scope, 500)
-                except Exception:
-                    log.exception("audit entry of a failed request could not be written", extra={"request_id": scope["state"].get("request_id")})
+                await _try_write(scope, 500, "audit entry of a failed request could not be written")
             raise
         finally:
             if scope["state"].get("db_connection") is not None:
                 await anyio.to_thread.run_sync(release, scope)
 
 
+async def _try_write(scope: Scope, status: int, failure: str) -> None:
+    try:
+        await anyio.to_thread.run_sync(_write, scope, status)
+    except Exception as error:
+        _log_failure(failure, error, scope)
+
+
+def _log_failure(message: str, error: BaseException, scope: Scope) -> None:
+    """The failure's class (and SQLSTATE), never its text nor its traceback: both can quote the entry's values."""
+    log.error("%s (%s)", message, describe_failure(error), extra={"request_id": scope["state"].get("request_id")})  # type: ignore[typeddict-item]
+
+
 def _write(scope: Scope, status: int) -> None:
-    """Record the entry in a transaction of its own on the request's connection, then give the connection back."""
+    """Record the entry in a transaction of its own on the request's connection, then give the connection back.
+
+    A success records whose data it disclosed (:func:`disclosed`) in the same
+    statement (PostgreSQL, where the connection is in autocommit) or
+    transaction (SQLite).
+    """
     services = scope["litestar_app"].state["services"]
     event = build_event(scope, status, services.trusted_proxies)
+    disclosures = scope["state"].get(_DISCLOSED, {}) if status < 400 else {}  # type: ignore[typeddict-item]
     try:
         with write_transaction(scope_connection(scope)) as conn:
-            audit.record(conn, event)
+            audit.record(conn, event, **disclosures)
+    except SQLAlchemyError as error:  # taking the connection or committing (the statement's own failures are typed already)
+        raise AuditUnavailableError(f"the audit log could not record the access: {describe_failure(error)}") from None
     finally:
         release(scope)
 
@@ -225,7 +284,7 @@ def build_event(scope: Scope, status: int, trusted: Sequence[IpNetwork]) -> Audi
     resource_id = noted.get("resource_id")
     if resource_id is None and spec and spec.id_param:
         raw = scope.get("path_params", {}).get(spec.id_param)
-        resource_id = None if raw is None else str(raw)[:128]
+        resource_id = None if raw is None else str(raw)
     detail = dict(noted.get("detail", {}))
     if state.get("error_code") and status >= 400:
         detail["error"] = state["error_code"]
@@ -242,39 +301,25 @@ def build_event(scope: Scope, status: int, trusted: Sequence[IpNetwork]) -> Audi
         outcome=outcome_for(status),
         client_addr=client_address(scope, trusted),
         method=scope.get("method"),
-        path=_clean(scope.get("path")),
-        query=_clean(_query(scope)) or None,
+        path=scope.get("path"),
+        query=_query(scope) or None,
         resource_type=resource_type,
-        resource_id=_clean(resource_id),
+        resource_id=resource_id,
         status=status,
-        detail=_clean(detail) or None,
+        detail=detail or None,
     )
 
 
-def _clean(value: Any) -> Any:
-    """Strings as the database can store them: NUL is refused by PostgreSQL text and JSONB, so it is spelled out."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\\x00")
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _query(scope: Scope) -> dict[str, Any]:
-    """The query filters as given (repeated keys become lists); long values cut."""
-    from urllib.parse import parse_qsl
-
+    """The query filters as given (repeated keys become lists), cleaned and capped by the core like every value."""
     raw = scope.get("query_string", b"").decode("utf-8", "replace")
     result: dict[str, Any] = {}
     for key, value in parse_qsl(raw, keep_blank_values=True):
-        value = value[:_MAX_QUERY_VALUE]
         if key in result:
             existing = result[key]
             result[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
         else:
-            result[key[:64]] = value
+            result[key] = value
     return result
 
 
@@ -289,4 +334,4 @@ async def _send_audit_unavailable(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-__all__ = ["AuditMiddleware", "AuditSpec", "audited", "build_event", "client_address", "note", "outcome_for", "parse_trusted_proxies", "request_id"]
+__all__ = ["AuditMiddleware", "AuditSpec", "audited", "build_event", "client_address", "disclosed", "note", "outcome_for", "parse_trusted_proxies", "request_id"]

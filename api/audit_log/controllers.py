@@ -1,6 +1,11 @@
 """The audit log, for the ``auditor`` role: who touched which patient data, and what was refused.
 
-Reading the log is itself recorded (action ``read_audit``).
+``subject=`` and ``study=`` answer "who has seen patient X": the entries
+whose answer disclosed that subject or study, over every channel (a REST
+search, a C-FIND, a C-MOVE, the CLI). Each entry carries its ``completion``
+when it was written in two steps (``outcome: started``, a DICOM operation
+that streamed its answer). Reading the log is itself recorded (action
+``read_audit``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from imaging_sync.errors import ValidationError
 _LISTING = "audit"
 
 
+class AuditCompletion(msgspec.Struct, kw_only=True):
+    at: dt.datetime
+    outcome: Annotated[str, msgspec.Meta(description="success | denied | not_found | error")]
+    status: Annotated[int | None, msgspec.Meta(description="The final DIMSE (or HTTP) status.")]
+    detail: dict[str, Any] | None
+
+
 class AuditEntry(msgspec.Struct, kw_only=True):
     id: uuid.UUID
     at: dt.datetime
@@ -41,9 +53,21 @@ class AuditEntry(msgspec.Struct, kw_only=True):
     query: dict[str, Any] | None
     resource_type: str | None
     resource_id: str | None
-    outcome: Annotated[str, msgspec.Meta(description="success | denied (no key, a refused key or a role's refusal) | not_found | error (`status` and `detail.error` say which)")]
+    outcome: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "success | denied (no key, a refused key or a role's refusal) | not_found | error (`status` and `detail.error` say which) | "
+                "started: written before an operation streamed patient data (a C-FIND, C-MOVE or C-GET); `completion` says how it ended"
+            )
+        ),
+    ]
     status: int | None
     detail: dict[str, Any] | None
+    completion: Annotated[
+        AuditCompletion | None,
+        msgspec.Meta(description="How a `started` entry ended; null for other entries, and for a started one whose operation is still running or whose process died."),
+    ]
 
 
 class AuditPage(msgspec.Struct, kw_only=True):
@@ -56,7 +80,7 @@ class AuditController(Controller):
     tags = ["audit"]
     guards = [require("audit_log")]
 
-    @get("/", opt=audited("read_audit", "audit_log"), responses=documented_errors(*PROTECTED), sync_to_thread=True, summary="Search the audit log, newest first")
+    @get("/", opt=audited("read_audit", "audit_log"), responses=documented_errors(*PROTECTED), sync_to_thread=True, summary="Search the audit log, newest first; who has seen a patient or a study")
     @recorded_in_thread
     def search(
         self,
@@ -64,6 +88,11 @@ class AuditController(Controller):
         conn: RequestConnection,
         actor: Annotated[str | None, QueryParameter(description="API key prefix or key id, AE title or cli:<user>, exact.", max_length=128)] = None,
         resource: Annotated[str | None, QueryParameter(description="`type` or `type:id`, e.g. `study` or `instance:0190…`.", max_length=170)] = None,
+        subject: Annotated[
+            uuid.UUID | None,
+            QueryParameter(description="A subject's id: the entries whose answer disclosed that patient, on any channel (who has seen patient X)."),
+        ] = None,
+        study: Annotated[uuid.UUID | None, QueryParameter(description="A study's id: the entries whose answer disclosed that study, on any channel.")] = None,
         from_: Annotated[str | None, QueryParameter(name="from", description="On or after this ISO 8601 date or date-time (UTC unless an offset is given).", max_length=40)] = None,
         to: Annotated[str | None, QueryParameter(description="On or before this ISO 8601 date (the whole day, UTC), or before this date-time.", max_length=40)] = None,
         limit: Limit = None,
@@ -77,7 +106,7 @@ class AuditController(Controller):
         size = page_size(limit, services.settings.api)
         after = decode_cursor(cursor, _LISTING, (uuid.UUID,))
         rows = audit.search(
-            conn, actor=text(actor, "actor", 128), resource=text(resource, "resource", 170), since=since, until=until,
+            conn, actor=text(actor, "actor", 128), resource=text(resource, "resource", 170), subject=subject, study=study, since=since, until=until,
             limit=size + 1, before_id=after[0] if after else None,
         )
         more = len(rows) > size

@@ -1,7 +1,8 @@
 """Presigned URLs for instance files (``viewer``): one, a whole series, or a redirect for viewers.
 
 Every URL handed out is an audited access: the instance id (or the series
-id and how many URLs) and the partner whose copy was signed.
+id and how many URLs), the partner whose copy was signed, and the study and
+subject whose file it opens (:func:`api.auditing.disclosed`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from litestar.params import QueryParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_307_TEMPORARY_REDIRECT
 
-from api.auditing import audited, note, recorded_in_thread
+from api.auditing import audited, disclosed, note, recorded_in_thread
 from api.db import RequestConnection
 from api.errors import PROTECTED, documented_errors
 from api.params import EntityId
@@ -70,6 +71,7 @@ class FileController(Controller):
     ) -> FileUrl:
         """The highest-priority partner's copy; if that object is gone, the next partner's."""
         issued = services.files.instance_url(conn, instance_id, expires_in=expires_in)
+        disclosed(request, instance_ids=[instance_id])
         note(request, partner=issued.partner, skipped=list(issued.skipped) or None, expires_at=issued.expires_at.isoformat())
         return FileUrl(url=issued.url, expires_at=issued.expires_at)
 
@@ -92,6 +94,7 @@ class FileController(Controller):
     ) -> Redirect:
         """307 to a fresh presigned URL (for viewers that follow redirects)."""
         issued = services.files.instance_url(conn, instance_id, expires_in=expires_in)
+        disclosed(request, instance_ids=[instance_id])
         note(request, partner=issued.partner, skipped=list(issued.skipped) or None, redirect=True)
         return Redirect(path=issued.url, status_code=HTTP_307_TEMPORARY_REDIRECT, headers={"Cache-Control": "no-store"})
 
@@ -114,6 +117,8 @@ class FileController(Controller):
         """The batch signer: one URL per instance, no per-object check (a missing object fails at download)."""
         entries = services.files.series_urls(conn, series_id, expires_in=expires_in)
         signed = [e for e in entries if e.url is not None]
+        if entries:
+            disclosed(request, series_ids=[series_id])  # its instances' UIDs at least, and their files when signed
         note(request, count=len(signed), unavailable=len(entries) - len(signed), partners=sorted({e.partner for e in signed if e.partner}))
         return SeriesFileUrls(
             series_id=series_id,

@@ -1,7 +1,9 @@
 """Subjects, studies, series and instances: read-only, for the ``viewer`` role.
 
 Ids in paths are the service's UUIDs; DICOM UIDs and patient ids are query
-filters. Every request here is an audited access to patient data.
+filters. Every request here is an audited access to patient data, and each
+answer names in its entry the subjects and studies it showed
+(:func:`api.auditing.disclosed`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from sqlalchemy import Connection
 
-from api.auditing import audited, note, recorded_in_thread
+from api.auditing import audited, disclosed, note, recorded_in_thread
 from api.db import RequestConnection
 from api.errors import PROTECTED, documented_errors
 from api.pagination import decode_cursor, encode_cursor, page_size
@@ -56,12 +58,14 @@ PatientName = Annotated[
 _STUDY_KEY = (dt.date | None, uuid.UUID)
 
 
-def _studies_page(services: Services, conn: Connection, query: StudyQuery, limit: int | None, cursor: str | None) -> StudyPage:
+def _studies_page(request: Request[Any, Any, Any], services: Services, conn: Connection, query: StudyQuery, limit: int | None, cursor: str | None) -> StudyPage:
     size = page_size(limit, services.settings.api)
     after = decode_cursor(cursor, "studies", _STUDY_KEY)
     if query.subject_id is not None:
         catalog_studies.require_live_subject(conn, query.subject_id)
     page = catalog_studies.search_studies(conn, query, limit=size, after=after)
+    disclosed(request, subject_ids=[s.subject.id for s in page.items], study_ids=[s.id for s in page.items])
+    note(request, results=len(page.items))
     return StudyPage(items=to_schemas(page.items, StudySummary), next_cursor=encode_cursor("studies", page.next_key))
 
 
@@ -96,6 +100,7 @@ class SubjectController(Controller):
             limit=size,
             after=after,
         )
+        disclosed(request, subject_ids=[s.id for s in page.items])
         note(request, results=len(page.items))
         return SubjectPage(items=to_schemas(page.items, Subject), next_cursor=encode_cursor("subjects", page.next_key))
 
@@ -117,8 +122,8 @@ class SubjectController(Controller):
         cursor: Cursor = None,
     ) -> StudyPage:
         """The subject's live studies, newest first (same order and cursor as the study search)."""
-        page = _studies_page(services, conn, StudyQuery(subject_id=subject_id), limit, cursor)
-        note(request, resource_type="subject", results=len(page.items))
+        page = _studies_page(request, services, conn, StudyQuery(subject_id=subject_id), limit, cursor)
+        note(request, resource_type="subject")
         return page
 
 
@@ -159,9 +164,7 @@ class StudyController(Controller):
             partner=partner(partner_),
             study_uid=uid(study_uid, "study_uid"),
         )
-        page = _studies_page(services, conn, query, limit, cursor)
-        note(request, results=len(page.items))
-        return page
+        return _studies_page(request, services, conn, query, limit, cursor)
 
     @get(
         "/{study_id:str}",
@@ -171,9 +174,11 @@ class StudyController(Controller):
         summary="One study with its series",
     )
     @recorded_in_thread
-    def detail(self, conn: RequestConnection, study_id: EntityId) -> StudyDetail:
+    def detail(self, request: Request[Any, Any, Any], conn: RequestConnection, study_id: EntityId) -> StudyDetail:
         """The study's summary and its live series in series-number order, each with instance count and partners."""
-        return to_schema(catalog_studies.get_study(conn, study_id), StudyDetail)
+        found = catalog_studies.get_study(conn, study_id)
+        disclosed(request, subject_ids=[found.study.subject.id], study_ids=[found.study.id])
+        return to_schema(found, StudyDetail)
 
 
 class SeriesController(Controller):
@@ -202,5 +207,7 @@ class SeriesController(Controller):
         size = page_size(limit, services.settings.api)
         after = decode_cursor(cursor, "instances", (int | None, uuid.UUID))
         page = catalog_instances.list_instances(conn, series_id, limit=size, after=after)
+        if page.items:
+            disclosed(request, series_ids=[series_id])  # its study and subject, found by the entry's INSERT
         note(request, results=len(page.items))
         return InstancePage(items=to_schemas(page.items, Instance), next_cursor=encode_cursor("instances", page.next_key))
