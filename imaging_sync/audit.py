@@ -294,8 +294,9 @@ class _Disclosed:
         series_ids: Iterable[uuid.UUID] | None = None,
         instance_ids: Iterable[uuid.UUID] | None = None,
     ) -> _Disclosed:
-        """The ids not yet in ``seen`` (which then holds them too): no id is written twice for one entry."""
-        seen = set() if seen is None else seen
+        """The ids not in ``seen`` (those already written for the entry), each once."""
+        taken: set[uuid.UUID] = set()
+        known = seen or set()
 
         def fresh(ids: Iterable[uuid.UUID] | None) -> list[uuid.UUID]:
             new = []
@@ -303,13 +304,18 @@ class _Disclosed:
                 if ident is None:
                     continue
                 ident = ident if isinstance(ident, uuid.UUID) else uuid.UUID(str(ident))
-                if ident not in seen:
-                    seen.add(ident)
+                if ident not in known and ident not in taken:
+                    taken.add(ident)
                     new.append(ident)
             return new
 
         named = [(i, "subject") for i in fresh(subject_ids)] + [(i, "study") for i in fresh(study_ids)]
         return cls(tuple(named), tuple(fresh(series_ids)), tuple(fresh(instance_ids)))
+
+    def ids(self) -> Iterator[uuid.UUID]:
+        yield from (i for i, _ in self.named)
+        yield from self.series_ids
+        yield from self.instance_ids
 
     @property
     def shape(self) -> tuple[bool, bool, bool]:
@@ -481,11 +487,10 @@ def begin(
     if event.outcome != STARTED:
         raise ValueError(f"begin() writes a started entry; {event.outcome!r} is for record()")
     values = _entry_values(event)
-    seen: set[uuid.UUID] = set()
-    disclosed = _Disclosed.of(seen, subject_ids=subject_ids, study_ids=study_ids, series_ids=series_ids, instance_ids=instance_ids)
+    disclosed = _Disclosed.of(subject_ids=subject_ids, study_ids=study_ids, series_ids=series_ids, instance_ids=instance_ids)
     with _own_transaction(engine) as conn:
         _write(conn, values, disclosed)
-    return AuditHandle(engine, values["id"], seen)
+    return AuditHandle(engine, values["id"], set(disclosed.ids()))
 
 
 class AuditHandle:
@@ -537,6 +542,7 @@ class AuditHandle:
             return
         with _own_transaction(self._engine) as conn:
             _write_disclosures(conn, self.id, disclosed)
+        self._seen.update(disclosed.ids())  # only once written: a failed batch is written again if retried
 
     def finish(self, outcome: str, *, status: int | None = None, detail: dict[str, Any] | None = None) -> None:
         """Append how the operation ended: ``outcome`` (one of :data:`FINAL_OUTCOMES`), the HTTP or DIMSE

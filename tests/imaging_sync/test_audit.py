@@ -309,3 +309,27 @@ def test_a_failed_statement_does_not_carry_its_parameters(engine: Engine) -> Non
         conn.execute(text("SELECT * FROM no_such_table WHERE patient_id = :patient_id"), {"patient_id": PATIENT_ID})
     assert PATIENT_ID not in str(raised.value)
     assert audit.describe_failure(raised.value).startswith("ProgrammingError" if engine.dialect.name == "postgresql" else "OperationalError")
+
+
+def test_a_batch_whose_disclosure_failed_is_written_when_disclosed_again(engine: Engine) -> None:
+    someone = patient(engine, "P-RETRY")
+    handle = audit.begin(engine, started())
+    postgresql = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:  # a database that refuses disclosures for a moment
+        if postgresql:
+            conn.execute(text("CREATE FUNCTION test_refuse_disclosure() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"))
+            conn.execute(text("CREATE TRIGGER test_refuse_disclosure BEFORE INSERT ON audit_disclosure FOR EACH ROW EXECUTE FUNCTION test_refuse_disclosure()"))
+        else:
+            conn.execute(text("CREATE TRIGGER test_refuse_disclosure BEFORE INSERT ON audit_disclosure BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    try:
+        with pytest.raises(AuditUnavailableError):
+            handle.disclose(subject_ids=[someone.subject], study_ids=[someone.study])
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER test_refuse_disclosure" + (" ON audit_disclosure" if postgresql else "")))
+            if postgresql:
+                conn.execute(text("DROP FUNCTION test_refuse_disclosure()"))
+    handle.disclose(subject_ids=[someone.subject], study_ids=[someone.study])
+    handle.finish("success")
+    with engine.connect() as conn:
+        assert audit.disclosed_by(conn, handle.id) == {"subject": [someone.subject], "study": [someone.study]}
