@@ -16,13 +16,14 @@ from api.db import RequestConnection
 from api.errors import PROTECTED, documented_errors
 from api.operations.schemas import Partner, PartnerState, RejectedItem, RejectedItemPage, SyncRequest, SyncRun, SyncRunDetail, SyncRunPage, SyncStarted
 from api.pagination import decode_cursor, encode_cursor, page_size
-from api.params import Cursor, EntityId, Limit, text
+from api.params import Cursor, EntityId, Limit
 from api.params import partner as partner_param
 from api.schemas import to_schema, to_schemas
 from api.security import require
 from api.services import Services
 from imaging_sync.catalog import operations as catalog
 from imaging_sync.errors import NotFoundError, ValidationError
+from imaging_sync.partners.wire import check_requested_id
 
 PartnerFilter = Annotated[str | None, QueryParameter(name="partner", description="Only this partner.", max_length=63)]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "skipped", "abandoned"]
@@ -75,14 +76,18 @@ class OperationsController(Controller):
         name: Annotated[str, PathParameter(description="Partner name.", max_length=63)],
         data: Annotated[SyncRequest | None, Body(description="Optional; the same fields may be given as query parameters.")] = None,
         full: Annotated[bool | None, QueryParameter(description="Ignore the bookmark and re-read everything.")] = None,
-        study_id: Annotated[str | None, QueryParameter(description="Refresh only this study (the partner's id).", min_length=1, max_length=128)] = None,
+        study_id: Annotated[
+            str | None,
+            QueryParameter(description="Refresh only this study (the partner's id: 1 to 128 characters, not `.` or `..`, no control characters, no surrounding whitespace).", min_length=1, max_length=128),
+        ] = None,
     ) -> Response[SyncStarted]:
         """Runs in the background; 202 with the run id at once, 409 when the partner is being synced already."""
         if name not in services.settings.partners:
             raise NotFoundError(f"no partner {name!r} is configured")
         body = data or SyncRequest()
         full_run = body.full or bool(full)
-        refresh = text(body.study_id if body.study_id is not None else study_id, "study_id", 128)
+        requested = body.study_id if body.study_id is not None else study_id
+        refresh = None if requested is None else check_requested_id(requested, "study_id")
         if refresh is not None and full_run:
             raise ValidationError("study_id", "refreshes one study; it cannot be combined with full")
         run_id = services.launcher.launch(name, full=full_run, study_id=refresh)

@@ -83,7 +83,14 @@ class RejectedItemPage(msgspec.Struct, kw_only=True):
 
 class SyncRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     full: Annotated[bool, msgspec.Meta(description="Ignore the bookmark and re-read everything.")] = False
-    study_id: Annotated[str, msgspec.Meta(description="Refresh only this study (the partner's id) now; not with full.", min_length=1, max_length=128)] | None = None
+    study_id: Annotated[
+        str,
+        msgspec.Meta(
+            description="Refresh only this study (the partner's id: 1 to 128 characters, not `.` or `..`, no control characters, no surrounding whitespace) now; not with full.",
+            min_length=1,
+            max_length=128,
+        ),
+    ] | None = None
 
 
 class SyncStarted(msgspec.Struct, kw_only=True):

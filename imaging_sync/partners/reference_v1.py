@@ -31,7 +31,7 @@ from imaging_sync.errors import (
     ValidationError,
 )
 from imaging_sync.partners.prefetch import prefetch
-from imaging_sync.partners.wire import ItemParser, format_rfc3339, next_page_token
+from imaging_sync.partners.wire import ItemParser, check_id, format_rfc3339, next_page_token
 from imaging_sync.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,15 @@ class ReferenceV1Source:
             params["page_token"] = token
 
     def get_study(self, partner_id: str) -> PageItem | None:
+        """The study the partner has under this id (a deleted item too), or None on 404.
+
+        The id is sent as one path segment whatever it holds (path_segment), so
+        it can name no other resource; one the contract rules out (empty, over
+        128 characters) is a ValidationError before any request.
+        """
+        check_id(partner_id, "study_id")
         try:
-            response = self._get(f"/v1/studies/{quote(partner_id, safe='')}", {}, not_found_ok=True)
+            response = self._get(f"/v1/studies/{path_segment(partner_id)}", {}, not_found_ok=True)
         except _NotFound:
             return None
         return self.parser.parse_item(response.content)
@@ -155,6 +162,19 @@ class ReferenceV1Source:
 
 class _NotFound(Exception):
     pass
+
+
+def path_segment(value: str) -> str:
+    """``value`` as exactly one path segment of a URL (the contract, § 3.2).
+
+    Percent-encoded with nothing left safe (RFC 3986 §3.3), so ``/`` is
+    ``%2F``; a segment that is all dots (``.``, ``..``) has its dots encoded too
+    (``%2E``), since a resolver removes dot-segments before the request is
+    sent (httpx turns ``/v1/studies/.`` into ``/v1/studies``, the listing) but
+    leaves ``%2E`` as it is on the request line.
+    """
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
 def _retry_after(header: str | None, fallback: float) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from functools import partial
@@ -146,7 +147,7 @@ class ItemParser:
         if wire is None:
             return self._rejected(raw, error or "not a study item", "validation")
         try:
-            partner_id = _check_id(wire.id, "id")
+            partner_id = check_id(wire.id, "id")
             updated_at = parse_rfc3339(wire.updated_at, "updated_at")
             if wire.deleted:
                 uid = check_uid(wire.study_instance_uid, "study_instance_uid")
@@ -189,7 +190,7 @@ class ItemParser:
         if not patient_id:
             raise ValidationError("subject.patient_id", "must not be empty")
         return SubjectDTO(
-            partner_id=_check_id(wire.id, "subject.id"),
+            partner_id=check_id(wire.id, "subject.id"),
             patient_id=patient_id,
             issuer=_text(wire.issuer_of_patient_id, 64, "subject.issuer_of_patient_id") or "",
             name=_person_name(wire.name, "subject.name"),
@@ -208,7 +209,7 @@ class ItemParser:
             except ValidationError as exc:  # paths are built only on failure: this loop is hot
                 raise exc.within(f"{path}.instances[{index}]") from None
         return SeriesDTO(
-            partner_id=_check_id(wire.id, f"{path}.id"),
+            partner_id=check_id(wire.id, f"{path}.id"),
             series_instance_uid=check_uid(wire.series_instance_uid, f"{path}.series_instance_uid"),
             modality=modality,
             series_number=_int32(wire.series_number, f"{path}.series_number"),
@@ -225,7 +226,7 @@ class ItemParser:
         if wire.sha256 is not None and not _SHA256.fullmatch(wire.sha256):
             raise ValidationError("sha256", "must be 64 hexadecimal digits")
         return InstanceDTO(
-            partner_id=_check_id(wire.id, "id"),
+            partner_id=check_id(wire.id, "id"),
             sop_instance_uid=check_uid(wire.sop_instance_uid, "sop_instance_uid"),
             sop_class_uid=self._repeated_uid(wire.sop_class_uid, "sop_class_uid"),
             transfer_syntax_uid=None if wire.transfer_syntax_uid is None else self._repeated_uid(wire.transfer_syntax_uid, "transfer_syntax_uid"),
@@ -351,11 +352,33 @@ def _msgspec_reason(exc: Exception) -> str:
     return f"{path}: {reason}" if path else reason
 
 
-def _check_id(value: str, path: str) -> str:
+def check_id(value: str, path: str) -> str:
+    """A partner id as the contract has it: a non-empty string of at most 128 characters."""
     if not value:
         raise ValidationError(path, "must be a non-empty string")
     if len(value) > ID_MAX_LENGTH:
         raise ValidationError(path, f"is {len(value)} characters long (at most {ID_MAX_LENGTH})")
+    return value
+
+
+def check_requested_id(value: str, path: str) -> str:
+    """A partner id someone asks us to fetch (``GET /v1/studies/{id}``): the contract's id, and safe as a path segment.
+
+    Stricter than an id inside a partner's item, because this one comes from
+    a caller, not the partner: besides the contract's rule (1 to 128
+    characters), ``.`` and ``..`` are refused (URL resolution collapses them,
+    RFC 3986 §5.2.4: ``/v1/studies/.`` *is* the listing, every study of the
+    partner), and so are control characters and surrounding whitespace (a
+    pasted line, or a probe). The adapter percent-encodes the id as one
+    segment either way (reference_v1.path_segment).
+    """
+    check_id(value, path)
+    if value in (".", ".."):
+        raise ValidationError(path, "must not be . or .. (a path segment, not an id)")
+    if value != value.strip():
+        raise ValidationError(path, "must not start or end with whitespace")
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValidationError(path, "must not contain control characters")
     return value
 
 
