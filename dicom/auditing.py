@@ -1,12 +1,23 @@
-"""One audit record and one log line per C-FIND, C-MOVE and C-GET, written in one place.
+"""The audit entry of every C-FIND, C-MOVE and C-GET, written before the answer; and the refusals.
 
-Handlers are wrapped by :func:`audited`: it hands them an :class:`Operation`
-to fill (level, query keys, matches or the sub-operation tally, final status)
-and, whatever happens — completion, cancel, failure, the peer aborting —
-writes the audit row (channel ``dicom``, actor = calling AE title, client =
-peer address) and logs the outcome. Log lines carry levels, counts, statuses
-and the association id; never patient names or IDs (those are only in the
-audit row's ``query``, which is what the audit log is for).
+An operation that discloses patient data is audited in two steps
+(:mod:`imaging_sync.audit`): before the first match or file leaves, the
+handler calls :meth:`Operation.disclose` with whose data it carries (the
+subjects and studies of the next batch of matches, the study and subject of
+the next file): the first call commits the entry, in outcome ``started``,
+together with those ids; each later one adds the next batch's, one INSERT per
+batch, before that batch is sent. If it cannot be written
+(:class:`~imaging_sync.errors.AuditUnavailableError`), nothing is sent: the
+handler answers ``C004`` (unable to process: the access could not be
+audited). When the operation ends, however it ends (completion, cancel,
+failure, the peer going away), :func:`audited` appends its outcome, status
+and counts. A process killed in between leaves the ``started`` entry.
+
+An operation that disclosed nothing (refused, invalid, no match) is one
+complete entry written when it ends; so is a refusal at association
+(:func:`record_refusal`). Log lines carry levels, counts, statuses and the
+association id, never patient names or IDs (those are only in the audit
+entry's ``query``, which is what the audit log is for).
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +36,8 @@ from dicom import statuses
 from dicom.limits import restart_idle_timer
 from dicom.retrieve import Tally
 from dicom.session import session
-from imaging_sync.audit import AuditEvent, describe_failure, record_now
+from imaging_sync import audit
+from imaging_sync.audit import AuditEvent, AuditHandle, describe_failure
 from imaging_sync.errors import AuditUnavailableError
 
 log = logging.getLogger("dicom.operations")
@@ -61,17 +74,20 @@ def record_refusal(
         detail={"association": association_id(assoc), **(detail or {})},
     )
     try:
-        record_now(engine, event)
+        audit.record_now(engine, event)
     except AuditUnavailableError as exc:
         log.error("the refusal (%s, association %s) could not be audited: %s", action, association_id(assoc), describe_failure(exc))
 
 
 @dataclass
 class Operation:
+    """One C-FIND, C-MOVE or C-GET as the audit log and the log line describe it; filled in by its handler."""
+
     action: str  # c-find | c-move | c-get
     calling_ae: str
     client_addr: str
     association: str
+    engine: Engine | None = None
     model: str | None = None
     level: str | None = None
     query: dict[str, Any] = field(default_factory=dict)
@@ -84,11 +100,33 @@ class Operation:
     counted: bool = False
     cancelled: bool = False
     started: float = field(default_factory=time.monotonic)
+    handle: AuditHandle | None = None  # the started entry, once something was disclosed
 
     def fail(self, status_ds: Any) -> Any:
         self.status = int(status_ds.Status)
         self.comment = status_ds.get("ErrorComment")
         return status_ds
+
+    def event(self, outcome: str = audit.STARTED, *, status: int | None = None, detail: dict[str, Any] | None = None) -> AuditEvent:
+        return AuditEvent(
+            channel="dicom", actor=self.calling_ae, action=self.action, outcome=outcome, client_addr=self.client_addr or None,
+            query={"model": self.model, **self.query} if self.model else self.query, resource_type=(self.level or "").lower() or None,
+            status=status, detail=detail,
+        )
+
+    def disclose(self, subject_ids: Collection[uuid.UUID | None], study_ids: Collection[uuid.UUID | None]) -> None:
+        """Record, before they leave, whose data the next matches or files carry; the first call commits the entry.
+
+        Raises AuditUnavailableError when that cannot be written: send nothing, answer :func:`audit_failure`.
+        Ids already recorded for this operation cost no round trip.
+        """
+        subjects = [s for s in subject_ids if s is not None]
+        studies = [s for s in study_ids if s is not None]
+        if self.handle is None:
+            assert self.engine is not None
+            self.handle = audit.begin(self.engine, self.event(), subject_ids=subjects, study_ids=studies)
+        else:
+            self.handle.disclose(subject_ids=subjects, study_ids=studies)
 
     def final_status(self) -> int | None:
         if self.status is not None:
@@ -113,6 +151,12 @@ class Operation:
         return "error"  # the DICOM status (A900, C001, …) says which
 
 
+def audit_failure(op: Operation, error: AuditUnavailableError) -> Any:
+    """The status of an operation stopped because its disclosure could not be audited (nothing more is sent)."""
+    log.error("%s stopped: its audit entry could not be written (association %s): %s", op.action, op.association, describe_failure(error))
+    return op.fail(statuses.status_dataset(statuses.UNABLE_TO_PROCESS_AUDIT, "the access could not be audited"))
+
+
 def audited(action: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]]:
     """Wrap a DIMSE handler generator ``handler(event, services, op)`` as ``handler(event, services)``."""
 
@@ -120,7 +164,7 @@ def audited(action: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..
         @functools.wraps(handler)
         def run(event: Any, services: Any) -> Iterator[Any]:
             calling_ae, addr = peer(event.assoc)
-            op = Operation(action, calling_ae, addr, association_id(event.assoc))
+            op = Operation(action, calling_ae, addr, association_id(event.assoc), engine=services.engine)
             interrupted = False
             try:
                 yield from handler(event, services, op)
@@ -133,20 +177,20 @@ def audited(action: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..
                 raise
             finally:
                 restart_idle_timer(event.assoc)
-                _finish(op, services.engine, interrupted)
+                _finish(op, interrupted)
 
         return run
 
     return decorate
 
 
-def _finish(op: Operation, engine: Engine, interrupted: bool) -> None:
+def _finish(op: Operation, interrupted: bool) -> None:
     status = op.final_status()
     detail: dict[str, Any] = {"model": op.model, "association": op.association}
+    if op.destination is not None:
+        detail["destination"] = op.destination
     if op.tally is not None:
         detail.update(op.tally.as_detail())
-        if op.destination:
-            detail["destination"] = op.destination
         if interrupted and op.tally.remaining and not op.cancelled:
             # pynetdicom stopped asking for sub-operations: the destination refused the
             # association (it answered 0xA801) or the requester went away.
@@ -167,19 +211,11 @@ def _finish(op: Operation, engine: Engine, interrupted: bool) -> None:
         seconds * 1000, op.association, op.calling_ae,
     )
     try:
-        record_now(
-            engine,
-            AuditEvent(
-                channel="dicom",
-                actor=op.calling_ae,
-                action=op.action,
-                outcome=outcome,
-                client_addr=op.client_addr,
-                query={"model": op.model, **op.query} if op.model else op.query,
-                resource_type=(op.level or "").lower() or None,
-                status=status,
-                detail=detail,
-            ),
-        )
-    except Exception:  # the answer has gone; losing its audit row must at least be loud
-        log.exception("audit record of %s could not be written (association %s)", op.action, op.association)
+        if op.handle is not None:
+            op.handle.finish(outcome, status=status, detail=detail)
+        else:
+            assert op.engine is not None
+            audit.record_now(op.engine, op.event(outcome, status=status, detail=detail))
+    except AuditUnavailableError as exc:
+        # A started entry still records the disclosure; an operation that disclosed nothing sent nothing.
+        log.error("the end of %s could not be audited (association %s): %s", op.action, op.association, describe_failure(exc))

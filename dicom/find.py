@@ -10,12 +10,16 @@ its result costs, not what the index holds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
+import sqlalchemy.exc
 from sqlalchemy import Engine, exists, func, select
 
 from dicom.identifiers import QueryRequest
@@ -41,6 +45,14 @@ def _joined(level: str) -> tuple[Any, list[Any]]:
 
 
 _ID = {"PATIENT": subject.c.id, "STUDY": study.c.id, "SERIES": series.c.id, "IMAGE": instance.c.id}
+
+
+class Match(NamedTuple):
+    """One C-FIND match: the response identifier, and whose data it discloses (for the audit log)."""
+
+    identifier: Dataset
+    subject_id: uuid.UUID
+    study_id: uuid.UUID | None  # None at PATIENT level: a patient match shows no study
 
 
 def where_clause(request: QueryRequest, dialect: str, *, combined_datetime: bool = False) -> list[Any]:
@@ -71,16 +83,31 @@ def _computed_wanted(request: QueryRequest) -> set[str]:
 
 
 class Finder:
-    """Runs C-FIND requests against one engine (the process's), streaming matches as response identifiers."""
+    """Runs C-FIND requests against one engine (the process's), streaming matches as response identifiers.
+
+    A C-FIND holds its connection while its matches stream, and its audit
+    entry needs a second one for a moment before each batch leaves
+    (dicom.auditing). With every pooled connection held by a stream, each
+    would wait for a second one for ever (the pool has no overflow): so at
+    most ``pool size - 1`` C-FINDs stream at once, the others wait their turn
+    (up to the pool's timeout, then C002), and an audit write always finds a
+    connection.
+    """
 
     def __init__(self, engine: Engine, *, batch_size: int = 500) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._batch_size = batch_size
+        pool_size = getattr(engine.pool, "size", None)
+        self._streams = threading.BoundedSemaphore(max(1, pool_size() - 1)) if callable(pool_size) else None
+        pool_timeout = getattr(engine.pool, "timeout", None)
+        self._wait = float(pool_timeout()) if callable(pool_timeout) else 30.0
 
     def statement(self, request: QueryRequest, *, combined_datetime: bool = False) -> Any:
         source, live = _joined(request.level)
-        columns = [_ID[request.level].label("_id")]
+        columns = [_ID[request.level].label("_id"), subject.c.id.label("_subject")]
+        if request.level != "PATIENT":
+            columns.append(study.c.id.label("_study"))
         for req in request.returned:
             key = req.key
             if key is not None and key.column is not None and key.match != "computed":
@@ -88,17 +115,31 @@ class Finder:
         stmt = select(*columns).select_from(source)
         return stmt.where(*live, *where_clause(request, self._dialect, combined_datetime=combined_datetime))
 
-    def find(self, request: QueryRequest, *, combined_datetime: bool = False) -> Iterator[Dataset]:
-        """Response identifiers (PS3.4 C.4.1.1.3.2): exactly the keys asked for, plus the level and, when needed, the character set."""
+    def find(self, request: QueryRequest, *, combined_datetime: bool = False) -> Iterator[Match]:
+        """The matches: response identifiers (PS3.4 C.4.1.1.3.2: exactly the keys asked for, plus the level
+        and, when needed, the character set), each with the subject and study it discloses."""
         stmt = self.statement(request, combined_datetime=combined_datetime)
         wanted = _computed_wanted(request)
         returned = request.returned
-        with self._engine.connect() as conn:
+        patient_level = request.level == "PATIENT"
+        with self._stream_slot(), self._engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=self._batch_size).execute(stmt)
             for rows in result.partitions():
                 extra = _aggregates(conn, request.level, [row._id for row in rows], wanted) if wanted else {}
                 for row in rows:
-                    yield _response(request.level, returned, row._mapping, extra, row._id)
+                    yield Match(_response(request.level, returned, row._mapping, extra, row._id), row._subject, None if patient_level else row._study)
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        if self._streams is None:
+            yield
+            return
+        if not self._streams.acquire(timeout=self._wait):
+            raise sqlalchemy.exc.TimeoutError(f"no database connection for a C-FIND within {self._wait:.0f} s")
+        try:
+            yield
+        finally:
+            self._streams.release()
 
     def count(self, request: QueryRequest) -> int:
         stmt = self.statement(request)
@@ -174,4 +215,4 @@ def _grouped(conn: Any, stmt: Any) -> dict[Any, int]:
     return {owner: int(n) for owner, n in conn.execute(stmt)}
 
 
-__all__ = ["Finder", "UTF8", "where_clause"]
+__all__ = ["Finder", "Match", "UTF8", "where_clause"]

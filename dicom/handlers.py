@@ -1,9 +1,12 @@
-"""One function per DIMSE event; each gets its dependencies (``Services``) when bound (dicom.server).
+"""One function per DIMSE and association event; each gets its dependencies (``Services``) when bound (dicom.server).
 
-Handlers parse, call the index (dicom.find, dicom.retrieve), and translate:
-typed errors become named statuses (dicom.statuses.failure_for), the audit
-row and log line come from dicom.auditing. PS3.4 sections are cited where a
-rule is implemented.
+Association events admit or reject the peer (dicom.access) and bound what it
+sends (dicom.limits). Request handlers first refuse what the peer was not
+granted or what is over a limit, then parse, call the index (dicom.find,
+dicom.retrieve), and translate: typed errors become named statuses
+(dicom.statuses.failure_for). Whose data a batch of matches or a file carries
+is recorded in the audit log before it leaves (dicom.auditing), which also
+writes the log line. PS3.4 sections are cited where a rule is implemented.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ from sqlalchemy import Engine
 
 from dicom import statuses
 from dicom.access import ADMISSION_FAILED, AccessPolicy
-from dicom.auditing import Operation, audited, peer, record_refusal
+from dicom.auditing import Operation, audit_failure, audited, peer, record_refusal
 from dicom.errors import LimitExceededError, NotAuthorizedError, UnknownDestinationError
-from dicom.find import Finder
-from dicom.identifiers import Model, parse
+from dicom.find import Finder, Match
+from dicom.identifiers import Model, asked, parse
 from dicom.limits import Limits, guard_reads, oversized, watch_request
-from dicom.retrieve import Retriever, Tally, presentation_contexts
+from dicom.retrieve import Retriever, SubOperation, Tally, presentation_contexts
 from dicom.sending import use_stored_encoding
 from dicom.session import session
 from imaging_sync.config import DicomConfig, DicomOperation
+from imaging_sync.errors import AuditUnavailableError
 
 log = logging.getLogger("dicom.associations")
 
@@ -191,7 +195,7 @@ def _combined_datetime(event: Any) -> bool:
     return len(info) > 1 and info[1] == 1
 
 
-# -- C-FIND ----------------------------------------------------------------------------
+# -- refusals before a request runs -----------------------------------------------------
 
 
 def _refusal(event: Any, services: Services, op: Operation, operation: DicomOperation, *, retrieve: bool) -> Dataset | None:
@@ -205,12 +209,32 @@ def _refusal(event: Any, services: Services, op: Operation, operation: DicomOper
     if services.access.may(op.calling_ae, operation):
         return None
     log.warning("association %s: %s refused, calling AE %s is not granted %s", op.association, op.action, op.calling_ae, operation)
-    try:
-        request = parse(event.identifier, op.model or "STUDY", retrieve=retrieve, max_values=services.limits.max_values)
-        op.level, op.query = request.level, request.audit_keys
-    except Exception:  # refused anyway; the row says what could be read
-        op.query = {"identifier": "not decoded"}
+    _read_for_audit(event, services, op, retrieve=retrieve)
     return op.fail(statuses.failure_for(NotAuthorizedError(f"calling AE not granted {operation}")))
+
+
+def _read_for_audit(event: Any, services: Services, op: Operation, *, retrieve: bool) -> None:
+    """What a refused request asked, for its audit entry: the level and keys, or that it could not be read."""
+    size = oversized(event.assoc, event.request, services.limits)
+    if size is not None:
+        op.query = {"identifier": "not decoded", "bytes": size}
+        return
+    try:
+        identifier = event.identifier
+    except Exception:  # refused anyway; the entry says what could be read
+        op.query = {"identifier": "not decoded"}
+        return
+    op.query = _asked(identifier)
+
+
+def _asked(identifier: Any) -> dict[str, Any]:
+    try:
+        return asked(identifier)
+    except Exception:  # an element pydicom cannot read
+        return {"identifier": "not decoded"}
+
+
+# -- C-FIND ----------------------------------------------------------------------------
 
 
 @audited("c-find")
@@ -229,22 +253,47 @@ def handle_find(event: Any, services: Services, op: Operation) -> Iterator[Any]:
     try:
         request = parse(identifier, op.model, max_values=services.limits.max_values)
     except Exception as exc:
+        op.query = _asked(identifier)
         yield op.fail(statuses.failure_for(exc)), None
         return
     op.level, op.query = request.level, request.audit_keys
     try:
-        for response in services.finder.find(request, combined_datetime=_combined_datetime(event)):
-            if event.is_cancelled:  # C.4.1.3.1: C-CANCEL ends the matches with 0xFE00
-                op.cancelled = True
-                yield statuses.CANCEL, None
+        for batch in disclosure_batches(services.finder.find(request, combined_datetime=_combined_datetime(event))):
+            try:  # whose data this batch shows is recorded before any of it leaves
+                op.disclose({m.subject_id for m in batch}, {m.study_id for m in batch})
+            except AuditUnavailableError as exc:
+                yield audit_failure(op, exc), None
                 return
-            op.matches += 1
-            _wait_for_the_peer(event.assoc)
-            yield statuses.PENDING, response
+            for match in batch:
+                if event.is_cancelled:  # C.4.1.3.1: C-CANCEL ends the matches with 0xFE00
+                    op.cancelled = True
+                    yield statuses.CANCEL, None
+                    return
+                op.matches += 1
+                _wait_for_the_peer(event.assoc)
+                yield statuses.PENDING, match.identifier
     except Exception as exc:  # e.g. InvalidKeyValueError raised while building SQL, or the database
         yield op.fail(statuses.failure_for(exc)), None
         return
     op.status = statuses.SUCCESS
+
+
+# Matches disclosed per audit write: the first batch small (a query answered by a few matches costs one
+# write, and a cancel right after the first matches leaves a precise entry), then doubling: a batch is
+# never more than all the matches already sent, so the entry names at most twice the patients that left.
+FIRST_DISCLOSURE_BATCH, MAX_DISCLOSURE_BATCH = 32, 512
+
+
+def disclosure_batches(matches: Iterator[Match]) -> Iterator[list[Match]]:
+    size = FIRST_DISCLOSURE_BATCH
+    batch: list[Match] = []
+    for match in matches:
+        batch.append(match)
+        if len(batch) >= size:
+            yield batch
+            batch, size = [], min(size * 2, MAX_DISCLOSURE_BATCH)
+    if batch:
+        yield batch
 
 
 # pynetdicom's DUL reactor either sends one queued PDU or reads one per loop, sending first: with every
@@ -263,15 +312,19 @@ def _wait_for_the_peer(assoc: Any) -> None:
 # -- C-MOVE / C-GET ---------------------------------------------------------------------
 
 
-def _retrieve(event: Any, services: Services, op: Operation, model: Model) -> Iterator[Any]:
+def _retrieve(event: Any, services: Services, op: Operation, model: Model) -> list[SubOperation]:
     """The sub-operations shared by C-MOVE and C-GET: resolve, then yield each fetched file (PS3.4 C.4.2.3.1, C.4.3.3.1)."""
     op.model = model
-    request = parse(event.identifier, model, retrieve=True, max_values=services.limits.max_values)
+    op.query = {"identifier": "not decoded"}  # until it is: decoding may fail, and the entry still records the request
+    identifier = event.identifier
+    op.query = _asked(identifier)
+    request = parse(identifier, model, retrieve=True, max_values=services.limits.max_values)
     op.level, op.query = request.level, request.audit_keys
-    return services.retriever.sub_operations(request)  # type: ignore[return-value]
+    return services.retriever.sub_operations(request)
 
 
 def _sub_operations(event: Any, services: Services, op: Operation, subs: list[Any]) -> Iterator[Any]:
+    """Each fetched file, its study and subject recorded in the audit entry before it leaves (one write per new study)."""
     op.tally = Tally(total=len(subs))
     op.counted = True
     for item in services.retriever.fetch(subs, op.tally):
@@ -279,6 +332,12 @@ def _sub_operations(event: Any, services: Services, op: Operation, subs: list[An
             item.release()
             op.cancelled = True
             yield statuses.CANCEL, None
+            return
+        try:
+            op.disclose((item.sub.subject_id,), (item.sub.study_id,))
+        except AuditUnavailableError as exc:
+            item.release()
+            yield audit_failure(op, exc), None
             return
         yield statuses.PENDING, item
 
@@ -289,7 +348,8 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
     op.model = MOVE_MODELS[event.request.AffectedSOPClassUID]
     op.destination = str(event.move_destination or "").strip()
     destination = services.config.destination(op.destination)
-    if destination is None:  # C.4.2.1.5: Refused, Move Destination unknown
+    if destination is None:  # C.4.2.1.5: Refused, Move Destination unknown; the entry names where and what
+        _read_for_audit(event, services, op, retrieve=True)
         op.fail(statuses.failure_for(UnknownDestinationError("move destination not configured")))
         yield None, None
         return
@@ -304,7 +364,7 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         yield op.fail(refused), None
         return
     try:
-        subs = list(_retrieve(event, services, op, op.model))
+        subs = _retrieve(event, services, op, op.model)
         failure = None
     except Exception as exc:
         subs, failure = [], statuses.failure_for(exc, retrieve=True)
@@ -332,7 +392,7 @@ def handle_get(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         yield refused, None
         return
     try:
-        subs = list(_retrieve(event, services, op, GET_MODELS[event.request.AffectedSOPClassUID]))
+        subs = _retrieve(event, services, op, GET_MODELS[event.request.AffectedSOPClassUID])
     except Exception as exc:
         yield 1
         yield op.fail(statuses.failure_for(exc, retrieve=True)), None

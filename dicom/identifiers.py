@@ -98,8 +98,7 @@ def parse(identifier: Dataset, model: Model, *, retrieve: bool = False, max_valu
     is matched (a UID list is one SQL parameter per value).
     """
     level = _level(identifier, model)
-    request = QueryRequest(model=model, level=level)
-    request.audit_keys["QueryRetrieveLevel"] = level
+    request = QueryRequest(model=model, level=level, audit_keys={**asked(identifier), "QueryRetrieveLevel": level})
     rank = level_rank(level)
     for elem in identifier:
         keyword = elem.keyword
@@ -108,13 +107,12 @@ def parse(identifier: Dataset, model: Model, *, retrieve: bool = False, max_valu
         values = values_of(elem)
         if len(values) > max_values:
             raise LimitExceededError(f"{keyword or 'an element'} lists {len(values)} values; at most {max_values}", int(elem.tag))
-        if values:
-            request.audit_keys[keyword or f"{int(elem.tag):08X}"] = values if len(values) > 1 else values[0]
         key = KEYS.get(keyword)
         if key is not None and level_rank(key_level(key, model)) > rank:
             key = None  # a key below the query level: answered zero-length, not matched
         if retrieve:
             if key is not None and keyword in UNIQUE_KEY.values() and values:
+                _no_control_characters(keyword, values, key.tag)
                 request.matches[keyword] = values
             continue
         request.returned.append(Requested(int(elem.tag), elem.VR, key))
@@ -122,9 +120,33 @@ def parse(identifier: Dataset, model: Model, *, retrieve: bool = False, max_valu
             continue  # universal matching (C.2.2.2.3): zero-length, or a lone "*"
         if key.match == "none":
             continue  # a key we do not keep cannot be matched: treated as universal
+        _no_control_characters(keyword, values, key.tag)
         request.matches[keyword] = values
     _check_hierarchy(request, retrieve)
     return request
+
+
+def asked(identifier: Dataset) -> dict[str, Any]:
+    """What a request asked, as its audit entry records it: every element sent with a value, by keyword.
+
+    Also for a request refused before it could be parsed (its entry still
+    says what was asked). Values as sent; the audit log escapes and caps them.
+    """
+    keys: dict[str, Any] = {}
+    for elem in identifier:
+        if elem.tag.group == 0x0002 or elem.tag.is_private or elem.keyword == "SpecificCharacterSet":
+            continue
+        values = values_of(elem)
+        if values:
+            keys[elem.keyword or f"{int(elem.tag):08X}"] = values if len(values) > 1 else values[0]
+    return keys
+
+
+def _no_control_characters(keyword: str, values: list[str], tag: int) -> None:
+    """A matching value with a control character (a NUL, say) matches nothing a VR of ours allows (PS3.5 6.1.3:
+    the VRs of matching keys carry none; ESC sequences are already decoded): refused as an invalid key value."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for value in values for c in value):
+        raise InvalidKeyValueError(f"{keyword}: control characters are not allowed in a matching value", tag)
 
 
 def _check_hierarchy(request: QueryRequest, retrieve: bool) -> None:

@@ -7,7 +7,10 @@ through ``storage.ObjectReader``: up to ``fetch_concurrency`` objects are
 fetched at once, each streamed in bounded chunks into its own spool file, so
 S3 and the association stay busy and no object is ever held in memory. The
 spool file is the stored Part 10 file, byte for byte; it is sent as it is
-(dicom.sending) and deleted once sent.
+(dicom.sending) and deleted once sent, and whatever a transfer spooled is
+deleted when it ends, however it ends (:meth:`Retriever.fetch`). Spool files
+live in a folder of the node's own (:class:`Spool`), which the node sweeps
+when it starts: what a killed node left goes then.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,6 +60,54 @@ class SubOperation:
     sop_class_uid: str
     transfer_syntax_uid: str | None
     locations: tuple[Location, ...]
+    # Whose data the file is (audit: disclosed before the file leaves).
+    subject_id: uuid.UUID | None = None
+    study_id: uuid.UUID | None = None
+
+
+SPOOL_PREFIX, SPOOL_SUFFIX = "isync-", ".dcm"
+
+
+class Spool:
+    """The node's own spool folder: ``<dicom.spool_dir or the temporary directory>/imaging-sync-dicom-<port>``.
+
+    One folder per listening port, so no other node on the host (another
+    port) and no other program's files are ever in it, and the start-up sweep
+    (:meth:`sweep`) can delete what it finds: spool files of this node's
+    previous process, killed mid-transfer. Files are made and deleted by
+    :meth:`Retriever.fetch`; :attr:`files` counts those a running node holds.
+    """
+
+    def __init__(self, root: str | None, port: int) -> None:
+        self.path = os.path.join(root or tempfile.gettempdir(), f"imaging-sync-dicom-{port}")
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def sweep(self, older_than: float) -> int:
+        """Delete the spool files modified before ``older_than`` (a time.time()); how many were deleted."""
+        swept = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False) and entry.name.startswith(SPOOL_PREFIX) and entry.name.endswith(SPOOL_SUFFIX):
+                    if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                        _unlink(entry.path)
+                        swept += 1
+        return swept
+
+    def files(self) -> list[str]:
+        return sorted(name for name in os.listdir(self.path) if name.startswith(SPOOL_PREFIX))
+
+    def remove_if_empty(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError:  # not empty (a transfer still running) or gone
+            return
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
 
 
 @dataclass
@@ -118,6 +171,7 @@ class EncodedInstance(Dataset):
         super().__init__()
         self.SOPClassUID = sub.sop_class_uid
         self.SOPInstanceUID = sub.sop_instance_uid
+        self.sub = sub
         self._path = path
         self._size = size
         self._error = error
@@ -125,10 +179,7 @@ class EncodedInstance(Dataset):
 
     def release(self) -> None:
         if self._path is not None:
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+            _unlink(self._path)
             self._path = None
 
 
@@ -148,8 +199,12 @@ class Retriever:
         self._dialect = engine.dialect.name
         self._reader = reader
         self._concurrency = fetch_concurrency
-        self._spool_dir = spool_dir
+        self._spool_dir: str | None = spool_dir  # the node's own folder once it listens (use_spool)
         self._priority = dict(partner_priority or {})
+
+    def use_spool(self, spool: Spool) -> None:
+        """Spool into the node's own folder (dicom.server, once the port is known)."""
+        self._spool_dir = spool.path
 
     def sub_operations(self, request: QueryRequest) -> list[SubOperation]:
         """The live instances the request names, with every partner location (highest priority first)."""
@@ -167,7 +222,7 @@ class Retriever:
             stmt = (
                 select(
                     instance.c.id, instance.c.sop_instance_uid, instance.c.sop_class_uid, instance.c.transfer_syntax_uid,
-                    location.c.partner, location.c.bucket, location.c.key,
+                    location.c.partner, location.c.bucket, location.c.key, study.c.id.label("study_id"), subject.c.id.label("subject_id"),
                 )
                 .select_from(source.outerjoin(location, location.c.instance_id == instance.c.id))
                 .where(*conditions)
@@ -181,42 +236,49 @@ class Retriever:
         subs = []
         for row, locations in grouped.values():
             locations.sort(key=lambda loc: (-self._priority.get(loc.partner, 0), loc.partner))
-            subs.append(SubOperation(row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax_uid, tuple(locations)))
+            subs.append(SubOperation(row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax_uid, tuple(locations), row.subject_id, row.study_id))
         return subs
 
     def fetch(self, subs: Iterable[SubOperation], tally: Tally) -> Iterator[EncodedInstance]:
         """The sub-operations in order, each spooled; at most ``fetch_concurrency`` fetches in flight.
 
-        Closing the iterator (cancel, abort) cancels the fetches not started
-        and deletes every spool file it made.
+        However the transfer ends (done, cancelled, the peer gone, an error,
+        the iterator dropped unfinished), the fetches not started are
+        cancelled, the running ones awaited, and every spool file this
+        transfer made and did not send is deleted: one yielded but never sent
+        included.
         """
         items = iter(subs)
         pending: deque[Future[EncodedInstance]] = deque()
+        made: set[str] = set()
+        lock = threading.Lock()
         pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="dicom-fetch")
         try:
             for sub in items:
-                pending.append(pool.submit(self._spool, sub, tally))
+                pending.append(pool.submit(self._spool, sub, tally, made, lock))
                 if len(pending) >= self._concurrency:
                     break
             while pending:
                 done = pending.popleft().result()
                 following = next(items, None)
                 if following is not None:
-                    pending.append(pool.submit(self._spool, following, tally))
+                    pending.append(pool.submit(self._spool, following, tally, made, lock))
                 yield done
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            for future in pending:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    future.result().release()
+            with lock:
+                for path in made:
+                    _unlink(path)
 
-    def _spool(self, sub: SubOperation, tally: Tally) -> EncodedInstance:
+    def _spool(self, sub: SubOperation, tally: Tally, made: set[str], lock: threading.Lock) -> EncodedInstance:
         """Stream the object into a spool file; try the next partner's copy when one is missing or unreadable."""
         if not sub.locations:
             return EncodedInstance(sub, tally, error="no file location in the index")
         reasons = []
         for loc in sub.locations:
-            fd, path = tempfile.mkstemp(prefix="isync-", suffix=".dcm", dir=self._spool_dir)
+            fd, path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX, dir=self._spool_dir)
+            with lock:
+                made.add(path)
             size = 0
             try:
                 with os.fdopen(fd, "wb") as out, self._reader.open_object(loc.bucket, loc.key) as stream:
@@ -225,11 +287,12 @@ class Retriever:
                         size += len(chunk)
                 return EncodedInstance(sub, tally, path=path, size=size)
             except StorageError as exc:
-                os.unlink(path)
+                _unlink(path)
                 reasons.append(exc.kind)
-                log.warning("cannot fetch instance file: %s", exc, extra={"partner": loc.partner, "sop_instance_uid": sub.sop_instance_uid})
+                # The kind only: a storage error's text names the object's key, which a partner may build from patient data.
+                log.warning("cannot fetch instance file (%s)", exc.kind, extra={"partner": loc.partner, "sop_instance_uid": sub.sop_instance_uid})
             except BaseException:
-                os.unlink(path)
+                _unlink(path)
                 raise
         return EncodedInstance(sub, tally, error="file " + "/".join(reasons))
 

@@ -10,10 +10,12 @@ storage SOP class in the SCP role (PS3.4 C.4.3.3.1).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +30,7 @@ from dicom.access import AccessPolicy
 from dicom.find import Finder
 from dicom.handlers import FIND_MODELS, GET_MODELS, MOVE_MODELS, Services
 from dicom.limits import Limits
+from dicom.retrieve import Spool
 from dicom.sending import use_stored_encoding
 from imaging_sync.config import DicomConfig
 from storage import ObjectReader
@@ -135,6 +138,7 @@ class DicomServer:
         self._services = services
         self.ae = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
+        self.spool: Spool | None = None
 
     @property
     def services(self) -> Services:
@@ -147,11 +151,21 @@ class DicomServer:
         return int(self._server.server_address[1])
 
     def start(self) -> int:
-        self._server = self.ae.start_server(
-            (self._config.host, self._config.port), block=False, evt_handlers=bound_handlers(self._services)
-        )
-        for cx in self._server.contexts:
+        """Listen; C-MOVE/C-GET spool into this node's own folder, swept first of what a previous process left.
+
+        With a fixed port the folder is ready before the first connection; with
+        ``port = 0`` (tests) it is named after the port just bound, before anyone knows it.
+        """
+        started = time.time()
+        if self._config.port:
+            self._use_spool(self._config.port, started)
+        server = self.ae.start_server((self._config.host, self._config.port), block=False, evt_handlers=bound_handlers(self._services))
+        assert server is not None  # block=False returns the running server
+        self._server = server
+        for cx in server.contexts:
             cx.__class__ = _SharedUIDContext
+        if not self._config.port:
+            self._use_spool(self.port, started)
         log.info(
             "DICOM node %s listening on %s:%d (%d calling AEs listed, %d C-MOVE destinations)",
             self._config.ae_title, self._config.host, self.port, len(self._config.peers), len(self._config.destinations),
@@ -160,22 +174,29 @@ class DicomServer:
             log.warning("no [dicom.peers] listed: every association will be rejected")
         return self.port
 
+    def _use_spool(self, port: int, started: float) -> None:
+        self.spool = Spool(self._config.spool_dir, port)
+        swept = self.spool.sweep(older_than=started)
+        if swept:
+            log.warning("swept %d spool files a previous DICOM node process left in %s", swept, self.spool.path)
+        self._services.retriever.use_spool(self.spool)
+
     def serve_forever(self) -> None:
         """Serve until interrupted (the CLI): Ctrl-C or SIGTERM."""
         self.start()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            pass
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1.0):  # a timed wait: Ctrl-C is seen on every platform
+                continue
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
         self.ae.shutdown()
+        if self.spool is not None:
+            self.spool.remove_if_empty()
 
     def __enter__(self) -> DicomServer:
         self.start()

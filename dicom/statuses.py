@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom.errors import LimitExceededError, QueryRetrieveError
+from imaging_sync.errors import AuditUnavailableError
 
 SUCCESS = 0x0000
 # Pending: one more match follows (C-FIND) / sub-operations are continuing (C-MOVE, C-GET).
@@ -35,6 +36,7 @@ UNABLE_TO_PROCESS = 0xC000
 UNABLE_TO_PROCESS_INVALID_KEY_VALUE = 0xC001  # a matching key value not valid for its VR
 UNABLE_TO_PROCESS_DATABASE = 0xC002  # the index could not be read
 UNABLE_TO_PROCESS_TOO_MANY_MATCHES = 0xC003  # more than 65535 sub-operations (counts are US)
+UNABLE_TO_PROCESS_AUDIT = 0xC004  # the audit entry could not be written: nothing (more) is sent
 
 NAMES = {
     SUCCESS: "success",
@@ -51,6 +53,7 @@ NAMES = {
     UNABLE_TO_PROCESS_INVALID_KEY_VALUE: "unable to process: invalid key value",
     UNABLE_TO_PROCESS_DATABASE: "unable to process: index unavailable",
     UNABLE_TO_PROCESS_TOO_MANY_MATCHES: "unable to process: too many matches",
+    UNABLE_TO_PROCESS_AUDIT: "unable to process: audit unavailable",
 }
 
 
@@ -78,6 +81,8 @@ def failure_for(exc: BaseException, *, retrieve: bool = False) -> Dataset:
     if isinstance(exc, QueryRetrieveError):
         status = exc.retrieve_status if retrieve and isinstance(exc, LimitExceededError) else exc.status
         return status_dataset(status, exc.comment, [exc.tag] if exc.tag is not None else None)
+    if isinstance(exc, AuditUnavailableError):
+        return status_dataset(UNABLE_TO_PROCESS_AUDIT, "the access could not be audited")
     if isinstance(exc, SQLAlchemyError):
         return status_dataset(UNABLE_TO_PROCESS_DATABASE, "the index could not be read")
     return status_dataset(UNABLE_TO_PROCESS, f"internal error ({type(exc).__name__})")

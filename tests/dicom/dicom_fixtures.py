@@ -372,3 +372,46 @@ def run_tool(dcmtk: Path, tool: str, *args: str, timeout: float = 30) -> subproc
 
 def uid_of(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().int % 10**12}"
+
+
+# -- the audit log ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Audited:
+    """An audit entry as it ended: a two-step entry (``started``) read with its completion, if it has one."""
+
+    entry: dict[str, Any]
+    disclosed: dict[str, list[uuid.UUID]]
+
+    @property
+    def started(self) -> bool:
+        """Written before the answer (something was disclosed), and completed at the end."""
+        return self.entry["outcome"] == "started"
+
+    @property
+    def outcome(self) -> str:
+        done = self.entry["completion"]
+        return done["outcome"] if done else self.entry["outcome"]
+
+    @property
+    def status(self) -> int | None:
+        done = self.entry["completion"]
+        return done["status"] if done else self.entry["status"]
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        done = self.entry["completion"]
+        return (done["detail"] if done else self.entry["detail"]) or {}
+
+    def __getitem__(self, name: str) -> Any:
+        return self.entry[name]
+
+
+def audit_entries(engine: Engine, *, action: str | None = None, actor: str | None = None) -> list[Audited]:
+    """The audit entries, oldest first (optionally of one action or actor), with what each disclosed."""
+    from imaging_sync import audit
+
+    with engine.connect() as conn:
+        entries = [e for e in reversed(audit.search(conn, actor=actor, limit=1000)) if action is None or e["action"] == action]
+        return [Audited(e, audit.disclosed_by(conn, e["id"])) for e in entries]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert
 
-from dicom_fixtures import NODE_AE, SUBJECTS, Files, Node, run_tool, start_node
+from dicom_fixtures import NODE_AE, SUBJECTS, Files, Node, audit_entries, run_tool, start_node
 from imaging_sync.config import DicomPeer
-from imaging_sync.db.models import AuditEntry, Study, Subject
+from imaging_sync.db.models import Study, Subject
 from imaging_sync.ids import new_id
 from scu import find, identifier, values
 
@@ -44,19 +44,19 @@ def test_an_unknown_calling_ae_is_rejected_at_association_time(sqlite_engine: En
 def test_every_find_is_audited_with_caller_keys_and_count(node: Node) -> None:
     status, results, _ = find(node.address, identifier("STUDY", PatientName="KIM*", StudyInstanceUID=""), calling_ae="AUDITED_SCU")
     assert status == 0x0000 and len(results) == 2
-    with node.engine.connect() as conn:
-        row = conn.execute(select(AuditEntry).where(AuditEntry.action == "c-find")).one()
-    assert (row.channel, row.actor, row.client_addr, row.outcome, row.status) == ("dicom", "AUDITED_SCU", "127.0.0.1", "success", 0)
-    assert row.query == {"model": "STUDY", "QueryRetrieveLevel": "STUDY", "PatientName": "KIM*"}
-    assert row.detail["matches"] == 2 and row.resource_type == "study"
+    [row] = audit_entries(node.engine, action="c-find")
+    assert (row["channel"], row["actor"], row["client_addr"], row.outcome, row.status) == ("dicom", "AUDITED_SCU", "127.0.0.1", "success", 0)
+    assert row["query"] == {"model": "STUDY", "QueryRetrieveLevel": "STUDY", "PatientName": "KIM*"}
+    assert row.detail["matches"] == 2 and row["resource_type"] == "study"
+    assert row.started and len(row.disclosed["subject"]) == 1 and len(row.disclosed["study"]) == 2  # KIM^MINJUN's two studies
 
 
 def test_refused_queries_are_audited_as_invalid(sqlite_node: Node) -> None:
     status, _, _ = find(sqlite_node.address, identifier("SERIES", SeriesInstanceUID=""))
     assert status == 0xA900
-    with sqlite_node.engine.connect() as conn:
-        row = conn.execute(select(AuditEntry)).one()
-    assert (row.outcome, row.status, row.action) == ("error", 0xA900, "c-find")
+    [row] = audit_entries(sqlite_node.engine)
+    assert (row.outcome, row.status, row["action"]) == ("error", 0xA900, "c-find")
+    assert not row.started and row.disclosed == {"subject": [], "study": []}  # nothing left, one complete entry
 
 
 def test_logs_never_carry_patient_names_or_ids(sqlite_node: Node, caplog: pytest.LogCaptureFixture) -> None:
@@ -98,9 +98,9 @@ def test_cancel_ends_a_find_with_fe00(sqlite_engine: Engine, files: Files, dcmtk
     finally:
         node.server.stop()
     assert result.returncode == 0, result.stdout + result.stderr
-    with sqlite_engine.connect() as conn:
-        row = conn.execute(select(AuditEntry)).one()
+    [row] = audit_entries(sqlite_engine)
     assert row.status == 0xFE00 and row.detail["matches"] < 100
+    assert len(row.disclosed["study"]) < 200  # disclosed batch by batch, not the 3000 studies the query matched
 
 
 def test_eight_concurrent_associations_each_get_their_own_answers(node: Node) -> None:

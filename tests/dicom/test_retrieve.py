@@ -9,10 +9,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
-from sqlalchemy import select
 
-from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, run_tool, walk
-from imaging_sync.db.models import AuditEntry
+from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, audit_entries, run_tool, walk
 from devtools.dicom_files import dataset_bytes
 from scu import GET, MOVE, get_ae, identifier, scu
 
@@ -88,10 +86,10 @@ def test_a_missing_object_fails_its_sub_operation_and_the_rest_are_delivered(nod
     assert final.Status == 0xB000  # PS3.4 C.4.2.1.5: sub-operations complete, one or more failures
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
     assert sorted(store.received) == ["1.2.826.0.1.4.1.1", "1.2.826.0.1.4.1.3"]
-    with node.engine.connect() as conn:
-        row = conn.execute(select(AuditEntry).where(AuditEntry.action == "c-move")).one()
-    assert (row.actor, row.outcome, row.status, row.client_addr) == ("TEST_SCU", "success", 0xB000, "127.0.0.1")
-    assert row.detail["failed"] == 1 and row.detail["completed"] == 2 and row.query["SeriesInstanceUID"] == "1.2.826.0.1.4.1"
+    [row] = audit_entries(node.engine, action="c-move")
+    assert (row["actor"], row.outcome, row.status, row["client_addr"]) == ("TEST_SCU", "success", 0xB000, "127.0.0.1")
+    assert row.detail["failed"] == 1 and row.detail["completed"] == 2 and row["query"]["SeriesInstanceUID"] == "1.2.826.0.1.4.1"
+    assert row.started and len(row.disclosed["study"]) == 1 and len(row.disclosed["subject"]) == 1
 
 
 def test_when_every_sub_operation_fails_the_move_fails_with_a702(sqlite_node: Node) -> None:
