@@ -29,6 +29,7 @@ from litestar.types import Message, Scope
 
 from api.audit_log.controllers import AuditController
 from api.auditing import AuditMiddleware, parse_trusted_proxies
+from api.caching import NoStore
 from api.db import provide_connection
 from api.docs import docs_router
 from api.errors import REQUEST_ID_HEADER, error_response
@@ -120,7 +121,8 @@ def create_app(
         # ``conn``: the request's connection, checked out on first use in the handler's worker thread (api.db).
         dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=False)},
         exception_handlers={Exception: error_response},
-        before_send=[_request_id_header],
+        # no-store last: it sees every header the others added (api.caching).
+        before_send=[_request_id_header, NoStore(API_PREFIX, public=(f"{API_PREFIX}/schema", f"{API_PREFIX}/docs"))],
         cors_config=cors(settings.api),
         on_startup=[query_check.load],
         on_shutdown=[shutdown],

@@ -117,7 +117,7 @@ def sync(ctx: CliContext, partners: Sequence[str], full: bool, study_id: str | N
         if name not in settings.partners:  # a typo fails before anything is synced or queued
             known = ", ".join(sorted(settings.partners)) or "none configured"
             raise click.BadParameter(f"no partner {name!r} in the config (known: {known})", param_hint="--partner")
-    names = list(partners) or [p.name for p in sorted(settings.partners.values(), key=lambda p: (-p.priority, p.name)) if p.enabled]
+    names = list(partners) or [p.name for p in settings.enabled_partners()]
     if not names:
         raise ConfigError("partners", "no partners configured: add a [partners.NAME] section (see README)")
     core = ctx.ready_core

@@ -108,9 +108,7 @@ def build_beat_schedule(settings: Settings, nowfun: NowFun | None = None) -> dic
     """Celery ``beat_schedule`` for these settings (``nowfun``: a clock for the embedded scheduler and tests)."""
     jobs = settings.jobs
     entries: dict[str, dict[str, Any]] = {}
-    for partner in sorted(settings.partners.values(), key=lambda p: (-p.priority, p.name)):
-        if not partner.enabled:
-            continue
+    for partner in settings.enabled_partners():
         cron = partner_crontab(settings, partner, nowfun)
         entries[f"sync-partner-{partner.name}"] = {
             "task": SYNC_PARTNER,

@@ -42,8 +42,7 @@ def sync_all(self: Task, full: bool = False) -> dict[str, Any]:
     """Queue one ``sync_partner`` per enabled partner, each with its run recorded ``queued`` (they run in parallel)."""
     runtime = _runtime(self)
     queue = SyncQueue(runtime.core.runner, self.app)
-    partners = sorted((p for p in runtime.settings.partners.values() if p.enabled), key=lambda p: (-p.priority, p.name))
-    return {"queued": {p.name: str(queue.queue(p.name, trigger="task", full=full)) for p in partners}}
+    return {"queued": {p.name: str(queue.queue(p.name, trigger="task", full=full)) for p in runtime.settings.enabled_partners()}}
 
 
 @shared_task(name=RELAY_OUTBOX, bind=True, soft_time_limit=600, time_limit=660, **_RETRY)

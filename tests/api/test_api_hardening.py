@@ -31,16 +31,9 @@ from api_fixtures import IndexBuilder, Keys, Located, RecordingLauncher
 API_PREFIX = "/api/v1"
 
 
-def wired(app: Litestar) -> Litestar:
-    """The app with api.caching's hook in ``before_send``, where api.app's factory lists it."""
-    if not any(isinstance(hook, NoStore) for hook in app.before_send):
-        app.before_send.append(NoStore(API_PREFIX, public=(f"{API_PREFIX}/schema", f"{API_PREFIX}/docs")))
-    return app
-
-
 @pytest.fixture
 def client(app: Litestar) -> Iterator[TestClient[Litestar]]:
-    with TestClient(wired(app)) as test_client:
+    with TestClient(app) as test_client:
         yield test_client
 
 
@@ -80,7 +73,7 @@ def live_client(core: Any, s3: EmbeddedStorage, simulator: PartnerSimulator) -> 
     settings = msgspec.structs.replace(core.settings, partners={"b": simulator_partner("b", simulator.base_url)})
     runner = SyncRunner(core.engine, settings)
     live = dataclasses.replace(core, settings=settings, runner=runner)
-    with TestClient(wired(create_app(live, registry=s3.registry(), launcher=ThreadLauncher(runner, core.engine)))) as client:
+    with TestClient(create_app(live, registry=s3.registry(), launcher=ThreadLauncher(runner, core.engine))) as client:
         yield client
 
 
