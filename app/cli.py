@@ -32,6 +32,7 @@ from imaging_sync.audit import AuditEvent
 from imaging_sync.catalog import operations as catalog
 from imaging_sync.core import Core
 from imaging_sync.db import migrate
+from imaging_sync.partners.wire import check_requested_id
 from imaging_sync.db.engine import missing_sqlite_file
 from imaging_sync.db.models import RejectedItem, SyncRun, utcnow
 from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError, ValidationError
@@ -112,6 +113,11 @@ def sync(ctx: CliContext, partners: Sequence[str], full: bool, study_id: str | N
     """Pull changed studies from partners into the index."""
     if study_id is not None and (len(partners) != 1 or full):
         raise click.UsageError("--study needs exactly one --partner and no --full")
+    if study_id is not None:
+        try:
+            check_requested_id(study_id, "--study")  # the same rule the API applies to a requested id
+        except ValidationError as exc:
+            raise click.BadParameter(exc.reason, param_hint="--study") from None
     settings = ctx.settings
     for name in partners:
         if name not in settings.partners:  # a typo fails before anything is synced or queued

@@ -203,7 +203,7 @@ def test_an_empty_database_gets_the_upgrade_hint_not_a_raw_sql_error(config: Pat
     ("args", "named"),
     [(("sync", "--study", "X"), "--study needs exactly one --partner"), (("runs", "show", "nope"), "RUN_ID"),
      (("rejected", "list", "--run", "nope"), "--run"), (("outbox", "retry-failed", "--id", "nope"), "--id"),
-     (("apikeys", "create", " ", "--role", "viewer"), "NAME")],
+     (("apikeys", "create", " ", "--role", "viewer"), "NAME"), (("sync", "--partner", "b", "--study", ".."), "--study")],
 )
 def test_usage_errors_exit_2_before_the_database_is_touched(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], named: str) -> None:
     assert run(*args) == EXIT_USAGE
