@@ -81,6 +81,10 @@ class Spool:
     def __init__(self, root: str | None, port: int) -> None:
         self.path = os.path.join(root or tempfile.gettempdir(), f"imaging-sync-dicom-{port}")
         os.makedirs(self.path, mode=0o700, exist_ok=True)
+        # In a shared temporary directory the name could have been taken first by another user, who could then
+        # remove or swap the files of a transfer (each is made 0600 and O_EXCL, but the folder would be theirs).
+        if hasattr(os, "getuid") and os.stat(self.path, follow_symlinks=False).st_uid != os.getuid():
+            raise StorageError(f"the spool folder {self.path} belongs to another user; set dicom.spool_dir to a folder of the service's own")
 
     def sweep(self, older_than: float) -> int:
         """Delete the spool files modified before ``older_than`` (a time.time()); how many were deleted."""

@@ -161,3 +161,26 @@ def test_cancel_stops_a_move(sqlite_node: Node) -> None:
         store.stop()
     assert responses[-1].Status == 0xFE00
     assert len(store.received) < 6
+    assert sqlite_node.server.spool is not None and sqlite_node.server.spool.files() == []  # what was fetched ahead is gone too
+
+
+def test_a_retrieve_whose_requester_goes_away_leaves_no_spool_file(sqlite_node: Node) -> None:
+    """The peer aborts after the first file of a C-GET: the files fetched ahead for it are deleted."""
+    from devtools.waiting import eventually
+
+    ae, roles = get_ae([(CT, [ts]) for ts in ALL_TRANSFER_SYNTAXES[:4]])
+    stored: list[str] = []
+
+    def on_store(event: Any) -> int:
+        stored.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    assoc = ae.associate(*sqlite_node.address, ae_title=NODE_AE, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    for status, _ in assoc.send_c_get(identifier("STUDY", StudyInstanceUID=STUDY_1), GET["STUDY"]):
+        if stored:
+            assoc.abort()
+            break
+    spool = sqlite_node.server.spool
+    assert spool is not None
+    eventually(lambda: spool.files() == [], what="the aborted C-GET's spool files deleted")
+    eventually(lambda: sqlite_node.server.services.access.open_associations() == 0, what="the aborted association ended")
