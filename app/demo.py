@@ -40,6 +40,7 @@ from imaging_sync.config import (
     CONFIG_ENV,
     BucketConfig,
     DatabaseConfig,
+    DicomOperation,
     LoggingConfig,
     Settings,
     StorageConfig,
@@ -73,6 +74,7 @@ LOCK_FILE = "demo.lock"
 # three component groups of a Korean name (PS3.5 6.2), and accents.
 DEMO_NAMES = ("HONG^GILDONG=洪^吉洞=홍^길동", "김^민준", "KIM^SEOYEON", "Dupont^Élodie")
 DCMTK_FINDSCU = Path("/usr/bin/findscu")
+DEMO_DICOM_PEERS: dict[str, list[DicomOperation]] = {"FINDSCU": ["echo", "find"], "ISYNC_DOCTOR": ["echo"]}
 
 
 @click.command("demo")
@@ -227,7 +229,8 @@ def _settings(base: Settings, workdir: Path, b_url: str, c_url: str, s3_url: str
         logging=LoggingConfig(level="WARNING", format=base.logging.format) if base.logging == LoggingConfig() else base.logging,
         storage=storage,
         api=msgspec.structs.replace(base.api, port=api_port),
-        dicom=msgspec.structs.replace(base.dicom, port=dicom_port, spool_dir=str(workdir / "spool")),
+        # Deny by default: the node serves the AEs the demo prints (findscu's default title) and `imaging-sync doctor`, from this machine.
+        dicom=msgspec.structs.replace(base.dicom, port=dicom_port, spool_dir=str(workdir / "spool")).with_local_peers(DEMO_DICOM_PEERS),
         jobs=msgspec.structs.replace(base.jobs, scheduler="embedded"),
         partners=partners,
     )
@@ -358,7 +361,7 @@ def _serve(process: assembly.Process, keys_file: Path, echo: Callable[[str], Non
 def try_lines(core: Core, base: str, dicom_port: int, keys_file: Path) -> str:
     """Commands to paste, each complete: a real instance id, the keys by role, JSON shown as UTF-8."""
     json_tool = "python3 -m json.tool --no-ensure-ascii"
-    findscu = (f"{DCMTK_FINDSCU} -S -aec {core.settings.dicom.ae_title} -k QueryRetrieveLevel=STUDY -k 'PatientName=HONG*' "
+    findscu = (f"{DCMTK_FINDSCU} -S -aet FINDSCU -aec {core.settings.dicom.ae_title} -k QueryRetrieveLevel=STUDY -k 'PatientName=HONG*' "
                f"-k PatientID -k StudyInstanceUID -k ModalitiesInStudy 127.0.0.1 {dicom_port}")
     dcmtk = "DICOM C-FIND with DCMTK" if DCMTK_FINDSCU.exists() else "needs DCMTK, not installed here: sudo apt-get install dcmtk"
     return (

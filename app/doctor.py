@@ -383,8 +383,8 @@ def dicom_echo(called_aet: str, host: str, port: int, *, calling_aet: str = DEFA
                 reason = primitive.reason_str if primitive is not None else "no reason given"
                 if primitive is not None and primitive.result_source == 1 and primitive.diagnostic == 3:
                     # The node answered in DICOM and applied its allowlist: it is up; we are simply not on the list.
-                    return ok("dicom", f"{where} answers; C-ECHO not run: calling AE {calling_aet} is not in dicom.allowed_calling_aets "
-                                       "(pass --calling-aet with an allowed title for a full echo)")
+                    return ok("dicom", f"{where} answers; C-ECHO not run: calling AE {calling_aet} is not listed in [dicom.peers] from here "
+                                       f"(add [dicom.peers.{calling_aet}] operations = [\"echo\"], or pass --calling-aet with a listed title)")
                 return fail("dicom", f"association to {where} rejected: {reason}")
             # No association: tell "nothing listens" from "something listens but does not speak DICOM to us".
             problem = _tcp_problem(host, port, timeout)
@@ -479,7 +479,7 @@ def _parse_probe(values: Sequence[str]) -> dict[str, str]:
 @click.command("doctor")
 @click.option("--timeout", type=click.FloatRange(0.1, 120), default=DEFAULT_TIMEOUT, show_default=True, help="Seconds each check may wait.")
 @click.option("--dicom-host", help="Reach the DICOM node here (default: dicom.host; 127.0.0.1 when it binds every interface).")
-@click.option("--calling-aet", default=DEFAULT_CALLING_AET, show_default=True, help="Our AE title for the C-ECHO (must be allowed by dicom.allowed_calling_aets, if set).")
+@click.option("--calling-aet", default=DEFAULT_CALLING_AET, show_default=True, help="Our AE title for the C-ECHO (listed in [dicom.peers] with echo for a full echo).")
 @click.option("--probe-object", "probe_objects", multiple=True, metavar="BUCKET/KEY", help="HEAD this object instead of the bucket (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table (for monitoring).")
 @click.pass_context

@@ -165,6 +165,7 @@ def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int) -> 
         "[logging]", 'level = "WARNING"', "",
         "[dicom]", 'ae_title = "ISYNC"', 'host = "127.0.0.1"', f"port = {port}", "fetch_concurrency = 8", "",
         "[dicom.destinations.STORESCP]", 'host = "127.0.0.1"', f"port = {store_port}", "",
+        "[dicom.peers.BENCH]", 'operations = ["find", "move"]', 'addresses = ["127.0.0.1"]', "",  # findscu/movescu's -aet BENCH
     ]
     for name, cfg in s3.config.buckets.items():
         lines += [f'[storage.buckets."{name}"]', f'region = "{cfg.region}"', f'endpoint_url = "{cfg.endpoint_url}"', 'auth = "keys"',

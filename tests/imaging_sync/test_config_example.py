@@ -128,9 +128,9 @@ def test_a_settings_file_written_by_dumps_loads_back_equal(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("value", ["http://localhost:5173, https://platform.example", '["http://localhost:5173", "https://platform.example"]'])
 def test_a_list_key_takes_comma_separated_or_json_values_from_the_environment(value: str) -> None:
-    settings = load_settings(None, {"IMAGING_SYNC__API__CORS_ALLOWED_ORIGINS": value, "IMAGING_SYNC__DICOM__ALLOWED_CALLING_AETS": "PACS1,PACS2"})
+    settings = load_settings(None, {"IMAGING_SYNC__API__CORS_ALLOWED_ORIGINS": value, "IMAGING_SYNC__DICOM__PEERS__PACS__OPERATIONS": "find,move"})
     assert settings.api.cors_allowed_origins == ["http://localhost:5173", "https://platform.example"]
-    assert settings.dicom.allowed_calling_aets == ["PACS1", "PACS2"]
+    assert settings.dicom.peers["pacs"].operations == ["find", "move"]
 
 
 def test_a_malformed_json_list_in_the_environment_names_the_variable() -> None:

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import cli
-from imaging_sync.config import DatabaseConfig, DicomConfig
+from imaging_sync.config import DatabaseConfig, DicomConfig, DicomPeer
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
 from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
@@ -109,7 +109,7 @@ class Setup:
     dicom_port: int
     dicom_ae: str = NODE_AE
     broker_url_env: str | None = None
-    allowed_calling_aets: list[str] = field(default_factory=list)
+    echo_peers: list[str] = field(default_factory=lambda: ["ISYNC_DOCTOR"])
     env: dict[str, str] = field(default_factory=dict)
 
     def toml(self) -> str:
@@ -118,7 +118,8 @@ class Setup:
             "[database]", f"url = {q(self.database_url)}", "",
             "[jobs]", f"broker_url = {q(self.broker_url)}", *([f"broker_url_env = {q(self.broker_url_env)}"] if self.broker_url_env else []), "",
             "[dicom]", f"ae_title = {q(self.dicom_ae)}", 'host = "127.0.0.1"', f"port = {self.dicom_port}",
-            f"allowed_calling_aets = {q(self.allowed_calling_aets)}", "",
+            "",
+            *[line for title in self.echo_peers for line in (f"[dicom.peers.{title}]", 'operations = ["echo"]', "")],
         ]
         for name, bucket in self.buckets.items():
             lines.append(f"[storage.buckets.{name}]")
@@ -369,13 +370,13 @@ def test_an_allowlisted_node_that_refuses_our_calling_ae_still_counts_as_answeri
     from app.doctor import dicom_echo
     from storage import ObjectReader
 
-    config = DicomConfig(ae_title=NODE_AE, host="127.0.0.1", port=0, allowed_calling_aets=["PACS_ONLY"])
+    config = DicomConfig(ae_title=NODE_AE, host="127.0.0.1", port=0, peers={"PACS_ONLY": DicomPeer(operations=["echo"])})
     engine = create_db_engine(DatabaseConfig(url=database))
     server = DicomServer(config, build_services(config, engine, ObjectReader(storage.registry())))
     port = server.start()
     try:
         refused = dicom_echo(NODE_AE, "127.0.0.1", port, calling_aet="ISYNC_DOCTOR", timeout=3)
-        assert refused.status == "OK" and "not in dicom.allowed_calling_aets" in refused.detail
+        assert refused.status == "OK" and "not listed in [dicom.peers]" in refused.detail
         allowed = dicom_echo(NODE_AE, "127.0.0.1", port, calling_aet="PACS_ONLY", timeout=3)
         assert allowed.status == "OK" and "C-ECHO" in allowed.detail and "succeeded" in allowed.detail
     finally:

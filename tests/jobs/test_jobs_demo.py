@@ -58,7 +58,7 @@ def test_demo_serves_studies_urls_and_dicom_until_stopped(running_demo: tuple[st
     body = httpx.get(urls["items"][0]["url"], timeout=30).content
     assert body[128:132] == b"DICM"  # a real DICOM file, from the embedded S3 bucket
 
-    ae = AE(ae_title="DEMO_TEST")
+    ae = AE(ae_title="ISYNC_DOCTOR")  # one of the AEs the demo lists
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", int(dicom.group(2)), ae_title=dicom.group(1))
     assert assoc.is_established

@@ -33,6 +33,10 @@ port = 0
 port = 0
 ae_title = "ALL_IN_ONE"
 
+[dicom.peers.SERVE_TEST]
+operations = ["echo"]
+addresses = ["127.0.0.1"]
+
 [jobs]
 timezone = "Asia/Seoul"
 """
