@@ -22,7 +22,7 @@ The record is written *before* the response leaves: if it cannot be written,
 the client gets ``503 audit_unavailable`` instead of the data — an access to
 patient data that the log does not show must not happen. Every value of the
 entry is cleaned and capped by the core (:func:`imaging_sync.audit.clean`),
-and a failure is logged by its class alone (:func:`imaging_sync.audit.describe_failure`):
+and a failure is logged by its class alone (:func:`imaging_sync.logs.describe_failure`):
 the database's message can quote the values, which are patient names and IDs.
 """
 
@@ -45,7 +45,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
 from imaging_sync import audit
-from imaging_sync.audit import AuditEvent, describe_failure
+from imaging_sync.audit import AuditEvent
+from imaging_sync.logs import describe_failure
 from imaging_sync.config import ApiConfig
 from imaging_sync.errors import AuditUnavailableError, ConfigError
 

@@ -27,6 +27,7 @@ SyncLockedError                    409   conflict
 BucketNotAllowedError              502   storage_refused
 StorageError                       503   storage_unavailable
 QueueUnavailableError              503   queue_unavailable
+AuditUnavailableError              503   audit_unavailable
 DatabaseError, DB unreachable      503   database_unavailable
 anything else                      500   internal
 =================================  ====  ===================
@@ -48,8 +49,10 @@ from litestar.exceptions import ValidationException as LitestarValidationError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from imaging_sync.logs import describe_failure
 from imaging_sync.errors import (
     AccessDeniedError,
+    AuditUnavailableError,
     AuthenticationError,
     BucketNotAllowedError,
     DatabaseError,
@@ -147,6 +150,8 @@ def classify(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
         return 503, error_body("storage_unavailable", "object storage is unavailable; try again later"), {"Retry-After": "5"}
     if isinstance(exc, QueueUnavailableError):
         return 503, error_body("queue_unavailable", "the job queue is unavailable; the sync was not started, try again later"), {"Retry-After": "5"}
+    if isinstance(exc, AuditUnavailableError):  # an access the log cannot show does not happen
+        return 503, error_body("audit_unavailable", "the audit log cannot record this access right now; try again later"), {"Retry-After": "5"}
     if isinstance(exc, (DatabaseError, OperationalError, DisconnectionError, PoolTimeout)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
@@ -171,7 +176,9 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
     body.error.details.request_id = rid
     if status >= 500:
         # The cause goes to the log (with the request id), never to the client.
-        log.error("request %s %s failed: %s: %s", request.method, request.scope.get("path"), type(exc).__name__, _safe(exc), extra={"request_id": rid}, exc_info=status == 500)
+        # A database error by its class and SQLSTATE only, and without its traceback: its text can quote the values.
+        log.error("request %s %s failed: %s", request.method, request.scope.get("path"), _safe(exc), extra={"request_id": rid},
+                  exc_info=status == 500 and not isinstance(exc, DBAPIError))
     request.scope["state"]["error_code"] = body.error.code
     return Response(content=body, status_code=status, headers={**headers, REQUEST_ID_HEADER: rid}, media_type=MediaType.JSON)
 
@@ -253,7 +260,8 @@ def _code_name(status: int) -> str:
 
 
 def _safe(exc: BaseException) -> str:
-    """Exception text for the log: database errors without their SQL parameters."""
+    """Exception text for the log: a database error as ``logs.describe_failure`` gives it, others by their first line."""
     if isinstance(exc, DBAPIError):
-        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if exc.orig else ''}"
-    return str(exc).splitlines()[0] if str(exc) else ""
+        return describe_failure(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

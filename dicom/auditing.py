@@ -37,7 +37,8 @@ from dicom.limits import restart_idle_timer
 from dicom.retrieve import Tally
 from dicom.session import session
 from imaging_sync import audit
-from imaging_sync.audit import AuditEvent, AuditHandle, describe_failure
+from imaging_sync.audit import AuditEvent, AuditHandle
+from imaging_sync.logs import describe_failure
 from imaging_sync.errors import AuditUnavailableError
 
 log = logging.getLogger("dicom.operations")

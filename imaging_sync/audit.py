@@ -66,6 +66,7 @@ from imaging_sync.db.engine import json_text
 from imaging_sync.db.models import AuditCompletion, AuditDisclosure, AuditEntry, Instance, Series, Study, utcnow
 from imaging_sync.errors import AuditUnavailableError
 from imaging_sync.ids import new_id
+from imaging_sync.logs import describe_failure
 
 _log = AuditEntry.__table__
 _completion = AuditCompletion.__table__
@@ -222,25 +223,6 @@ def _entry_values(event: AuditEvent) -> dict[str, Any]:
 
 
 # -- failures: typed, and free of patient data ---------------------------------------------------------
-
-
-def describe_failure(error: BaseException) -> str:
-    """A failure as a log line may show it: the error's class and, for a database error, its SQLSTATE.
-
-    Never its message: a database error's text and context quote the
-    statement's values (a patient ID from a JSONB insert's context, once).
-    An :class:`AuditUnavailableError` is already in this form.
-    """
-    if isinstance(error, AuditUnavailableError):
-        return str(error)
-    described = type(error).__name__
-    cause = getattr(error, "orig", None)
-    if cause is not None:
-        described += f" from {type(cause).__name__}"
-        state = getattr(cause, "sqlstate", None) or getattr(cause, "sqlite_errorname", None)
-        if state:
-            described += f" ({state})"
-    return described
 
 
 def _unavailable(error: BaseException) -> AuditUnavailableError:
@@ -638,5 +620,5 @@ def _as_uuid(value: str) -> uuid.UUID | None:
 
 __all__ = [
     "FINAL_OUTCOMES", "OUTCOMES", "STARTED", "AuditEvent", "AuditHandle", "AuditUnavailableError", "begin", "clean",
-    "describe_failure", "disclosed_by", "entry", "record", "record_now", "search",
+    "disclosed_by", "entry", "record", "record_now", "search",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from imaging_sync.config import LoggingConfig
+from imaging_sync.errors import AuditUnavailableError
 
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _partner: contextvars.ContextVar[str | None] = contextvars.ContextVar("partner", default=None)
@@ -81,3 +82,22 @@ def configure_logging(config: LoggingConfig, *, verbose: bool = False) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
+def describe_failure(error: BaseException) -> str:
+    """A failure as a log line may show it: the error's class and, for a database error, its SQLSTATE.
+
+    Never its message: a database error's text and context quote the
+    statement's values (a patient ID from a JSONB insert's context, once).
+    An :class:`AuditUnavailableError` is already in this form.
+    """
+    if isinstance(error, AuditUnavailableError):
+        return str(error)
+    described = type(error).__name__
+    cause = getattr(error, "orig", None)
+    if cause is not None:
+        described += f" from {type(cause).__name__}"
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "sqlite_errorname", None)
+        if state:
+            described += f" ({state})"
+    return described

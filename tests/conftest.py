@@ -139,7 +139,6 @@ _REQUIRED = {
     "RabbitMQ": "IMAGING_SYNC_REQUIRE_SERVICES",
     "Chromium": "IMAGING_SYNC_REQUIRE_SERVICES",
 }
-_services_of: dict[str, list[str]] = {}
 _outcomes: dict[str, dict[str, int]] = {name: {"passed": 0, "failed": 0, "skipped": 0} for name in SERVICE_FIXTURES}
 
 
@@ -152,19 +151,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # In the report's user properties, so the count also works across pytest-xdist workers.
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
-        _services_of[item.nodeid] = [
+        services = [
             name for name, fixtures in SERVICE_FIXTURES.items()
             if used & fixtures or (name == "PostgreSQL" and item.get_closest_marker("postgres") is not None)
         ]
+        item.user_properties.append(("services", services))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     final = report.when == "call" or (report.when == "setup" and not report.passed)
     if not final:
         return
-    for name in _services_of.get(report.nodeid, ()):
+    for name in dict(report.user_properties).get("services", ()):
         _outcomes[name][report.outcome] += 1
 
 

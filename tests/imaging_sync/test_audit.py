@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.exc import DBAPIError
 
 from imaging_sync import audit
+from imaging_sync.logs import describe_failure
 from imaging_sync.audit import AuditEvent
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
@@ -308,7 +309,7 @@ def test_a_failed_statement_does_not_carry_its_parameters(engine: Engine) -> Non
     with pytest.raises(DBAPIError) as raised, engine.connect() as conn:
         conn.execute(text("SELECT * FROM no_such_table WHERE patient_id = :patient_id"), {"patient_id": PATIENT_ID})
     assert PATIENT_ID not in str(raised.value)
-    assert audit.describe_failure(raised.value).startswith("ProgrammingError" if engine.dialect.name == "postgresql" else "OperationalError")
+    assert describe_failure(raised.value).startswith("ProgrammingError" if engine.dialect.name == "postgresql" else "OperationalError")
 
 
 def test_a_batch_whose_disclosure_failed_is_written_when_disclosed_again(engine: Engine) -> None:
