@@ -1,4 +1,10 @@
-"""Query-parameter checks shared by several endpoints: each raises ValidationError naming the parameter."""
+"""Query-parameter checks shared by several endpoints: each raises ValidationError naming the parameter.
+
+UIDs, dates and person names are checked by the core's one module of each
+(``imaging_sync.uids``, ``imaging_sync.dates``, ``imaging_sync.person_names``,
+the last through the PS3.4 matching of ``imaging_sync.query``), as partner
+items and DICOM identifiers are.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Annotated
 
 from litestar.params import PathParameter, QueryParameter
 
+from imaging_sync.dates import check_order
 from imaging_sync.errors import ValidationError
 from imaging_sync.uids import check_uid
 
@@ -57,8 +64,8 @@ def text(value: str | None, field: str, max_length: int) -> str | None:
 
 
 def date_range(date_from: dt.date | None, date_to: dt.date | None) -> None:
-    if date_from is not None and date_to is not None and date_to < date_from:
-        raise ValidationError("date_to", "must not be before date_from")
+    """A study date range (PS3.4 C.2.2.2.5, as ``imaging_sync.dates`` checks every range): its end not before its start."""
+    check_order(date_from, date_to, "date_to", "must not be before date_from")
 
 
 def instant(value: str | None, field: str, *, day_end: bool = False) -> dt.datetime | None:

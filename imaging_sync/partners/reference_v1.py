@@ -31,7 +31,8 @@ from imaging_sync.errors import (
     ValidationError,
 )
 from imaging_sync.partners.prefetch import prefetch
-from imaging_sync.partners.wire import ItemParser, check_id, format_rfc3339, next_page_token
+from imaging_sync.dates import format_rfc3339
+from imaging_sync.partners.wire import ItemParser, check_id, next_page_token
 from imaging_sync.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from functools import partial
 
 import msgspec
 
+from imaging_sync.dates import iso_time_to_tm, parse_iso_date, parse_rfc3339
 from imaging_sync.dto import DeletedStudyDTO, InstanceDTO, PageItem, PendingStudy, RejectedItemDTO, SeriesDTO, StudyDTO, SubjectDTO
 from imaging_sync.errors import ValidationError
 from imaging_sync.person_names import check_person_name
@@ -34,9 +35,6 @@ INT64_MAX = 2**63 - 1
 # only those whose mapped content changed are written (sync.apply).
 VALIDATION_VERSION = "1"
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_TIME = re.compile(r"(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?")
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TEXT_FORBIDDEN = re.compile(r"[\\\x00-\x1a\x1c-\x1f]")  # LO/SH: no backslash, no control but ESC
@@ -282,19 +280,6 @@ def next_page_token(body: bytes) -> str | None:
         return None  # the full parse of the same body reports what is wrong
 
 
-def parse_rfc3339(value: str, path: str) -> dt.datetime:
-    if not _RFC3339.fullmatch(value):
-        raise ValidationError(path, f"not an RFC 3339 timestamp with offset: {value[:40]!r}")
-    try:
-        return dt.datetime.fromisoformat(value.replace("z", "Z")).astimezone(dt.timezone.utc)
-    except ValueError as exc:
-        raise ValidationError(path, f"invalid timestamp {value[:40]!r}: {exc}") from None
-
-
-def format_rfc3339(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _reject_page_duplicates(items: list[PageItem], decoded: list[tuple[bytes | msgspec.Raw, WireStudy | None, str | None]]) -> list[PageItem]:
     """Reject every item whose id, or any of whose UIDs, appears in another item of the page."""
     keys_per_item = [_identity_keys(wire) if wire is not None and not isinstance(item, RejectedItemDTO) else _rejected_keys(item) for item, (_, wire, _) in zip(items, decoded)]
@@ -399,24 +384,12 @@ def _person_name(value: str | None, path: str) -> str | None:
 
 
 def _date(value: str | None, path: str) -> dt.date | None:
-    if value is None:
-        return None
-    if not _DATE.fullmatch(value):
-        raise ValidationError(path, f"not a date in YYYY-MM-DD form: {value[:20]!r}")
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(path, f"not a calendar date: {value!r}") from None
+    return None if value is None else parse_iso_date(value, path)
 
 
 def _time(value: str | None, path: str) -> str | None:
     """``HH:MM:SS[.ffffff]`` → DICOM TM ``HHMMSS[.ffffff]`` (PS3.5 §6.2)."""
-    if value is None:
-        return None
-    match = _TIME.fullmatch(value)
-    if not match or int(match[1]) > 23 or int(match[2]) > 59 or int(match[3]) > 60:
-        raise ValidationError(path, f"not a time in HH:MM:SS[.ffffff] form: {value[:20]!r}")
-    return f"{match[1]}{match[2]}{match[3]}" + (f".{match[4]}" if match[4] else "")
+    return None if value is None else iso_time_to_tm(value, path)
 
 
 def _int32(value: int | None, path: str) -> int | None:
