@@ -48,7 +48,7 @@ from sqlalchemy.engine import make_url
 import http_load
 from imaging_sync import apikeys
 from imaging_sync.catalog.facts import join_modalities
-from imaging_sync.catalog.names import stored_words
+from imaging_sync.query.names import stored_words
 from imaging_sync.db import migrate
 from imaging_sync.ids import new_ids
 from imaging_sync.person_names import name_words, search_form

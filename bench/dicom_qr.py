@@ -37,7 +37,7 @@ import httpx
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
-from imaging_sync.catalog.names import stored_words
+from imaging_sync.query.names import stored_words
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine

@@ -82,7 +82,8 @@ def stale_facts(engine: Engine) -> list[str]:
 
     Study and series facts; each subject's search form, name words and
     ``subject_name_token`` rows against its name (``person_names``, the
-    definition); each study's copies of its subject's name forms. Counted
+    definition); each study's copies of its subject's name forms, and its
+    referring physician's search form against that name. Counted
     independently of ``catalog.facts`` and the sync (no shared query), so a
     test that ends with ``assert stale_facts(engine) == []`` checks the sync
     kept them, not that the code agrees with itself.
@@ -96,6 +97,7 @@ def stale_facts(engine: Engine) -> list[str]:
             )
         )
         subject_names = list(conn.execute(select(Subject.id, Subject.patient_name, Subject.patient_name_search, Subject.patient_name_words)))
+        referring = list(conn.execute(select(Study.id, Study.referring_physician_name, Study.referring_physician_name_search)))
         tokens = list(conn.execute(select(SubjectNameToken.subject_id, SubjectNameToken.token)))
         series = list(conn.execute(select(Series.id, Series.study_id, Series.modality, Series.instance_count, Series.partners).where(Series.deleted_at.is_(None))))
         instances = list(conn.execute(select(Instance.series_id).where(Instance.deleted_at.is_(None))).scalars())
@@ -121,6 +123,11 @@ def stale_facts(engine: Engine) -> list[str]:
         f"study {study_id}: name {(search, words)!r}, its subject's {(subject_search, subject_words)!r}"
         for study_id, search, words, subject_search, subject_words in names
         if (search, words) != (subject_search, subject_words)
+    ]
+    stale += [
+        f"study {study_id}: referring physician's search form {stored!r}, its name {name!r} says {search_form(name)!r}"
+        for study_id, name, stored in referring
+        if stored != search_form(name)
     ]
     stored_tokens: dict[Any, set[str]] = {}
     for subject_id, token in tokens:

@@ -1,6 +1,7 @@
 """C-FIND over the index: one SQL statement per query, streamed, plus per-batch aggregates.
 
-Every matching key becomes a condition on an indexed column (dicom.matching);
+Every matching key becomes a condition on an indexed column (the core's PS3.4
+matching, ``imaging_sync.query.matching``, which the REST searches use too);
 the index is never loaded into Python to be filtered. Rows arrive through a
 server-side cursor (PostgreSQL) or SQLite's incremental cursor in batches of
 ``batch_size``; counts and ModalitiesInStudy (PS3.4 C.6.1.1.3, C.6.1.1.4) are
@@ -20,11 +21,13 @@ from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
 import sqlalchemy.exc
-from sqlalchemy import Engine, exists, func, select
+from sqlalchemy import Engine, func, select
 
+from dicom.errors import InvalidKeyValueError
 from dicom.identifiers import QueryRequest
-from dicom.keys import KEYS, Key, instance, series, study, subject
-from dicom.matching import combined_datetime_condition, condition
+from imaging_sync.errors import ValidationError
+from imaging_sync.query.keys import KEYS, Key, instance, series, study, subject
+from imaging_sync.query.matching import key_conditions
 
 UTF8 = "ISO_IR 192"  # PS3.5 §6.1.2.5.3 / PS3.3 C.12.1.1.2: Unicode in UTF-8
 
@@ -56,26 +59,13 @@ class Match(NamedTuple):
 
 
 def where_clause(request: QueryRequest, dialect: str, *, combined_datetime: bool = False) -> list[Any]:
-    """The SQL conditions of a request's matching keys (shared by C-FIND and C-MOVE/C-GET)."""
-    conditions = []
-    matches = dict(request.matches)
-    if combined_datetime and "StudyDate" in matches and "StudyTime" in matches:
-        d, t = KEYS["StudyDate"], KEYS["StudyTime"]
-        if len(matches["StudyDate"]) == 1 and len(matches["StudyTime"]) == 1:
-            conditions.append(
-                combined_datetime_condition(d.column, t.column, matches.pop("StudyDate")[0], matches.pop("StudyTime")[0], d, t)
-            )
-    for keyword, values in matches.items():
-        key = KEYS[keyword]
-        if keyword == "ModalitiesInStudy":
-            # The study has a live series of (one of) these modalities: EXISTS, not a join, so no duplicates.
-            s2 = series.alias("mis")
-            conditions.append(
-                exists().where(s2.c.study_id == study.c.id, s2.c.deleted_at.is_(None), condition(KEYS["Modality"], values, dialect, s2.c.modality))
-            )
-        elif key.column is not None:
-            conditions.append(condition(key, values, dialect))
-    return conditions
+    """The SQL conditions of a request's matching keys (shared by C-FIND and C-MOVE/C-GET): the core's PS3.4
+    matching (``imaging_sync.query.matching``); a value not valid for its key is refused as C001 naming its tag."""
+    try:
+        return key_conditions(request.matches, dialect, combined=combined_datetime)
+    except ValidationError as exc:
+        key = KEYS.get(exc.path)
+        raise InvalidKeyValueError(str(exc), key.tag if key is not None else None) from None
 
 
 def _computed_wanted(request: QueryRequest) -> set[str]:

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicom.errors import IdentifierMismatchError, InvalidKeyValueError, LimitExceededError
-from dicom.keys import KEYS, LEVELS, NOT_KEYS, UNIQUE_KEY, Key, Level, key_level, level_rank
+from imaging_sync.query.keys import KEYS, LEVELS, NOT_KEYS, UNIQUE_KEY, Key, Level, key_level, level_rank
 
 Model = Literal["PATIENT", "STUDY"]  # Patient Root or Study Root information model
 

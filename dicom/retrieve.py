@@ -35,7 +35,7 @@ from sqlalchemy import Engine, func, select
 from dicom.errors import TooManyMatchesError
 from dicom.find import where_clause
 from dicom.identifiers import QueryRequest
-from dicom.keys import instance, series, study, subject
+from imaging_sync.query.keys import instance, series, study, subject
 from imaging_sync.db.models import InstanceLocation
 from imaging_sync.errors import StorageError
 from storage import ObjectReader

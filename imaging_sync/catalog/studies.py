@@ -20,7 +20,8 @@ from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, ex
 
 from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
-from imaging_sync.catalog.names import bound_name_values, bound_word_values, name_matches_bound, query_words, subjects_with_words_bound, words_match_bound
+from imaging_sync.query.matching import date_range, modalities_in_study, single_value
+from imaging_sync.query.names import bound_word_values, pn_bound_values, pn_matches_bound, query_words, subjects_with_words_bound, words_match_bound
 from imaging_sync.db.models import EntityLink, Series, Study, Subject
 from imaging_sync.errors import NotFoundError
 
@@ -80,10 +81,11 @@ class StudyQuery:
 
     patient_id: str | None = None
     issuer: str | None = None
-    # Words, each the beginning of a word of the patient's name ("gil hong"); see catalog.names.
+    # Words, each the beginning of a word of the patient's name ("gil hong"); see query.names.
     name: str | None = None
-    # DICOM wildcards (* and ?) on the whole name or one component group; see catalog.names.
+    # PS3.4 matching of a PN (wildcards * and ?, the whole name or one component group); see query.names.
     patient_name: str | None = None
+    referring_physician_name: str | None = None
     accession: str | None = None
     # The study has a live series of this modality.
     modality: str | None = None
@@ -156,19 +158,25 @@ def _page_of(rows: list[Row[Any]], limit: int) -> Page[StudySummary]:
 
 @dataclass(frozen=True, slots=True)
 class _Names:
-    """A search's name filters as values to bind: ``patterns`` wildcard candidates, ``words`` word prefixes."""
+    """A search's name filters as values to bind: ``patterns`` the patient name's PN patterns, ``words`` its word
+    prefixes, ``referring`` the referring physician name's PN patterns (query.names)."""
 
     values: dict[str, str]
     patterns: int
     words: int
+    referring: int
 
     @classmethod
     def of(cls, query: StudyQuery) -> _Names:
-        patterns = bound_name_values(query.patient_name) if query.patient_name is not None else {}
+        patterns = pn_bound_values(query.patient_name, "patient_name", "name") if query.patient_name is not None else {}
+        referring = (
+            pn_bound_values(query.referring_physician_name, "referring_physician_name", "referring") if query.referring_physician_name is not None else {}
+        )
         words = query_words(query.name, "name") if query.name is not None else []
-        return cls({**patterns, **bound_word_values(words)}, len(patterns), len(words))
+        return cls({**patterns, **referring, **bound_word_values(words)}, len(patterns), len(words), len(referring))
 
     def __bool__(self) -> bool:
+        """A filter on the patient's name: what the newest-studies scan can answer from its index."""
         return bool(self.patterns or self.words)
 
 
@@ -183,6 +191,7 @@ class _Shape:
     filters: frozenset[str]
     name_patterns: int
     name_words: int
+    referring_patterns: int
     name_scan: bool
     dated: bool | None
     after: str | None  # None, "dated" (a study_date in the cursor) or "undated"
@@ -205,7 +214,7 @@ def _page(
         params["after_id"] = after[1]
         if after[0] is not None:
             params["after_date"] = after[0]
-    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), names.patterns, names.words, name_scan, dated, after_kind)
+    shape = _Shape(frozenset(n for n in _BOUND_FILTERS if n in params), names.patterns, names.words, names.referring, name_scan, dated, after_kind)
     return _page_statement(shape), params
 
 
@@ -271,7 +280,7 @@ def _page_keys(shape: _Shape) -> Subquery:
     if has("issuer"):
         subject_conditions.append(_subject.c.issuer == bound("issuer", _subject.c.issuer))
     if shape.name_patterns:
-        subject_conditions.append(name_matches_bound(_subject.c.patient_name_search, shape.name_patterns))
+        subject_conditions.append(pn_matches_bound(_subject.c.patient_name_search, shape.name_patterns, "name"))
     if not shape.name_scan and (subject_conditions or shape.name_words):
         if not subject_conditions:  # words alone: the subjects straight from the token index
             matched = subjects_with_words_bound(shape.name_words).cte("matched").prefix_with("MATERIALIZED")
@@ -280,17 +289,17 @@ def _page_keys(shape: _Shape) -> Subquery:
                 subject_conditions.append(_subject.c.id.in_(subjects_with_words_bound(shape.name_words)))
             matched = select(_subject.c.id).where(_subject.c.deleted_at.is_(None), *subject_conditions).cte("matched").prefix_with("MATERIALIZED")
         source = _study.join(matched, _study.c.subject_id == matched.c.id)
+    # The core's PS3.4 matching (query.matching), as C-FIND has it: single values, a DA range, ModalitiesInStudy.
     for name, column in (("subject_id", _study.c.subject_id), ("accession", _study.c.accession_number), ("study_uid", _study.c.study_instance_uid)):
         if has(name):
-            conditions.append(column == bound(name, column))
-    if has("date_from"):
-        conditions.append(_study.c.study_date >= bound("date_from", _study.c.study_date))
-    if has("date_to"):
-        conditions.append(_study.c.study_date <= bound("date_to", _study.c.study_date))
+            conditions.append(single_value(column, bound(name, column)))
+    if has("date_from") or has("date_to"):
+        date = _study.c.study_date
+        conditions.append(date_range(date, bound("date_from", date) if has("date_from") else None, bound("date_to", date) if has("date_to") else None))
     if has("modality"):
-        conditions.append(
-            exists().where(_series.c.study_id == _study.c.id, _series.c.modality == bound("modality", _series.c.modality), _series.c.deleted_at.is_(None))
-        )
+        conditions.append(modalities_in_study(_study.c.id, lambda modality: single_value(modality, bound("modality", _series.c.modality))))
+    if shape.referring_patterns:
+        conditions.append(pn_matches_bound(_study.c.referring_physician_name_search, shape.referring_patterns, "referring"))
     if has("partner"):
         conditions.append(
             exists().where(_link.c.entity_type == "study", _link.c.entity_id == _study.c.id, _link.c.partner == bound("partner", _link.c.partner))
@@ -318,7 +327,7 @@ def _page_keys(shape: _Shape) -> Subquery:
         )
         name_conditions = []
         if shape.name_patterns:
-            name_conditions.append(name_matches_bound(newest.c.patient_name_search, shape.name_patterns))
+            name_conditions.append(pn_matches_bound(newest.c.patient_name_search, shape.name_patterns, "name"))
         if shape.name_words:
             name_conditions.append(words_match_bound(newest.c.patient_name_words, shape.name_words))
         return (

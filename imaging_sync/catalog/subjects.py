@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, select
 
 from imaging_sync.catalog.keyset import Key, Page, after_asc, split
-from imaging_sync.catalog.names import bound_word_values, name_matches, query_words, subjects_with_words_bound
+from imaging_sync.query.matching import single_value
+from imaging_sync.query.names import bound_word_values, pn_matches, query_words, subjects_with_words_bound
 from imaging_sync.catalog.studies import SubjectSummary
 from imaging_sync.db.models import Subject
 
@@ -28,20 +29,22 @@ def search_subjects(
 
     ``name``: words, each the beginning of a word of the name (the token
     index; a query that is not words is a ValidationError naming ``name``);
-    ``patient_name``: DICOM wildcards (see catalog.names).
+    ``patient_name``: PS3.4 matching of a PN, as C-FIND has it (see query.names).
     """
-    conditions = [_subject.c.deleted_at.is_(None)]
+    conditions: list[ColumnElement[bool]] = [_subject.c.deleted_at.is_(None)]
     words: dict[str, str] = {}
     if patient_id is not None:
-        conditions.append(_subject.c.patient_id == patient_id)
+        conditions.append(single_value(_subject.c.patient_id, patient_id))
     if issuer is not None:
-        conditions.append(_subject.c.issuer == issuer)
+        conditions.append(single_value(_subject.c.issuer, issuer))
     if name is not None:
         prefixes = query_words(name, "name")
         words = bound_word_values(prefixes)
         conditions.append(_subject.c.id.in_(subjects_with_words_bound(len(prefixes))))
     if patient_name is not None:
-        conditions.append(name_matches(_subject.c.patient_name_search, patient_name))
+        matched = pn_matches(_subject.c.patient_name_search, patient_name, "patient_name")
+        if matched is not None:
+            conditions.append(matched)
     seek = after_asc([_subject.c.patient_id, _subject.c.issuer], after)
     if seek is not None:
         conditions.append(seek)

@@ -63,7 +63,7 @@ class Subject(_Entity, Base):
     patient_id: Mapped[str] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(200))
     patient_name_search: Mapped[str | None] = mapped_column(String(200))
-    # person_names.name_words of the name, each after a space (" hong gildong"): see catalog.names.stored_words.
+    # person_names.name_words of the name, each after a space (" hong gildong"): see query.names.stored_words.
     # Text: compatibility folding can lengthen a name (NFKD of "ﷺ" is 18 characters).
     patient_name_words: Mapped[str | None] = mapped_column(Text)
     birth_date: Mapped[dt.date | None] = mapped_column(Date)
@@ -116,6 +116,9 @@ class Study(_Entity, Base):
     study_time: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
     referring_physician_name: Mapped[str | None] = mapped_column(String(200))
+    # person_names.search_form of referring_physician_name: every stored PN matches the same way (query.names; migration 0010).
+    # Text, as the name words: compatibility folding can lengthen a name.
+    referring_physician_name_search: Mapped[str | None] = mapped_column(Text)
     # The subject's patient_name_search and patient_name_words, copied for name searches (catalog.facts.copy_patient_names).
     patient_name_search: Mapped[str | None] = mapped_column(String(200))
     patient_name_words: Mapped[str | None] = mapped_column(Text)

@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, select,
 
 from imaging_sync import outbox
 from imaging_sync.catalog import facts
-from imaging_sync.catalog.names import stored_words
+from imaging_sync.query.names import stored_words
 from imaging_sync.db import bulk
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
 from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
@@ -69,7 +69,7 @@ STUDY = Level(
     "study",
     Study.__table__,
     ("study_instance_uid",),
-    ("subject_id", "accession_number", "study_date", "study_time", "description", "referring_physician_name"),
+    ("subject_id", "accession_number", "study_date", "study_time", "description", "referring_physician_name", "referring_physician_name_search"),
 )
 SERIES = Level("series", Series.__table__, ("series_instance_uid",), ("study_id", "modality", "series_number", "description", "body_part_examined"), "study_id")
 INSTANCE = Level("instance", Instance.__table__, ("sop_instance_uid",), ("series_id", "sop_class_uid", "transfer_syntax_uid", "instance_number"), "series_id")
@@ -219,6 +219,7 @@ class PageWriter:
                 "study_time": study.study_time,
                 "description": study.description,
                 "referring_physician_name": study.referring_physician_name,
+                "referring_physician_name_search": search_form(study.referring_physician_name),
                 # As the subject row says; copy_patient_names mends them when the stored subject says otherwise.
                 **_name_forms(subject.name),
             }
@@ -587,9 +588,11 @@ def _from_attrs(level: Level, attrs: Mapping[str, Any]) -> dict[str, Any]:
         elif value is not None and isinstance(column_type, Uuid):
             value = uuid.UUID(value)
         values[column] = value
+    # Folded from the name now: a link's attrs keep the forms of the day it was written (before 0008 and 0010, none).
     if level is SUBJECT:
-        # Folded from the name now: a link's attrs keep the forms of the day it was written (before 0008, none).
         values.update(_name_forms(values["patient_name"]))
+    elif level is STUDY:
+        values["referring_physician_name_search"] = search_form(values["referring_physician_name"])
     return values
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 
 from imaging_sync.catalog import facts
-from imaging_sync.catalog.names import stored_words
+from imaging_sync.query.names import stored_words
 from imaging_sync.config import ApiConfig, DatabaseConfig, PartnerConfig, Settings, StorageConfig
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject, utcnow
 from imaging_sync.ids import new_id
@@ -96,9 +96,15 @@ class IndexBuilder:
             facts.refresh_name_tokens(conn, [sid])
         return sid
 
-    def study(self, subject_id: uuid.UUID, *, date: dt.date | None = None, accession: str | None = None, description: str | None = None, partners: Sequence[str] = ("b",), uid: str | None = None) -> uuid.UUID:
+    def study(
+        self, subject_id: uuid.UUID, *, date: dt.date | None = None, accession: str | None = None, description: str | None = None,
+        partners: Sequence[str] = ("b",), uid: str | None = None, referring: str | None = None,
+    ) -> uuid.UUID:
         sid = new_id()
-        self._insert(Study, id=sid, study_instance_uid=uid or next_uid(), subject_id=subject_id, accession_number=accession, study_date=date, study_time="101500", description=description)
+        self._insert(
+            Study, id=sid, study_instance_uid=uid or next_uid(), subject_id=subject_id, accession_number=accession, study_date=date, study_time="101500",
+            description=description, referring_physician_name=referring, referring_physician_name_search=search_form(referring),
+        )
         self._links("study", sid, partners)
         self._refresh_facts(study=sid)
         with self.engine.begin() as conn:

@@ -216,7 +216,7 @@ def load_index(engine: Engine, files: Files) -> None:
             rows[Study].append({
                 "id": study_id, **common, **gone(std.deleted), "study_instance_uid": std.uid, "subject_id": subj_id,
                 "accession_number": std.accession, "study_date": std.date, "study_time": std.time, "description": std.description,
-                "referring_physician_name": std.referring,
+                "referring_physician_name": std.referring, "referring_physician_name_search": search_form(std.referring),
             })
             for ser in std.series:
                 series_id = new_id()

@@ -5,6 +5,13 @@ allows) and where its value comes from: a column of the level's table, a
 column of a level above (joined), or a count/aggregate computed per batch of
 matches (``computed``). Keys we know but do not keep (Study ID, Other Patient
 IDs, …) are answered zero-length, as C.2.2.1.2 allows for optional keys.
+
+Every PN key the index stores has a search column beside its value (the
+value's ``person_names.search_form``): each person name matches the same
+way, whichever attribute it is (``imaging_sync.query.names``). In the core
+because every edge that speaks DICOM attributes reads it: the DIMSE node's
+C-FIND and retrieves today, a DICOMweb QIDO-RS tomorrow (edges never import
+each other).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ class Key:
     level: Level
     match: Match
     column: Any = None  # the column the value is read from and matched on
-    search_column: Any = None  # PN: the column holding person_names.search_form of the value
+    search_column: Any = None  # PN: the column holding person_names.search_form of the value (every PN key has one)
     tag: int = 0
     vr: str = ""
 
@@ -71,7 +78,7 @@ KEYS: dict[str, Key] = {
         _key("StudyTime", "STUDY", "time", study.c.study_time),
         _key("AccessionNumber", "STUDY", "string", study.c.accession_number),
         _key("StudyDescription", "STUDY", "string", study.c.description),
-        _key("ReferringPhysicianName", "STUDY", "pn", study.c.referring_physician_name),
+        _key("ReferringPhysicianName", "STUDY", "pn", study.c.referring_physician_name, study.c.referring_physician_name_search),
         _key("ModalitiesInStudy", "STUDY", "computed"),
         _key("NumberOfStudyRelatedSeries", "STUDY", "computed"),
         _key("NumberOfStudyRelatedInstances", "STUDY", "computed"),

@@ -1,54 +1,81 @@
-"""Patient-name matching: DICOM wildcards (PS3.4 C.2.2.2.4) and the REST API's word prefixes.
+"""Person-name matching: DICOM wildcards (PS3.4 C.2.2.2.4) on every stored PN, and the REST API's word prefixes.
 
-**Wildcards** (REST ``patient_name``, C-FIND PatientName) over ``patient_name_search``:
-``*`` matches any run of characters (also none), ``?`` exactly one; everything
-else matches itself, case- and accent-insensitively: pattern and column are
-both in ``person_names.search_form`` (accents dropped, width and case folded;
-Hangul has no case, so Korean names match as written). SQL ``LIKE``
-metacharacters typed by the user (``%``, ``_``, ``\\``) are escaped and match
-literally.
+**Wildcards** (C-FIND PatientName and ReferringPhysicianName; REST
+``patient_name`` and ``referring_physician_name``), over the name's search
+column (``subject.patient_name_search``, ``study.referring_physician_name_search``,
+the study's copy of its patient's ``patient_name_search``): ``*`` matches any
+run of characters (also none), ``?`` exactly one; everything else matches
+itself, case- and accent-insensitively: pattern and column are both in
+``person_names.search_form`` (accents dropped, width and case folded; Hangul
+has no case, so Korean names match as written). Every PN the index stores has
+a search column, so every PN matches the same way on every edge. SQL ``LIKE``
+metacharacters typed by the caller (``%``, ``_``, ``\\``) are escaped and
+match literally. A lone ``*`` is universal matching (C.2.2.2.3): no
+condition, so it matches a study with no name too.
 
 A Person Name may hold up to three component groups separated by ``=``
 (alphabetic, ideographic, phonetic; PS3.5 §6.2): ``HONG^GILDONG=洪^吉洞=홍^길동``.
 A pattern without ``=`` matches the whole value or any one of its groups, so
-``홍*`` finds that name as well as a plain ``홍^길동``.
+``홍*`` finds that name as well as a plain ``홍^길동``. Trailing component
+separators and spaces of a group are not significant (PS3.5 §6.2.1.1: empty
+trailing components may be left out): ``ZOLA^EMILE^^`` is ``ZOLA^EMILE``. A
+pattern is first checked as a PN value (``person_names.check_person_name``:
+three groups, five components, 64 characters a group).
 
-**Words** (REST ``name``): every word of the query (``person_names.name_words``)
-must be the beginning of some word of the name, in any component group:
-``hong``, ``gil hong`` and ``gil*`` all find ``HONG^GILDONG``. What a frontend's
-search box expects, and indexed: each subject's words are rows of
-``subject_name_token`` (a prefix is a range of that B-tree), and each study
-carries them as ``patient_name_words`` (:func:`stored_words`), checked in the
-covering index the newest-studies scan reads (``LIKE '% w%'``).
+**Words** (REST ``name``, not PS3.4): every word of the query
+(``person_names.name_words``) must be the beginning of some word of the name,
+in any component group: ``hong``, ``gil hong`` and ``gil*`` all find
+``HONG^GILDONG``. What a frontend's search box expects, and indexed: each
+subject's words are rows of ``subject_name_token`` (a prefix is a range of
+that B-tree), and each study carries them as ``patient_name_words``
+(:func:`stored_words`), checked in the covering index the newest-studies scan
+reads (``LIKE '% w%'``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, and_, bindparam, or_, select
 
 from imaging_sync.db.models import SubjectNameToken
 from imaging_sync.errors import ValidationError
-from imaging_sync.person_names import name_words, search_form
+from imaging_sync.person_names import check_person_name, name_words, search_form
 
 ESCAPE = "\\"
 _SQL_SPECIAL = {"%", "_", ESCAPE}
+UNIVERSAL = "*"
 
 
-Fold = Callable[[str], "str | None"]
+def pn_patterns(value: str, path: str) -> list[str] | None:
+    """The LIKE patterns (escape ``\\``) a search-form name must match one of, or None for universal matching.
+
+    The whole value, or (without ``=``) one component group: the first, the
+    last or a middle one. ValidationError naming ``path`` for a value that is
+    no PN.
+    """
+    check_person_name(value, path)
+    if value == UNIVERSAL:
+        return None
+    groups = "=".join(g if g.endswith("*") else g.rstrip("^ ") for g in value.split("="))
+    tokens = _tokens(search_form(groups) or "")
+    pattern = "".join(tokens)
+    candidates = [pattern]
+    if "=" not in groups and tokens:
+        open_start, open_end = tokens[0] == "%", tokens[-1] == "%"
+        if not open_end:
+            candidates.append(pattern + "=%")  # the first group
+        if not open_start:
+            candidates.append("%=" + pattern)  # the last group
+        if not (open_start or open_end):
+            candidates.append("%=" + pattern + "=%")  # a middle group
+    return candidates
 
 
-def like_pattern(wildcard: str) -> str:
-    """The LIKE pattern (escape character ``\\``) for a DICOM wildcard value."""
-    return "".join(_tokens(wildcard, search_form))
-
-
-def _tokens(wildcard: str, fold: Fold) -> list[str]:
+def _tokens(folded: str) -> list[str]:
     out: list[str] = []
-    for ch in fold(wildcard) or "":
+    for ch in folded:
         if ch == "*":
             if not out or out[-1] != "%":  # "**" is "*"
                 out.append("%")
@@ -61,44 +88,25 @@ def _tokens(wildcard: str, fold: Fold) -> list[str]:
     return out
 
 
-def like_candidates(wildcard: str, fold: Fold = search_form) -> list[str]:
-    """The LIKE patterns a name must match one of: the whole value, or (without ``=``) one component group."""
-    tokens = _tokens(wildcard, fold)
-    pattern = "".join(tokens)
-    candidates = [pattern]
-    if "=" not in wildcard and tokens:
-        open_start, open_end = tokens[0] == "%", tokens[-1] == "%"
-        if not open_end:
-            candidates.append(pattern + "=%")  # the first group
-        if not open_start:
-            candidates.append("%=" + pattern)  # the last group
-        if not (open_start or open_end):
-            candidates.append("%=" + pattern + "=%")  # a middle group
-    return candidates
+def pn_matches(search_column: Any, value: str, path: str) -> ColumnElement[bool] | None:
+    """``search_column`` (a name's search form) matches the PN ``value``; None for universal matching."""
+    patterns = pn_patterns(value, path)
+    if patterns is None:
+        return None
+    return or_(*(search_column.like(p, escape=ESCAPE) for p in patterns))
 
 
-def name_matches(column: Any, wildcard: str, fold: Fold = search_form) -> ColumnElement[bool]:
-    """``column`` (a search-form name) matches ``wildcard`` as a whole or in one component group.
+def pn_matches_bound(search_column: Any, count: int, prefix: str) -> ColumnElement[bool]:
+    """:func:`pn_matches` for a statement built once per shape: ``count`` patterns bound as ``{prefix}_0`` …
 
-    ``fold`` is how the pattern is folded to compare with ``column``: the
-    search form, unless the column is a name with no stored search form seen
-    through SQL ``lower()`` (then ``str.lower``: an accent the pattern dropped
-    would never match one the column kept).
+    :func:`pn_bound_values` gives the values to bind (``count`` is their number).
     """
-    return or_(*(column.like(p, escape=ESCAPE) for p in like_candidates(wildcard, fold)))
+    return or_(*(search_column.like(bindparam(f"{prefix}_{i}", type_=String), escape=ESCAPE) for i in range(count)))
 
 
-def name_matches_bound(column: Any, count: int, prefix: str = "name") -> ColumnElement[bool]:
-    """:func:`name_matches` for a statement built once: ``count`` patterns bound as ``{prefix}_0`` …
-
-    :func:`bound_name_values` gives the values to bind (its length is ``count``).
-    """
-    return or_(*(column.like(bindparam(f"{prefix}_{i}", type_=String), escape=ESCAPE) for i in range(count)))
-
-
-def bound_name_values(wildcard: str, prefix: str = "name") -> dict[str, str]:
-    """The values for :func:`name_matches_bound`: ``{prefix}_i`` → the i-th LIKE candidate."""
-    return {f"{prefix}_{i}": pattern for i, pattern in enumerate(like_candidates(wildcard))}
+def pn_bound_values(value: str, path: str, prefix: str) -> dict[str, str]:
+    """The values for :func:`pn_matches_bound`: ``{prefix}_i`` → the i-th pattern; empty for universal matching."""
+    return {f"{prefix}_{i}": pattern for i, pattern in enumerate(pn_patterns(value, path) or ())}
 
 
 # -- word prefixes (the REST API's ``name``) ---------------------------------------------
