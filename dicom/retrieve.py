@@ -36,6 +36,7 @@ from dicom.errors import TooManyMatchesError
 from dicom.find import where_clause
 from dicom.identifiers import QueryRequest
 from imaging_sync.query.keys import instance, series, study, subject
+from imaging_sync.copies import CopyChooser, Location
 from imaging_sync.db.models import InstanceLocation
 from imaging_sync.errors import StorageError
 from storage import ObjectReader
@@ -45,13 +46,6 @@ log = logging.getLogger(__name__)
 location = InstanceLocation.__table__
 MAX_SUBOPERATIONS = 65535  # Number of … Sub-operations are US (PS3.4 C.4.2.1.5)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1-255)
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    partner: str
-    bucket: str
-    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,14 +198,15 @@ class Retriever:
         self._reader = reader
         self._concurrency = fetch_concurrency
         self._spool_dir: str | None = spool_dir  # the node's own folder once it listens (use_spool)
-        self._priority = dict(partner_priority or {})
+        # Which copy to read: the core's rule, the one the REST API signs by (imaging_sync.copies).
+        self._copies = CopyChooser(partner_priority or {}, reader.registry)
 
     def use_spool(self, spool: Spool) -> None:
         """Spool into the node's own folder (dicom.server, once the port is known)."""
         self._spool_dir = spool.path
 
     def sub_operations(self, request: QueryRequest) -> list[SubOperation]:
-        """The live instances the request names, with every partner location (highest priority first)."""
+        """The live instances the request names, each with every partner's location (the fetch picks the copy)."""
         source = (
             instance.join(series, instance.c.series_id == series.c.id)
             .join(study, series.c.study_id == study.c.id)
@@ -239,7 +234,6 @@ class Retriever:
                     entry[1].append(Location(row.partner, row.bucket, row.key))
         subs = []
         for row, locations in grouped.values():
-            locations.sort(key=lambda loc: (-self._priority.get(loc.partner, 0), loc.partner))
             subs.append(SubOperation(row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax_uid, tuple(locations), row.subject_id, row.study_id))
         return subs
 
@@ -275,11 +269,11 @@ class Retriever:
                     _unlink(path)
 
     def _spool(self, sub: SubOperation, tally: Tally, made: set[str], lock: threading.Lock) -> EncodedInstance:
-        """Stream the object into a spool file; try the next partner's copy when one is missing or unreadable."""
+        """Stream the copy the core chooses into a spool file; a copy missing or unreadable gives way to the next."""
         if not sub.locations:
             return EncodedInstance(sub, tally, error="no file location in the index")
-        reasons = []
-        for loc in sub.locations:
+
+        def spool(loc: Location) -> tuple[str, int]:
             fd, path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX, dir=self._spool_dir)
             with lock:
                 made.add(path)
@@ -289,16 +283,16 @@ class Retriever:
                     for chunk in stream:
                         out.write(chunk)
                         size += len(chunk)
-                return EncodedInstance(sub, tally, path=path, size=size)
-            except StorageError as exc:
-                _unlink(path)
-                reasons.append(exc.kind)
-                # The kind only: a storage error's text names the object's key, which a partner may build from patient data.
-                log.warning("cannot fetch instance file (%s)", exc.kind, extra={"partner": loc.partner, "sop_instance_uid": sub.sop_instance_uid})
             except BaseException:
                 _unlink(path)
                 raise
-        return EncodedInstance(sub, tally, error="file " + "/".join(reasons))
+            return path, size
+
+        found = self._copies.first_available(sub.locations, spool, context={"sop_instance_uid": sub.sop_instance_uid})
+        if found.value is None:
+            return EncodedInstance(sub, tally, error="file " + "/".join(s.kind for s in found.skipped))
+        path, size = found.value
+        return EncodedInstance(sub, tally, path=path, size=size)
 
 
 def presentation_contexts(subs: Iterable[SubOperation]) -> list[PresentationContext]:

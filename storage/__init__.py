@@ -19,7 +19,7 @@ S3 accepts any key unless given ``secrets``).
 """
 
 from storage.embedded import EmbeddedS3
-from storage.presign import DICOM_CONTENT_TYPE, Location, PresignedUrl, Presigner
+from storage.presign import DICOM_CONTENT_TYPE, ObjectToSign, PresignedUrl, Presigner
 from storage.reader import ObjectInfo, ObjectReader, ObjectStream
 from storage.registry import BucketEndpoint, BucketRegistry
 
@@ -28,9 +28,9 @@ __all__ = [
     "BucketEndpoint",
     "BucketRegistry",
     "EmbeddedS3",
-    "Location",
     "ObjectInfo",
     "ObjectReader",
+    "ObjectToSign",
     "ObjectStream",
     "PresignedUrl",
     "Presigner",

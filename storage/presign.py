@@ -35,8 +35,9 @@ from storage.sigv4 import GetUrlSigner
 DICOM_CONTENT_TYPE = "application/dicom"
 MAX_KEY_BYTES = 1024  # S3's limit on object key length (UTF-8 bytes)
 
-# (bucket, key, download filename or None)
-Location = tuple[str, str, str | None]
+# An object to sign: (bucket, key, download filename or None). Not a copy's location
+# (imaging_sync.copies.Location, partner included): which copy to sign is decided there.
+ObjectToSign = tuple[str, str, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class Presigner:
 
     def presign_many(
         self,
-        locations: Sequence[Location],
+        locations: Sequence[ObjectToSign],
         *,
         expires_in: int | None = None,
         content_type: str | None = DICOM_CONTENT_TYPE,

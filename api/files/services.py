@@ -1,18 +1,18 @@
 """Issuing presigned URLs for instance files: which copy, checked how, signed by whom.
 
-The copy used is the highest-priority partner's (``catalog.instances.ranked``)
-whose bucket is in the storage registry; a location in any other bucket is
-never signed. For one instance the chosen object is checked with a HEAD
-first, and when it is gone (404) the next partner's copy is used: a viewer
+Which copy is the core's decision (``imaging_sync.copies``, the DICOM
+node's retrieves take theirs from it too): configured partners by priority,
+then the others; never a bucket outside the storage registry. For one
+instance each copy in that order is checked with a HEAD, and one whose
+object is gone (or whose storage fails) gives way to the next: a viewer
 asking for one file should get a working URL. A series is signed in one
 batch without HEADs (500 URLs in milliseconds; a HEAD each would take
-seconds), from the same ranking.
+seconds), the first usable copy of each instance.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,12 +22,11 @@ from sqlalchemy import Connection
 from api.db import end_reads
 
 from imaging_sync.catalog import instances as catalog
-from imaging_sync.catalog.instances import InstanceFile, Location
-from imaging_sync.errors import NotFoundError, ObjectNotFoundError, StorageError
+from imaging_sync.catalog.instances import InstanceFile
+from imaging_sync.copies import CopyChooser, Location
+from imaging_sync.errors import NotFoundError
 from storage import ObjectReader, Presigner
 from storage.registry import BucketRegistry
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +54,7 @@ class FileUrls:
 
     def __init__(self, registry: BucketRegistry, *, priorities: Mapping[str, int], presigner: Presigner | None = None, reader: ObjectReader | None = None) -> None:
         self.registry = registry
-        self.priorities = dict(priorities)
+        self.copies = CopyChooser(priorities, registry)
         self.presigner = presigner or Presigner(registry)
         self.reader = reader or ObjectReader(registry)
 
@@ -68,25 +67,14 @@ class FileUrls:
         seconds = self.check_lifetime(expires_in)
         file = catalog.instance_file(conn, instance_id)
         end_reads(conn)  # no transaction open while S3 answers
-        skipped = [loc.partner for loc in file.locations if loc.bucket not in self.registry]
-        storage_failure: StorageError | None = None
-        for location in catalog.ranked(file.locations, self.priorities, self._usable):
-            try:
-                self.reader.head(location.bucket, location.key)
-            except ObjectNotFoundError:
-                log.warning("instance %s: partner %s's copy is missing, trying the next partner", instance_id, location.partner)
-                skipped.append(location.partner)
-                continue
-            except StorageError as exc:  # endpoint down, access denied: another partner's copy may still work
-                log.warning("instance %s: partner %s's storage failed (%s), trying the next partner", instance_id, location.partner, type(exc).__name__)
-                storage_failure = exc
-                skipped.append(location.partner)
-                continue
-            signed = self.presigner.presign_get(location.bucket, location.key, expires_in=seconds, filename=_filename(file))
-            return IssuedUrl(signed.url, signed.expires_at, location.partner, tuple(skipped))
-        if storage_failure is not None:
-            raise storage_failure
-        raise NotFoundError(f"instance {instance_id} has no stored copy available")
+        found = self.copies.first_available(file.locations, lambda loc: self.reader.head(loc.bucket, loc.key), context={"instance_id": str(instance_id)})
+        location = found.location
+        if location is None:
+            if found.failure is not None:  # endpoint down, access denied: the storage failing, not a missing file
+                raise found.failure
+            raise NotFoundError(f"instance {instance_id} has no stored copy available")
+        signed = self.presigner.presign_get(location.bucket, location.key, expires_in=seconds, filename=_filename(file))
+        return IssuedUrl(signed.url, signed.expires_at, location.partner, tuple(found.skipped_partners))
 
     def series_urls(self, conn: Connection, series_id: uuid.UUID, *, expires_in: int | None = None) -> list[SeriesEntry]:
         """One entry per live instance, in instance-number order; ``url`` None where no usable copy exists."""
@@ -95,8 +83,7 @@ class FileUrls:
         end_reads(conn)
         chosen: list[tuple[InstanceFile, Location | None]] = []
         for file in files:
-            best = catalog.ranked(file.locations, self.priorities, self._usable)
-            chosen.append((file, best[0] if best else None))
+            chosen.append((file, self.copies.best(file.locations)))
         # No download filename here: a viewer fetching a series does not save files, and the
         # Content-Disposition parameter is a third of the signing time of 500 URLs (profiled).
         to_sign = [(loc.bucket, loc.key, None) for file, loc in chosen if loc is not None]
@@ -111,9 +98,6 @@ class FileUrls:
                 )
             )
         return result
-
-    def _usable(self, location: Location) -> bool:
-        return location.bucket in self.registry
 
 
 def _filename(file: InstanceFile) -> str:

@@ -1,22 +1,20 @@
 """Instances of a series, and where each instance's file is kept.
 
-Which copy of a file to use is decided here, once: the location of the
-highest-priority partner (``partners.<name>.priority``; ties go to the partner
-name that sorts first, as for the index's field values), skipping locations the
-caller cannot use (a bucket outside the storage registry). Partners no longer
-configured come last.
+Every partner's location of a file is read here; which of them to use is
+decided by ``imaging_sync.copies`` (the same rule for the REST API's URLs
+and the DICOM node's retrieves).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, bindparam, select
 
 from imaging_sync.catalog.keyset import Key, Page, after_asc_nulls_last, split
+from imaging_sync.copies import Location
 from imaging_sync.db.models import Instance, InstanceLocation, Series
 from imaging_sync.errors import NotFoundError
 
@@ -36,16 +34,8 @@ class InstanceSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class Location:
-    partner: str
-    bucket: str
-    key: str
-    size_bytes: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class InstanceFile:
-    """One instance and every partner's copy of its file, best copy first once ranked."""
+    """One instance and every partner's copy of its file (``copies.CopyChooser`` says which to use)."""
 
     id: uuid.UUID
     series_id: uuid.UUID
@@ -107,7 +97,7 @@ def _files_statement(condition: ColumnElement[bool]) -> Select[Any]:
     return (
         select(
             _instance.c.id, _instance.c.series_id, _instance.c.sop_instance_uid, _instance.c.instance_number,
-            _location.c.partner, _location.c.bucket, _location.c.key, _location.c.size_bytes,
+            _location.c.partner, _location.c.bucket, _location.c.key,
         )
         .select_from(
             _instance.join(_series, _series.c.id == _instance.c.series_id).outerjoin(_location, _location.c.instance_id == _instance.c.id)
@@ -125,21 +115,10 @@ _FILES_OF_SERIES = _files_statement(_instance.c.series_id == bindparam("ident", 
 def _files(conn: Connection, statement: Select[Any], ident: uuid.UUID) -> list[InstanceFile]:
     files: dict[uuid.UUID, InstanceFile] = {}
     # fetchall and tuple unpacking: one driver call, no per-row attribute lookups (500 rows a series)
-    for instance_id, series_id, sop_instance_uid, number, partner, bucket, key, size in conn.execute(statement, {"ident": ident}).all():
+    for instance_id, series_id, sop_instance_uid, number, partner, bucket, key in conn.execute(statement, {"ident": ident}).all():
         file = files.get(instance_id)
         if file is None:
             file = files[instance_id] = InstanceFile(instance_id, series_id, sop_instance_uid, number)
         if partner is not None:
-            file.locations.append(Location(partner, bucket, key, size))
+            file.locations.append(Location(partner, bucket, key))
     return list(files.values())
-
-
-def ranked(locations: Sequence[Location], priorities: Mapping[str, int], usable: Callable[[Location], bool] = lambda _: True) -> list[Location]:
-    """The usable locations, best first: higher partner priority, then partner name; unconfigured partners last."""
-    if len(locations) == 1:  # the usual case, 500 times per series: nothing to rank
-        return [locations[0]] if usable(locations[0]) else []
-    def rank(location: Location) -> tuple[int, int, str]:
-        configured = location.partner in priorities
-        return (0 if configured else 1, -priorities.get(location.partner, 0), location.partner)
-
-    return sorted((loc for loc in locations if usable(loc)), key=rank)
