@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from dicom import statuses
 from dicom.access import ADMISSION_FAILED, AccessPolicy
 from dicom.auditing import Operation, audit_failure, audited, peer, record_refusal
-from dicom.errors import LimitExceededError, NotAuthorizedError, UnknownDestinationError
+from dicom.errors import LimitExceededError, UnknownDestinationError
 from dicom.find import Finder, Match
 from dicom.identifiers import Model, asked, parse
 from dicom.limits import Limits, guard_reads, oversized, watch_request
@@ -34,7 +34,7 @@ from dicom.retrieve import Retriever, SubOperation, Tally, presentation_contexts
 from dicom.sending import use_stored_encoding
 from dicom.session import session
 from imaging_sync.config import DicomConfig, DicomOperation
-from imaging_sync.errors import AuditUnavailableError
+from imaging_sync.errors import AccessDeniedError, AuditUnavailableError
 
 log = logging.getLogger("dicom.associations")
 
@@ -210,7 +210,7 @@ def _refusal(event: Any, services: Services, op: Operation, operation: DicomOper
         return None
     log.warning("association %s: %s refused, calling AE %s is not granted %s", op.association, op.action, op.calling_ae, operation)
     _read_for_audit(event, services, op, retrieve=retrieve)
-    return op.fail(statuses.failure_for(NotAuthorizedError(f"calling AE not granted {operation}")))
+    return op.fail(statuses.failure_for(AccessDeniedError(f"calling AE not granted {operation}")))
 
 
 def _read_for_audit(event: Any, services: Services, op: Operation, *, retrieve: bool) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom.errors import LimitExceededError, QueryRetrieveError
-from imaging_sync.errors import AuditUnavailableError
+from dicom.errors import QueryRetrieveError
+from imaging_sync.errors import AccessDeniedError, AuditUnavailableError
 
 SUCCESS = 0x0000
 # Pending: one more match follows (C-FIND) / sub-operations are continuing (C-MOVE, C-GET).
@@ -79,8 +79,10 @@ def failure_for(exc: BaseException, *, retrieve: bool = False) -> Dataset:
     never the values a caller sent (they may be patient names or IDs).
     """
     if isinstance(exc, QueryRetrieveError):
-        status = exc.retrieve_status if retrieve and isinstance(exc, LimitExceededError) else exc.status
+        status = exc.retrieve_status if retrieve and exc.retrieve_status is not None else exc.status
         return status_dataset(status, exc.comment, [exc.tag] if exc.tag is not None else None)
+    if isinstance(exc, AccessDeniedError):
+        return status_dataset(NOT_AUTHORIZED, str(exc))
     if isinstance(exc, AuditUnavailableError):
         return status_dataset(UNABLE_TO_PROCESS_AUDIT, "the access could not be audited")
     if isinstance(exc, SQLAlchemyError):

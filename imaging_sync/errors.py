@@ -28,6 +28,13 @@ object_missing    ObjectNotFoundError      a registered location whose object is
 denied            AccessDeniedError        a known caller whose role may not do this
 unauthenticated   AuthenticationError      no credentials, or unusable ones (``reason`` says which)
 ================  =======================  ==================================================
+
+An edge adds kinds only for what no other edge can meet: the DICOM node's
+Query/Retrieve refusals (``dicom/errors.py``, its own table: a malformed
+identifier, an unknown move destination, a request over a limit). A refusal
+that means the same on every edge uses the core's type: a DICOM peer asking
+an operation it was not granted is ``AccessDeniedError`` (``denied``), as a
+REST caller whose role may not is.
 """
 
 from __future__ import annotations
