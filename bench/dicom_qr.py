@@ -11,6 +11,15 @@ Prints per query type median and p95 (ms), C-MOVE MB/s and instances/s, and
 our/Orthanc ratios.
 
     python bench/dicom_qr.py --instances 40000
+
+Without Orthanc (``--no-orthanc``) the node is measured alone; with ``--ab OTHER``
+a second node runs the code of the tree ``OTHER`` (an export of the commit
+before a change, say) beside it, on a copy of the same database stamped with
+that tree's schema head (a newer migration only adds what its code does not
+read), and every query and move alternates between the two as between the
+node and Orthanc:
+
+    python bench/dicom_qr.py --instances 40000 --no-orthanc --ab /tmp/before
 """
 
 from __future__ import annotations
@@ -149,6 +158,26 @@ def fresh_database(name: str) -> str:
     return url
 
 
+def copy_for(tree: Path, db_url: str, name: str) -> str:
+    """A copy of the database at ``db_url`` for the code of ``tree``: the same rows, stamped with that tree's schema head."""
+    head = subprocess.run(
+        [sys.executable, "-c", "from imaging_sync.db import migrate; print(migrate.head_revision())"],
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(db_url).database}"'))
+    admin.dispose()
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
+        conn.execute(text("ANALYZE"))
+    engine.dispose()
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,7 +188,8 @@ def wait_port(port: int, timeout: float = 120) -> None:
     eventually(lambda: port_open(port), timeout=timeout, interval=0.1, what=f"port {port} open")
 
 
-def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int) -> subprocess.Popen[bytes]:
+def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int, tree: Path | None = None, name: str = "node") -> subprocess.Popen[bytes]:
+    """``imaging-sync serve dicom`` in its own process: this checkout's code, or the code of ``tree``."""
     lines = [
         "[database]", f'url = "{db_url}"', "pool_size = 10", "",
         "[logging]", 'level = "WARNING"', "",
@@ -170,10 +200,12 @@ def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int) -> 
     for name, cfg in s3.config.buckets.items():
         lines += [f'[storage.buckets."{name}"]', f'region = "{cfg.region}"', f'endpoint_url = "{cfg.endpoint_url}"', 'auth = "keys"',
                   f'access_key_id_env = "{cfg.access_key_id_env}"', f'secret_access_key_env = "{cfg.secret_access_key_env}"', 'addressing_style = "path"', ""]
-    config = work / "imaging-sync.toml"
+    config = work / f"{name}.toml"
     config.write_text("\n".join(lines))
-    env = {**os.environ, **s3.environ, "IMAGING_SYNC_CONFIG": str(config)}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "dicom"], env=env, stdout=subprocess.DEVNULL, stderr=open(work / "node.log", "wb"))
+    env = {**os.environ, **s3.environ, "IMAGING_SYNC_CONFIG": str(config), **({"PYTHONPATH": str(tree)} if tree else {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "dicom"], env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "wb")
+    )
     wait_port(port)
     return proc
 
@@ -271,19 +303,23 @@ def pct(values: list[float], p: float) -> float:
 
 
 def run_finds(mix: dict[str, list[tuple[str, list[str]]]], targets: dict[str, tuple[int, str]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per query type and server: median and p95 ms, total matches. Each query goes to every server in turn,
+    which one first alternating, so a slow moment of a shared machine falls on all of them."""
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for name, queries in mix.items():
-        out[name] = {}
-        for target, (port, aec) in targets.items():
+        for port, aec in targets.values():
             findscu(port, aec, *queries[0])  # warm-up
-            times, counts = [], []
-            for model, keys in queries:
+        times: dict[str, list[float]] = {target: [] for target in targets}
+        counts: dict[str, int] = {target: 0 for target in targets}
+        for i, (model, keys) in enumerate(queries):
+            order = list(targets.items())
+            for target, (port, aec) in order if i % 2 == 0 else reversed(order):
                 elapsed, n, rc = findscu(port, aec, model, keys)
                 if rc != 0:
                     raise RuntimeError(f"findscu against {target} failed for {name}")
-                times.append(elapsed * 1000)
-                counts.append(n)
-            out[name][target] = (statistics.median(times), pct(times, 0.95), sum(counts))
+                times[target].append(elapsed * 1000)
+                counts[target] += n
+        out[name] = {target: (statistics.median(times[target]), pct(times[target], 0.95), counts[target]) for target in targets}
     return out
 
 
@@ -326,7 +362,7 @@ def run_moves(targets: dict[str, tuple[int, str]], uids: list[str], received: Pa
     return {name: (seconds, int(files), int(size)) for name, (seconds, files, size) in totals.items()}
 
 
-def bench(n_instances: int, repeat: int, moves: int, image_size: int) -> None:
+def bench(n_instances: int, repeat: int, moves: int, image_size: int, *, orthanc: bool = True, other: Path | None = None) -> None:
     n_studies = n_instances // (SERIES_PER_STUDY * INSTANCES_PER_SERIES)
     n_patients = max(1, n_studies // 2)
     studies = [study(i, n_patients) for i in range(n_studies)]
@@ -347,6 +383,7 @@ def bench(n_instances: int, repeat: int, moves: int, image_size: int) -> None:
             db_url = fresh_database("isync_bench_dicom_qr")
             fill_index(db_url, studies, n_patients, bucket)
             print(f"index filled in {time.perf_counter() - t:.0f} s", flush=True)
+            other_url = copy_for(other, db_url, "isync_bench_dicom_qr_other") if other is not None else None  # before a node connects
 
             def blobs(only_moved: bool) -> Any:
                 for s in studies:
@@ -371,24 +408,33 @@ def bench(n_instances: int, repeat: int, moves: int, image_size: int) -> None:
             received.mkdir()
             procs.append(subprocess.Popen([str(DCMTK / "storescp"), "-aet", "STORESCP", "+xa", "-od", str(received), str(ports["store"])],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV))
-            procs.append(start_orthanc(work, orthanc_storage, ports["orthanc"], ports["orthanc_http"], ports["store"]))
-            t = time.perf_counter()
-            loaded = load_orthanc(ports["orthanc_http"], (blob for _, blob in blobs(only_moved=False)))
-            print(f"Orthanc loaded with {loaded} instances in {time.perf_counter() - t:.0f} s", flush=True)
+            targets = {"ours": (ports["node"], "ISYNC")}
+            if orthanc:
+                procs.append(start_orthanc(work, orthanc_storage, ports["orthanc"], ports["orthanc_http"], ports["store"]))
+                t = time.perf_counter()
+                loaded = load_orthanc(ports["orthanc_http"], (blob for _, blob in blobs(only_moved=False)))
+                print(f"Orthanc loaded with {loaded} instances in {time.perf_counter() - t:.0f} s", flush=True)
+                targets["orthanc"] = (ports["orthanc"], "ORTHANC")
             procs.append(start_node(work, db_url, s3, ports["node"], ports["store"]))
-            targets = {"ours": (ports["node"], "ISYNC"), "orthanc": (ports["orthanc"], "ORTHANC")}
+            if other is not None and other_url is not None:
+                ports["other"] = free_port()
+                procs.append(start_node(work, other_url, s3, ports["other"], ports["store"], tree=other, name="other-node"))
+                targets["other"] = (ports["other"], "ISYNC")
             results = run_finds(query_mix(studies, n_patients, repeat), targets)
-            print(f"\n{'C-FIND (ms)':32} {'ours med':>9} {'p95':>7} {'orthanc med':>12} {'p95':>7} {'ratio':>6}  matches ours/orthanc")
+            names = list(targets)
+            print(f"\n{'C-FIND (ms)':32} " + " ".join(f"{n + ' med':>12} {'p95':>7}" for n in names) + "  " + " ".join(f"{n}/ours" for n in names[1:]) + "  matches " + "/".join(names))
             for name, r in results.items():
-                (om, op, oc), (tm, tp, tc) = r["ours"], r["orthanc"]
-                print(f"{name:32} {om:9.1f} {op:7.1f} {tm:12.1f} {tp:7.1f} {tm / om:6.2f}  {oc}/{tc}")
+                line = f"{name:32} " + " ".join(f"{r[n][0]:12.1f} {r[n][1]:7.1f}" for n in names)
+                line += "  " + " ".join(f"{r[n][0] / r['ours'][0]:{len(n) + 5}.2f}" for n in names[1:])
+                print(line + "  " + "/".join(str(r[n][2]) for n in names))
             print(f"\n{'C-MOVE':10} {'s':>7} {'files':>6} {'MB':>7} {'MB/s':>7} {'inst/s':>7}")
             rates = {}
             for target, (elapsed, n, size) in run_moves(targets, [s.uid for s in moved], received).items():
                 rates[target] = (size / 1e6 / elapsed, n / elapsed)
                 print(f"{target:10} {elapsed:7.2f} {n:6d} {size / 1e6:7.1f} {size / 1e6 / elapsed:7.1f} {n / elapsed:7.1f}")
-            print(f"ratio ours/orthanc: MB/s {rates['ours'][0] / rates['orthanc'][0]:.2f}, instances/s {rates['ours'][1] / rates['orthanc'][1]:.2f}")
-            print("(ratio column for C-FIND: orthanc median / ours median, > 1 means we are faster)")
+            for n in names[1:]:
+                print(f"ratio ours/{n}: MB/s {rates['ours'][0] / rates[n][0]:.2f}, instances/s {rates['ours'][1] / rates[n][1]:.2f}")
+            print("(C-FIND ratio columns: the other server's median / ours, > 1 means ours is faster)")
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -406,12 +452,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15, help="queries per type (different values each)")
     parser.add_argument("--moves", type=int, default=10, help="studies moved per server")
     parser.add_argument("--image-size", type=int, default=256, help="rows = columns of the moved studies' 8-bit images")
+    parser.add_argument("--no-orthanc", action="store_true", help="measure without Orthanc (not installed, say)")
+    parser.add_argument("--ab", type=Path, metavar="OTHER", help="also run a node with the code of the tree OTHER, alternately with ours")
     args = parser.parse_args()
-    if not Path(ORTHANC).exists() or not (DCMTK / "findscu").exists():
-        sys.exit("needs Orthanc (apt-get install orthanc) and DCMTK in /usr/bin")
-    print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, Orthanc {subprocess.run([ORTHANC, '--version'], capture_output=True, text=True).stdout.split()[1]}")
+    if not (DCMTK / "findscu").exists():
+        sys.exit("needs DCMTK in /usr/bin")
+    if not args.no_orthanc and not Path(ORTHANC).exists():
+        sys.exit("needs Orthanc (apt-get install orthanc), or --no-orthanc")
+    version = "not used" if args.no_orthanc else subprocess.run([ORTHANC, "--version"], capture_output=True, text=True).stdout.split()[1]
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, Orthanc {version}"
+          + (f", A/B against the code of {args.ab}" if args.ab else ""))
     for n in args.instances:
-        bench(n, args.repeat, args.moves, args.image_size)
+        bench(n, args.repeat, args.moves, args.image_size, orthanc=not args.no_orthanc, other=args.ab.resolve() if args.ab else None)
 
 
 if __name__ == "__main__":
