@@ -18,7 +18,7 @@ it was before.
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-12-06
+Create Date: 2026-12-03
 """
 
 from __future__ import annotations
