@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, ex
 
 from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
-from imaging_sync.query.matching import date_range, modalities_in_study, single_value
+from imaging_sync.query.matching import in_range, modalities_in_study, single_value
 from imaging_sync.query.names import bound_word_values, pn_bound_values, pn_matches_bound, query_words, subjects_with_words_bound, words_match_bound
 from imaging_sync.db.models import EntityLink, Series, Study, Subject
 from imaging_sync.errors import NotFoundError
@@ -295,7 +295,7 @@ def _page_keys(shape: _Shape) -> Subquery:
             conditions.append(single_value(column, bound(name, column)))
     if has("date_from") or has("date_to"):
         date = _study.c.study_date
-        conditions.append(date_range(date, bound("date_from", date) if has("date_from") else None, bound("date_to", date) if has("date_to") else None))
+        conditions.append(in_range(date, bound("date_from", date) if has("date_from") else None, bound("date_to", date) if has("date_to") else None))
     if has("modality"):
         conditions.append(modalities_in_study(_study.c.id, lambda modality: single_value(modality, bound("modality", _series.c.modality))))
     if shape.referring_patterns:

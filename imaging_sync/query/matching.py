@@ -79,7 +79,7 @@ def uid_list(column: Any, values: Sequence[str], path: str) -> ColumnElement[boo
     return single_value(column, values[0]) if len(values) == 1 else column.in_(values)
 
 
-def date_range(column: Any, low: Any, high: Any) -> ColumnElement[bool]:
+def in_range(column: Any, low: Any, high: Any) -> ColumnElement[bool]:
     """Range matching (C.2.2.2.5) between inclusive bounds, either None when open (values or bound parameters).
 
     A row without a value matches no range (the comparison is NULL).
@@ -93,13 +93,13 @@ def date_condition(column: Any, value: str, path: str) -> ColumnElement[bool]:
     low, high = da_range(value, path)
     if low is not None and low == high:
         return single_value(column, low)
-    return date_range(column, low, high)
+    return in_range(column, low, high)
 
 
 def time_condition(column: Any, value: str, path: str) -> ColumnElement[bool]:
     """A TM value or range; a reduced-precision value covers its whole interval (``14`` is 14:00 to 14:59:59.999999)."""
     low, high = tm_range(value, path)
-    return date_range(column, low, high)
+    return in_range(column, low, high)
 
 
 def combined_datetime(date_col: Any, time_col: Any, date_value: str, time_value: str, date_path: str, time_path: str) -> ColumnElement[bool]:
@@ -208,8 +208,8 @@ __all__ = [
     "LIKE_ESCAPE",
     "combined_datetime",
     "date_condition",
-    "date_range",
     "has_wildcard",
+    "in_range",
     "is_universal",
     "key_condition",
     "key_conditions",
