@@ -55,6 +55,16 @@ PatientName = Annotated[
         max_length=200,
     ),
 ]
+ReferringPhysicianName = Annotated[
+    str | None,
+    QueryParameter(
+        description=(
+            "Referring physician's name, matched as `patient_name` is (PS3.4 C.2.2.2: DICOM wildcards, the whole name or one component "
+            "group, case- and accent-insensitive): `émile*` finds `ÉMILE^ZOLA`, `*길동` finds `홍^길동`."
+        ),
+        max_length=200,
+    ),
+]
 _STUDY_KEY = (dt.date | None, uuid.UUID)
 
 
@@ -148,6 +158,7 @@ class StudyController(Controller):
         date_to: Annotated[dt.date | None, QueryParameter(description="Study date on or before (YYYY-MM-DD).")] = None,
         partner_: Annotated[str | None, QueryParameter(name="partner", description="A partner that has the study.", max_length=63)] = None,
         study_uid: Annotated[str | None, QueryParameter(description="Study Instance UID, exact.", max_length=64)] = None,
+        referring_physician_name: ReferringPhysicianName = None,
         limit: Limit = None,
         cursor: Cursor = None,
     ) -> StudyPage:
@@ -163,6 +174,7 @@ class StudyController(Controller):
             date_to=date_to,
             partner=partner(partner_),
             study_uid=uid(study_uid, "study_uid"),
+            referring_physician_name=text(referring_physician_name, "referring_physician_name", 200),
         )
         return _studies_page(request, services, conn, query, limit, cursor)
 
