@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from litestar import Litestar
+from pydicom.dataset import Dataset
 from litestar.testing import TestClient
 from sqlalchemy import text
 
@@ -195,3 +196,39 @@ def test_a_refused_audit_insert_answers_503_and_logs_no_patient_data(
     assert "P-KIM-1" not in logged and "MINJI" not in logged
     assert ("RaiseException (P0001)" if postgresql else "IntegrityError") in logged  # the failure's class is logged
     assert who_has_seen(client, keys, subject=kim.subject) == []
+
+
+def test_a_wildcard_rest_search_and_a_wildcard_c_find_that_returned_a_patient_are_both_found_by_subject(
+    client: TestClient[Litestar], keys: Keys, kim: Patient, lee: Patient, core: Any, s3: EmbeddedStorage
+) -> None:
+    """The same auditor's query finds the DICOM node's disclosure: a real node over this test's database, a real peer."""
+    from pynetdicom import AE
+
+    from dicom.server import DicomServer, build_services
+    from imaging_sync.config import DicomConfig, DicomPeer
+    from storage import ObjectReader
+
+    config = DicomConfig(ae_title="ISYNC_TEST", host="127.0.0.1", port=0, peers={"PACS_A": DicomPeer(operations=["find"], addresses=["127.0.0.1"])})
+    server = DicomServer(config, build_services(config, core.engine, ObjectReader(s3.registry())))
+    port = server.start()
+    try:
+        peer = AE(ae_title="PACS_A")
+        peer.add_requested_context("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Query/Retrieve - FIND
+        assoc = peer.associate("127.0.0.1", port, ae_title="ISYNC_TEST")
+        query = Dataset()
+        query.QueryRetrieveLevel, query.PatientName, query.PatientID, query.StudyInstanceUID = "STUDY", "*", "", ""
+        try:
+            found = [ds.PatientID for status, ds in assoc.send_c_find(query, "1.2.840.10008.5.1.4.1.2.2.1") if status.Status == 0xFF00]
+        finally:
+            assoc.release()
+    finally:
+        server.stop()
+    assert sorted(found) == ["P-KIM-1", "P-LEE-2"]
+    searched = client.get("/api/v1/studies", params={"patient_name": "*"}, headers=keys.headers("viewer"))
+    assert str(kim.subject) in {s["subject"]["id"] for s in searched.json()["items"]}
+
+    seen = who_has_seen(client, keys, subject=kim.subject)
+    assert [(e["channel"], e["action"], e["actor"]) for e in seen] == [("http", "search", keys.viewer.split("_")[1]), ("dicom", "c-find", "PACS_A")]
+    dicom_entry = seen[1]
+    assert dicom_entry["outcome"] == "started" and dicom_entry["completion"]["outcome"] == "success"  # written before the matches left
+    assert dicom_entry["query"] == {"model": "STUDY", "QueryRetrieveLevel": "STUDY", "PatientName": "*"}
