@@ -37,16 +37,16 @@ from api.files.controllers import FileController
 from api.files.services import FileUrls
 from api.health.controllers import health, ready
 from api.health.readiness import Readiness
-from api.operations.controllers import OperationsController
-from api.operations.outbox import OutboxController
 from api.metrics import PROMETHEUS, MetricsController, register_database_collector
+from api.operations.controllers import OperationsController
 from api.operations.launcher import SyncLauncher
+from api.operations.outbox import OutboxController
 from api.query_check import QueryCheck
 from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
 from api.studies.controllers import SeriesController, StudyController, SubjectController
-from imaging_sync.core import Core
 from imaging_sync.config import ApiConfig
+from imaging_sync.core import Core
 from storage.registry import BucketRegistry
 
 API_PREFIX = "/api/v1"

@@ -44,14 +44,13 @@ from litestar import Request
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
-from imaging_sync import audit
-from imaging_sync.audit import AuditEvent
-from imaging_sync.logs import describe_failure
-from imaging_sync.config import ApiConfig
-from imaging_sync.errors import AuditUnavailableError, ConfigError
-
 from api.db import release, scope_connection, write_transaction
 from api.errors import REQUEST_ID_HEADER, error_body, request_id
+from imaging_sync import audit
+from imaging_sync.audit import AuditEvent
+from imaging_sync.config import ApiConfig
+from imaging_sync.errors import AuditUnavailableError, ConfigError
+from imaging_sync.logs import describe_failure
 
 log = logging.getLogger("api.audit")
 

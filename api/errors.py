@@ -42,14 +42,13 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.exceptions import HTTPException, MethodNotAllowedException
 from litestar.exceptions import NotFoundException as RouteNotFound
 from litestar.exceptions import ValidationException as LitestarValidationError
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from imaging_sync.logs import describe_failure
 from imaging_sync.errors import (
     AccessDeniedError,
     AuditUnavailableError,
@@ -63,6 +62,7 @@ from imaging_sync.errors import (
     SyncLockedError,
     ValidationError,
 )
+from imaging_sync.logs import describe_failure
 
 log = logging.getLogger("api")
 

@@ -20,7 +20,10 @@ from imaging_sync.errors import ValidationError
 from imaging_sync.uids import check_uid
 
 # Declarations shared by the controllers (what the OpenAPI document shows).
-Limit = Annotated[int | None, QueryParameter(ge=1, le=1000, description="Page size (default `api.default_page_size`; a larger value than `api.max_page_size`, 200 by default, gets pages of that size).")]
+Limit = Annotated[
+    int | None,
+    QueryParameter(ge=1, le=1000, description="Page size (default `api.default_page_size`; a larger value than `api.max_page_size`, 200 by default, gets pages of that size)."),
+]
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.", max_length=512)]
 EntityId = Annotated[uuid.UUID, PathParameter(description="The service's id of the entity (a UUID, not a DICOM UID).")]
 
@@ -80,16 +83,16 @@ def instant(value: str | None, field: str, *, day_end: bool = False) -> dt.datet
     try:
         if len(value) == 10:
             day = dt.date.fromisoformat(value)
-            parsed = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+            parsed = dt.datetime.combine(day, dt.time(), dt.UTC)
         else:
             parsed = dt.datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
         raise ValidationError(field, "must be an ISO 8601 date (2026-11-22) or date-time (2026-11-22T08:00:00Z)") from None
     if day_end and len(value) == 10:
-        parsed = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if day == dt.date.max else parsed + dt.timedelta(days=1)
+        parsed = dt.datetime.max.replace(tzinfo=dt.UTC) if day == dt.date.max else parsed + dt.timedelta(days=1)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     try:
-        return parsed.astimezone(dt.timezone.utc)
+        return parsed.astimezone(dt.UTC)
     except (OverflowError, ValueError):
         raise ValidationError(field, "is out of range") from None

@@ -37,7 +37,8 @@ from imaging_sync.config import CONFIG_ENV, DicomConfig, Settings, load_settings
 from imaging_sync.core import Core
 from imaging_sync.heap import freeze_startup_objects
 from imaging_sync.logs import configure_logging
-from jobs.app import JobsApp, create_app as create_jobs_app
+from jobs.app import JobsApp
+from jobs.app import create_app as create_jobs_app
 from jobs.embedded import EmbeddedScheduler
 from jobs.service import SchedulerService
 from storage import BucketRegistry, EmbeddedS3, ObjectReader

@@ -32,10 +32,10 @@ from imaging_sync.audit import AuditEvent
 from imaging_sync.catalog import operations as catalog
 from imaging_sync.core import Core
 from imaging_sync.db import migrate
-from imaging_sync.partners.wire import check_requested_id
 from imaging_sync.db.engine import missing_sqlite_file
 from imaging_sync.db.models import RejectedItem, SyncRun, utcnow
 from imaging_sync.errors import ConfigError, DatabaseError, ImagingSyncError, NotFoundError, SyncLockedError, ValidationError
+from imaging_sync.partners.wire import check_requested_id
 from imaging_sync.sync.queue import SyncQueue
 from imaging_sync.sync.runner import RunResult
 
@@ -355,9 +355,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
         click.echo("(none)")
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

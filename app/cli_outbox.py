@@ -6,8 +6,8 @@ import uuid
 
 import click
 
-from imaging_sync.audit import AuditEvent, record_now
 from app.cli_support import cli_actor, pass_core
+from imaging_sync.audit import AuditEvent, record_now
 from imaging_sync.core import Core
 from imaging_sync.outbox import relay
 

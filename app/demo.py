@@ -34,8 +34,13 @@ import click
 import msgspec
 from sqlalchemy import select
 
+from app import assembly
+from app.services import run_services
+from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
+from devtools.dicom_files import dicom_file_for_item
+from devtools.factories import simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync import apikeys
-from imaging_sync.core import Core
 from imaging_sync.config import (
     CONFIG_ENV,
     BucketConfig,
@@ -47,16 +52,10 @@ from imaging_sync.config import (
     load_settings,
 )
 from imaging_sync.config_toml import dumps
+from imaging_sync.core import Core
 from imaging_sync.db import migrate
 from imaging_sync.db.models import Instance, Series, Study, Subject
-from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
-from devtools.dicom_files import dicom_file_for_item
-from devtools.factories import simulator_partner
-from devtools.simulator import PartnerSimulator, SimulatorConfig
 from storage import EmbeddedS3
-
-from app import assembly
-from app.services import run_services
 
 # Partner C speaks another vocabulary: lower-case sex letters and "<modality>-scan".
 C_VOCABULARY = {
@@ -113,7 +112,10 @@ def run_demo(base: Settings, *, studies: int, workdir: Path, api_port: int, dico
     with (
         EmbeddedS3(buckets=BUCKETS, secrets=s3_keys) as s3,
         PartnerSimulator(DatasetSpec(partner="b", studies=studies, series_per_study=2, instances_per_series=3), SimulatorConfig(api_key=key)) as sim_b,
-        PartnerSimulator(DatasetSpec(partner="c", studies=studies // 2, series_per_study=2, instances_per_series=3, seed=7, uid_root="1.2.826.0.1.3680043.10.5678"), SimulatorConfig(api_key=key)) as sim_c,
+        PartnerSimulator(
+            DatasetSpec(partner="c", studies=studies // 2, series_per_study=2, instances_per_series=3, seed=7, uid_root="1.2.826.0.1.3680043.10.5678"),
+            SimulatorConfig(api_key=key),
+        ) as sim_c,
     ):
         echo(f"embedded S3 on {s3.endpoint_url}; partner b on {sim_b.base_url}; partner c on {sim_c.base_url}")
         files = _prepare_partners(sim_b, sim_c, s3, overlap=max(1, studies // 5))

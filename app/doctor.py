@@ -31,12 +31,12 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import click
@@ -114,7 +114,7 @@ def run_checks(settings: Settings, options: DoctorOptions, environ: Mapping[str,
     engine, database_results = check_database(settings.database, options.timeout, environ)
     try:
         jobs: list[Callable[[], list[CheckResult]]] = []
-        for name, partner in sorted(settings.partners.items()):
+        for _, partner in sorted(settings.partners.items()):
             jobs.append(lambda partner=partner: [check_partner(partner, options.timeout, environ)])
         jobs.append(lambda: check_buckets(settings, options, engine, environ))
         jobs.append(lambda: [check_broker(settings, options.timeout, environ)])
@@ -215,7 +215,7 @@ def check_partner(partner: PartnerConfig, timeout: float, environ: Mapping[str, 
     started = time.monotonic()
     try:
         source.health()
-        for _page in source.list_changed(dt.datetime.now(dt.timezone.utc)):
+        for _page in source.list_changed(dt.datetime.now(dt.UTC)):
             break  # the first page proves the key; its content is not looked at
     except PartnerAuthError as exc:
         return fail(name, f"{partner.base_url}: {_partner_reason(exc)} (the key comes from {key_source})")

@@ -40,19 +40,19 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
+import http_load
 import httpx
 import psycopg
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-import http_load
+from devtools.index_state import stale_facts
 from imaging_sync import apikeys
 from imaging_sync.catalog.facts import join_modalities
-from imaging_sync.query.names import stored_words
 from imaging_sync.db import migrate
 from imaging_sync.ids import new_ids
 from imaging_sync.person_names import name_words, search_form
-from devtools.index_state import stale_facts
+from imaging_sync.query.names import stored_words
 
 ADMIN_URL = os.environ.get("IMAGING_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "imaging_sync_bench_api"
@@ -62,7 +62,10 @@ BUCKET, REGION, PARTNER = "bench-dicom", "eu-west-1", "bench"
 POOL_SIZE = 10  # per worker
 KEY_ENV, SECRET_ENV, PARTNER_KEY_ENV = "BENCH_S3_ACCESS_KEY_ID", "BENCH_S3_SECRET_ACCESS_KEY", "BENCH_PARTNER_KEY"
 FAMILY = [("김", "KIM"), ("이", "LEE"), ("박", "PARK"), ("최", "CHOI"), ("정", "JUNG"), ("강", "KANG"), ("조", "CHO"), ("윤", "YOON"), ("장", "JANG"), ("홍", "HONG")]
-GIVEN = [("민준", "MINJUN"), ("서연", "SEOYEON"), ("지우", "JIWOO"), ("하준", "HAJUN"), ("서윤", "SEOYUN"), ("도윤", "DOYUN"), ("민지", "MINJI"), ("길동", "GILDONG"), ("예은", "YEEUN"), ("현우", "HYUNWOO"), ("민호", "MINHO"), ("수아", "SUA")]
+GIVEN = [
+    ("민준", "MINJUN"), ("서연", "SEOYEON"), ("지우", "JIWOO"), ("하준", "HAJUN"), ("서윤", "SEOYUN"), ("도윤", "DOYUN"),
+    ("민지", "MINJI"), ("길동", "GILDONG"), ("예은", "YEEUN"), ("현우", "HYUNWOO"), ("민호", "MINHO"), ("수아", "SUA"),
+]
 MODALITIES = ["CT", "MR", "CR", "US", "DX", "PT", "MG", "NM"]
 FIRST_DATE = dt.date(2016, 1, 1)
 UID_ROOT = "1.2.826.0.1.3680043.10.999"
@@ -123,7 +126,7 @@ def instance_total() -> int:
 
 def load(conn: psycopg.Connection) -> None:
     rng = random.Random(42)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     entity = ("source_partner", "source_priority", "created_at", "updated_at")
     link_cols = "id, partner, entity_type, entity_id, partner_entity_id, partner_study_id, content_hash, attrs, created_at, updated_at"
     subject_ids = new_ids(SUBJECTS)
@@ -136,7 +139,7 @@ def load(conn: psycopg.Connection) -> None:
                 birth = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(33000))
                 copy.write_row((sid, "HOSP-A" if n % 2 else "HOSP-B", f"BP{n:07d}", names[-1], search_form(names[-1]), stored_words(names[-1]), birth, rng.choice("MFO"), PARTNER, 0, now, now))
         with cur.copy("COPY subject_name_token (token, subject_id) FROM STDIN") as copy:
-            for name, sid in zip(names, subject_ids):
+            for name, sid in zip(names, subject_ids, strict=True):
                 for word in name_words(name):
                     copy.write_row((word, sid))
         study_ids = new_ids(STUDIES)
@@ -153,16 +156,18 @@ def load(conn: psycopg.Connection) -> None:
                                 search_form(names[n % SUBJECTS]), stored_words(names[n % SUBJECTS]), modalities, SERIES_PER_STUDY, sum(counts[k] for k in own), PARTNER, PARTNER, 0, now, now))
         with cur.copy(f"COPY series (id, series_instance_uid, study_id, modality, series_number, description, body_part_examined, instance_count, partners, {', '.join(entity)}) FROM STDIN") as copy:
             for n, sid in enumerate(series_ids):
-                copy.write_row((sid, f"{UID_ROOT}.{n // SERIES_PER_STUDY}.{n % SERIES_PER_STUDY + 1}", study_ids[n // SERIES_PER_STUDY], MODALITIES[n % len(MODALITIES)], n % SERIES_PER_STUDY + 1, "AXIAL", "CHEST", counts[n], PARTNER, PARTNER, 0, now, now))
+                copy.write_row((sid, f"{UID_ROOT}.{n // SERIES_PER_STUDY}.{n % SERIES_PER_STUDY + 1}", study_ids[n // SERIES_PER_STUDY], MODALITIES[n % len(MODALITIES)],
+                                n % SERIES_PER_STUDY + 1, "AXIAL", "CHEST", counts[n], PARTNER, PARTNER, 0, now, now))
         instance_ids = new_ids(sum(counts))
         with cur.copy(f"COPY instance (id, sop_instance_uid, series_id, sop_class_uid, transfer_syntax_uid, instance_number, {', '.join(entity)}) FROM STDIN") as copy:
             i = 0
             for n, series in enumerate(series_ids):
                 for k in range(counts[n]):
-                    copy.write_row((instance_ids[i], f"{UID_ROOT}.{n // SERIES_PER_STUDY}.{n % SERIES_PER_STUDY + 1}.{k + 1}", series, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", k + 1, PARTNER, 0, now, now))
+                    uid = f"{UID_ROOT}.{n // SERIES_PER_STUDY}.{n % SERIES_PER_STUDY + 1}.{k + 1}"
+                    copy.write_row((instance_ids[i], uid, series, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", k + 1, PARTNER, 0, now, now))
                     i += 1
         with cur.copy("COPY instance_location (id, instance_id, partner, bucket, key, size_bytes, created_at, updated_at) FROM STDIN") as copy:
-            for n, iid in enumerate(instance_ids):
+            for _, iid in enumerate(instance_ids):
                 copy.write_row((iid, iid, PARTNER, BUCKET, f"studies/{iid}.dcm", 524_288, now, now))
         link_ids = iter(new_ids(len(study_ids) + len(series_ids) + len(instance_ids) + len(subject_ids)))
         with cur.copy(f"COPY entity_link ({link_cols}) FROM STDIN") as copy:
@@ -377,7 +382,7 @@ def machine_times() -> list[int]:
 
 def machine_share(before: list[int], after: list[int]) -> str:
     """Idle and steal over an interval, in percent: a p99 missed while the host took the CPU is the host's."""
-    delta = [b - a for a, b in zip(before, after)]
+    delta = [b - a for a, b in zip(before, after, strict=True)]
     total = sum(delta) or 1
     return f"idle {100 * (delta[3] + delta[4]) / total:.0f} %, steal {100 * delta[7] / total:.0f} %"
 

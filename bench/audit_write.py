@@ -92,13 +92,15 @@ def main() -> None:
             handle.finish("success", status=0, detail={"matches": args.batch})
 
         def rest_plain() -> None:
-            audit.record(rest_conn, AuditEvent(channel="http", actor="abcdef123456", action="search", outcome="success", method="GET", path="/api/v1/studies", query={"name": "kim"}, status=200, detail={"results": args.batch}))
+            audit.record(rest_conn, AuditEvent(channel="http", actor="abcdef123456", action="search", outcome="success", method="GET", path="/api/v1/studies",
+                                               query={"name": "kim"}, status=200, detail={"results": args.batch}))
 
         def rest_disclosing() -> None:
             subjects, studies = page()
             audit.record(
                 rest_conn,
-                AuditEvent(channel="http", actor="abcdef123456", action="search", outcome="success", method="GET", path="/api/v1/studies", query={"name": "kim"}, status=200, detail={"results": args.batch}),
+                AuditEvent(channel="http", actor="abcdef123456", action="search", outcome="success", method="GET", path="/api/v1/studies",
+                           query={"name": "kim"}, status=200, detail={"results": args.batch}),
                 subject_ids=subjects, study_ids=studies,
             )
 
@@ -111,7 +113,7 @@ def main() -> None:
             f"REST search entry + {args.batch} disclosures": rest_disclosing,
         }
         timings: dict[str, list[float]] = {name: [] for name in variants}
-        for name, run in variants.items():  # warm-up: connections, prepared statements, caches
+        for run in variants.values():  # warm-up: connections, prepared statements, caches
             for _ in range(50):
                 run()
         for _ in range(args.rounds):

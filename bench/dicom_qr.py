@@ -46,16 +46,16 @@ import httpx
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
-from imaging_sync.query.names import stored_words
+from devtools.dicom_files import InstanceSpec, dicom_file
+from devtools.storage import embedded_storage
+from devtools.waiting import eventually, port_open
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject, SubjectNameToken
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import name_words, search_form
-from devtools.dicom_files import InstanceSpec, dicom_file
-from devtools.waiting import eventually, port_open
-from devtools.storage import embedded_storage
+from imaging_sync.query.names import stored_words
 
 DCMTK = Path("/usr/bin")
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -105,7 +105,7 @@ def spec(s: StudyRow, series: int, number: int, size: int) -> InstanceSpec:
 
 def fill_index(db_url: str, studies: list[StudyRow], n_patients: int, bucket: str) -> None:
     engine = create_db_engine(DatabaseConfig(url=db_url))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     common = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now, "deleted_at": None}
     subject_ids = [new_id() for _ in range(n_patients)]
     name_forms = [{"patient_name_search": search_form(patient_name(p)), "patient_name_words": stored_words(patient_name(p))} for p in range(n_patients)]
@@ -289,7 +289,10 @@ def query_mix(studies: list[StudyRow], n_patients: int, repeat: int) -> dict[str
     return {
         "patient by PatientID": [("-P", ["QueryRetrieveLevel=PATIENT", f"PatientID=PAT{s.patient:06d}", "PatientName", "PatientBirthDate"]) for s in picks],
         "study by name wildcard": [("-S", ["QueryRetrieveLevel=STUDY", f"PatientName={patient_name(s.patient)[:-1]}*", "StudyInstanceUID", "StudyDate", "AccessionNumber"]) for s in picks],
-        "study by date range (10 days)": [("-S", ["QueryRetrieveLevel=STUDY", f"StudyDate={s.date:%Y%m%d}-{s.date + dt.timedelta(days=9):%Y%m%d}", "StudyInstanceUID", "PatientName", "ModalitiesInStudy"]) for s in picks],
+        "study by date range (10 days)": [
+            ("-S", ["QueryRetrieveLevel=STUDY", f"StudyDate={s.date:%Y%m%d}-{s.date + dt.timedelta(days=9):%Y%m%d}", "StudyInstanceUID", "PatientName", "ModalitiesInStudy"])
+            for s in picks
+        ],
         "study by accession": [("-S", ["QueryRetrieveLevel=STUDY", f"AccessionNumber={s.accession}", "StudyInstanceUID", "PatientID", "NumberOfStudyRelatedInstances"]) for s in picks],
         "study by modality + month": [("-S", ["QueryRetrieveLevel=STUDY", "ModalitiesInStudy=MR", f"StudyDate={s.date:%Y%m}01-{s.date:%Y%m}28", "StudyInstanceUID"]) for s in picks],
         "series of a study": [("-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={s.uid}", "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"]) for s in picks],
@@ -396,8 +399,9 @@ def bench(n_instances: int, repeat: int, moves: int, image_size: int, *, orthanc
 
             t = time.perf_counter()
             for s, blob in blobs(only_moved=True):
-                from pydicom import dcmread
                 from io import BytesIO
+
+                from pydicom import dcmread
 
                 uid = dcmread(BytesIO(blob), stop_before_pixels=True).SOPInstanceUID
                 s3.put(bucket, f"{s.uid}/{uid}.dcm", blob)

@@ -37,7 +37,7 @@ class Results:
     def slow_seconds(self, over_ms: float) -> dict[int, int]:
         """Second of the run -> how many requests due in it took over ``over_ms``: spread out, or one stall?"""
         counts: dict[int, int] = {}
-        for due, latency in zip(self.due_s, self.latencies_ms):
+        for due, latency in zip(self.due_s, self.latencies_ms, strict=True):
             if latency > over_ms:
                 counts[int(due)] = counts.get(int(due), 0) + 1
         return counts

@@ -22,6 +22,7 @@ import uuid
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from devtools.webhook_receiver import WebhookReceiver
 from imaging_sync.config import DatabaseConfig, OutboxConfig, WebhookConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
@@ -29,7 +30,6 @@ from imaging_sync.db.models import OutboxEvent
 from imaging_sync.ids import new_ids
 from imaging_sync.outbox.relay import Relay
 from imaging_sync.outbox.webhook import WebhookSink
-from devtools.webhook_receiver import WebhookReceiver
 
 CONFIG = OutboxConfig(batch_size=200, lease_seconds=60, poll_interval=0.05)
 
@@ -45,7 +45,7 @@ def fresh_database(admin_url: str, name: str) -> str:
 
 def fill(url: str, events: int) -> None:
     engine = create_db_engine(DatabaseConfig(url=url))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     studies = [uuid.uuid4() for _ in range(events // 2)]
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE outbox_event"))

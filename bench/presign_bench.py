@@ -17,7 +17,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
@@ -75,13 +75,13 @@ def main() -> int:
         return urls
 
     # Same instant on both sides: the URLs must be identical.
-    pinned = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    pinned = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     with mock.patch("botocore.auth.get_current_datetime", lambda remove_tzinfo=True: pinned.replace(tzinfo=None)):
         reference = botocores()
     mine = ours(Presigner(registry, clock=lambda: pinned))
     identical = mine == reference
     if not identical:
-        bad = next(i for i, (a, b) in enumerate(zip(mine, reference)) if a != b)
+        bad = next(i for i, (a, b) in enumerate(zip(mine, reference, strict=True)) if a != b)
         print(f"MISMATCH at {bad}:\n  ours     {mine[bad]}\n  botocore {reference[bad]}", file=sys.stderr)
     assert parse_qs(urlsplit(mine[0]).query)["X-Amz-Security-Token"] == [ENV["BENCH_TOKEN"]]
 

@@ -29,12 +29,12 @@ import psycopg
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from devtools.factories import settings_for, simulator_partner
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import Base, Instance
 from imaging_sync.sync.runner import SyncRunner
-from devtools.factories import settings_for, simulator_partner
 
 SERIES_PER_STUDY, INSTANCES_PER_SERIES = 2, 5
 KEY_ENV = "IMAGING_SYNC_BENCH_KEY"

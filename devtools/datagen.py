@@ -20,8 +20,8 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property, lru_cache
-from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "to_epoch_us",
 ]
 
-_UTC = timezone.utc
+_UTC = UTC
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _MAX_UID_LENGTH = 64  # PS3.5 section 9.1: a UID is at most 64 characters.

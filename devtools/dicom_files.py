@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
-    UID,
 )
 
 __all__ = ["ENCODABLE_TRANSFER_SYNTAXES", "InstanceSpec", "dicom_file", "dicom_file_for_item", "dataset_bytes"]
@@ -132,10 +132,10 @@ def dicom_file(spec: InstanceSpec) -> bytes:
 
 def dataset_bytes(part10: bytes) -> bytes:
     """The data set of a Part 10 file, without preamble and File Meta (what a C-STORE carries)."""
-    from pynetdicom.dsutils import split_dataset  # reads the meta group's own length
-
     import tempfile
     from pathlib import Path
+
+    from pynetdicom.dsutils import split_dataset  # reads the meta group's own length
 
     with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:
         tmp.write(part10)

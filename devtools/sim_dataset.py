@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -61,7 +61,7 @@ def parse_rfc3339(text: str) -> int:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
     fraction, offset = match.group(7) or "", match.group(8)
-    tz = timezone.utc
+    tz = UTC
     if offset not in ("Z", "z"):
         sign = -1 if offset[0] == "-" else 1
         tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))

@@ -38,8 +38,8 @@ from dicom.retrieve import Tally
 from dicom.session import session
 from imaging_sync import audit
 from imaging_sync.audit import AuditEvent, AuditHandle
-from imaging_sync.logs import describe_failure
 from imaging_sync.errors import AuditUnavailableError
+from imaging_sync.logs import describe_failure
 
 log = logging.getLogger("dicom.operations")
 

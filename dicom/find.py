@@ -19,8 +19,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from pydicom.dataset import Dataset
 import sqlalchemy.exc
+from pydicom.dataset import Dataset
 from sqlalchemy import Engine, func, select
 
 from dicom.errors import InvalidKeyValueError

@@ -35,10 +35,10 @@ from sqlalchemy import Engine, func, select
 from dicom.errors import TooManyMatchesError
 from dicom.find import where_clause
 from dicom.identifiers import QueryRequest
-from imaging_sync.query.keys import instance, series, study, subject
 from imaging_sync.copies import CopyChooser, Location
 from imaging_sync.db.models import InstanceLocation
 from imaging_sync.errors import StorageError
+from imaging_sync.query.keys import instance, series, study, subject
 from storage import ObjectReader
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt, sop_class
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
-from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import Engine
 
 from dicom import handlers

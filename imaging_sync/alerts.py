@@ -107,7 +107,8 @@ class Alerts:
             share = rejected / fetched if fetched else 0.0
             if share > self.config.rejected_share:
                 self._fire(f"rejected_share:{partner}", "rejected_share", partner,
-                           f"partner {partner}: {rejected} of {fetched} items rejected ({share:.0%}, threshold {self.config.rejected_share:.0%}); see `imaging-sync rejected list --run {result.run_id}`",
+                           f"partner {partner}: {rejected} of {fetched} items rejected ({share:.0%}, threshold {self.config.rejected_share:.0%}); "
+                           f"see `imaging-sync rejected list --run {result.run_id}`",
                            result.run_id)
             elif fetched:
                 self._clear(f"rejected_share:{partner}", f"partner {partner}: rejected items back under {self.config.rejected_share:.0%}", result.run_id)
@@ -132,7 +133,7 @@ class Alerts:
                 continue
             reference = last_success.get(name) or first_run.get(name)
             if reference is not None and reference.tzinfo is None:
-                reference = reference.replace(tzinfo=dt.timezone.utc)
+                reference = reference.replace(tzinfo=dt.UTC)
             if reference is not None and now - reference > stale:
                 what = f"last successful sync {_age(now - reference)} ago" if last_success.get(name) else f"never synced successfully (first attempt {_age(now - reference)} ago)"
                 self._fire(f"partner_stale:{name}", "partner_stale", name, f"partner {name}: {what} (threshold {_age(stale)})", None)
@@ -166,7 +167,9 @@ class Alerts:
         if not self.notifiers:
             return
         with self.engine.connect() as conn:
-            rows = conn.execute(select(_alerts).where((_alerts.c.notified_at.is_(None) & _alerts.c.resolved_at.is_(None)) | (_alerts.c.resolved_at.is_not(None) & _alerts.c.notified_at.is_not(None) & _alerts.c.recovery_notified_at.is_(None)))).mappings().all()
+            unsent_opening = _alerts.c.notified_at.is_(None) & _alerts.c.resolved_at.is_(None)
+            unsent_recovery = _alerts.c.resolved_at.is_not(None) & _alerts.c.notified_at.is_not(None) & _alerts.c.recovery_notified_at.is_(None)
+            rows = conn.execute(select(_alerts).where(unsent_opening | unsent_recovery)).mappings().all()
         for row in rows:
             firing = row["resolved_at"] is None
             column = _alerts.c.notified_at if firing else _alerts.c.recovery_notified_at

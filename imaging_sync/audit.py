@@ -62,7 +62,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
-from imaging_sync.db.engine import json_text
 from imaging_sync.db.models import AuditCompletion, AuditDisclosure, AuditEntry, Instance, Series, Study, utcnow
 from imaging_sync.errors import AuditUnavailableError
 from imaging_sync.ids import new_id
@@ -347,7 +346,9 @@ def _disclosure_insert(dialect: str, shape: tuple[bool, ...], with_entry: bool) 
         study_id, subject_id, condition = owner(select(ids.c.value))
         branches.append(select(study_id.label("entity_id"), _STUDY.label("kind")).where(condition))
         branches.append(select(subject_id.label("entity_id"), _SUBJECT.label("kind")).where(condition))
-    combined = branches[0] if len(branches) == 1 else (union(*branches) if owners else union_all(*branches))
+    # union()/union_all() are called through Any: mypy 2.4 crashes inferring their overloads over a list of selects.
+    combine: Any = union if owners else union_all
+    combined = branches[0] if len(branches) == 1 else combine(*branches)
     rows = combined.subquery("disclosed")
     source = select(rows.c.entity_id, bindparam("audit_id", type_=Uuid()), rows.c.kind)
     columns = ["entity_id", "audit_id", "kind"]

@@ -163,10 +163,10 @@ def parse_rfc3339(value: str, path: str) -> dt.datetime:
     if not _RFC3339.fullmatch(value):
         raise ValidationError(path, f"not an RFC 3339 timestamp with offset: {value[:40]!r}")
     try:
-        return dt.datetime.fromisoformat(value.replace("z", "Z")).astimezone(dt.timezone.utc)
+        return dt.datetime.fromisoformat(value.replace("z", "Z")).astimezone(dt.UTC)
     except ValueError as exc:
         raise ValidationError(path, f"invalid timestamp {value[:40]!r}: {exc}") from None
 
 
 def format_rfc3339(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -47,7 +47,7 @@ class DatabaseCollector(Collector):
         items = CounterMetricFamily("imaging_sync_sync_items", "Partner items by outcome.", labels=["partner", "outcome"])
         sums = [func.coalesce(func.sum(getattr(SyncRun, outcome)), 0) for outcome in ITEM_OUTCOMES]
         for partner, *totals in conn.execute(select(SyncRun.partner, *sums).group_by(SyncRun.partner)):  # type: ignore[attr-defined]
-            for outcome, total in zip(ITEM_OUTCOMES, totals):
+            for outcome, total in zip(ITEM_OUTCOMES, totals, strict=True):
                 items.add_metric([partner, outcome], int(total))
         yield items
         durations: dict[str, list[float]] = {}
@@ -65,7 +65,7 @@ class DatabaseCollector(Collector):
         yield backlog
         oldest = conn.execute(select(func.min(OutboxEvent.created_at)).where(OutboxEvent.status.in_(("pending", "processing")))).scalar_one()  # type: ignore[attr-defined]
         if oldest is not None and oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=dt.timezone.utc)
+            oldest = oldest.replace(tzinfo=dt.UTC)
         yield GaugeMetricFamily("imaging_sync_outbox_oldest_pending_age_seconds", "Age of the oldest undelivered outbox event (0 when none).",
                                 value=0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds()))
 

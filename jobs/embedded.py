@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from imaging_sync.core import Core
 from imaging_sync.config import Settings
+from imaging_sync.core import Core
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
 from jobs import work
 from jobs.runtime import Runtime
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
 from jobs.schedule import NowFun, build_beat_schedule
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ _Job = tuple[str, Callable[[], Any]]
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class EmbeddedScheduler:

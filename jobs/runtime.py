@@ -7,8 +7,8 @@ from typing import Any
 
 from celery import Celery
 
-from imaging_sync.core import Core
 from imaging_sync.config import Settings, webhook_url
+from imaging_sync.core import Core
 from imaging_sync.outbox.relay import Relay, Sink
 from imaging_sync.outbox.webhook import WebhookSink, webhook_secret
 from jobs.outbox_sink import CelerySink

@@ -17,6 +17,7 @@ partner instead of a pile.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -101,7 +102,7 @@ def shortest_gap(cron: crontab, samples: int = 64) -> dt.timedelta:
     """The shortest time between two consecutive ticks, over the next ``samples`` ticks from a fixed date."""
     zone = ZoneInfo(getattr(cron, "zone", "UTC"))
     ticks = next_run_times(cron, dt.datetime(2024, 1, 1, tzinfo=zone), samples)
-    return min(b - a for a, b in zip(ticks, ticks[1:]))
+    return min(b - a for a, b in itertools.pairwise(ticks))
 
 
 def build_beat_schedule(settings: Settings, nowfun: NowFun | None = None) -> dict[str, dict[str, Any]]:

@@ -14,10 +14,10 @@ from typing import Any, cast
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
-from jobs import work
-from jobs.runtime import Runtime
 from imaging_sync.sync.queue import SyncQueue
 from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
+from jobs import work
+from jobs.runtime import Runtime
 
 # A sync may legitimately run for hours (a first bulk load); it is killed only far beyond that.
 SYNC_SOFT_TIME_LIMIT = 6 * 3600

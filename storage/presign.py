@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from imaging_sync.errors import StorageError, ValidationError
 from storage.disposition import attachment
@@ -48,7 +48,7 @@ class PresignedUrl:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Presigner:
@@ -112,7 +112,7 @@ class Presigner:
         for bucket, key, _ in locations:
             self._registry.bucket_config(bucket)
             _check_key(key)
-        signed_at = self._clock().astimezone(timezone.utc).replace(microsecond=0)
+        signed_at = self._clock().astimezone(UTC).replace(microsecond=0)
         signers: dict[str, tuple[GetUrlSigner, datetime]] = {}
         urls: list[PresignedUrl] = []
         for bucket, key, filename in locations:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote
 from xml.sax.saxutils import escape
@@ -63,7 +63,7 @@ class PresignedGetGate:
         app: WsgiApp,
         *,
         secrets: Mapping[str, str] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._app = app
         self._secrets = secrets  # read per request: a live mapping may learn keys later (STS sessions)
@@ -99,7 +99,7 @@ class PresignedGetGate:
         try:
             if query["X-Amz-Algorithm"] != ALGORITHM:
                 raise ValueError
-            signed_at = datetime.strptime(query["X-Amz-Date"], AMZ_DATE_FORMAT).replace(tzinfo=timezone.utc)
+            signed_at = datetime.strptime(query["X-Amz-Date"], AMZ_DATE_FORMAT).replace(tzinfo=UTC)
             expires = int(query["X-Amz-Expires"])
             access_key, datestamp, region, service, terminator = query["X-Amz-Credential"].split("/")
             if terminator != "aws4_request" or datestamp != query["X-Amz-Date"][:8]:

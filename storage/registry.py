@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -279,8 +279,8 @@ class BucketRegistry:
         except ValueError:
             return  # no usable expiry: URLs keep their asked-for lifetime, as before
         if ends.tzinfo is None:
-            ends = ends.replace(tzinfo=timezone.utc)
-        now = datetime.now(timezone.utc)
+            ends = ends.replace(tzinfo=UTC)
+        now = datetime.now(UTC)
         with self._expiry_lock:
             self._expiries = {k: v for k, v in self._expiries.items() if v > now}  # one entry per live session
             self._expiries[access_key] = ends

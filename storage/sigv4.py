@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
@@ -108,7 +108,7 @@ class GetUrlSigner:
             raise ValueError(f"expires_in must be between 1 and {MAX_EXPIRES_SECONDS} seconds, got {expires_in}")
         if signed_at.tzinfo is None:
             raise ValueError("signed_at must be timezone-aware")
-        amz_date = signed_at.astimezone(timezone.utc).strftime(AMZ_DATE_FORMAT)
+        amz_date = signed_at.astimezone(UTC).strftime(AMZ_DATE_FORMAT)
         datestamp = amz_date[:8]
         scope = f"{datestamp}/{region}/{service}/aws4_request"
         # sigv4-query-string-auth, in the order botocore writes them (the order

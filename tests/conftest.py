@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
@@ -23,7 +24,6 @@ from imaging_sync.db.models import Base
 
 PG_ADMIN_URL = os.environ.get("IMAGING_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("IMAGING_SYNC_REQUIRE_POSTGRES") == "1"
-from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV
 
 
 def _postgres_problem() -> str | None:

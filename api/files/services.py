@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from api.db import end_reads
-
 from imaging_sync.catalog import instances as catalog
 from imaging_sync.catalog.instances import InstanceFile
 from imaging_sync.copies import CopyChooser, Location

@@ -78,7 +78,10 @@ class OperationsController(Controller):
         full: Annotated[bool | None, QueryParameter(description="Ignore the bookmark and re-read everything.")] = None,
         study_id: Annotated[
             str | None,
-            QueryParameter(description="Refresh only this study (the partner's id: 1 to 128 characters, not `.` or `..`, no control characters, no surrounding whitespace).", min_length=1, max_length=128),
+            QueryParameter(
+                description="Refresh only this study (the partner's id: 1 to 128 characters, not `.` or `..`, no control characters, no surrounding whitespace).",
+                min_length=1, max_length=128,
+            ),
         ] = None,
     ) -> Response[SyncStarted]:
         """Runs in the background; 202 with the run id at once, 409 when the partner is being synced already."""

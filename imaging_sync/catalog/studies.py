@@ -13,17 +13,16 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
-
 from typing import Any
 
 from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, exists, select, tuple_
 
 from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
-from imaging_sync.query.matching import in_range, modalities_in_study, single_value
-from imaging_sync.query.names import bound_word_values, pn_bound_values, pn_matches_bound, query_words, subjects_with_words_bound, words_match_bound
 from imaging_sync.db.models import EntityLink, Series, Study, Subject
 from imaging_sync.errors import NotFoundError
+from imaging_sync.query.matching import in_range, modalities_in_study, single_value
+from imaging_sync.query.names import bound_word_values, pn_bound_values, pn_matches_bound, query_words, subjects_with_words_bound, words_match_bound
 
 _study = Study.__table__
 _subject = Subject.__table__

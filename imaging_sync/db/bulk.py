@@ -24,7 +24,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from imaging_sync.db.engine import json_text
 
 
-
 def _is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 

@@ -31,7 +31,7 @@ def add_study_events(conn: Connection, partner: str, events: Mapping[uuid.UUID, 
     for chunk in bulk.chunks(study_ids):
         uids.update((sid, uid) for sid, uid in conn.execute(select(_study.c.id, _study.c.study_instance_uid).where(_study.c.id.in_(chunk))))
     rows = []
-    for (study_id, event_type), event_id in zip(sorted(events.items()), new_ids(len(events))):
+    for (study_id, event_type), event_id in zip(sorted(events.items()), new_ids(len(events)), strict=True):
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}")
         payload = {

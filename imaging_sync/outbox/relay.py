@@ -237,7 +237,7 @@ def status(engine: Engine, recent: int = 10) -> OutboxStatus:
             .limit(recent)
         ).mappings().all()
     if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=dt.timezone.utc)
+        oldest = oldest.replace(tzinfo=dt.UTC)
     return OutboxStatus(counts=counts, oldest_pending_at=oldest, recent_failures=[dict(f) for f in failures])
 
 

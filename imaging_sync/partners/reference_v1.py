@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from imaging_sync.config import PartnerConfig, Secret
+from imaging_sync.dates import format_rfc3339
 from imaging_sync.dto import Page, PageItem
 from imaging_sync.errors import (
     PageTokenExpiredError,
@@ -31,7 +32,6 @@ from imaging_sync.errors import (
     ValidationError,
 )
 from imaging_sync.partners.prefetch import prefetch
-from imaging_sync.dates import format_rfc3339
 from imaging_sync.partners.wire import ItemParser, check_id, next_page_token
 from imaging_sync.vocabulary import Vocabulary
 
@@ -190,5 +190,5 @@ def _retry_after(header: str | None, fallback: float) -> float:
     except (TypeError, ValueError):
         return fallback
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())

@@ -282,10 +282,10 @@ def next_page_token(body: bytes) -> str | None:
 
 def _reject_page_duplicates(items: list[PageItem], decoded: list[tuple[bytes | msgspec.Raw, WireStudy | None, str | None]]) -> list[PageItem]:
     """Reject every item whose id, or any of whose UIDs, appears in another item of the page."""
-    keys_per_item = [_identity_keys(wire) if wire is not None and not isinstance(item, RejectedItemDTO) else _rejected_keys(item) for item, (_, wire, _) in zip(items, decoded)]
+    keys_per_item = [_identity_keys(wire) if wire is not None and not isinstance(item, RejectedItemDTO) else _rejected_keys(item) for item, (_, wire, _) in zip(items, decoded, strict=True)]
     counts = Counter(key for keys in keys_per_item for key in keys)
     result: list[PageItem] = []
-    for item, keys, (raw, _, _) in zip(items, keys_per_item, decoded):
+    for item, keys, (raw, _, _) in zip(items, keys_per_item, decoded, strict=True):
         clashes = sorted(key for key in keys if counts[key] > 1)
         if clashes and not isinstance(item, RejectedItemDTO):
             kind, _, value = clashes[0].partition(":")

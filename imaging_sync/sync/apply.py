@@ -38,12 +38,12 @@ from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, select,
 
 from imaging_sync import outbox
 from imaging_sync.catalog import facts
-from imaging_sync.query.names import stored_words
 from imaging_sync.db import bulk
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
 from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
 from imaging_sync.ids import new_ids
 from imaging_sync.person_names import search_form
+from imaging_sync.query.names import stored_words
 
 _links = EntityLink.__table__
 _locations = InstanceLocation.__table__
@@ -314,7 +314,7 @@ class PageWriter:
         if fresh:
             new_rows = [
                 {**rows[key], "id": new, "source_partner": self.partner, "source_priority": self.priority, "created_at": now, "updated_at": now, "deleted_at": None}
-                for key, new in zip(fresh, new_ids(len(fresh)))
+                for key, new in zip(fresh, new_ids(len(fresh)), strict=True)
             ]
             inserted = bulk.insert_ignoring_conflicts(conn, level.table, new_rows, level.key_columns)
             for row in new_rows:
@@ -569,7 +569,7 @@ def same_mapped(stored: str, fingerprint: str) -> bool:
 
 
 def _assign_ids(rows: list[dict[str, Any]]) -> None:
-    for row, new in zip(rows, new_ids(len(rows))):
+    for row, new in zip(rows, new_ids(len(rows)), strict=True):
         row["id"] = new
 
 

@@ -24,8 +24,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from imaging_sync.config import PartnerConfig, Settings
 from imaging_sync.db.models import PartnerState, SyncRun, utcnow
 from imaging_sync.dto import Page
-from imaging_sync.ids import new_id
 from imaging_sync.errors import DatabaseError, ImagingSyncError, NotFoundError, PageTokenExpiredError, PartnerError, QueueUnavailableError, SyncLockedError
+from imaging_sync.ids import new_id
 from imaging_sync.logs import run_context
 from imaging_sync.partners.factory import build_source
 from imaging_sync.partners.source import PartnerSource

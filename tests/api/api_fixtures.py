@@ -18,13 +18,13 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
+from devtools.factories import TEST_API_KEY_ENV
 from imaging_sync.catalog import facts
-from imaging_sync.query.names import stored_words
 from imaging_sync.config import ApiConfig, DatabaseConfig, PartnerConfig, Settings, StorageConfig
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, Series, Study, Subject, utcnow
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import search_form
-from devtools.factories import TEST_API_KEY_ENV
+from imaging_sync.query.names import stored_words
 
 UID_ROOT = "1.2.826.0.1.3680043.10.777"
 PRIORITY = {"b": 10, "c": 5}
@@ -41,7 +41,7 @@ def partner_config(name: str, bucket: str, priority: int) -> PartnerConfig:
 
 def make_settings(db_url: str, storage: StorageConfig, buckets: Sequence[str], **api: Any) -> Settings:
     """Partner b (priority 10) in the first bucket, c (priority 5) in the second."""
-    partners = {name: partner_config(name, bucket, PRIORITY[name]) for name, bucket in zip(("b", "c"), buckets)}
+    partners = {name: partner_config(name, bucket, PRIORITY[name]) for name, bucket in zip(("b", "c"), buckets, strict=False)}  # one bucket: partner b only
     return Settings(database=DatabaseConfig(url=db_url), storage=storage, partners=partners, api=ApiConfig(**{"default_page_size": 50, "max_page_size": 200, **api}))
 
 

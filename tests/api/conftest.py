@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
-from imaging_sync import apikeys
 from app.assembly import open_core
-from imaging_sync.core import Core
-from imaging_sync.config import Settings
 from devtools.storage import EmbeddedStorage, embedded_storage
+from imaging_sync import apikeys
+from imaging_sync.config import Settings
+from imaging_sync.core import Core
 
 
 @pytest.fixture(scope="session")

@@ -8,18 +8,17 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from api_fixtures import IndexBuilder, Keys, Located, RecordingLauncher
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import insert
 
+from api.app import create_app
+from devtools.storage import EmbeddedStorage
 from imaging_sync import apikeys
 from imaging_sync.core import Core
 from imaging_sync.db.models import SyncRun
 from imaging_sync.ids import new_id
-from devtools.storage import EmbeddedStorage
-
-from api.app import create_app
-from api_fixtures import IndexBuilder, Keys, Located, RecordingLauncher
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def ids(index: IndexBuilder, s3: EmbeddedStorage, core: Core) -> Ids:
     instance = index.instance(series, locations=[Located("b", bucket, key)])
     run = new_id()
     with core.engine.begin() as conn:
-        conn.execute(insert(SyncRun).values(id=run, partner="b", status="succeeded", trigger="cli", full=False, started_at=dt.datetime.now(dt.timezone.utc)))
+        conn.execute(insert(SyncRun).values(id=run, partner="b", status="succeeded", trigger="cli", full=False, started_at=dt.datetime.now(dt.UTC)))
     return Ids(subject, study, series, instance, run)
 
 
@@ -71,7 +70,7 @@ def call(client: TestClient[Litestar], method: str, path: str, headers: dict[str
 
 def test_each_role_reaches_only_its_own_endpoints(client: TestClient[Litestar], keys: Keys, ids: Ids) -> None:
     matrix = {}
-    for method, template, allowed, ok in ENDPOINTS:
+    for method, template, _, _ in ENDPOINTS:
         path = template.format(**ids.__dict__)
         for role in apikeys.ROLES:
             matrix[(template, role)] = call(client, method, path, keys.headers(role))
@@ -99,7 +98,7 @@ def test_the_key_may_come_in_either_header(client: TestClient[Litestar], keys: K
 def test_revoked_and_expired_keys_are_refused(client: TestClient[Litestar], core: Core) -> None:
     with core.engine.begin() as conn:
         revoked, revoked_token = apikeys.create_key(conn, "old", "viewer")
-        _, expired_token = apikeys.create_key(conn, "temp", "viewer", expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1))
+        _, expired_token = apikeys.create_key(conn, "temp", "viewer", expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         apikeys.revoke_key(conn, revoked.prefix)
     for token in (revoked_token, expired_token):
         response = client.get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"})

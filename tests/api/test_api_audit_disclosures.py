@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from api_fixtures import IndexBuilder, Keys, Located
 from litestar import Litestar
-from pydicom.dataset import Dataset
 from litestar.testing import TestClient
+from pydicom.dataset import Dataset
 from sqlalchemy import text
 
+from devtools.storage import EmbeddedStorage
 from imaging_sync import audit
 from imaging_sync.audit import AuditEvent
-from devtools.storage import EmbeddedStorage
-
-from api_fixtures import IndexBuilder, Keys, Located
 
 
 def who_has_seen(client: TestClient[Litestar], keys: Keys, *, subject: uuid.UUID | None = None, study: uuid.UUID | None = None, **params: Any) -> list[dict[str, Any]]:

@@ -11,17 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
+from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
 from api.auditing import client_address, recorded_in_thread
+from devtools.storage import EmbeddedStorage
 from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry
-from devtools.storage import EmbeddedStorage
-
-from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 
 
 def entries(core: Core) -> list[AuditEntry]:
@@ -91,7 +90,7 @@ def test_auditors_search_the_log_by_actor_resource_and_time(client: TestClient[L
     assert {e["actor_role"] for e in by_actor} == {"viewer"} and len(by_actor) == 3
     by_key_id = client.get("/api/v1/audit", params={"actor": by_actor[0]["actor_key_id"]}, headers=auditor).json()["items"]
     assert [e["id"] for e in by_key_id] == [e["id"] for e in by_actor]
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     whole_day = client.get("/api/v1/audit", params={"from": today, "to": today, "actor": viewer_prefix}, headers=auditor)
     assert whole_day.status_code == 200 and len(whole_day.json()["items"]) == 3  # a date as `to` includes that day
     tomorrow = (dt.date.today() + dt.timedelta(days=2)).isoformat()

@@ -15,12 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from imaging_sync import apikeys
 from app.cli import EXIT_FAILED, EXIT_USAGE, main
+from devtools.toml_config import write_config
+from imaging_sync import apikeys
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import AuditEntry
-from devtools.toml_config import write_config
 
 
 @pytest.fixture(autouse=True)

@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
 from app.assembly import open_core
-from imaging_sync.core import Core
+from devtools.storage import EmbeddedStorage
 from imaging_sync.config import ApiConfig, Settings, load_settings
+from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry
 from imaging_sync.errors import ConfigError
-from devtools.storage import EmbeddedStorage
-
-from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 
 PLATFORM = "https://platform.example"
 PREFLIGHT = {"Origin": PLATFORM, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}

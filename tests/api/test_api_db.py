@@ -7,18 +7,18 @@ import asyncio
 import httpx
 import msgspec
 import pytest
+from api_fixtures import IndexBuilder, RecordingLauncher, make_settings
 from litestar.testing import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
 from api.db import open_pool
 from api.service import ApiService
-from api_fixtures import IndexBuilder, RecordingLauncher, make_settings
-from imaging_sync import apikeys, audit
 from app.assembly import api_app, open_core
+from devtools.storage import EmbeddedStorage
+from imaging_sync import apikeys, audit
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
-from devtools.storage import EmbeddedStorage
 from storage import BucketRegistry
 
 BURST = 40  # well over the executor's threads (cores + 4) and the pool's one connection

@@ -19,17 +19,17 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from api_fixtures import make_settings
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import func, select
 
 from api.docs import ASSETS, CACHE_CONTROL, VERSION
 from api.service import ApiService
-from api_fixtures import make_settings
 from app.assembly import api_app, open_core
+from devtools.storage import EmbeddedStorage
 from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry
-from devtools.storage import EmbeddedStorage
 from storage import BucketRegistry
 
 if TYPE_CHECKING:

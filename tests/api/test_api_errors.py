@@ -5,17 +5,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from api_fixtures import Keys, RecordingLauncher
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy.exc import OperationalError
 
+from api.app import create_app
 from api.errors import classify
+from devtools.storage import EmbeddedStorage
 from imaging_sync.core import Core
 from imaging_sync.errors import BucketNotAllowedError, StorageError, SyncLockedError, ValidationError
-from devtools.storage import EmbeddedStorage
-
-from api.app import create_app
-from api_fixtures import Keys, RecordingLauncher
 
 VIEWER_CASES = [
     ("/api/v1/studies/not-a-uuid", "study_id"),
@@ -94,7 +93,7 @@ def test_a_cursor_from_another_listing_is_refused(client: TestClient[Litestar], 
     subject = index.subject("P-C", "A^B")
     for _ in range(3):
         index.study(subject)
-    cursor = client.get("/api/v1/subjects/{}/studies?limit=1".format(subject), headers=keys.headers("viewer")).json()["next_cursor"]
+    cursor = client.get(f"/api/v1/subjects/{subject}/studies?limit=1", headers=keys.headers("viewer")).json()["next_cursor"]
     assert client.get(f"/api/v1/studies?cursor={cursor}", headers=keys.headers("viewer")).status_code == 200  # same listing, same key shape
     response = client.get(f"/api/v1/subjects?cursor={cursor}", headers=keys.headers("viewer"))
     assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "cursor"

@@ -9,15 +9,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from api_fixtures import IndexBuilder, Keys, Located
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select
 
+from devtools.storage import EmbeddedStorage
 from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry, Instance, Series
-from devtools.storage import EmbeddedStorage
-
-from api_fixtures import IndexBuilder, Keys, Located
 
 
 def upload(s3: EmbeddedStorage, bucket_index: int, data: bytes) -> Located:
@@ -126,7 +125,7 @@ def test_url_lifetime_is_the_one_asked_for_within_the_configured_maximum(
     client: TestClient[Litestar], keys: Keys, s3: EmbeddedStorage, index: IndexBuilder, series: uuid.UUID
 ) -> None:
     instance = index.instance(series, locations=[upload(s3, 0, b"DICM")])
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     short = client.get(f"/api/v1/instances/{instance}/url?expires_in=60", headers=keys.headers("viewer")).json()
     expires_at = dt.datetime.fromisoformat(short["expires_at"].replace("Z", "+00:00"))
     assert dt.timedelta(seconds=58) <= expires_at - before <= dt.timedelta(seconds=62)

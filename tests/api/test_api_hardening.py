@@ -10,23 +10,21 @@ from typing import Any
 
 import msgspec
 import pytest
+from api_fixtures import IndexBuilder, Keys, Located, RecordingLauncher
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from api.caching import NoStore
 from api.operations.launcher import ThreadLauncher
-from imaging_sync import apikeys
-from imaging_sync.db.models import AuditEntry, RejectedItem
-from imaging_sync.sync.runner import SyncRunner
 from devtools.datagen import DatasetSpec
 from devtools.factories import TEST_API_KEY, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
 from devtools.storage import EmbeddedStorage
 from devtools.waiting import eventually
-
-from api_fixtures import IndexBuilder, Keys, Located, RecordingLauncher
+from imaging_sync import apikeys
+from imaging_sync.db.models import AuditEntry, RejectedItem
+from imaging_sync.sync.runner import SyncRunner
 
 API_PREFIX = "/api/v1"
 
@@ -119,7 +117,7 @@ def test_dot_segments_are_refused_before_any_request_to_the_partner(live_client:
 def test_revoked_expired_and_unknown_keys_get_the_same_401_and_only_the_audit_says_which(client: TestClient[Litestar], core: Any) -> None:
     with core.engine.begin() as conn:
         revoked, revoked_token = apikeys.create_key(conn, "old", "viewer")
-        _, expired_token = apikeys.create_key(conn, "temp", "viewer", expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1))
+        _, expired_token = apikeys.create_key(conn, "temp", "viewer", expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         apikeys.revoke_key(conn, revoked.prefix)
         _, live_token = apikeys.create_key(conn, "live", "viewer")
     unknown = live_token[:-4] + ("AAAA" if not live_token.endswith("AAAA") else "BBBB")

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import msgspec
+from api_fixtures import Keys
 from litestar.testing import TestClient
 
-
 from app.assembly import api_app, open_core
-from imaging_sync.core import Core
 from devtools.datagen import DatasetSpec
-from imaging_sync.config import OutboxConfig, WebhookConfig
 from devtools.factories import TEST_API_KEY, UNREACHED_WEBHOOK, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
 from devtools.storage import EmbeddedStorage
-
-from api_fixtures import Keys
+from imaging_sync.config import OutboxConfig, WebhookConfig
+from imaging_sync.core import Core
 
 
 def test_metrics_after_a_sync_and_some_requests(core: Core, s3: EmbeddedStorage, keys: Keys) -> None:

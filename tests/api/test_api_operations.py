@@ -8,23 +8,21 @@ from typing import Any
 
 import msgspec
 import pytest
+from api_fixtures import Keys
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import insert, select
 
-from api.app import create_app
 from app.assembly import api_app, open_core
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
+from devtools.storage import EmbeddedStorage
+from devtools.waiting import eventually
 from imaging_sync.core import Core
 from imaging_sync.db.models import EntityLink, RejectedItem, SyncRun
 from imaging_sync.ids import new_id
 from imaging_sync.sync.lock import partner_lock
-from devtools.datagen import DatasetSpec
-from devtools.factories import TEST_API_KEY, simulator_partner
-from devtools.simulator import PartnerSimulator, SimulatorConfig
-from devtools.waiting import eventually
-from devtools.storage import EmbeddedStorage
-
-from api_fixtures import Keys
 
 
 @pytest.fixture
@@ -89,15 +87,18 @@ def test_a_sync_while_the_partner_lock_is_held_is_409(live_client: TestClient[Li
 
 
 def test_runs_and_rejected_items_are_filtered_and_paginated(client: TestClient[Litestar], keys: Keys, core: Core) -> None:
-    base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     runs = []
     with core.engine.begin() as conn:
         for n in range(7):
             run_id = new_id()
             runs.append(run_id)
-            conn.execute(insert(SyncRun).values(id=run_id, partner="b" if n % 2 else "c", status="failed" if n == 3 else "succeeded", trigger="cli", full=False, started_at=base + dt.timedelta(hours=n)))
+            conn.execute(insert(SyncRun).values(id=run_id, partner="b" if n % 2 else "c", status="failed" if n == 3 else "succeeded", trigger="cli", full=False,
+                                                started_at=base + dt.timedelta(hours=n)))
         for n in range(5):
-            conn.execute(insert(RejectedItem).values(id=new_id(), run_id=runs[1], partner="b", partner_item_id=f"S-{n}", kind="validation", reason="$.study_date: not a date", payload='{"id": "S-%d", "subject": {"name": "KIM^MINJI"}}' % n, created_at=base + dt.timedelta(minutes=n)))
+            payload = f'{{"id": "S-{n}", "subject": {{"name": "KIM^MINJI"}}}}'
+            conn.execute(insert(RejectedItem).values(id=new_id(), run_id=runs[1], partner="b", partner_item_id=f"S-{n}", kind="validation", reason="$.study_date: not a date",
+                                                     payload=payload, created_at=base + dt.timedelta(minutes=n)))
     operator = keys.headers("operator")
 
     listed = client.get("/api/v1/sync-runs", params={"limit": 3}, headers=operator).json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+from api_fixtures import Keys
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select
@@ -13,17 +14,15 @@ from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry, OutboxEvent
 from imaging_sync.ids import new_ids
 
-from api_fixtures import Keys
-
 
 def add_events(core: Core, statuses: list[str]) -> list[uuid.UUID]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ids = new_ids(len(statuses))
     rows = [
         {"id": i, "event_type": "study.updated", "aggregate_type": "study", "aggregate_id": uuid.uuid4(), "payload": {}, "status": s,
          "attempts": 10 if s == "failed" else 0, "next_attempt_at": now, "created_at": now - dt.timedelta(minutes=5),
          "last_error": "webhook answered HTTP 500" if s == "failed" else None, "processed_at": now if s == "failed" else None}
-        for i, s in zip(ids, statuses)
+        for i, s in zip(ids, statuses, strict=True)
     ]
     with core.engine.begin() as conn:
         conn.execute(OutboxEvent.__table__.insert(), rows)

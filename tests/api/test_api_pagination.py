@@ -8,18 +8,16 @@ import threading
 import time
 import uuid
 
+from api_fixtures import Keys
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import Engine, insert
 
+from api.pagination import page_size
+from imaging_sync.config import ApiConfig
 from imaging_sync.core import Core
 from imaging_sync.db.models import Study, Subject, utcnow
 from imaging_sync.ids import new_ids
-
-from api.pagination import page_size
-from imaging_sync.config import ApiConfig
-
-from api_fixtures import Keys
 
 STUDIES = 10_000
 

@@ -6,16 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-
+from api_fixtures import RecordingLauncher, make_settings
 from litestar.testing import TestClient
 
 from api.app import create_app
 from app.assembly import open_core
+from devtools.storage import EmbeddedStorage
 from imaging_sync.config import BucketConfig, StorageConfig
 from storage.registry import BucketRegistry
-from devtools.storage import EmbeddedStorage
-
-from api_fixtures import RecordingLauncher, make_settings
 
 
 def ready(settings, registry=None) -> tuple[int, dict]:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from api_fixtures import IndexBuilder, Keys
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select
@@ -11,8 +12,6 @@ from api.app import API_PREFIX
 from api.query_check import allowed_query_parameters
 from imaging_sync.core import Core
 from imaging_sync.db.models import AuditEntry
-
-from api_fixtures import IndexBuilder, Keys
 
 
 def last_entry(core: Core) -> AuditEntry:

@@ -9,6 +9,7 @@ import datetime as dt
 
 import pytest
 import schemathesis
+from api_fixtures import IndexBuilder, Keys, Located
 from hypothesis import HealthCheck, settings
 from litestar import Litestar
 from schemathesis.specs.openapi.checks import (
@@ -17,8 +18,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-from api_fixtures import IndexBuilder, Keys, Located
 
 ROLE_BY_PREFIX = [
     ("/api/v1/audit", "auditor"),

@@ -8,12 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
+from api_fixtures import IndexBuilder, Keys, Located
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from imaging_sync.db.models import Series, Study
-
-from api_fixtures import IndexBuilder, Keys, Located
 
 
 @pytest.fixture

@@ -27,15 +27,15 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from sqlalchemy import Engine, insert
 
+from devtools.dicom_files import InstanceSpec, dicom_file
+from devtools.storage import EmbeddedStorage, embedded_storage
+from devtools.waiting import eventually, port_open
 from dicom.server import DicomServer, build_services
 from imaging_sync.config import DicomConfig, DicomDestination
 from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import search_form
-from devtools.dicom_files import InstanceSpec, dicom_file
-from devtools.waiting import eventually, port_open
 from storage import ObjectReader
-from devtools.storage import EmbeddedStorage, embedded_storage
 
 REQUIRE_DCMTK = os.environ.get("IMAGING_SYNC_REQUIRE_DCMTK") == "1"
 DCMTK = Path("/usr/bin")
@@ -198,7 +198,7 @@ def files() -> Iterator[Files]:
 
 def load_index(engine: Engine, files: Files) -> None:
     """Insert ``SUBJECTS`` into the index (soft-deleted rows included, as the sync leaves them)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows: dict[Any, list[dict[str, Any]]] = {Subject: [], Study: [], Series: [], Instance: [], InstanceLocation: []}
     common = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
 

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dicom_fixtures import NODE_AE, Files, Node, StoreSCP, load_index, run_tool, start_node
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+from scu import FIND, GET, MOVE, get_ae, identifier
 from sqlalchemy import Engine
 
-from dicom_fixtures import NODE_AE, Files, Node, StoreSCP, load_index, run_tool, start_node
 from imaging_sync import audit
 from imaging_sync.config import DicomPeer
-from scu import FIND, GET, MOVE, get_ae, identifier
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY_1 = "1.2.826.0.1.1"  # 6 instances in 4 transfer syntaxes

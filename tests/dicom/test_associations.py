@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from dicom_fixtures import NODE_AE, SUBJECTS, Files, Node, audit_entries, run_tool, start_node
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+from scu import find, identifier, values
 from sqlalchemy import Engine, insert
 
-from dicom_fixtures import NODE_AE, SUBJECTS, Files, Node, audit_entries, run_tool, start_node
 from imaging_sync.config import DicomPeer
 from imaging_sync.db.models import Study, Subject
 from imaging_sync.ids import new_id
-from scu import find, identifier, values
 
 
 def test_echo_with_dcmtk_echoscu(sqlite_node: Node, dcmtk: Path) -> None:
@@ -79,7 +79,7 @@ def test_cancel_ends_a_find_with_fe00(sqlite_engine: Engine, files: Files, dcmtk
     from dicom_fixtures import load_index
 
     load_index(sqlite_engine, files)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     subject_id = new_id()
     with sqlite_engine.begin() as conn:
         conn.execute(insert(Subject.__table__), [{"id": subject_id, "source_partner": "b", "source_priority": 0, "issuer": "", "patient_id": "BULK",

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from dicom_fixtures import CT, NODE_AE, SUBJECTS, Node, audit_entries
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from scu import FIND, GET, MOVE, find, get_ae, identifier, scu
 from sqlalchemy import Engine, select, text
+from test_retrieve import PyStoreSCP
 
-from dicom_fixtures import CT, NODE_AE, SUBJECTS, Node, audit_entries
 from imaging_sync import audit
 from imaging_sync.db.models import Subject
-from scu import FIND, GET, MOVE, find, get_ae, identifier, scu
-from test_retrieve import PyStoreSCP
 
 # Every name and patient ID the index holds: none may appear in a log line.
 PATIENT_DATA = sorted({s.patient_id for s in SUBJECTS} | {part for s in SUBJECTS if s.name for part in s.name.replace("=", "^").split("^") if len(part) > 1})

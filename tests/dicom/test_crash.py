@@ -18,17 +18,17 @@ from typing import Any
 
 import msgspec
 import pytest
+from dicom_fixtures import NODE_AE, Audited, Files, audit_entries, free_port, load_index, walk
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
+from scu import FIND, MOVE, identifier
 from sqlalchemy import Engine, insert
 
 from devtools.waiting import eventually, port_open
-from dicom_fixtures import NODE_AE, Audited, Files, audit_entries, free_port, load_index, walk
 from imaging_sync.config import DatabaseConfig, DicomConfig, DicomDestination, DicomPeer, LoggingConfig, Settings
 from imaging_sync.config_toml import dumps
 from imaging_sync.db.models import Study, Subject
 from imaging_sync.ids import new_id
-from scu import FIND, MOVE, identifier
 
 REPO = Path(__file__).resolve().parents[2]
 BULK_STUDIES = 20_000  # far more matches than a peer that stopped reading can hold in its socket buffers
@@ -98,7 +98,7 @@ def node_process(engine: Engine, db_url: str, files: Files, tmp_path: Path) -> I
 
 
 def _bulk_studies(engine: Engine) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     subject_id = new_id()
     with engine.begin() as conn:
         conn.execute(insert(Subject.__table__), [{"id": subject_id, "source_partner": "b", "source_priority": 0, "issuer": "", "patient_id": "BULK",

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+from dicom_fixtures import Node
 from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+from scu import FIND, find, identifier, values
 from sqlalchemy import insert
 
-from dicom_fixtures import Node
 from imaging_sync.db.models import Study, Subject
 from imaging_sync.ids import new_id
 from imaging_sync.person_names import search_form
-from scu import FIND, find, identifier, values
 
 # (model, level, keys, the key to read back, expected values) — answers from conftest.SUBJECTS.
 STUDY_CASES = {
@@ -151,7 +151,7 @@ def test_latin1_query_is_decoded(node: Node) -> None:
 
 def test_patient_name_matches_accent_insensitively(node: Node) -> None:
     """Accents fold away in the stored name and in the query (person_names.search_form), as Orthanc matches PN."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     entity = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
     subject_id = new_id()
     with node.engine.begin() as conn:

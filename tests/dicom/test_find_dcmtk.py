@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dicom_fixtures import NODE_AE, Node, run_tool
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
-
-from dicom_fixtures import NODE_AE, Node, run_tool
 
 
 def findscu(dcmtk: Path, node: Node, out: Path, *args: str, model: str = "-S") -> list[Dataset]:

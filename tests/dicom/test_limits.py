@@ -10,6 +10,7 @@ from io import BytesIO
 from typing import Any
 
 import pytest
+from dicom_fixtures import CT, NODE_AE, Files, Node, load_index, start_node
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -18,13 +19,12 @@ from pynetdicom.dimse_messages import C_FIND_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
+from scu import FIND, GET, MOVE, get_ae, identifier
 from sqlalchemy import Engine
 
 from devtools.waiting import eventually
-from dicom_fixtures import CT, NODE_AE, Files, Node, load_index, start_node
 from imaging_sync import audit
 from imaging_sync.config import DicomPeer
-from scu import FIND, GET, MOVE, get_ae, identifier
 
 EVERYTHING = ["echo", "find", "move", "get"]
 

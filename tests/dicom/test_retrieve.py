@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, audit_entries, run_tool, walk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
-
-from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, audit_entries, run_tool, walk
-from devtools.dicom_files import dataset_bytes
 from scu import GET, MOVE, get_ae, identifier, scu
+
+from devtools.dicom_files import dataset_bytes
 
 STUDY_1 = "1.2.826.0.1.1"  # 3 series, 6 instances, partners b and c, 4 transfer syntaxes
 
@@ -176,7 +176,7 @@ def test_a_retrieve_whose_requester_goes_away_leaves_no_spool_file(sqlite_node: 
         return 0x0000
 
     assoc = ae.associate(*sqlite_node.address, ae_title=NODE_AE, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    for status, _ in assoc.send_c_get(identifier("STUDY", StudyInstanceUID=STUDY_1), GET["STUDY"]):
+    for _ in assoc.send_c_get(identifier("STUDY", StudyInstanceUID=STUDY_1), GET["STUDY"]):
         if stored:
             assoc.abort()
             break

@@ -9,14 +9,14 @@ import msgspec
 import pytest
 from sqlalchemy import Engine
 
-from imaging_sync.alerts import Alerts, WebhookNotifier
-from imaging_sync.config import AlertsConfig
-from imaging_sync.db.models import OutboxEvent, utcnow
-from imaging_sync.sync.runner import SyncRunner
 from devtools.datagen import DatasetSpec
 from devtools.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
 from devtools.webhook_receiver import WebhookReceiver
+from imaging_sync.alerts import Alerts, WebhookNotifier
+from imaging_sync.config import AlertsConfig
+from imaging_sync.db.models import OutboxEvent, utcnow
+from imaging_sync.sync.runner import SyncRunner
 
 
 @pytest.fixture

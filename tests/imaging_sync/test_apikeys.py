@@ -27,7 +27,7 @@ def test_wrong_tokens_are_refused_without_saying_why(engine: Engine, mangle) -> 
 
 
 def test_revoked_and_expired_keys_are_refused(engine: Engine) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         revoked, revoked_token = apikeys.create_key(conn, "old", "viewer")
         _, expired_token = apikeys.create_key(conn, "temp", "viewer", expires_at=now - dt.timedelta(seconds=1))

@@ -17,14 +17,13 @@ from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.exc import DBAPIError
 
 from imaging_sync import audit
-from imaging_sync.logs import describe_failure
 from imaging_sync.audit import AuditEvent
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db.engine import create_db_engine
 from imaging_sync.db.models import Instance, Series, Study, Subject
 from imaging_sync.errors import AuditUnavailableError
 from imaging_sync.ids import new_id
-
+from imaging_sync.logs import describe_failure
 
 PATIENT_ID, PATIENT_NAME = "P-SECRET-77", "HONG^GILDONG"
 
@@ -51,7 +50,7 @@ class Patient:
 
 def patient(engine: Engine, patient_id: str) -> Patient:
     """One subject with one study, series and instance, written directly."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     entity = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
     ids = Patient(new_id(), new_id(), new_id(), new_id())
     uid = f"1.2.826.0.1.{ids.subject.int % 10**12}"

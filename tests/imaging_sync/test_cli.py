@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from app.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, main
-from imaging_sync.config import DatabaseConfig
-from imaging_sync.db import migrate
-from imaging_sync.db.engine import create_db_engine
-from imaging_sync.sync.lock import partner_lock
 from devtools.datagen import DatasetSpec
 from devtools.factories import UNREACHED_WEBHOOK, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
 from devtools.toml_config import write_config
+from imaging_sync.config import DatabaseConfig
+from imaging_sync.db import migrate
+from imaging_sync.db.engine import create_db_engine
+from imaging_sync.sync.lock import partner_lock
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 from sqlalchemy import Engine, select
 
 from app.assembly import api_app, open_core
+from devtools.dicom_files import InstanceSpec, dicom_file
+from devtools.factories import TEST_API_KEY_ENV
+from devtools.storage import EmbeddedStorage, embedded_storage
 from dicom.server import DicomServer, build_services
 from imaging_sync import apikeys
 from imaging_sync.config import DatabaseConfig, DicomConfig, DicomDestination, PartnerConfig, Settings
@@ -40,9 +43,6 @@ from imaging_sync.ids import new_id
 from imaging_sync.partners.wire import ItemParser
 from imaging_sync.sync.apply import PageWriter
 from imaging_sync.vocabulary import Vocabulary
-from devtools.dicom_files import InstanceSpec, dicom_file
-from devtools.factories import TEST_API_KEY_ENV
-from devtools.storage import EmbeddedStorage, embedded_storage
 from storage import ObjectReader
 
 STUDY_UID = "1.2.826.0.1.3680043.10.556.1"
@@ -94,7 +94,7 @@ def item(partner: str, bucket: str) -> bytes:
 def core(db_url: str, engine: Engine, s3: EmbeddedStorage, monkeypatch: pytest.MonkeyPatch) -> Iterator[Core]:
     """Each partner's sync wrote its location (``a`` while it was still configured); only ``c`` and ``a`` uploaded the file."""
     s3.export_environ(monkeypatch.setenv)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for partner in ("d", "b", "c", "a"):
         bucket = bucket_of(s3, partner)
         study = ItemParser(partner, Vocabulary({}), bucket, {bucket}).parse_item(item(partner, bucket))

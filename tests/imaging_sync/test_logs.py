@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from imaging_sync.config import LoggingConfig
-from imaging_sync.logs import configure_logging
-from imaging_sync.sync.runner import SyncRunner
 from devtools.datagen import DatasetSpec
 from devtools.factories import settings_for, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
+from imaging_sync.config import LoggingConfig
+from imaging_sync.logs import configure_logging
+from imaging_sync.sync.runner import SyncRunner
 
 
 @pytest.fixture

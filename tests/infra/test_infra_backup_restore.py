@@ -24,18 +24,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from infra_support import REPO
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV, UNREACHED_WEBHOOK, settings_for, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.audit import AuditEvent, record_now
 from imaging_sync.db import migrate
 from imaging_sync.db.models import AuditEntry, Base
 from imaging_sync.sync.runner import SyncRunner
-from devtools.datagen import DatasetSpec
-from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV, UNREACHED_WEBHOOK, settings_for, simulator_partner
-from devtools.simulator import PartnerSimulator, SimulatorConfig
-from infra_support import REPO
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -253,7 +253,7 @@ def test_restore_refuses_a_missing_database_without_create_and_a_corrupt_dump(du
 def test_backup_retention_deletes_only_this_databases_old_dumps(source: Engine, databases: dict[str, str], tmp_path: Path) -> None:
     name = databases["source"]
     old = [f"imaging-sync_{name}_20200101T000000Z.dump", f"imaging-sync_{name}_20200102T000000Z.dump"]
-    recent = [f"imaging-sync_{name}_{(dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=h)):%Y%m%dT%H%M%SZ}.dump" for h in (3, 2, 1)]
+    recent = [f"imaging-sync_{name}_{(dt.datetime.now(dt.UTC) - dt.timedelta(hours=h)):%Y%m%dT%H%M%SZ}.dump" for h in (3, 2, 1)]
     others = ["imaging-sync_otherdb_20200101T000000Z.dump", "notes.txt"]
     for file in [*old, *recent, *others]:
         (tmp_path / file).write_bytes(b"x")

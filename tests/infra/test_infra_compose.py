@@ -23,7 +23,6 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import msgspec
 import pytest
-
 from infra_support import (
     COMPOSE_CONFIG,
     DOCKERFILE,
@@ -144,7 +143,7 @@ def test_depends_on_names_real_services_with_the_condition_they_can_meet() -> No
 
 
 def test_start_up_order_has_no_cycle_and_every_index_reader_waits_for_the_migration() -> None:
-    graph = {name: set((s.get("depends_on") or {})) for name, s in SERVICES.items()}
+    graph = {name: set(s.get("depends_on") or {}) for name, s in SERVICES.items()}
     visiting: set[str] = set()
     done: set[str] = set()
 
@@ -298,8 +297,8 @@ def test_hosts_in_the_config_are_compose_services_on_the_right_ports() -> None:
 
 
 def test_the_demo_partners_vocabulary_maps_everything_the_simulator_sends() -> None:
-    from imaging_sync.config import load_settings
     from devtools.datagen import PARTNER_VOCABULARY
+    from imaging_sync.config import load_settings
 
     settings = load_settings(COMPOSE_CONFIG, environment_of(SERVICES["api"]))
     assert settings.partners["demo"].vocabulary == PARTNER_VOCABULARY

@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from infra_support import free_port
 
 from app.cli import cli
+from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.config import DatabaseConfig, DicomConfig, DicomPeer
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
-from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
-from devtools.simulator import PartnerSimulator, SimulatorConfig
-from infra_support import free_port
 
 REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("IMAGING_SYNC_TEST_DOCTOR_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -200,10 +200,11 @@ def test_json_output_carries_the_same_verdict(setup: Setup, tmp_path: Path) -> N
 def test_after_a_sync_the_bucket_check_heads_an_object_the_index_knows(
     setup: Setup, tmp_path: Path, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imaging_sync.config import load_settings
-    from app.assembly import open_core
-    from imaging_sync.db.models import InstanceLocation
     from sqlalchemy import select
+
+    from app.assembly import open_core
+    from imaging_sync.config import load_settings
+    from imaging_sync.db.models import InstanceLocation
 
     for name, value in setup.env.items():
         monkeypatch.setenv(name, value)
@@ -366,8 +367,8 @@ def test_a_closed_dicom_port_fails_the_dicom_line(setup: Setup, tmp_path: Path) 
 
 
 def test_an_allowlisted_node_that_refuses_our_calling_ae_still_counts_as_answering(tmp_path: Path, database: str, storage: Any) -> None:
-    from dicom.server import DicomServer, build_services
     from app.doctor import dicom_echo
+    from dicom.server import DicomServer, build_services
     from storage import ObjectReader
 
     config = DicomConfig(ae_title=NODE_AE, host="127.0.0.1", port=0, peers={"PACS_ONLY": DicomPeer(operations=["echo"])})

@@ -12,7 +12,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from infra_support import REPO, check_cli_args
 
 RUNBOOK = REPO / "infra" / "runbook.md"
@@ -66,9 +65,9 @@ def test_every_command_in_the_runbook_exists_with_those_options(args: list[str])
 
 
 def test_every_endpoint_in_the_runbook_is_a_route_of_the_api(tmp_path: Path) -> None:
-    from storage import BucketRegistry
     from app.assembly import api_app, open_core
     from imaging_sync.config import DatabaseConfig, Settings
+    from storage import BucketRegistry
 
     core = open_core(Settings(database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'routes.db'}")), configure_logs=False)
     try:

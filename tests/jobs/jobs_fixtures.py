@@ -1,9 +1,7 @@
 """Fixtures for the jobs tests: a real Redis (and RabbitMQ), real Celery workers, the partner simulator.
 
-Test modules import the fixtures they use from here (``from jobs_fixtures import …``)
-rather than from a ``conftest.py``: other test directories import their own
-``conftest`` by that bare name at test time, and a second ``conftest`` module
-collected after theirs would shadow it.
+The fixtures are registered for this folder by conftest.py; test modules import
+helpers (``IGNORE_SETEX``, ``FAST_OUTBOX``, …) from here by this unique name.
 
 Redis tests use a database of their own (one of 9-15, claimed for the test
 run), emptied around each test. Without a reachable server they are skipped with
@@ -31,11 +29,11 @@ import redis
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import Engine
 
-from imaging_sync.config import DatabaseConfig, JobsConfig, OutboxConfig, PartnerConfig, Settings, WebhookConfig
-from imaging_sync.db.engine import create_db_engine
+from app.assembly import worker_app
 from devtools.datagen import DatasetSpec
 from devtools.simulator import PartnerSimulator, SimulatorConfig
-from app.assembly import worker_app
+from imaging_sync.config import DatabaseConfig, JobsConfig, OutboxConfig, PartnerConfig, Settings, WebhookConfig
+from imaging_sync.db.engine import create_db_engine
 from jobs.app import JobsApp
 
 REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"

@@ -8,20 +8,19 @@ from typing import Any
 
 import msgspec
 import pytest
+from jobs_fixtures import IGNORE_SETEX
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import select, update
 
-
-from imaging_sync import apikeys
 from app.assembly import api_app, open_core
-from storage import BucketRegistry
+from devtools.factories import simulator_partner
+from devtools.waiting import eventually
+from imaging_sync import apikeys
 from imaging_sync.config import ApiConfig, JobsConfig, Settings
 from imaging_sync.db.models import SyncRun, utcnow
 from imaging_sync.sync.runner import QUEUED_RUN_EXPIRY, SyncRunner
-from devtools.factories import simulator_partner
-from devtools.waiting import eventually
-from jobs_fixtures import IGNORE_SETEX, jobs, redis_server, redis_url, sqlite_jobs, start_simulator  # noqa: F401  # fixtures
+from storage import BucketRegistry
 
 pytestmark = [IGNORE_SETEX]
 
@@ -58,7 +57,7 @@ def runs(core: Any) -> list[SyncRun]:
         return list(session.scalars(select(SyncRun).order_by(SyncRun.started_at)))
 
 
-def test_an_api_started_sync_waits_queued_then_a_worker_carries_that_same_run(jobs: Any, start_simulator, api_client) -> None:  # noqa: F811
+def test_an_api_started_sync_waits_queued_then_a_worker_carries_that_same_run(jobs: Any, start_simulator, api_client) -> None:
     sim = start_simulator(studies=6)
     settings = queued(jobs.settings(simulator_partner("b", sim.base_url, page_size=4)))
     client, operator, core = api_client(settings)
@@ -78,7 +77,7 @@ def test_an_api_started_sync_waits_queued_then_a_worker_carries_that_same_run(jo
     assert [str(r.id) for r in runs(core)] == [run_id], "the worker carried the API's run on; it did not record another"
 
 
-def test_a_broker_that_does_not_take_the_task_is_a_503_and_the_run_says_why(sqlite_jobs: Any, start_simulator, api_client) -> None:  # noqa: F811
+def test_a_broker_that_does_not_take_the_task_is_a_503_and_the_run_says_why(sqlite_jobs: Any, start_simulator, api_client) -> None:
     sim = start_simulator(studies=1)
     settings = queued(sqlite_jobs.settings(simulator_partner("b", sim.base_url)), broker_url="redis://127.0.0.1:9/0")
     client, operator, core = api_client(settings)
@@ -91,7 +90,7 @@ def test_a_broker_that_does_not_take_the_task_is_a_503_and_the_run_says_why(sqli
     assert (run.status, run.error_kind) == ("failed", "queue") and "did not take the task" in (run.error or "")
 
 
-def test_a_task_that_comes_again_records_a_run_of_its_own(sqlite_jobs: Any, start_simulator) -> None:  # noqa: F811
+def test_a_task_that_comes_again_records_a_run_of_its_own(sqlite_jobs: Any, start_simulator) -> None:
     sim = start_simulator(studies=2)
     settings = sqlite_jobs.settings(simulator_partner("b", sim.base_url))
     runner = SyncRunner(sqlite_jobs.engine(), settings)
@@ -107,7 +106,7 @@ def test_a_task_that_comes_again_records_a_run_of_its_own(sqlite_jobs: Any, star
     assert statuses == {queued_id: "succeeded", again.run_id: "succeeded"}, "the first attempt's outcome is kept"
 
 
-def test_a_run_queued_longer_than_an_hour_is_abandoned_by_the_partners_next_run(sqlite_jobs: Any, start_simulator) -> None:  # noqa: F811
+def test_a_run_queued_longer_than_an_hour_is_abandoned_by_the_partners_next_run(sqlite_jobs: Any, start_simulator) -> None:
     sim = start_simulator(studies=1)
     engine = sqlite_jobs.engine()
     runner = SyncRunner(engine, sqlite_jobs.settings(simulator_partner("b", sim.base_url)))

@@ -11,18 +11,18 @@ from typing import Any
 
 import msgspec
 import pytest
+from jobs_fixtures import FAST_OUTBOX
 from sqlalchemy import select
 
 from app.assembly import open_core
-from imaging_sync.core import Core
-from imaging_sync.config import DatabaseConfig, JobsConfig, Settings, WebhookConfig
-from imaging_sync.db.models import SyncRun
 from devtools.factories import simulator_partner
 from devtools.index_state import live_index
 from devtools.waiting import eventually
 from devtools.webhook_receiver import WebhookReceiver
+from imaging_sync.config import DatabaseConfig, JobsConfig, Settings, WebhookConfig
+from imaging_sync.core import Core
+from imaging_sync.db.models import SyncRun
 from jobs.embedded import EmbeddedScheduler
-from jobs_fixtures import FAST_OUTBOX, start_simulator  # noqa: F401  # fixtures
 
 
 class Clock:
@@ -76,7 +76,7 @@ def statuses(core: Core) -> list[str]:
 def test_a_due_crontab_fires_the_partner_sync_and_the_relay_delivers_its_events(make_core, start_simulator, receiver: WebhookReceiver) -> None:
     sim = start_simulator(studies=8)
     core = make_core(simulator_partner("b", sim.base_url, schedule="* * * * *"), webhook_url=receiver.url)
-    clock = Clock(dt.datetime(2024, 3, 10, 12, 0, 30, tzinfo=dt.timezone.utc))
+    clock = Clock(dt.datetime(2024, 3, 10, 12, 0, 30, tzinfo=dt.UTC))
     scheduler = EmbeddedScheduler(core, core.settings, clock=clock, max_sleep=0.05)
     with scheduler:
         clock.advance(seconds=30)  # 12:01:00: the every-minute crontab is due
@@ -94,7 +94,7 @@ def test_a_due_crontab_fires_the_partner_sync_and_the_relay_delivers_its_events(
 def test_a_tick_while_the_partner_is_still_syncing_does_not_start_a_second_run(make_core, start_simulator, caplog: pytest.LogCaptureFixture) -> None:
     sim = start_simulator(studies=20)
     core = make_core(simulator_partner("b", sim.base_url, page_size=5, schedule="* * * * *"))
-    clock = Clock(dt.datetime(2024, 3, 10, 12, 0, 30, tzinfo=dt.timezone.utc))
+    clock = Clock(dt.datetime(2024, 3, 10, 12, 0, 30, tzinfo=dt.UTC))
     gate = sim.faults.block_on_page(2)
     scheduler = EmbeddedScheduler(core, core.settings, clock=clock, max_sleep=0.05)
     caplog.set_level(logging.INFO, logger="jobs.embedded")

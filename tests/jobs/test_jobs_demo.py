@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 from pynetdicom import AE
-
 from serve_process import serving
 
 pytestmark = pytest.mark.slow

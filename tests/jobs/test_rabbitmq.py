@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 from celery.contrib.testing.worker import start_worker
 
-from imaging_sync.config import DatabaseConfig, JobsConfig, Settings
-from imaging_sync.db.engine import create_db_engine
+from app.assembly import worker_app
 from devtools.factories import simulator_partner
 from devtools.index_state import live_index
-from app.assembly import worker_app
+from imaging_sync.config import DatabaseConfig, JobsConfig, Settings
+from imaging_sync.db.engine import create_db_engine
 from imaging_sync.task_names import SYNC_PARTNER
-from jobs_fixtures import rabbitmq_url, start_simulator  # noqa: F401  # fixtures
 
 
 @pytest.fixture

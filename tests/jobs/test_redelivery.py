@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs_fixtures import IGNORE_SETEX
 from sqlalchemy import select
 
-from imaging_sync.config import load_settings
-from imaging_sync.db.models import PartnerState, SyncRun
 from devtools.factories import simulator_partner
 from devtools.index_state import live_index
 from devtools.toml_config import write_config
+from imaging_sync.config import load_settings
+from imaging_sync.db.models import PartnerState, SyncRun
 from imaging_sync.task_names import SYNC_PARTNER
-from jobs_fixtures import IGNORE_SETEX, redis_server, redis_url, sqlite_jobs, start_simulator  # noqa: F401  # fixtures
 
 pytestmark = [pytest.mark.slow, IGNORE_SETEX]
 

@@ -19,14 +19,13 @@ import pytest
 import redis
 from celery.beat import PersistentScheduler
 
-from imaging_sync.config import JobsConfig, OutboxConfig, Settings, WebhookConfig, load_settings
-from imaging_sync.errors import ConfigError
 from devtools.factories import simulator_partner
 from devtools.toml_config import write_config
-from jobs.app import create_app
+from imaging_sync.config import JobsConfig, OutboxConfig, Settings, WebhookConfig, load_settings
+from imaging_sync.errors import ConfigError
 from imaging_sync.task_names import CHECK_ALERTS, PRUNE, QUEUE, RELAY_OUTBOX, SYNC_PARTNER
+from jobs.app import create_app
 from jobs.schedule import ZonedCrontab, build_beat_schedule, next_run_times
-from jobs_fixtures import redis_server, redis_url  # noqa: F401  # fixtures
 
 SEOUL = ZoneInfo("Asia/Seoul")
 
@@ -52,10 +51,10 @@ def test_the_default_crontab_fires_twice_a_day_at_06_and_18_in_the_configured_zo
         dt.datetime(2024, 3, 11, 6, 0, tzinfo=SEOUL),
     ]
     # From a UTC "now" (10:00Z is 19:00 in Seoul): the next run is 06:00 Seoul, 21:00Z.
-    utc_now = dt.datetime(2024, 3, 10, 10, 0, tzinfo=dt.timezone.utc)
+    utc_now = dt.datetime(2024, 3, 10, 10, 0, tzinfo=dt.UTC)
     (next_run,) = next_run_times(entry["schedule"], utc_now, 1)
     assert next_run == dt.datetime(2024, 3, 11, 6, 0, tzinfo=SEOUL)
-    assert next_run.astimezone(dt.timezone.utc) == dt.datetime(2024, 3, 10, 21, 0, tzinfo=dt.timezone.utc)
+    assert next_run.astimezone(dt.UTC) == dt.datetime(2024, 3, 10, 21, 0, tzinfo=dt.UTC)
 
 
 def test_the_schedule_says_it_is_due_at_the_tick_and_not_before() -> None:

@@ -11,19 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs_fixtures import IGNORE_SETEX
 from sqlalchemy import func, select
 
 from app import cli
-from imaging_sync.config import JobsConfig, Settings
-from imaging_sync.db.models import OutboxEvent, PartnerState, RejectedItem, SyncRun, utcnow
 from devtools.factories import simulator_partner
 from devtools.index_state import live_index
-from devtools.waiting import eventually
 from devtools.toml_config import write_config
+from devtools.waiting import eventually
 from devtools.webhook_receiver import WebhookReceiver
-from jobs.app import create_app
+from imaging_sync.config import JobsConfig, Settings
+from imaging_sync.db.models import OutboxEvent, PartnerState, RejectedItem, SyncRun, utcnow
 from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
-from jobs_fixtures import IGNORE_SETEX, jobs, redis_server, redis_url, sqlite_jobs, start_simulator  # noqa: F401  # fixtures
+from jobs.app import create_app
 
 pytestmark = IGNORE_SETEX
 

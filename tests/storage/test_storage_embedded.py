@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
+from devtools.storage import embedded_storage
 from imaging_sync.config import BucketConfig, StorageConfig
 from imaging_sync.errors import StorageError
 from storage import EmbeddedS3, ObjectReader, Presigner
-from devtools.storage import embedded_storage
 
 
 def free_port() -> int:
@@ -36,7 +36,7 @@ def test_port_zero_picks_a_free_port_and_stop_releases_it() -> None:
     assert refuses_connections(port)
     server.stop()  # twice is harmless
     with pytest.raises(StorageError, match="not running"):
-        server.endpoint_url
+        _ = server.endpoint_url
 
 
 def test_config_port_buckets_and_endpoints_come_from_the_storage_config() -> None:
@@ -85,7 +85,7 @@ def test_the_gate_refuses_what_s3_refuses() -> None:
         assert (too_long.status_code, "AuthorizationQueryParametersError" in too_long.text) == (400, True)
         malformed = httpx.get(url.replace("X-Amz-Date=", "X-Amz-Date=garbage"))
         assert malformed.status_code == 400
-        future = Presigner(s3.registry(), clock=lambda: datetime.now(timezone.utc) + timedelta(hours=1))
+        future = Presigner(s3.registry(), clock=lambda: datetime.now(UTC) + timedelta(hours=1))
         assert httpx.get(future.presign_get(bucket.name, "k.dcm").url).status_code == 403
         other_object = httpx.get(url.replace("/k.dcm?", "/other.dcm?"))
         assert other_object.status_code == 403  # the key is part of what is signed
@@ -98,5 +98,5 @@ def test_without_secrets_any_key_is_accepted_but_expiry_still_applies() -> None:
         s3.put(bucket.name, "k.dcm", b"data")
         url = Presigner(s3.registry()).presign_get(bucket.name, "k.dcm").url
         assert httpx.get(url.replace(bucket.access_key_id, "AKIANOBODY")).status_code == 200
-        past = Presigner(s3.registry(), clock=lambda: datetime.now(timezone.utc) - timedelta(minutes=10))
+        past = Presigner(s3.registry(), clock=lambda: datetime.now(UTC) - timedelta(minutes=10))
         assert httpx.get(past.presign_get(bucket.name, "k.dcm", expires_in=60).url).status_code == 403

@@ -12,16 +12,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
+from devtools.storage import EmbeddedStorage, embedded_storage
 from imaging_sync.errors import BucketNotAllowedError, ValidationError
 from storage import DICOM_CONTENT_TYPE, BucketRegistry, Presigner
 from storage.disposition import attachment
-from devtools.storage import EmbeddedStorage, embedded_storage
 
 DATA = os.urandom(300 * 1024)
 KEY = "studies/1.2.3/환자 영상/instance+1=a.dcm"
@@ -96,7 +96,7 @@ def test_changing_a_signed_override_breaks_the_signature(s3: EmbeddedStorage, pr
 
 
 def test_expired_url_is_refused(s3: EmbeddedStorage, registry: BucketRegistry) -> None:
-    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     signed = Presigner(registry, clock=lambda: an_hour_ago).presign_get(s3.buckets[0].name, KEY, expires_in=1)
     assert signed.expires_at == an_hour_ago.replace(microsecond=0) + timedelta(seconds=1)
     response = httpx.get(signed.url)
@@ -105,11 +105,11 @@ def test_expired_url_is_refused(s3: EmbeddedStorage, registry: BucketRegistry) -
 
 
 def test_default_lifetime_and_expiry_time(s3: EmbeddedStorage, registry: BucketRegistry) -> None:
-    now = datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
     signed = Presigner(registry, clock=lambda: now).presign_get(s3.buckets[0].name, KEY)
     assert query(signed.url)["X-Amz-Expires"] == "300"
     assert query(signed.url)["X-Amz-Date"] == "20300102T030405Z"
-    assert signed.expires_at == datetime(2030, 1, 2, 3, 9, 5, tzinfo=timezone.utc)
+    assert signed.expires_at == datetime(2030, 1, 2, 3, 9, 5, tzinfo=UTC)
 
 
 def test_lifetime_over_the_maximum_is_refused_naming_the_limit(s3: EmbeddedStorage, presigner: Presigner) -> None:
@@ -168,7 +168,7 @@ def test_batch_urls_fetch_their_own_objects(s3: EmbeddedStorage, presigner: Pres
 
 
 def test_concurrent_presigning_from_8_threads_is_deterministic_and_valid(s3: EmbeddedStorage, registry: BucketRegistry) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     presigner = Presigner(registry, clock=lambda: now)  # fresh registry: clients are built under contention
     locations = [(s3.buckets[i % 2].name, KEY, f"{i}.dcm") for i in range(200)]
     expected = [u.url for u in Presigner(s3.registry(), clock=lambda: now).presign_many(locations)]

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 
 import storage.registry
+from devtools.storage import EmbeddedStorage, embedded_storage
 from imaging_sync.config import BucketConfig, StorageConfig
 from imaging_sync.errors import BucketNotAllowedError, ObjectNotFoundError, StorageError, ValidationError
 from storage import BucketRegistry, ObjectReader
 from storage.reader import DEFAULT_CHUNK_SIZE
-from devtools.storage import EmbeddedStorage, embedded_storage
 
 BIG = os.urandom(5 * 1024 * 1024 + 12345)
 SMALL = os.urandom(64 * 1024)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -249,11 +249,11 @@ def test_a_url_signed_with_an_assumed_role_ends_when_the_roles_session_does(sts_
 
     credentials = registry.credentials("assumed-role-bucket")
     session = sts_backends[ACCOUNT]["aws"].get_assumed_role_from_access_key(credentials.access_key)
-    session_end = session.expiration.replace(tzinfo=timezone.utc)  # type: ignore[attr-defined]
+    session_end = session.expiration.replace(tzinfo=UTC)  # type: ignore[attr-defined]
     assert abs((registry.expiry(credentials) - session_end).total_seconds()) < 1  # type: ignore[operator]
     assert long.expires_at <= session_end and (session_end - long.expires_at).total_seconds() < 5, "ends with the session, as it says"
     signed = parse_qs(urlsplit(long.url).query)
-    signed_at = datetime.strptime(signed["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    signed_at = datetime.strptime(signed["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     assert signed_at + timedelta(seconds=int(signed["X-Amz-Expires"][0])) == long.expires_at, "the URL itself says the same"
     assert httpx.get(long.url).content == b"via-role"
 

@@ -6,7 +6,7 @@ same instant as ours, so signatures must match exactly.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import botocore.auth
@@ -16,7 +16,7 @@ from imaging_sync.config import BucketConfig, StorageConfig
 from storage import BucketRegistry, Presigner
 from storage.sigv4 import GetUrlSigner
 
-SIGNED_AT = datetime(2026, 3, 14, 15, 9, 26, tzinfo=timezone.utc)
+SIGNED_AT = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 ENV = {"AK": "AKIAPARITYEXAMPLE01", "SK": "parity/secret+key=example", "TOKEN": "FQoGZXIvYXdzE//token+with/odd=chars"}
 KEYS = [
     "plain.dcm",
@@ -114,7 +114,7 @@ def test_batch_urls_equal_single_urls_and_botocore() -> None:
     presigner = Presigner(registry, clock=lambda: SIGNED_AT)
     batch = presigner.presign_many([(name, key, None) for key in KEYS], content_type=None)
     assert [u.url for u in batch] == [presigner.presign_get(name, key, content_type=None).url for key in KEYS]
-    for key, url in zip(KEYS, batch):
+    for key, url in zip(KEYS, batch, strict=True):
         assert_same_url(url.url, botocore_url(registry, name, key, 300))
     assert "X-Amz-Security-Token" in parse_qs(urlsplit(batch[0].url).query)
 
@@ -129,7 +129,7 @@ def test_aws_documented_example_signature() -> None:
         access_key="AKIAIOSFODNN7EXAMPLE",
         secret_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         session_token=None,
-        signed_at=datetime(2013, 5, 24, tzinfo=timezone.utc),
+        signed_at=datetime(2013, 5, 24, tzinfo=UTC),
         expires_in=86400,
     )
     url = signer.sign("test.txt")

@@ -7,15 +7,15 @@ import unicodedata
 
 from sqlalchemy import Engine, insert, inspect, select
 
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, settings_for, simulator_partner
+from devtools.index_state import stale_facts
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.catalog.studies import StudyQuery, search_studies
 from imaging_sync.db import migrate
 from imaging_sync.db.models import Study, Subject
 from imaging_sync.ids import new_id
 from imaging_sync.sync.runner import SyncRunner
-from devtools.datagen import DatasetSpec
-from devtools.factories import TEST_API_KEY, settings_for, simulator_partner
-from devtools.index_state import stale_facts
-from devtools.simulator import PartnerSimulator, SimulatorConfig
 
 
 def test_0010_fills_the_referring_physicians_search_form_of_studies_written_before_it_and_downgrades(engine: Engine) -> None:
@@ -27,7 +27,7 @@ def test_0010_fills_the_referring_physicians_search_form_of_studies_written_befo
         with engine.connect() as conn:
             assert "referring_physician_name_search" not in {c["name"] for c in inspect(conn).get_columns("study")}
         with engine.begin() as conn:  # a study written by the 0009 code: a decomposed accent, no search form
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             entity = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
             subject_id, study_id = new_id(), new_id()
             conn.execute(insert(Subject.__table__).values(id=subject_id, issuer="", patient_id="OLD-1", **entity))

@@ -8,15 +8,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, insert, inspect, select
 
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, settings_for, simulator_partner
+from devtools.index_state import stale_facts
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.catalog.studies import StudyQuery, search_studies
 from imaging_sync.db import migrate
 from imaging_sync.db.models import Base, Study, Subject, SubjectNameToken
 from imaging_sync.ids import new_id
 from imaging_sync.sync.runner import SyncRunner
-from devtools.datagen import DatasetSpec
-from devtools.factories import TEST_API_KEY, settings_for, simulator_partner
-from devtools.index_state import stale_facts
-from devtools.simulator import PartnerSimulator, SimulatorConfig
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:
@@ -71,11 +71,12 @@ def test_0008_refolds_names_fills_words_and_tokens_of_rows_written_before_it_and
             # The 0007 folding is back (NFKC, casefold: accents kept), on the subject and its studies.
             assert set(conn.execute(select(Study.patient_name_search).join(Subject).where(Subject.patient_name == "ÉMILE^ZOLA")).scalars()) == {"émile^zola"}
         with engine.begin() as conn:  # a patient written by the 0007 code, decomposed accents and all
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             entity = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
             name = unicodedata.normalize("NFD", "José^María")
             subject_id, study_id = new_id(), new_id()
-            conn.execute(insert(Subject.__table__).values(id=subject_id, issuer="", patient_id="OLD-1", patient_name=name, patient_name_search=unicodedata.normalize("NFKC", name).casefold(), **entity))
+            old_search = unicodedata.normalize("NFKC", name).casefold()
+            conn.execute(insert(Subject.__table__).values(id=subject_id, issuer="", patient_id="OLD-1", patient_name=name, patient_name_search=old_search, **entity))
             conn.execute(insert(Study.__table__).values(id=study_id, study_instance_uid="1.2.3.4.5", subject_id=subject_id, patient_name_search="stale", **entity))
     finally:
         migrate.upgrade(engine)

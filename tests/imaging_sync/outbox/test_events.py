@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, select, text
 
-from imaging_sync.db.models import OutboxEvent, Study
-from imaging_sync.sync.runner import SyncRunner
 from devtools.datagen import DatasetSpec
 from devtools.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
+from imaging_sync.db.models import OutboxEvent, Study
+from imaging_sync.sync.runner import SyncRunner
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import msgspec
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 
+from devtools.webhook_receiver import WebhookReceiver
 from imaging_sync.config import OutboxConfig, Secret, WebhookConfig
 from imaging_sync.db.models import OutboxEvent, utcnow
 from imaging_sync.ids import new_ids
 from imaging_sync.outbox.relay import Relay, prune_done, retry_failed, status
 from imaging_sync.outbox.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, sign
-from devtools.webhook_receiver import WebhookReceiver
 
 FAST = OutboxConfig(batch_size=50, lease_seconds=30, max_attempts=3, initial_backoff=0.01, max_backoff=0.02, poll_interval=0.01)
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from devtools.webhook_receiver import WebhookReceiver
 from imaging_sync.config import Secret, WebhookConfig
 from imaging_sync.outbox.relay import Event
 from imaging_sync.outbox.webhook import WebhookSink
-from devtools.webhook_receiver import WebhookReceiver
 
 DOC = (Path(__file__).parents[3] / "docs" / "webhooks.md").read_text(encoding="utf-8")
 SECRET = "whsec-test-secret"

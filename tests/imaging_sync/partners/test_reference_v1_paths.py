@@ -10,14 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from devtools.datagen import DatasetSpec
+from devtools.factories import TEST_API_KEY, simulator_partner
+from devtools.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.dto import StudyDTO
 from imaging_sync.errors import ValidationError
 from imaging_sync.partners.factory import build_source
 from imaging_sync.partners.reference_v1 import path_segment
 from imaging_sync.partners.source import PartnerSource
-from devtools.datagen import DatasetSpec
-from devtools.factories import TEST_API_KEY, simulator_partner
-from devtools.simulator import PartnerSimulator, SimulatorConfig
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def parse(item: object) -> Any:
 def test_valid_item_becomes_a_dicom_valued_dto() -> None:
     dto = parse(study_item())
     assert isinstance(dto, StudyDTO)
-    assert dto.updated_at == dt.datetime(2026, 11, 20, 13, 2, 11, 123456, tzinfo=dt.timezone.utc)
+    assert dto.updated_at == dt.datetime(2026, 11, 20, 13, 2, 11, 123456, tzinfo=dt.UTC)
     assert dto.study_time == "134500"
     assert dto.subject.sex == "M" and dto.subject.name == "홍^길동" and dto.subject.issuer == "HOSP-A"
     series = dto.series[0]
@@ -81,7 +81,7 @@ def test_content_hash_ignores_updated_at_key_order_and_unknown_fields() -> None:
 def test_deleted_item_needs_only_id_timestamp_and_uid() -> None:
     dto = parse({"id": "b-study-1", "updated_at": "2026-11-20T13:02:11+09:00", "deleted": True, "study_instance_uid": "1.2.3"})
     assert isinstance(dto, DeletedStudyDTO)
-    assert dto.updated_at == dt.datetime(2026, 11, 20, 4, 2, 11, tzinfo=dt.timezone.utc)
+    assert dto.updated_at == dt.datetime(2026, 11, 20, 4, 2, 11, tzinfo=dt.UTC)
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from sqlalchemy import Engine
 
 from app.assembly import api_app, open_core
+from devtools.index_state import stale_facts
 from dicom.server import DicomServer, build_services
 from imaging_sync import apikeys
 from imaging_sync.config import DatabaseConfig, DicomConfig, Settings
@@ -34,7 +35,6 @@ from imaging_sync.ids import new_id
 from imaging_sync.partners.wire import ItemParser
 from imaging_sync.sync.apply import PageWriter
 from imaging_sync.vocabulary import Vocabulary
-from devtools.index_state import stale_facts
 from storage import BucketRegistry, ObjectReader
 
 # patient id -> the name it has, as its patient and as its study's referring physician
@@ -102,7 +102,7 @@ def core(db_url: str, engine: Engine) -> Iterator[Core]:
     items = [parser.parse_item(json.dumps(study_item(n, pid, name)).encode()) for n, (pid, name) in enumerate(NAMES.items())]
     assert all(isinstance(i, StudyDTO) for i in items), items
     with engine.begin() as conn:
-        PageWriter("b", {"b": 0}, events=False).apply(conn, items, new_id(), dt.datetime.now(dt.timezone.utc))
+        PageWriter("b", {"b": 0}, events=False).apply(conn, items, new_id(), dt.datetime.now(dt.UTC))
     assert stale_facts(engine) == []  # the referring physician's search form among them
     core = open_core(Settings(database=DatabaseConfig(url=db_url)), configure_logs=False)
     yield core

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from imaging_sync.config import PartnerConfig
-from imaging_sync.db.models import EntityLink, OutboxEvent, Study
-from imaging_sync.sync.runner import SyncRunner
 from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
 from devtools.factories import UNREACHED_WEBHOOK, settings_for, simulator_partner
 from devtools.index_state import live_index, stale_facts
 from devtools.row_writes import WriteLog, recording_writes
 from devtools.simulator import PartnerSimulator, SimulatorConfig
+from imaging_sync.config import PartnerConfig
+from imaging_sync.db.models import EntityLink, OutboxEvent, Study
+from imaging_sync.sync.runner import SyncRunner
 
 WATCHED = ("subject", "subject_name_token", "study", "series", "instance", "instance_location", "entity_link", "outbox_event", "rejected_item")
 # The partner's new words for the same DICOM codes ("Computed Tomography" → "Computed Tomography (v2)", "male" → "male (v2)").

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from imaging_sync.db.models import Instance, PartnerState, SyncRun
 from devtools.datagen import DatasetSpec
 from devtools.factories import simulator_partner
 from devtools.index_state import live_index
 from devtools.simulator import PartnerSimulator, SimulatorConfig
 from devtools.toml_config import write_config
+from imaging_sync.db.models import Instance, PartnerState, SyncRun
 
 pytestmark = pytest.mark.slow
 

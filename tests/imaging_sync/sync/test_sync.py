@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 
-from imaging_sync.catalog.studies import StudyQuery, search_studies
-from imaging_sync.config import PartnerConfig, RetryPolicy
-from imaging_sync.db.models import Base, EntityLink, Instance, InstanceLocation, PartnerState, RejectedItem, Series, Study, Subject, SubjectNameToken, SyncRun
-from imaging_sync.sync.runner import SyncRunner
 from devtools.datagen import DatasetSpec
 from devtools.factories import settings_for, simulator_partner
 from devtools.index_state import live_index, stale_facts
 from devtools.simulator import PartnerSimulator, SimulatorConfig
+from imaging_sync.catalog.studies import StudyQuery, search_studies
+from imaging_sync.config import PartnerConfig, RetryPolicy
+from imaging_sync.db.models import Base, EntityLink, Instance, InstanceLocation, PartnerState, RejectedItem, Series, Study, Subject, SubjectNameToken, SyncRun
+from imaging_sync.sync.runner import SyncRunner
 
 StartSimulator = Callable[..., PartnerSimulator]
 
