@@ -36,14 +36,14 @@ from dicom.errors import TooManyMatchesError
 from dicom.find import where_clause
 from dicom.identifiers import QueryRequest
 from imaging_sync.copies import CopyChooser, Location
-from imaging_sync.db.models import InstanceLocation
+from imaging_sync.db.models import InstanceLocation, table_of
 from imaging_sync.errors import StorageError
 from imaging_sync.query.keys import instance, series, study, subject
 from storage import ObjectReader
 
 log = logging.getLogger(__name__)
 
-location = InstanceLocation.__table__
+location = table_of(InstanceLocation)
 MAX_SUBOPERATIONS = 65535  # Number of … Sub-operations are US (PS3.4 C.4.2.1.5)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1-255)
 

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, RowMapping, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from imaging_sync.config import AlertsConfig, Settings, read_secret
-from imaging_sync.db.models import AlertState, PartnerState, SyncRun, utcnow
+from imaging_sync.db.models import AlertState, PartnerState, SyncRun, table_of, utcnow
 from imaging_sync.errors import PartnerAuthError
 from imaging_sync.outbox import relay as outbox_relay
 from imaging_sync.sync.runner import RunResult
 
 log = logging.getLogger(__name__)
-_alerts = AlertState.__table__
+_alerts = table_of(AlertState)
 
 
 @dataclass(frozen=True)
@@ -187,13 +187,13 @@ class Alerts:
                     conn.execute(update(_alerts).where(_alerts.c.key == row["key"]).values({column: None}))
 
     @staticmethod
-    def _message(row: Mapping[str, object], firing: bool) -> AlertMessage:
-        since: dt.datetime = row["opened_at"]  # type: ignore[assignment]
+    def _message(row: RowMapping, firing: bool) -> AlertMessage:
+        since: dt.datetime = row["opened_at"]
         stamp = since.strftime("%Y-%m-%d %H:%M UTC")
         run = f" Run: {row['run_id']} (`imaging-sync runs show {row['run_id']}`)." if row["run_id"] else ""
         prefix = f"[imaging-sync] FIRING since {stamp}: " if firing else f"[imaging-sync] RESOLVED (was failing since {stamp}): "
-        return AlertMessage(key=str(row["key"]), kind=str(row["kind"]), state="firing" if firing else "resolved", partner=row["partner"],  # type: ignore[arg-type]
-                            since=since, text=prefix + str(row["message"]) + run, run_id=row["run_id"])  # type: ignore[arg-type]
+        return AlertMessage(key=str(row["key"]), kind=str(row["kind"]), state="firing" if firing else "resolved", partner=row["partner"],
+                            since=since, text=prefix + str(row["message"]) + run, run_id=row["run_id"])
 
 
 def _age(delta: dt.timedelta) -> str:

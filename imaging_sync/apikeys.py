@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, or_, select, update
 
-from imaging_sync.db.models import ApiKey, utcnow
+from imaging_sync.db.models import ApiKey, table_of, utcnow
 from imaging_sync.errors import AuthenticationError, NotFoundError, ValidationError
 from imaging_sync.ids import new_id
 
 ROLES = ("viewer", "operator", "auditor")
-_table = ApiKey.__table__
+_table = table_of(ApiKey)
 _TOUCH_EVERY = dt.timedelta(minutes=1)  # last_used_at is a hint, not a per-request write
 
 

@@ -57,19 +57,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, Uuid, and_, bindparam, cast, func, literal_column, or_, select, true, union, union_all
+from sqlalchemy import Connection, Engine, RowMapping, String, Uuid, and_, bindparam, cast, func, literal_column, or_, select, true, union, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
-from imaging_sync.db.models import AuditCompletion, AuditDisclosure, AuditEntry, Instance, Series, Study, utcnow
+from imaging_sync.db.models import AuditCompletion, AuditDisclosure, AuditEntry, Instance, Series, Study, table_of, utcnow
 from imaging_sync.errors import AuditUnavailableError
 from imaging_sync.ids import new_id
 from imaging_sync.logs import describe_failure
 
-_log = AuditEntry.__table__
-_completion = AuditCompletion.__table__
-_disclosure = AuditDisclosure.__table__
+_log = table_of(AuditEntry)
+_completion = table_of(AuditCompletion)
+_disclosure = table_of(AuditDisclosure)
 # One statement for every entry, its values bound per call: building ``insert().values(...)``
 # anew (and keying it for the compiled cache) cost more than the INSERT itself under API load.
 _INSERT = _log.insert()
@@ -366,13 +366,13 @@ def _disclosure_insert(dialect: str, shape: tuple[bool, ...], with_entry: bool) 
 
 def _series_owners(ids: Any) -> tuple[Any, Any, Any]:
     """(study id, subject id, condition) of the series in ``ids``."""
-    series, study = Series.__table__, Study.__table__
+    series, study = table_of(Series), table_of(Study)
     return series.c.study_id, study.c.subject_id, and_(series.c.id.in_(ids), study.c.id == series.c.study_id)
 
 
 def _instance_owners(ids: Any) -> tuple[Any, Any, Any]:
     """(study id, subject id, condition) of the instances in ``ids``."""
-    instance, series, study = Instance.__table__, Series.__table__, Study.__table__
+    instance, series, study = table_of(Instance), table_of(Series), table_of(Study)
     return series.c.study_id, study.c.subject_id, and_(instance.c.id.in_(ids), series.c.id == instance.c.series_id, study.c.id == series.c.study_id)
 
 
@@ -606,7 +606,7 @@ def disclosed_by(conn: Connection, audit_id: uuid.UUID) -> dict[str, list[uuid.U
     return result
 
 
-def _entry_of(row: Mapping[str, Any]) -> dict[str, Any]:
+def _entry_of(row: RowMapping) -> dict[str, Any]:
     result = {name: row[name] for name in _ENTRY_COLUMNS}
     result["completion"] = None if row["completion_at"] is None else {name: row[f"completion_{name}"] for name in _COMPLETION_COLUMNS}
     return result

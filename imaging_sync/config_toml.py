@@ -66,12 +66,13 @@ def _table(path: list[str], struct: inspect.StructType, given: Mapping[str, Any]
     if full:
         yield from _comment(_first_paragraph(struct.cls.__doc__))
     later: list[tuple[list[str], Any, Any, str]] = []
+    given_values: Mapping[str, Any] = given if given is not None else {}
     for field in _fields(struct):
         name, kind, meta = field.name, _plain(field.type), _meta(field.type)
-        has_given = given is not None and name in given
+        has_given = name in given_values
         if not (full or has_given):
             continue
-        value = given[name] if has_given else _example(meta) if field.required else _default(field)
+        value = given_values[name] if has_given else _example(meta) if field.required else _default(field)
         if isinstance(kind, (inspect.StructType, inspect.DictType)) and _is_table(kind):
             later.append(([*path, name], kind, value if has_given or field.required else _example(meta), meta.get("description", "") if full else ""))
             continue

@@ -33,14 +33,14 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, t
 from imaging_sync.catalog.id_lists import PerDialect
 from imaging_sync.db import bulk
 from imaging_sync.db.bulk import chunks
-from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject, SubjectNameToken
+from imaging_sync.db.models import EntityLink, Instance, Series, Study, Subject, SubjectNameToken, table_of
 
-_study = Study.__table__
-_series = Series.__table__
-_instance = Instance.__table__
-_link = EntityLink.__table__
-_subject = Subject.__table__
-_token = SubjectNameToken.__table__
+_study = table_of(Study)
+_series = table_of(Series)
+_instance = table_of(Instance)
+_link = table_of(EntityLink)
+_subject = table_of(Subject)
+_token = table_of(SubjectNameToken)
 
 MODALITY_SEPARATOR = "\\"  # as DICOM joins the values of a multi-valued attribute (ModalitiesInStudy)
 PARTNER_SEPARATOR = ","  # partner names are [a-z0-9_-] (config)

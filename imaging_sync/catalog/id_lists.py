@@ -20,11 +20,11 @@ T = TypeVar("T")
 InIds = Callable[..., ColumnElement[bool]]
 
 
-def _any_array(column: Any, name: str = "ids") -> ColumnElement[bool]:
+def _any_array(column: ColumnElement[Any], name: str = "ids") -> ColumnElement[bool]:
     return column == any_(bindparam(name, type_=ARRAY(column.type)))
 
 
-def _expanding_in(column: Any, name: str = "ids") -> ColumnElement[bool]:
+def _expanding_in(column: ColumnElement[Any], name: str = "ids") -> ColumnElement[bool]:
     return column.in_(bindparam(name, expanding=True))
 
 

@@ -15,12 +15,12 @@ from sqlalchemy import ColumnElement, Connection, Select, bindparam, select
 
 from imaging_sync.catalog.keyset import Key, Page, after_asc_nulls_last, split
 from imaging_sync.copies import Location
-from imaging_sync.db.models import Instance, InstanceLocation, Series
+from imaging_sync.db.models import Instance, InstanceLocation, Series, table_of
 from imaging_sync.errors import NotFoundError
 
-_series = Series.__table__
-_instance = Instance.__table__
-_location = InstanceLocation.__table__
+_series = table_of(Series)
+_instance = table_of(Instance)
+_location = table_of(InstanceLocation)
 
 
 @dataclass(frozen=True, slots=True)

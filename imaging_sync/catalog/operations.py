@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from imaging_sync.catalog.keyset import Key, Page, after_desc, split
-from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun
+from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, table_of
 from imaging_sync.errors import NotFoundError
 
-_state = PartnerState.__table__
-_runs = SyncRun.__table__
-_rejected = RejectedItem.__table__
+_state = table_of(PartnerState)
+_runs = table_of(SyncRun)
+_rejected = table_of(RejectedItem)
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "abandoned")
 

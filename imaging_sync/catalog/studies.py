@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -19,15 +20,15 @@ from sqlalchemy import Connection, Integer, Row, Select, Subquery, bindparam, ex
 
 from imaging_sync.catalog.facts import MODALITY_SEPARATOR, PARTNER_SEPARATOR, split_values
 from imaging_sync.catalog.keyset import Key, Page, after_desc_nulls_last, split
-from imaging_sync.db.models import EntityLink, Series, Study, Subject
+from imaging_sync.db.models import EntityLink, Series, Study, Subject, table_of
 from imaging_sync.errors import NotFoundError
 from imaging_sync.query.matching import in_range, modalities_in_study, single_value
 from imaging_sync.query.names import bound_word_values, pn_bound_values, pn_matches_bound, query_words, subjects_with_words_bound, words_match_bound
 
-_study = Study.__table__
-_subject = Subject.__table__
-_series = Series.__table__
-_link = EntityLink.__table__
+_study = table_of(Study)
+_subject = table_of(Subject)
+_series = table_of(Series)
+_link = table_of(EntityLink)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,7 @@ def search_studies(conn: Connection, query: StudyQuery, *, limit: int, after: Ke
     return _page_of(rows, limit)
 
 
-def _page_of(rows: list[Row[Any]], limit: int) -> Page[StudySummary]:
+def _page_of(rows: Sequence[Row[*tuple[Any, ...]]], limit: int) -> Page[StudySummary]:
     rows, next_key = split(rows, limit, lambda r: (r.study_date, r.id))
     return Page(items=[_summary(row) for row in rows], next_key=next_key)
 
@@ -374,7 +375,7 @@ def require_live_subject(conn: Connection, subject_id: uuid.UUID) -> None:
         raise NotFoundError(f"no subject {subject_id}")
 
 
-def _summary(row: Row[Any]) -> StudySummary:
+def _summary(row: Row[*tuple[Any, ...]]) -> StudySummary:
     """A study row (``_SUMMARY_COLUMNS``) as a summary.
 
     Positional unpacking: a page is 50 rows of 17 values, and Row attribute

@@ -8,11 +8,11 @@ from sqlalchemy import ColumnElement, Connection, select
 
 from imaging_sync.catalog.keyset import Key, Page, after_asc, split
 from imaging_sync.catalog.studies import SubjectSummary
-from imaging_sync.db.models import Subject
+from imaging_sync.db.models import Subject, table_of
 from imaging_sync.query.matching import single_value
 from imaging_sync.query.names import bound_word_values, pn_matches, query_words, subjects_with_words_bound
 
-_subject = Subject.__table__
+_subject = table_of(Subject)
 
 
 def search_subjects(

@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Table, insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Column, Connection, Dialect, Table, insert
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from imaging_sync.db.engine import json_text
@@ -90,9 +90,9 @@ def _columns(table: Table, rows: Sequence[dict[str, Any]]) -> list[str]:
 def _copy(conn: Connection, target: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """Binary COPY: psycopg's C dumpers write UUIDs, times and integers without text round trips."""
     columns = _columns(table, rows)
-    types = [_pg_type(table.c[c]) for c in columns]
+    types = [_pg_type(table.c[c], conn.dialect) for c in columns]
     json_at = [i for i, t in enumerate(types) if t == "jsonb"]
-    raw = conn.connection.driver_connection
+    raw = _psycopg(conn)
     column_list = ", ".join(f'"{c}"' for c in columns)
     statement = f'COPY "{target}" ({column_list}) FROM STDIN (FORMAT BINARY)'
     try:
@@ -109,9 +109,21 @@ def _copy(conn: Connection, target: str, table: Table, rows: Sequence[dict[str, 
         raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
-def _pg_type(column: Any) -> str:
-    """The PostgreSQL type name psycopg needs to dump a column in binary COPY."""
-    compiled = column.type.dialect_impl(postgresql.dialect()).compile(dialect=postgresql.dialect()).lower()
+def _psycopg(conn: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under ``conn``: COPY is psycopg's API, not SQLAlchemy's.
+
+    SQLAlchemy has no driver connection for a connection that was invalidated
+    or closed; say so rather than fail later on ``None``.
+    """
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise TypeError(f"bulk COPY needs a live psycopg connection, not {type(raw).__name__}")
+    return raw
+
+
+def _pg_type(column: Column[Any], dialect: Dialect) -> str:
+    """The PostgreSQL type name psycopg needs to dump a column in binary COPY (``dialect``: the connection's)."""
+    compiled = column.type.dialect_impl(dialect).compile(dialect=dialect).lower()
     if compiled.startswith(("varchar", "character varying")):
         return "varchar"
     if compiled.startswith("timestamp"):
@@ -121,7 +133,7 @@ def _pg_type(column: Any) -> str:
 
 def _copy_then_insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key_columns: Sequence[str]) -> set[tuple[Any, ...]]:
     staging = f"staging_{table.name}"
-    raw = conn.connection.driver_connection
+    raw = _psycopg(conn)
     columns = _columns(table, rows)
     column_list = ", ".join(f'"{c}"' for c in columns)
     keys = ", ".join(f'"{c}"' for c in key_columns)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid, text
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from imaging_sync.db.types import JSONType, UTCDateTime
@@ -37,6 +37,16 @@ def utcnow() -> dt.datetime:
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {uuid.UUID: Uuid(), dt.datetime: UTCDateTime(), dict[str, Any]: JSONType}
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class, for set-based statements (``insert``, ``update``, COPY).
+
+    SQLAlchemy types ``__table__`` as a ``FromClause`` because a mapped class
+    may be mapped to any selectable; every class here is mapped to a plain
+    ``Table`` (``__tablename__``), so the narrowing is stated once, here.
+    """
+    return cast(Table, model.__table__)
 
 
 class _Entity:

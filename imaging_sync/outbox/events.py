@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from sqlalchemy import Connection, select
 
 from imaging_sync.db import bulk
-from imaging_sync.db.models import OutboxEvent, Study
+from imaging_sync.db.models import OutboxEvent, Study, table_of
 from imaging_sync.ids import new_ids
 
 EVENT_TYPES = ("study.created", "study.updated", "study.deleted")
-_outbox = OutboxEvent.__table__
-_study = Study.__table__
+_outbox = table_of(OutboxEvent)
+_study = table_of(Study)
 
 
 def add_study_events(conn: Connection, partner: str, events: Mapping[uuid.UUID, str], now: dt.datetime) -> None:

@@ -26,13 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, Row, bindparam, func, select, text, update
 
 from imaging_sync.config import OutboxConfig
-from imaging_sync.db.models import OutboxEvent, utcnow
+from imaging_sync.db.models import OutboxEvent, table_of, utcnow
 
 log = logging.getLogger(__name__)
-_outbox = OutboxEvent.__table__
+_outbox = table_of(OutboxEvent)
 OPEN = ("pending", "processing")
 
 
@@ -147,7 +147,7 @@ class Relay:
                     rows = self._claim_sqlite(conn, now, lease_end)
         return sorted((Event(id=r[0], type=r[1], aggregate_id=r[2], payload=r[3], attempt=r[4]) for r in rows), key=lambda e: e.id)
 
-    def _claim_sqlite(self, conn: Connection, now: dt.datetime, lease_end: dt.datetime) -> list[Any]:
+    def _claim_sqlite(self, conn: Connection, now: dt.datetime, lease_end: dt.datetime) -> Sequence[Row[*tuple[Any, ...]]]:
         """The same claim as on PostgreSQL; BEGIN IMMEDIATE makes select-then-update atomic."""
         earlier = _outbox.alias("earlier")
         blocked = (

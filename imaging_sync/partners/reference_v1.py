@@ -157,7 +157,7 @@ class ReferenceV1Source:
     def _backoff(self, attempt: int) -> float:
         """Full jitter (AWS architecture blog): uniform in [0, min(cap, base·2^n)], never zero."""
         policy = self.config.retry
-        ceiling = min(policy.max_backoff, policy.initial_backoff * 2 ** (attempt - 1))
+        ceiling: float = min(policy.max_backoff, policy.initial_backoff * 2 ** (attempt - 1))
         return max(ceiling * 0.1, random.uniform(0, ceiling))
 
 

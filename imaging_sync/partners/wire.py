@@ -310,6 +310,9 @@ def _identity_keys(wire: WireStudy) -> set[str]:
 
 def _identify(raw: bytes | msgspec.Raw, wire: WireStudy | None) -> tuple[str | None, dt.datetime | None]:
     """Best-effort id and timestamp of a rejected item, for the record and the bookmark."""
+    # object: a rejected item's "id" and "updated_at" may be any JSON value (or absent).
+    partner_id: object
+    stamp: object
     if wire is not None:
         partner_id, stamp = wire.id, wire.updated_at
     else:

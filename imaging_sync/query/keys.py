@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from imaging_sync.db.models import Instance, Series, Study, Subject
+from imaging_sync.db.models import Instance, Series, Study, Subject, table_of
 
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -31,10 +31,10 @@ LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 # computed (return-only, or EXISTS for ModalitiesInStudy), none (not kept: return only).
 Match = Literal["uid", "string", "cs", "pn", "date", "time", "number", "computed", "none"]
 
-subject = Subject.__table__
-study = Study.__table__
-series = Series.__table__
-instance = Instance.__table__
+subject = table_of(Subject)
+study = table_of(Study)
+series = table_of(Series)
+instance = table_of(Instance)
 
 TABLE_OF_LEVEL = {"PATIENT": subject, "STUDY": study, "SERIES": series, "IMAGE": instance}
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, and_, bindparam, or_, select
 
-from imaging_sync.db.models import SubjectNameToken
+from imaging_sync.db.models import SubjectNameToken, table_of
 from imaging_sync.errors import ValidationError
 from imaging_sync.person_names import check_person_name, name_words, search_form
 
@@ -112,7 +112,7 @@ def pn_bound_values(value: str, path: str, prefix: str) -> dict[str, str]:
 # -- word prefixes (the REST API's ``name``) ---------------------------------------------
 
 MAX_QUERY_WORDS = 8
-_token = SubjectNameToken.__table__
+_token = table_of(SubjectNameToken)
 # A "*" that does not end a word: at the start, after a non-word character (or another "*"), or before a word character.
 _MISPLACED_STAR = re.compile(r"(?<!\w)\*|\*(?=\w)")
 

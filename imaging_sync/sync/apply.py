@@ -34,19 +34,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Date, Table, Uuid, bindparam, delete, select, tuple_, update
+from sqlalchemy import Connection, Date, RowMapping, Table, Uuid, bindparam, delete, select, tuple_, update
 
 from imaging_sync import outbox
 from imaging_sync.catalog import facts
 from imaging_sync.db import bulk
-from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject
+from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject, table_of
 from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
 from imaging_sync.ids import new_ids
 from imaging_sync.person_names import search_form
 from imaging_sync.query.names import stored_words
 
-_links = EntityLink.__table__
-_locations = InstanceLocation.__table__
+_links = table_of(EntityLink)
+_locations = table_of(InstanceLocation)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -60,19 +60,19 @@ class Level:
     value_columns: tuple[str, ...]
     parent_column: str | None = None  # a value column naming the parent row (a series may move to another study)
 
-    def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    def key_of(self, row: Mapping[str, Any] | RowMapping) -> tuple[Any, ...]:
         return tuple(row[c] for c in self.key_columns)
 
 
-SUBJECT = Level("subject", Subject.__table__, ("issuer", "patient_id"), ("patient_name", "patient_name_search", "patient_name_words", "birth_date", "sex"))
+SUBJECT = Level("subject", table_of(Subject), ("issuer", "patient_id"), ("patient_name", "patient_name_search", "patient_name_words", "birth_date", "sex"))
 STUDY = Level(
     "study",
-    Study.__table__,
+    table_of(Study),
     ("study_instance_uid",),
     ("subject_id", "accession_number", "study_date", "study_time", "description", "referring_physician_name", "referring_physician_name_search"),
 )
-SERIES = Level("series", Series.__table__, ("series_instance_uid",), ("study_id", "modality", "series_number", "description", "body_part_examined"), "study_id")
-INSTANCE = Level("instance", Instance.__table__, ("sop_instance_uid",), ("series_id", "sop_class_uid", "transfer_syntax_uid", "instance_number"), "series_id")
+SERIES = Level("series", table_of(Series), ("series_instance_uid",), ("study_id", "modality", "series_number", "description", "body_part_examined"), "study_id")
+INSTANCE = Level("instance", table_of(Instance), ("sop_instance_uid",), ("series_id", "sop_class_uid", "transfer_syntax_uid", "instance_number"), "series_id")
 LEVELS = {level.name: level for level in (SUBJECT, STUDY, SERIES, INSTANCE)}
 
 
@@ -160,7 +160,7 @@ class PageWriter:
         for level, parent_level, parent_column in ((SUBJECT, None, None), (STUDY, SUBJECT, "subject_id"), (SERIES, STUDY, "study_id"), (INSTANCE, SERIES, "series_id")):
             rows = wanted.rows[level.name]
             surely_new: set[tuple[Any, ...]] = set()
-            if parent_level is not None:
+            if parent_level is not None and parent_column is not None:
                 parent_ids, new_parents = ids[parent_level.name], created[parent_level.name]
                 for key, row in rows.items():
                     row[parent_column] = parent_ids[row.pop("_parent_key")]
@@ -433,10 +433,10 @@ class PageWriter:
         _assign_ids(inserts)
         bulk.insert_rows(conn, _links, inserts)
         if updates:
-            stmt = update(_links).where(_links.c.id == bindparam("_id")).values(
+            change = update(_links).where(_links.c.id == bindparam("_id")).values(
                 partner_entity_id=bindparam("partner_entity_id"), content_hash=bindparam("content_hash"), attrs=bindparam("attrs"), updated_at=bindparam("updated_at")
             )
-            conn.execute(stmt, updates)
+            conn.execute(change, updates)
         for chunk in bulk.chunks([link_id for _, link_id in gone]):
             conn.execute(delete(_links).where(_links.c.id.in_(chunk)))
         return [(level, entity_id) for (level, entity_id, _), _ in gone]
@@ -462,10 +462,10 @@ class PageWriter:
         _assign_ids(inserts)
         bulk.insert_rows(conn, _locations, inserts)
         if updates:
-            stmt = update(_locations).where(_locations.c.id == bindparam("_id")).values(
+            change = update(_locations).where(_locations.c.id == bindparam("_id")).values(
                 bucket=bindparam("bucket"), key=bindparam("key"), size_bytes=bindparam("size_bytes"), sha256=bindparam("sha256"), updated_at=bindparam("updated_at")
             )
-            conn.execute(stmt, updates)
+            conn.execute(change, updates)
 
     # -- what went away ---------------------------------------------------------
 
@@ -493,8 +493,8 @@ class PageWriter:
             ids = {eid for name, eid in removed if name == level_name}
             orphans = sorted(eid for eid in ids if eid not in remaining)
             for chunk in bulk.chunks(orphans):
-                stmt = update(level.table).where(level.table.c.id.in_(chunk), level.table.c.deleted_at.is_(None)).values(deleted_at=now, updated_at=now)
-                retired.update(conn.execute(stmt.returning(level.table.c.id)).scalars())
+                retire = update(level.table).where(level.table.c.id.in_(chunk), level.table.c.deleted_at.is_(None)).values(deleted_at=now, updated_at=now)
+                retired.update(conn.execute(retire.returning(level.table.c.id)).scalars())
             self._hand_over(conn, level, {eid: remaining[eid] for eid in ids if eid in remaining}, now, moved_from)
         return retired
 
@@ -523,8 +523,8 @@ class PageWriter:
             values = _from_attrs(level, best_attrs)
             if level.parent_column and values[level.parent_column] != parent_id:
                 moved_from[level.name].add(parent_id)
-            stmt = update(table).where(table.c.id == entity_id).values(**values, source_partner=best_partner, source_priority=self.priorities.get(best_partner, 0), updated_at=now)
-            conn.execute(stmt)
+            take_over = update(table).where(table.c.id == entity_id).values(**values, source_partner=best_partner, source_priority=self.priorities.get(best_partner, 0), updated_at=now)
+            conn.execute(take_over)
 
     def _record_rejections(self, conn: Connection, rejections: list[RejectedItemDTO], run_id: uuid.UUID, now: dt.datetime) -> None:
         if not rejections:
@@ -534,7 +534,7 @@ class PageWriter:
             for r in rejections
         ]
         _assign_ids(rows)
-        bulk.insert_rows(conn, RejectedItem.__table__, rows)
+        bulk.insert_rows(conn, table_of(RejectedItem), rows)
 
 
 # -- what counts as a change ------------------------------------------------------

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from imaging_sync.config import PartnerConfig, Settings
-from imaging_sync.db.models import PartnerState, SyncRun, utcnow
+from imaging_sync.db.models import PartnerState, SyncRun, table_of, utcnow
 from imaging_sync.dto import Page
 from imaging_sync.errors import DatabaseError, ImagingSyncError, NotFoundError, PageTokenExpiredError, PartnerError, QueueUnavailableError, SyncLockedError
 from imaging_sync.ids import new_id
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 # A run recorded 'queued' whose task no worker took within this is abandoned by the partner's next run.
 QUEUED_RUN_EXPIRY = dt.timedelta(hours=1)
-_runs = SyncRun.__table__
-_state = PartnerState.__table__
+_runs = table_of(SyncRun)
+_state = table_of(PartnerState)
 COUNTERS = ("pages", "fetched", "created", "updated", "unchanged", "deleted", "rejected", "instances")
 # PostgreSQL SQLSTATEs worth retrying the page for: deadlock, serialization failure.
 _RETRYABLE_SQLSTATE = {"40P01", "40001"}

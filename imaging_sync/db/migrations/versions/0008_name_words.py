@@ -163,7 +163,7 @@ def _copy_to_studies(*, with_words: bool = True) -> None:
     if with_words:
         columns += [_study.c.patient_name_words, subject.c.patient_name_words.label("subject_words")]
     study_with_subject = _study.join(subject, subject.c.id == _study.c.subject_id)
-    values = {"patient_name_search": sa.bindparam("search")} | ({"patient_name_words": sa.bindparam("words")} if with_words else {})
+    values: dict[str, sa.BindParameter[Any]] = {"patient_name_search": sa.bindparam("search")} | ({"patient_name_words": sa.bindparam("words")} if with_words else {})
     change = sa.update(_study).where(_study.c.id == sa.bindparam("_id")).values(values)
     last = None
     while True:
@@ -176,8 +176,8 @@ def _copy_to_studies(*, with_words: bool = True) -> None:
         last = rows[-1][0]
         changes = []
         for row in rows:
-            want = (row.subject_search, row.subject_words) if with_words else (row.subject_search,)
-            have = (row.patient_name_search, row.patient_name_words) if with_words else (row.patient_name_search,)
+            want: tuple[Any, ...] = (row.subject_search, row.subject_words) if with_words else (row.subject_search,)
+            have: tuple[Any, ...] = (row.patient_name_search, row.patient_name_words) if with_words else (row.patient_name_search,)
             if want != have:
                 changes.append({"_id": row.id, "search": want[0], **({"words": want[1]} if with_words else {})})
         if changes:
