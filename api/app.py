@@ -173,10 +173,10 @@ async def _request_id_header(message: Message, scope: Scope) -> None:
     name = REQUEST_ID_HEADER.lower().encode()
     if any(k.lower() == name for k, _ in headers):
         return
-    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state = scope.setdefault("state", {})
     rid = state.setdefault("request_id", uuid.uuid4().hex)
     headers.append((name, str(rid).encode()))
-    message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+    message["headers"] = headers
 
 
 __all__ = ["API_PREFIX", "create_app"]

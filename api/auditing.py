@@ -35,12 +35,14 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import msgspec
 from litestar import Request
+from litestar.enums import ScopeType
+from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -129,13 +131,14 @@ def recorded_in_thread(handler: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         result = handler(*args, **kwargs)
         scope: Scope = kwargs["conn"].request_scope
-        status = scope["route_handler"].status_code  # type: ignore[typeddict-item]
+        # Only HTTP route handlers are recorded_in_thread (websocket and ASGI handlers have no status).
+        status = cast(HTTPRouteHandler, scope["route_handler"]).status_code
         try:
             _write(scope, status)
         except Exception:
-            scope["state"][_UNRECORDED] = True  # type: ignore[typeddict-item]
+            scope["state"][_UNRECORDED] = True
             raise
-        scope["state"][_RECORDED] = status  # type: ignore[typeddict-item]
+        scope["state"][_RECORDED] = status
         return result
 
     return run  # type: ignore[return-value]
@@ -198,7 +201,7 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         scope["state"].setdefault("request_id", uuid.uuid4().hex)
@@ -252,7 +255,7 @@ async def _try_write(scope: Scope, status: int, failure: str) -> None:
 
 def _log_failure(message: str, error: BaseException, scope: Scope) -> None:
     """The failure's class (and SQLSTATE), never its text nor its traceback: both can quote the entry's values."""
-    log.error("%s (%s)", message, describe_failure(error), extra={"request_id": scope["state"].get("request_id")})  # type: ignore[typeddict-item]
+    log.error("%s (%s)", message, describe_failure(error), extra={"request_id": scope["state"].get("request_id")})
 
 
 def _write(scope: Scope, status: int) -> None:
@@ -264,7 +267,7 @@ def _write(scope: Scope, status: int) -> None:
     """
     services = scope["litestar_app"].state["services"]
     event = build_event(scope, status, services.trusted_proxies)
-    disclosures = scope["state"].get(_DISCLOSED, {}) if status < 400 else {}  # type: ignore[typeddict-item]
+    disclosures = scope["state"].get(_DISCLOSED, {}) if status < 400 else {}
     try:
         with write_transaction(scope_connection(scope)) as conn:
             audit.record(conn, event, **disclosures)
@@ -277,6 +280,7 @@ def _write(scope: Scope, status: int) -> None:
 def build_event(scope: Scope, status: int, trusted: Sequence[IpNetwork]) -> AuditEvent:
     state = scope.get("state", {})
     handler = scope.get("route_handler")
+    method = scope.get("method")
     spec: AuditSpec | None = (handler.opt or {}).get("audit") if handler is not None else None
     noted = state.get(_NOTE, {})
     principal = state.get("principal")
@@ -300,7 +304,7 @@ def build_event(scope: Scope, status: int, trusted: Sequence[IpNetwork]) -> Audi
         action=spec.action if spec else "request",
         outcome=outcome_for(status),
         client_addr=client_address(scope, trusted),
-        method=scope.get("method"),
+        method=method if isinstance(method, str) else None,  # HTTP scopes have one, websocket scopes none
         path=scope.get("path"),
         query=_query(scope) or None,
         resource_type=resource_type,

@@ -50,7 +50,7 @@ class NoStore:
             return
         headers = [(name, value) for name, value in message.get("headers", ()) if name.lower() != CACHE_CONTROL]
         headers.append((CACHE_CONTROL, NO_STORE))
-        message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+        message["headers"] = headers
 
 
 __all__ = ["NoStore"]

@@ -76,10 +76,10 @@ def open_pool(engine: Engine, count: int) -> None:
 
 def scope_connection(scope: Scope) -> Connection:
     """This request's connection (checked out on first use; blocking: call from a worker thread)."""
-    state = scope["state"]  # type: ignore[typeddict-item]
+    state = scope["state"]
     conn: Connection | None = state.get(_KEY)
     if conn is None or conn.closed:
-        engine: Engine = scope["litestar_app"].state["services"].engine  # type: ignore[typeddict-item]
+        engine: Engine = scope["litestar_app"].state["services"].engine
         conn = engine.connect()
         if conn.dialect.name == "postgresql":
             conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when the pool takes it back
@@ -141,6 +141,6 @@ def write_transaction(conn: Connection) -> Iterator[Connection]:
 
 def release(scope: Scope) -> None:
     """Return the request's connection to the pool (rolling back whatever is open)."""
-    conn: Connection | None = scope.get("state", {}).pop(_KEY, None)  # type: ignore[union-attr]
+    conn: Connection | None = scope.get("state", {}).pop(_KEY, None)
     if conn is not None:
         conn.close()

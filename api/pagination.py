@@ -51,7 +51,7 @@ def decode_cursor(token: str | None, listing: str, types: tuple[Any, ...]) -> Ke
         raise ValidationError("cursor", "not a cursor returned by this listing")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        decoded = msgspec.json.decode(raw, type=tuple.__class_getitem__((Literal[listing], *types)))  # type: ignore[attr-defined]
+        decoded = msgspec.json.decode(raw, type=tuple.__class_getitem__((Literal[listing], *types)))
     except (binascii.Error, ValueError, msgspec.ValidationError, msgspec.DecodeError):
         raise ValidationError("cursor", "not a cursor returned by this listing") from None
     return tuple(decoded[1:])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -47,7 +48,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
 _PRINCIPAL = "principal"
 
 
-def presented_token(headers: Any) -> str | None:
+def presented_token(headers: Mapping[str, str]) -> str | None:
     """The API key from ``Authorization: Bearer …`` or ``X-API-Key: …`` (in that order), if any."""
     authorization = headers.get("authorization")
     if authorization:

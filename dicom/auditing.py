@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom import Dataset
 from sqlalchemy import Engine
 
 from dicom import statuses
@@ -103,7 +104,7 @@ class Operation:
     started: float = field(default_factory=time.monotonic)
     handle: AuditHandle | None = None  # the started entry, once something was disclosed
 
-    def fail(self, status_ds: Any) -> Any:
+    def fail(self, status_ds: Dataset) -> Dataset:
         self.status = int(status_ds.Status)
         self.comment = status_ds.get("ErrorComment")
         return status_ds

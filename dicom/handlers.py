@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import build_context, sop_class
+from pynetdicom import build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import: no attributes mypy can see
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from sqlalchemy import Engine
 
 from dicom import statuses
@@ -39,16 +48,16 @@ from imaging_sync.errors import AccessDeniedError, AuditUnavailableError
 log = logging.getLogger("dicom.associations")
 
 FIND_MODELS: dict[str, Model] = {
-    sop_class.PatientRootQueryRetrieveInformationModelFind: "PATIENT",
-    sop_class.StudyRootQueryRetrieveInformationModelFind: "STUDY",
+    PatientRootQueryRetrieveInformationModelFind: "PATIENT",
+    StudyRootQueryRetrieveInformationModelFind: "STUDY",
 }
 MOVE_MODELS: dict[str, Model] = {
-    sop_class.PatientRootQueryRetrieveInformationModelMove: "PATIENT",
-    sop_class.StudyRootQueryRetrieveInformationModelMove: "STUDY",
+    PatientRootQueryRetrieveInformationModelMove: "PATIENT",
+    StudyRootQueryRetrieveInformationModelMove: "STUDY",
 }
 GET_MODELS: dict[str, Model] = {
-    sop_class.PatientRootQueryRetrieveInformationModelGet: "PATIENT",
-    sop_class.StudyRootQueryRetrieveInformationModelGet: "STUDY",
+    PatientRootQueryRetrieveInformationModelGet: "PATIENT",
+    StudyRootQueryRetrieveInformationModelGet: "STUDY",
 }
 
 
@@ -359,7 +368,7 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         # the destination sees an association that carries nothing, then the requester gets the refusal.
         # Should the destination not answer, pynetdicom sends A801 and never asks for the count: so recorded.
         op.fail(statuses.failure_for(UnknownDestinationError("move destination did not accept the association")))
-        yield destination.host, destination.port, {"contexts": [build_context(sop_class.Verification)], "max_pdu": services.max_pdu}
+        yield destination.host, destination.port, {"contexts": [build_context(Verification)], "max_pdu": services.max_pdu}
         yield 1
         yield op.fail(refused), None
         return
@@ -369,7 +378,7 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
     except Exception as exc:
         subs, failure = [], statuses.failure_for(exc, retrieve=True)
     # Propose what is actually sent; a refused request still needs one context to associate.
-    contexts = presentation_contexts(subs) or [build_context(sop_class.Verification)]
+    contexts = presentation_contexts(subs) or [build_context(Verification)]
     kwargs: dict[str, Any] = {"contexts": contexts, "max_pdu": services.max_pdu}
     yield destination.host, destination.port, kwargs
     if failure is not None:

@@ -69,7 +69,7 @@ def _level(identifier: Dataset, model: Model) -> Level:
         raise IdentifierMismatchError("Query/Retrieve Level missing or unknown", 0x00080052)
     if model == "STUDY" and raw == "PATIENT":
         raise IdentifierMismatchError("the Study Root model has no PATIENT level", 0x00080052)
-    return raw  # type: ignore[return-value]
+    return raw
 
 
 def _single_uid_or_id(request: QueryRequest, keyword: str, *, required: bool) -> None:

@@ -87,7 +87,7 @@ class _BoundedReads:
         self._refused = refused
 
     def __call__(self, nr_bytes: int) -> bytearray:
-        data = self._recv(nr_bytes)
+        data: bytearray = self._recv(nr_bytes)  # AssociationSocket.recv (sock is untyped here)
         if nr_bytes != 6 or len(data) != 6:
             return data
         pdu_type, _, length = struct.unpack(">BBL", bytes(data))

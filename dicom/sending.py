@@ -57,7 +57,8 @@ def use_stored_encoding(assoc: Any) -> None:
 
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
         if not isinstance(dataset, EncodedInstance):
-            return original(dataset, msg_id, priority, originator_aet, originator_id)
+            passed_on: Dataset = original(dataset, msg_id, priority, originator_aet, originator_id)
+            return passed_on
         tally, uid = dataset._tally, dataset.SOPInstanceUID
         try:
             if dataset._path is None:
@@ -66,7 +67,7 @@ def use_stored_encoding(assoc: Any) -> None:
             if assoc.is_requestor:
                 _wait_for_reactor(assoc)
             try:
-                status = original(dataset._path, msg_id, priority, originator_aet, originator_id)
+                status: Dataset = original(dataset._path, msg_id, priority, originator_aet, originator_id)
             except ValueError:  # pynetdicom: no accepted context with the file's own transfer syntax
                 tally.record(None, 0, uid, "no accepted presentation context for its SOP class and transfer syntax")
                 raise

@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt, sop_class
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import: no attribute mypy can see
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
@@ -100,7 +101,7 @@ def build_ae(config: DicomConfig) -> QueryRetrieveAE:
     ae.maximum_pdu_size = config.max_pdu_bytes
     # Who may associate is decided per request by dicom.access (handlers.handle_requested), not by
     # pynetdicom's require_calling_aet, which cannot tie a title to addresses nor count per peer.
-    ae.add_supported_context(sop_class.Verification)
+    ae.add_supported_context(Verification)
     for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
         ae.add_supported_context(uid)
     # C-GET: we store to the requester, which takes the SCP role. Of the syntaxes a requester proposes in
@@ -108,6 +109,7 @@ def build_ae(config: DicomConfig) -> QueryRetrieveAE:
     # Explicit VR Little Endian is the most common one.
     syntaxes = [ExplicitVRLittleEndian, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian)]
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # each of pynetdicom's storage contexts names its SOP class
         ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=False, scp_role=True)
     return ae
 

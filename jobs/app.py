@@ -42,7 +42,7 @@ TIME_LIMIT = SOFT_TIME_LIMIT + 60
 OpenCore = Callable[[Settings], Core]
 
 
-class JobsApp(Celery):
+class JobsApp(Celery):  # type: ignore[misc]  # Celery ships no type information: Celery is Any
     """A Celery app that carries its settings and, per worker process, the runtime its tasks use.
 
     ``open_core``: how a worker process gets its core (the process assembly,
@@ -140,10 +140,13 @@ def broker_for_humans(app: Celery) -> str:
     return str(maybe_sanitize_url(app.conf.broker_url))
 
 
-@worker_process_shutdown.connect
-@worker_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     """A worker (or prefork child) going away closes its database pool and sinks."""
     app = current_app._get_current_object()
     if isinstance(app, JobsApp):
         app.close_runtime()
+
+
+# Connected by calls rather than as decorators: Celery's signals are untyped, and a decorator would untype the handler.
+worker_shutdown.connect(_close_runtime)
+worker_process_shutdown.connect(_close_runtime)

@@ -34,7 +34,7 @@ SCHEDULE_TRIGGER = "schedule"  # sync_run.trigger of scheduled runs
 NowFun = Callable[[], dt.datetime]
 
 
-class ZonedCrontab(crontab):
+class ZonedCrontab(crontab):  # type: ignore[misc]  # Celery ships no type information: crontab is Any
     """Celery's crontab, read in a time zone of its own rather than the app's.
 
     The schedule must mean the same thing under Celery beat (whose app has
@@ -53,7 +53,7 @@ class ZonedCrontab(crontab):
         """``"m h dom mon dow"`` (validated by the config already) in ``zone``."""
         return cls(*crontab_fields(expression), zone=zone, nowfun=nowfun)
 
-    @property  # type: ignore[override]
+    @property
     def tz(self) -> dt.tzinfo:
         return ZoneInfo(self.zone)
 
@@ -69,7 +69,8 @@ class ZonedCrontab(crontab):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ZonedCrontab) and other.zone != self.zone:
             return False
-        return super().__eq__(other)
+        equal: bool = super().__eq__(other)  # crontab's own comparison (untyped)
+        return equal
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value like crontab
 
@@ -86,7 +87,8 @@ def next_run_after(cron: crontab, moment: dt.datetime) -> dt.datetime:
     """The first tick of ``cron`` strictly after ``moment`` (aware), in the crontab's zone."""
     probe = ZonedCrontab(cron._orig_minute, cron._orig_hour, cron._orig_day_of_week, cron._orig_day_of_month,
                          cron._orig_month_of_year, zone=getattr(cron, "zone", "UTC"), nowfun=lambda: moment)
-    return (moment + probe.remaining_estimate(moment)).astimezone(probe.tz)
+    remaining: dt.timedelta = probe.remaining_estimate(moment)  # Celery's arithmetic (untyped)
+    return (moment + remaining).astimezone(probe.tz)
 
 
 def next_run_times(cron: crontab, moment: dt.datetime, count: int) -> list[dt.datetime]:

@@ -9,7 +9,7 @@ app's ``acks_late`` / ``reject_on_worker_lost`` delivery safe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
@@ -19,6 +19,9 @@ from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAI
 from jobs import work
 from jobs.runtime import Runtime
 
+if TYPE_CHECKING:
+    from jobs.app import JobsApp
+
 # A sync may legitimately run for hours (a first bulk load); it is killed only far beyond that.
 SYNC_SOFT_TIME_LIMIT = 6 * 3600
 # The database being unreachable is worth a few retries; partner failures are recorded runs, not exceptions.
@@ -26,10 +29,10 @@ _RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": 5, "retry_backo
 
 
 def _runtime(task: Task) -> Runtime:
-    return cast(Any, task.app).runtime
+    return cast("JobsApp", task.app).runtime  # tasks run only on the apps jobs.app.create_app builds
 
 
-@shared_task(name=SYNC_PARTNER, bind=True, soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_SOFT_TIME_LIMIT + 300, **_RETRY)
+@shared_task(name=SYNC_PARTNER, bind=True, soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_SOFT_TIME_LIMIT + 300, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
 def sync_partner(
     self: Task, name: str, full: bool = False, study_id: str | None = None, trigger: str = "task", run_id: str | None = None
 ) -> dict[str, Any]:
@@ -37,7 +40,7 @@ def sync_partner(
     return work.sync_partner(_runtime(self).core, name, full=full, study_id=study_id, trigger=trigger, run_id=run_id)
 
 
-@shared_task(name=SYNC_ALL, bind=True)
+@shared_task(name=SYNC_ALL, bind=True)  # type: ignore[untyped-decorator]  # Celery ships no type information
 def sync_all(self: Task, full: bool = False) -> dict[str, Any]:
     """Queue one ``sync_partner`` per enabled partner, each with its run recorded ``queued`` (they run in parallel)."""
     runtime = _runtime(self)
@@ -45,25 +48,25 @@ def sync_all(self: Task, full: bool = False) -> dict[str, Any]:
     return {"queued": {p.name: str(queue.queue(p.name, trigger="task", full=full)) for p in runtime.settings.enabled_partners()}}
 
 
-@shared_task(name=RELAY_OUTBOX, bind=True, soft_time_limit=600, time_limit=660, **_RETRY)
+@shared_task(name=RELAY_OUTBOX, bind=True, soft_time_limit=600, time_limit=660, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
 def relay_outbox(self: Task) -> dict[str, Any]:
     """Deliver pending outbox events to the configured sinks until none is claimable."""
     return work.relay_outbox(_runtime(self).relay)
 
 
-@shared_task(name=RETRY_FAILED_OUTBOX, bind=True, **_RETRY)
+@shared_task(name=RETRY_FAILED_OUTBOX, bind=True, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
 def retry_failed_outbox(self: Task, ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Put failed outbox events (all, or these ids) back to pending."""
     return work.retry_failed_outbox(_runtime(self).core, ids)
 
 
-@shared_task(name=PRUNE, bind=True, **_RETRY)
+@shared_task(name=PRUNE, bind=True, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
 def prune(self: Task, days: int | None = None) -> dict[str, Any]:
     """Delete old sync runs with their rejected items, and old delivered outbox events."""
     return work.prune(_runtime(self).core, days)
 
 
-@shared_task(name=CHECK_ALERTS, bind=True, soft_time_limit=300, time_limit=360, **_RETRY)
+@shared_task(name=CHECK_ALERTS, bind=True, soft_time_limit=300, time_limit=360, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
 def check_alerts(self: Task) -> dict[str, Any]:
     """The periodic alert checks (outbox backlog, partners not synced for too long)."""
     return work.check_alerts(_runtime(self).core)

@@ -161,4 +161,5 @@ def _botocore_signature(
     request.context["timestamp"] = query["X-Amz-Date"]
     auth = S3SigV4QueryAuth(Credentials(query["X-Amz-Credential"].split("/")[0], secret), service, region, expires=expires)
     canonical_request = auth.canonical_request(request)
-    return auth.signature(auth.string_to_sign(request, canonical_request), request)
+    signature: str = auth.signature(auth.string_to_sign(request, canonical_request), request)  # botocore is untyped: a hex str
+    return signature

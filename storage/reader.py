@@ -123,7 +123,8 @@ class ObjectReader:
         try:
             response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
             with response["Body"] as body:
-                return body.read()
+                data: bytes = body.read()  # botocore's StreamingBody is untyped
+                return data
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 raise ValidationError("range", f"start={start} is past the end of {where(bucket, key)}") from None

@@ -82,7 +82,7 @@ class _Connection:
     credentials: Credentials | None
 
 
-class _GivenCredentials(CredentialProvider):
+class _GivenCredentials(CredentialProvider):  # type: ignore[misc]  # botocore ships no type information
     """Hands botocore a credentials object we built (static keys or auto-refreshing AssumeRole)."""
 
     METHOD = "imaging-sync-registry"
@@ -232,7 +232,7 @@ class BucketRegistry:
             region_name=cfg.region,
             signature_version="s3v4",
             s3={"addressing_style": cfg.addressing_style},
-            retries=RETRIES,  # type: ignore[arg-type]
+            retries=RETRIES,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
             max_pool_connections=MAX_POOL_CONNECTIONS,
