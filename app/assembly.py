@@ -179,6 +179,9 @@ def all_in_one(process: Process) -> list[Service]:
     ]
 
 
+celery: JobsApp  # declared, not bound: the first access goes through __getattr__ below
+
+
 def __getattr__(name: str) -> Any:
     """``celery -A app.assembly inspect …``: Celery's command line finds a worker app here, built on first access."""
     if name != "celery":

@@ -344,7 +344,8 @@ def _fmt(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
 
 
-def _duration(run: SyncRun) -> str:
+def _duration(run: SyncRun | catalog.RunRecord) -> str:
+    """How long a run took: ``runs list`` has the ORM rows, ``runs show`` the catalog's record."""
     if run.finished_at is None:
         return "-"
     return f"{(run.finished_at - run.started_at).total_seconds():.1f}s"

@@ -35,6 +35,8 @@ def serve(click_ctx: click.Context) -> None:
     if click_ctx.invoked_subcommand is not None:
         return
     ctx = click_ctx.find_object(CliContext)
+    if ctx is None:  # as pass_ctx would: only the root command (cli) makes the context
+        raise RuntimeError("serve runs under the imaging-sync command, which makes its CliContext")
     with assembly.open_process(ctx.settings, verbose=ctx.verbose) as process:
         services = assembly.all_in_one(process)
         click.echo(f"imaging-sync: starting {', '.join(s.name for s in services)} in one process")

@@ -287,13 +287,13 @@ def _prepare_partners(sim_b: PartnerSimulator, sim_c: PartnerSimulator, s3: Embe
     uploaded = 0
     for sim, client, bucket, translate in ((sim_b, client_b, "b-dicom", None), (sim_c, client_c, "c-dicom", _to_c_vocabulary)):
         for study_id in sim.dataset.live_study_ids():
-            item = sim.dataset.item(study_id)
+            item = _existing_item(sim, study_id)
             if sim is sim_b:
                 _name_subject(item, names)
             uploaded += _attach_files(item, client, bucket)
             sim.dataset.put_study(translate(item) if translate else item)
     for index in range(overlap):  # the same studies (same UIDs) at C, under C's ids, bucket and vocabulary
-        shared = copy.deepcopy(sim_b.dataset.item(sim_b.dataset.spec.study_id(index)))
+        shared = copy.deepcopy(_existing_item(sim_b, sim_b.dataset.spec.study_id(index)))
         shared["id"] = f"c-copy-{index:04d}"
         shared["subject"]["id"] = f"c-copy-subj-{index:04d}"
         for series in shared["series"]:
@@ -303,6 +303,14 @@ def _prepare_partners(sim_b: PartnerSimulator, sim_c: PartnerSimulator, s3: Embe
         uploaded += _attach_files(shared, client_c, "c-dicom", reuse_bytes_from=client_b)
         sim_c.dataset.put_study(_to_c_vocabulary(shared))
     return uploaded
+
+
+def _existing_item(sim: PartnerSimulator, study_id: str) -> dict[str, Any]:
+    """The wire item of a study the simulator generated (``item`` is None only for an id it never had)."""
+    item = sim.dataset.item(study_id)
+    if item is None:
+        raise LookupError(f"the demo partner has no study {study_id}")
+    return item
 
 
 def _name_subject(item: dict[str, Any], names: dict[str, str]) -> None:

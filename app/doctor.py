@@ -26,6 +26,7 @@ secret value is masked before anything is shown.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -115,7 +116,7 @@ def run_checks(settings: Settings, options: DoctorOptions, environ: Mapping[str,
     try:
         jobs: list[Callable[[], list[CheckResult]]] = []
         for _, partner in sorted(settings.partners.items()):
-            jobs.append(lambda partner=partner: [check_partner(partner, options.timeout, environ)])
+            jobs.append(functools.partial(_partner_job, partner, options.timeout, environ))
         jobs.append(lambda: check_buckets(settings, options, engine, environ))
         jobs.append(lambda: [check_broker(settings, options.timeout, environ)])
         jobs.append(lambda: [check_dicom(settings.dicom, options)])
@@ -126,6 +127,11 @@ def run_checks(settings: Settings, options: DoctorOptions, environ: Mapping[str,
         if engine is not None:
             engine.dispose()
     return database_results + network_results
+
+
+def _partner_job(partner: PartnerConfig, timeout: float, environ: Mapping[str, str]) -> list[CheckResult]:
+    """One partner's check as a job of :func:`run_checks` (a partial binds the partner, as a lambda's default cannot be typed)."""
+    return [check_partner(partner, timeout, environ)]
 
 
 def _guarded(job: Callable[[], list[CheckResult]]) -> list[CheckResult]:
@@ -315,9 +321,10 @@ def _indexed_object(engine: Any, bucket: str, settings: Settings) -> str | None:
         return None
     try:
         with engine.connect() as conn:
-            return conn.scalar(
+            key: str | None = conn.scalar(
                 select(InstanceLocation.key).where(InstanceLocation.partner.in_(partners), InstanceLocation.bucket == bucket).limit(1)
             )
+            return key
     except Exception:  # schema not migrated: the migrations line says so; fall back to HeadBucket
         return None
 
@@ -326,7 +333,7 @@ def _indexed_object(engine: Any, bucket: str, settings: Settings) -> str | None:
 
 
 def check_broker(settings: Settings, timeout: float, environ: Mapping[str, str]) -> CheckResult:
-    from kombu import Connection
+    from kombu.connection import Connection  # kombu's lazy top-level module re-exports it without declaring so
     from kombu.utils.url import maybe_sanitize_url
 
     if not settings.broker_users():
@@ -338,7 +345,7 @@ def check_broker(settings: Settings, timeout: float, environ: Mapping[str, str])
     shown = str(maybe_sanitize_url(url))
     options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0}
     try:
-        with Connection(url, connect_timeout=timeout, transport_options=options) as conn:
+        with Connection(url, connect_timeout=timeout, transport_options=options) as conn:  # type: ignore[no-untyped-call]  # kombu's __init__ is unannotated
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
             if conn.transport.driver_type == "redis":
                 conn.default_channel.client.ping()  # connecting is lazy on Redis: ask something

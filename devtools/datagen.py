@@ -314,7 +314,7 @@ class _Draw:
 
     def __init__(self, seed: str, count: int) -> None:
         stream = hashlib.shake_256(seed.encode()).digest(4 * count)
-        self._words = struct.unpack(f"<{count}I", stream)
+        self._words: tuple[int, ...] = struct.unpack(f"<{count}I", stream)
         self._next = 0
 
     def _word(self) -> int:

@@ -86,8 +86,8 @@ def dicom_file(spec: InstanceSpec) -> bytes:
             + ", ".join(sorted(ENCODABLE_TRANSFER_SYNTAXES))
         )
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = spec.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = spec.sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(spec.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(spec.sop_instance_uid)
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()

@@ -10,7 +10,7 @@ TEST_API_KEY_ENV = "IMAGING_SYNC_TEST_PARTNER_KEY"
 TEST_API_KEY = "sim-key"
 
 
-def simulator_partner(name: str, base_url: str, *, api_key_env: str = TEST_API_KEY_ENV, **overrides: Any) -> PartnerConfig:
+def simulator_partner(name: str, base_url: str, *, api_key_env: str | None = TEST_API_KEY_ENV, **overrides: Any) -> PartnerConfig:
     """A partner config for a simulator: its vocabulary, its bucket, quick retries."""
     from devtools.datagen import PARTNER_VOCABULARY
 

@@ -114,11 +114,11 @@ def stale_facts(engine: Engine) -> list[str]:
         want = (per_series[row.id], ",".join(sorted(partners.get(("series", row.id), ()))))
         if (row.instance_count, row.partners) != want:
             stale.append(f"series {row.id}: stored {(row.instance_count, row.partners)}, rows say {want}")
-    for row in studies:
-        modalities, series_count, instance_count = expected_study.get(row.id, (set(), 0, 0))
-        want = ("\\".join(sorted(modalities)), series_count, instance_count, ",".join(sorted(partners.get(("study", row.id), ()))))
-        if (row.modalities, row.series_count, row.instance_count, row.partners) != want:
-            stale.append(f"study {row.id}: stored {(row.modalities, row.series_count, row.instance_count, row.partners)}, rows say {want}")
+    for study in studies:
+        modalities, series_count, instance_count = expected_study.get(study.id, (set(), 0, 0))
+        study_want = ("\\".join(sorted(modalities)), series_count, instance_count, ",".join(sorted(partners.get(("study", study.id), ()))))
+        if (study.modalities, study.series_count, study.instance_count, study.partners) != study_want:
+            stale.append(f"study {study.id}: stored {(study.modalities, study.series_count, study.instance_count, study.partners)}, rows say {study_want}")
     stale += [
         f"study {study_id}: name {(search, words)!r}, its subject's {(subject_search, subject_words)!r}"
         for study_id, search, words, subject_search, subject_words in names
@@ -134,9 +134,9 @@ def stale_facts(engine: Engine) -> list[str]:
         stored_tokens.setdefault(subject_id, set()).add(token)
     for subject_id, name, search, words in subject_names:
         expected_words = name_words(name)
-        want = (search_form(name), "".join(" " + w for w in expected_words) or None, set(expected_words))
+        subject_want = (search_form(name), "".join(" " + w for w in expected_words) or None, set(expected_words))
         stored = (search, words, stored_tokens.pop(subject_id, set()))
-        if stored != want:
-            stale.append(f"subject {subject_id}: name forms and tokens {stored!r}, its name {name!r} says {want!r}")
+        if stored != subject_want:
+            stale.append(f"subject {subject_id}: name forms and tokens {stored!r}, its name {name!r} says {subject_want!r}")
     stale += [f"tokens {sorted(rows)!r} of no subject {subject_id}" for subject_id, rows in stored_tokens.items()]
     return stale

@@ -117,7 +117,8 @@ class PartnerDataset:
         with self._lock:
             seq = self._studies.get(study_id)
             if seq is not None:
-                return msgspec.json.decode(self._entries[seq].body)
+                item: dict[str, Any] = msgspec.json.decode(self._entries[seq].body)
+                return item
         index = self.spec.study_index(study_id)
         return None if index is None else generate_study(self.spec, index)
 
@@ -307,14 +308,14 @@ class PartnerDataset:
                 base += 1  # overridden by the overlay: listed at its new position
             base_key = self._base_key(base) if base < studies else None
             overlay_key = self._order[overlay] if overlay < len(self._order) else None
-            if base_key is None and overlay_key is None:
-                break
-            if overlay_key is None or (base_key is not None and base_key < overlay_key):
+            if base_key is not None and (overlay_key is None or base_key < overlay_key):
                 picked.append((base, base_key))
                 base += 1
-            else:
+            elif overlay_key is not None:
                 picked.append((self._entries[overlay_key[2]].body, overlay_key))
                 overlay += 1
+            else:  # both exhausted
+                break
         return picked
 
     def _base_key(self, index: int) -> SortKey:
@@ -325,7 +326,7 @@ class PartnerDataset:
         if after is not None:
             return bisect.bisect_right(indexes, after, key=self._base_key)
         if since_us is not None:
-            return bisect.bisect_left(indexes, (since_us,), key=self._base_key)
+            return bisect.bisect_left(indexes, since_us, key=self.spec.base_updated_at_us)
         return 0
 
     def _overlay_start(self, since_us: int | None, after: SortKey | None) -> int:
@@ -365,7 +366,8 @@ class PartnerDataset:
         )
         self._insert(entry)
         self._studies[study_id] = entry.key[2]
-        return _copy_json(item)
+        stored: dict[str, Any] = _copy_json(item)
+        return stored
 
     def _insert(self, entry: _Entry) -> None:
         self._entries[entry.key[2]] = entry

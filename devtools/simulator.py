@@ -36,11 +36,10 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
@@ -120,6 +119,13 @@ def _json(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) 
 _TokenFields = tuple[int, int | None, int, str, int]  # epoch, since_us, after-key
 
 
+class _Headers(Protocol):
+    """What the API reads of a request's headers: one by name. http.server hands over an
+    ``email.message.Message``, whose ``get`` ignores case as HTTP header names do (a dict's would not)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
 def _encode_token(epoch: int, since_us: int | None, after: SortKey) -> str:
     raw = msgspec.json.encode((epoch, since_us, *after))
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
@@ -128,12 +134,12 @@ def _encode_token(epoch: int, since_us: int | None, after: SortKey) -> str:
 def _decode_token(token: str) -> tuple[int, int | None, SortKey]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        epoch, since_us, *after = msgspec.json.decode(raw, type=_TokenFields)
+        epoch, since_us, after_us, after_id, after_seq = msgspec.json.decode(raw, type=_TokenFields)
     except (binascii.Error, ValueError, msgspec.MsgspecError):
         raise _HttpError(
             HTTPStatus.BAD_REQUEST, 'Argument "page_token" is not a valid page token.'
         ) from None
-    return epoch, since_us, (after[0], after[1], after[2])
+    return epoch, since_us, (after_us, after_id, after_seq)
 
 
 def _page_size(value: str | None) -> int:
@@ -196,7 +202,7 @@ class _PartnerApi:
         self.requests = requests
         self._stopping = stopping
 
-    def handle(self, method: str, target: str, headers: Mapping[str, str]) -> _Response:
+    def handle(self, method: str, target: str, headers: _Headers) -> _Response:
         """Answer one request and record it; never raises."""
         arrived = time.monotonic()
         parts = urlsplit(target)
@@ -214,7 +220,7 @@ class _PartnerApi:
         return response
 
     def _answer(
-        self, method: str, path: str, query: dict[str, str], headers: Mapping[str, str]
+        self, method: str, path: str, query: dict[str, str], headers: _Headers
     ) -> _Response:
         endpoint, study_id = _route(path)
         if method != "GET":
@@ -238,7 +244,7 @@ class _PartnerApi:
             return self._one(study_id)
         return _json(HTTPStatus.OK, {"status": "ok"})
 
-    def _authenticate(self, headers: Mapping[str, str]) -> None:
+    def _authenticate(self, headers: _Headers) -> None:
         """401 for a missing or wrong key, 403 for a revoked one (contract: authentication)."""
         config = self.config
         value = headers.get(config.auth_header)
@@ -363,7 +369,8 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind resolves the host's FQDN, which can stall on a
         # machine without DNS; the simulator only needs the bound port.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), port  # an AF_INET address: the host is a str already
 
     def track(self, connection: socket.socket) -> None:
         with self._connections_lock:
@@ -418,8 +425,7 @@ class PartnerSimulator:
     def base_url(self) -> str:
         if self._server is None:
             raise RuntimeError("the simulator is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._server.server_name}:{self._server.server_port}"  # the bound address (server_bind)
 
     @property
     def headers(self) -> dict[str, str]:

@@ -40,8 +40,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/hook"
+        return f"http://127.0.0.1:{self._server.server_port}/hook"  # the address it was bound to, its port chosen at bind
 
     def fail_next(self, count: int, status: int = 503) -> None:
         with self._lock:
