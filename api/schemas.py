@@ -15,4 +15,4 @@ def to_schema(value: Any, schema: type[T]) -> T:
 
 
 def to_schemas(values: list[Any], schema: type[T]) -> list[T]:
-    return msgspec.convert(values, list[schema], from_attributes=True)  # type: ignore[valid-type]
+    return msgspec.convert(values, list[schema], from_attributes=True)  # type: ignore[valid-type]  # a type built at run time, which msgspec needs and mypy cannot check

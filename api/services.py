@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from litestar.datastructures import State
 from sqlalchemy import Engine
@@ -46,5 +46,5 @@ class Services:
 
 def provide_services(state: State) -> Services:
     """Litestar dependency ``services``: the one instance in the app state."""
-    services: Any = state["services"]
-    return services  # type: ignore[no-any-return]
+    services: Services = state["services"]
+    return services

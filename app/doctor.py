@@ -367,7 +367,7 @@ def check_dicom(config: DicomConfig, options: DoctorOptions) -> CheckResult:
 def dicom_echo(called_aet: str, host: str, port: int, *, calling_aet: str = DEFAULT_CALLING_AET, timeout: float = DEFAULT_TIMEOUT) -> CheckResult:
     """C-ECHO over a fresh association (PS3.7 9.1.5); also the container health check of the DICOM node."""
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import: no attribute mypy can see
 
     where = f"{called_aet}@{host}:{port}"
     ae = AE(ae_title=calling_aet)

@@ -60,7 +60,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, String, Uuid, and_, bindparam, cast, func, literal_column, or_, select, true, union, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, Insert
 
 from imaging_sync.db.models import AuditCompletion, AuditDisclosure, AuditEntry, Instance, Series, Study, table_of, utcnow
 from imaging_sync.errors import AuditUnavailableError
@@ -352,7 +352,7 @@ def _disclosure_insert(dialect: str, shape: tuple[bool, ...], with_entry: bool) 
     rows = combined.subquery("disclosed")
     source = select(rows.c.entity_id, bindparam("audit_id", type_=Uuid()), rows.c.kind)
     columns = ["entity_id", "audit_id", "kind"]
-    statement: Any
+    statement: Insert
     if owners:
         insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_disclosure)
         statement = insert.from_select(columns, source.where(true())).on_conflict_do_nothing()  # WHERE: SQLite's upsert after SELECT needs one
@@ -361,7 +361,7 @@ def _disclosure_insert(dialect: str, shape: tuple[bool, ...], with_entry: bool) 
     if with_entry:
         entry = _log.insert().values({c.name: bindparam(f"entry_{c.name}", type_=c.type) for c in _log.c}).cte("entry")
         statement = statement.add_cte(entry)
-    return statement  # type: ignore[no-any-return]
+    return statement
 
 
 def _series_owners(ids: Any) -> tuple[Any, Any, Any]:
@@ -424,7 +424,8 @@ def record(
         _write(conn, values, disclosed)
     except SQLAlchemyError as error:
         raise _unavailable(error) from None
-    return values["id"]  # type: ignore[no-any-return]
+    entry_id: uuid.UUID = values["id"]
+    return entry_id
 
 
 def record_now(engine: Engine, event: AuditEvent, **disclosed: Iterable[uuid.UUID] | None) -> uuid.UUID:

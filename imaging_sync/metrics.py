@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from imaging_sync.db.models import AuditEntry, OutboxEvent, SyncRun, utcnow
 
@@ -39,45 +39,46 @@ class DatabaseCollector(Collector):
             yield from self._outbox(conn)
             yield from self._dicom(conn)
 
-    def _sync(self, conn: object) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    def _sync(self, conn: Connection) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         runs = CounterMetricFamily("imaging_sync_sync_runs", "Sync runs by partner and final status.", labels=["partner", "status"])
-        for partner, status, count in conn.execute(select(SyncRun.partner, SyncRun.status, func.count()).group_by(SyncRun.partner, SyncRun.status)):  # type: ignore[attr-defined]
+        for partner, status, count in conn.execute(select(SyncRun.partner, SyncRun.status, func.count()).group_by(SyncRun.partner, SyncRun.status)):
             runs.add_metric([partner, status], count)
         yield runs
         items = CounterMetricFamily("imaging_sync_sync_items", "Partner items by outcome.", labels=["partner", "outcome"])
         sums = [func.coalesce(func.sum(getattr(SyncRun, outcome)), 0) for outcome in ITEM_OUTCOMES]
-        for partner, *totals in conn.execute(select(SyncRun.partner, *sums).group_by(SyncRun.partner)):  # type: ignore[attr-defined]
+        for partner, *totals in conn.execute(select(SyncRun.partner, *sums).group_by(SyncRun.partner)):
             for outcome, total in zip(ITEM_OUTCOMES, totals, strict=True):
                 items.add_metric([partner, outcome], int(total))
         yield items
         durations: dict[str, list[float]] = {}
         finished = select(SyncRun.partner, SyncRun.started_at, SyncRun.finished_at).where(SyncRun.finished_at.is_not(None), SyncRun.started_at >= utcnow() - RECENT)
-        for partner, started, ended in conn.execute(finished):  # type: ignore[attr-defined]
+        for partner, started, ended in conn.execute(finished):
+            assert ended is not None  # the query asks for finished runs only
             durations.setdefault(partner, []).append((ended - started).total_seconds())
         yield _histogram("imaging_sync_sync_run_duration_seconds", "Sync run durations over the last 7 days.", "partner", durations, DURATION_BUCKETS)
 
-    def _outbox(self, conn: object) -> Iterator[GaugeMetricFamily]:
+    def _outbox(self, conn: Connection) -> Iterator[GaugeMetricFamily]:
         backlog = GaugeMetricFamily("imaging_sync_outbox_events", "Outbox events by status.", labels=["status"])
         counts = dict.fromkeys(("pending", "processing", "done", "failed"), 0)
-        counts.update(dict(conn.execute(select(OutboxEvent.status, func.count()).group_by(OutboxEvent.status)).all()))  # type: ignore[attr-defined]
+        counts.update(dict(conn.execute(select(OutboxEvent.status, func.count()).group_by(OutboxEvent.status)).all()))
         for status, count in counts.items():
             backlog.add_metric([status], count)
         yield backlog
-        oldest = conn.execute(select(func.min(OutboxEvent.created_at)).where(OutboxEvent.status.in_(("pending", "processing")))).scalar_one()  # type: ignore[attr-defined]
+        oldest = conn.execute(select(func.min(OutboxEvent.created_at)).where(OutboxEvent.status.in_(("pending", "processing")))).scalar_one()
         if oldest is not None and oldest.tzinfo is None:
             oldest = oldest.replace(tzinfo=dt.UTC)
         yield GaugeMetricFamily("imaging_sync_outbox_oldest_pending_age_seconds", "Age of the oldest undelivered outbox event (0 when none).",
                                 value=0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds()))
 
-    def _dicom(self, conn: object) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    def _dicom(self, conn: Connection) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         operations = CounterMetricFamily("imaging_sync_dicom_operations", "C-FIND, C-MOVE and C-GET operations by outcome.", labels=["operation", "outcome"])
         stmt = select(AuditEntry.action, AuditEntry.outcome, func.count()).where(AuditEntry.channel == "dicom").group_by(AuditEntry.action, AuditEntry.outcome)
-        for action, outcome, count in conn.execute(stmt):  # type: ignore[attr-defined]
+        for action, outcome, count in conn.execute(stmt):
             operations.add_metric([action, outcome], count)
         yield operations
         seconds: dict[str, list[float]] = {}
         recent = select(AuditEntry.action, AuditEntry.detail).where(AuditEntry.channel == "dicom", AuditEntry.at >= utcnow() - RECENT)
-        for action, detail in conn.execute(recent):  # type: ignore[attr-defined]
+        for action, detail in conn.execute(recent):
             if isinstance(detail, dict) and isinstance(detail.get("seconds"), (int, float)):
                 seconds.setdefault(action, []).append(float(detail["seconds"]))
         yield _histogram("imaging_sync_dicom_operation_duration_seconds", "DICOM operation durations over the last 7 days.", "operation", seconds, DICOM_BUCKETS)

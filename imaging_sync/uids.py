@@ -8,6 +8,7 @@ rejected, never repaired: a repaired UID would be a different entity.
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from imaging_sync.errors import ValidationError
 
@@ -15,14 +16,14 @@ UID_MAX_LENGTH = 64
 _UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 
 
-def is_valid_uid(value: object) -> bool:
+def is_valid_uid(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= UID_MAX_LENGTH and _UID.fullmatch(value) is not None
 
 
 def check_uid(value: object, path: str) -> str:
     """Return ``value`` if it is a valid UID, else raise ValidationError naming ``path``."""
     if is_valid_uid(value):
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise ValidationError(path, f"UID must be a string, got {type(value).__name__}")
     if not value:

@@ -13,7 +13,7 @@ import contextvars
 import queue
 import threading
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 _DONE = object()
@@ -50,7 +50,7 @@ def prefetch(source: Iterator[T], depth: int = 1) -> Iterator[T]:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            yield cast(T, item)  # neither the end marker nor an error: one of source's items
     finally:
         stop.set()
         worker.join(timeout=5)

@@ -55,20 +55,20 @@ def is_universal(values: Sequence[str]) -> bool:
 # -- one value ----------------------------------------------------------------------------------------------
 
 
-def single_value(column: Any, value: Any) -> ColumnElement[bool]:
+def single_value(column: ColumnElement[Any], value: object) -> ColumnElement[bool]:
     """Single value matching (C.2.2.2.1): the value exactly (``value`` may be a bound parameter)."""
-    return column == value  # type: ignore[no-any-return]
+    return column == value
 
 
-def wildcard(column: Any, value: str, dialect: str) -> ColumnElement[bool]:
+def wildcard(column: ColumnElement[Any], value: str, dialect: str) -> ColumnElement[bool]:
     """Case-sensitive ``*``/``?`` matching (C.2.2.2.4); a prefix pattern can use the column's index."""
     if dialect == "sqlite":
         glob = "".join({"[": "[[]", "]": "[]]"}.get(ch, ch) for ch in value)
-        return column.op("GLOB")(glob)  # type: ignore[no-any-return]
+        return column.op("GLOB")(glob)
     like = "".join(
         "%" if ch == "*" else "_" if ch == "?" else (LIKE_ESCAPE + ch if ch in "%_\\" else ch) for ch in value
     )
-    return column.like(like, escape=LIKE_ESCAPE)  # type: ignore[no-any-return]
+    return column.like(like, escape=LIKE_ESCAPE)
 
 
 def uid_list(column: Any, values: Sequence[str], path: str) -> ColumnElement[bool]:
