@@ -188,6 +188,12 @@ def wait_port(port: int, timeout: float = 120) -> None:
     eventually(lambda: port_open(port), timeout=timeout, interval=0.1, what=f"port {port} open")
 
 
+def _knows_peers(tree: Path | None) -> bool:
+    """Does the code (this checkout's, or ``tree``'s) read ``[dicom.peers]``?"""
+    config = (tree or Path(__file__).parents[1]) / "imaging_sync" / "config.py"
+    return "peers" in config.read_text(encoding="utf-8")
+
+
 def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int, tree: Path | None = None, name: str = "node") -> subprocess.Popen[bytes]:
     """``imaging-sync serve dicom`` in its own process: this checkout's code, or the code of ``tree``."""
     lines = [
@@ -195,16 +201,18 @@ def start_node(work: Path, db_url: str, s3: Any, port: int, store_port: int, tre
         "[logging]", 'level = "WARNING"', "",
         "[dicom]", 'ae_title = "ISYNC"', 'host = "127.0.0.1"', f"port = {port}", "fetch_concurrency = 8", "",
         "[dicom.destinations.STORESCP]", 'host = "127.0.0.1"', f"port = {store_port}", "",
-        "[dicom.peers.BENCH]", 'operations = ["find", "move"]', 'addresses = ["127.0.0.1"]', "",  # findscu/movescu's -aet BENCH
     ]
+    if _knows_peers(tree):  # a tree from before deny-by-default (issue 14) serves any AE and has no [dicom.peers]
+        lines += ["[dicom.peers.BENCH]", 'operations = ["find", "move"]', 'addresses = ["127.0.0.1"]', ""]  # findscu/movescu's -aet BENCH
     for name, cfg in s3.config.buckets.items():
         lines += [f'[storage.buckets."{name}"]', f'region = "{cfg.region}"', f'endpoint_url = "{cfg.endpoint_url}"', 'auth = "keys"',
                   f'access_key_id_env = "{cfg.access_key_id_env}"', f'secret_access_key_env = "{cfg.secret_access_key_env}"', 'addressing_style = "path"', ""]
     config = work / f"{name}.toml"
     config.write_text("\n".join(lines))
     env = {**os.environ, **s3.environ, "IMAGING_SYNC_CONFIG": str(config), **({"PYTHONPATH": str(tree)} if tree else {})}
+    command = "app" if tree is None or (tree / "app" / "__main__.py").exists() else "imaging_sync"  # the CLI's package before app/
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "dicom"], env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "wb")
+        [sys.executable, "-m", command, "serve", "dicom"], env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "wb")
     )
     wait_port(port)
     return proc
