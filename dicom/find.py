@@ -12,24 +12,21 @@ its result costs, not what the index holds.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import sqlalchemy.exc
-from pydicom.dataset import Dataset
 from sqlalchemy import Engine, func, select
 
 from dicom.errors import InvalidKeyValueError
-from dicom.identifiers import QueryRequest
+from dicom.identifiers import QueryRequest, Requested
+from dicom.responses import EncodedIdentifier, ResponseEncoder
 from imaging_sync.errors import ValidationError
-from imaging_sync.query.keys import KEYS, Key, instance, series, study, subject
+from imaging_sync.query.keys import KEYS, instance, series, study, subject
 from imaging_sync.query.matching import key_conditions
-
-UTF8 = "ISO_IR 192"  # PS3.5 §6.1.2.5.3 / PS3.3 C.12.1.1.2: Unicode in UTF-8
 
 
 def _joined(level: str) -> tuple[Any, list[Any]]:
@@ -53,7 +50,7 @@ _ID = {"PATIENT": subject.c.id, "STUDY": study.c.id, "SERIES": series.c.id, "IMA
 class Match(NamedTuple):
     """One C-FIND match: the response identifier, and whose data it discloses (for the audit log)."""
 
-    identifier: Dataset
+    identifier: EncodedIdentifier
     subject_id: uuid.UUID
     study_id: uuid.UUID | None  # None at PATIENT level: a patient match shows no study
 
@@ -84,8 +81,9 @@ class Finder:
     connection.
     """
 
-    def __init__(self, engine: Engine, *, batch_size: int = 500) -> None:
+    def __init__(self, engine: Engine, *, retrieve_ae_title: str, batch_size: int = 500) -> None:
         self._engine = engine
+        self._retrieve_ae_title = retrieve_ae_title
         self._dialect = engine.dialect.name
         self._batch_size = batch_size
         pool_size = getattr(engine.pool, "size", None)
@@ -99,25 +97,29 @@ class Finder:
         if request.level != "PATIENT":
             columns.append(study.c.id.label("_study"))
         for req in request.returned:
-            key = req.key
-            if key is not None and key.column is not None and key.match != "computed":
-                columns.append(key.column.label(key.keyword))
+            if _stored(req):
+                columns.append(req.key.column.label(req.key.keyword))  # type: ignore[union-attr]  # _stored: a key with a column
         stmt = select(*columns).select_from(source)
         return stmt.where(*live, *where_clause(request, self._dialect, combined_datetime=combined_datetime))
 
     def find(self, request: QueryRequest, *, combined_datetime: bool = False) -> Iterator[Match]:
-        """The matches: response identifiers (PS3.4 C.4.1.1.3.2: exactly the keys asked for, plus the level
-        and, when needed, the character set), each with the subject and study it discloses."""
+        """The matches: response identifiers (dicom.responses: exactly the keys asked for, plus the level, Retrieve
+        AE Title and, when needed, the character set), each with the subject and study it discloses."""
         stmt = self.statement(request, combined_datetime=combined_datetime)
+        encoder = ResponseEncoder(request.level, request.returned, self._retrieve_ae_title)
         wanted = _computed_wanted(request)
-        returned = request.returned
+        first = 2 if request.level == "PATIENT" else 3  # the stored keys' columns follow _id, _subject (and _study)
+        column_of = {req.key.keyword: first + i for i, req in enumerate(r for r in request.returned if _stored(r))}  # type: ignore[union-attr]
+        plan = [(column_of.get(req.key.keyword), req.key.keyword) for req in encoder.sources]  # type: ignore[union-attr]
         patient_level = request.level == "PATIENT"
         with self._stream_slot(), self._engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=self._batch_size).execute(stmt)
             for rows in result.partitions():
-                extra = _aggregates(conn, request.level, [row._id for row in rows], wanted) if wanted else {}
+                extra = _aggregates(conn, request.level, [row[0] for row in rows], wanted) if wanted else {}
+                computed: dict[str, tuple[dict[Any, Any], Any]] = {keyword: (extra.get(keyword, {}), [] if keyword == "ModalitiesInStudy" else 0) for keyword in wanted}
                 for row in rows:
-                    yield Match(_response(request.level, returned, row._mapping, extra, row._id), row._subject, None if patient_level else row._study)
+                    values = tuple(row[index] if index is not None else _computed(computed[keyword], row[0]) for index, keyword in plan)
+                    yield Match(encoder.identifier(values), row[1], None if patient_level else row[2])
 
     @contextlib.contextmanager
     def _stream_slot(self) -> Iterator[None]:
@@ -137,33 +139,14 @@ class Finder:
             return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
 
 
-def _value(key: Key, raw: Any) -> Any:
-    if raw is None or raw == "":
-        return None
-    if key.match == "date":
-        return raw.strftime("%Y%m%d") if isinstance(raw, dt.date) else str(raw)
-    return raw
+def _stored(req: Requested) -> bool:
+    """A key answered from a column of the index (not computed, not a key we do not keep)."""
+    return req.key is not None and req.key.column is not None and req.key.match not in ("computed", "none")
 
 
-def _response(level: str, returned: Sequence[Any], row: Any, extra: dict[str, dict[Any, Any]], row_id: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    needs_utf8 = False
-    for req in returned:
-        key = req.key
-        if key is None or key.match == "none":
-            ds.add_new(req.tag, req.vr, [] if req.vr == "SQ" else None)
-            continue
-        if key.match == "computed":
-            value = extra.get(key.keyword, {}).get(row_id, [] if key.keyword == "ModalitiesInStudy" else 0)
-        else:
-            value = _value(key, row[key.keyword])
-            if isinstance(value, str) and not value.isascii():
-                needs_utf8 = True
-        ds.add_new(key.tag, key.vr, value)
-    if needs_utf8:
-        ds.SpecificCharacterSet = UTF8
-    return ds
+def _computed(values: tuple[dict[Any, Any], Any], row_id: Any) -> Any:
+    found, default = values
+    return found.get(row_id, default)
 
 
 def _aggregates(conn: Any, level: str, ids: list[Any], wanted: set[str]) -> dict[str, dict[Any, Any]]:
@@ -205,4 +188,4 @@ def _grouped(conn: Any, stmt: Any) -> dict[Any, int]:
     return {owner: int(n) for owner, n in conn.execute(stmt)}
 
 
-__all__ = ["Finder", "Match", "UTF8", "where_clause"]
+__all__ = ["Finder", "Match", "where_clause"]

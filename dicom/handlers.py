@@ -11,6 +11,7 @@ writes the log line. PS3.4 sections are cited where a rule is implemented.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -39,6 +40,7 @@ from dicom.errors import LimitExceededError, UnknownDestinationError
 from dicom.find import Finder, Match
 from dicom.identifiers import Model, asked, parse
 from dicom.limits import Limits, guard_reads, oversized, watch_request
+from dicom.responses import use_fast_responses
 from dicom.retrieve import Retriever, SubOperation, Tally, presentation_contexts
 from dicom.sending import use_stored_encoding
 from dicom.session import session
@@ -266,21 +268,23 @@ def handle_find(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         yield op.fail(statuses.failure_for(exc)), None
         return
     op.level, op.query = request.level, request.audit_keys
+    use_fast_responses(event.assoc)
     try:
-        for batch in disclosure_batches(services.finder.find(request, combined_datetime=_combined_datetime(event))):
-            try:  # whose data this batch shows is recorded before any of it leaves
-                op.disclose({m.subject_id for m in batch}, {m.study_id for m in batch})
-            except AuditUnavailableError as exc:
-                yield audit_failure(op, exc), None
-                return
-            for match in batch:
-                if event.is_cancelled:  # C.4.1.3.1: C-CANCEL ends the matches with 0xFE00
-                    op.cancelled = True
-                    yield statuses.CANCEL, None
+        with _reactor_awake(event.assoc):
+            for batch in disclosure_batches(services.finder.find(request, combined_datetime=_combined_datetime(event))):
+                try:  # whose data this batch shows is recorded before any of it leaves
+                    op.disclose({m.subject_id for m in batch}, {m.study_id for m in batch})
+                except AuditUnavailableError as exc:
+                    yield audit_failure(op, exc), None
                     return
-                op.matches += 1
-                _wait_for_the_peer(event.assoc)
-                yield statuses.PENDING, match.identifier
+                for match in batch:
+                    if event.is_cancelled:  # C.4.1.3.1: C-CANCEL ends the matches with 0xFE00
+                        op.cancelled = True
+                        yield statuses.CANCEL, None
+                        return
+                    op.matches += 1
+                    _wait_for_the_peer(event.assoc)
+                    yield statuses.PENDING, match.identifier
     except Exception as exc:  # e.g. InvalidKeyValueError raised while building SQL, or the database
         yield op.fail(statuses.failure_for(exc)), None
         return
@@ -311,11 +315,28 @@ def disclosure_batches(matches: Iterator[Match]) -> Iterator[list[Match]]:
 MAX_UNSENT_RESPONSES = 16
 
 
+# pynetdicom's reactor sleeps this long (its ``_run_loop_delay``, 1 ms) each time it finds nothing to send or read.
+# While matches stream it drains the queue in microseconds and then slept, and the matches waited for it: 16
+# matches per millisecond at best. While a C-FIND streams its reactor sleeps a tenth of that.
+STREAMING_LOOP_DELAY = 0.0001
+
+
+@contextlib.contextmanager
+def _reactor_awake(assoc: Any) -> Iterator[None]:
+    dul = assoc.dul
+    idle = dul._run_loop_delay
+    dul._run_loop_delay = min(idle, STREAMING_LOOP_DELAY)
+    try:
+        yield
+    finally:
+        dul._run_loop_delay = idle
+
+
 def _wait_for_the_peer(assoc: Any) -> None:
     """Back-pressure for C-FIND: sleep while the association has MAX_UNSENT_RESPONSES responses still unsent."""
     unsent = assoc.dul.to_provider_queue
     while unsent.qsize() >= MAX_UNSENT_RESPONSES and assoc.is_established:
-        time.sleep(0.0005)
+        time.sleep(0.0002)
 
 
 # -- C-MOVE / C-GET ---------------------------------------------------------------------

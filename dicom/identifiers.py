@@ -102,8 +102,8 @@ def parse(identifier: Dataset, model: Model, *, retrieve: bool = False, max_valu
     rank = level_rank(level)
     for elem in identifier:
         keyword = elem.keyword
-        if elem.tag.group == 0x0002 or elem.tag.is_private or keyword in NOT_KEYS:
-            continue
+        if elem.tag.group == 0x0002 or elem.tag.is_private or keyword in NOT_KEYS or keyword == "RetrieveAETitle":
+            continue  # Retrieve AE Title is in every answer (dicom.responses), never matched (PS3.4 C.4.1.2.1)
         values = values_of(elem)
         if len(values) > max_values:
             raise LimitExceededError(f"{keyword or 'an element'} lists {len(values)} values; at most {max_values}", int(elem.tag))

@@ -72,7 +72,7 @@ def build_services(
     reader.registry.connect_all()  # not on the first C-MOVE's clock
     return Services(
         engine=engine,
-        finder=Finder(engine),
+        finder=Finder(engine, retrieve_ae_title=config.ae_title),
         retriever=Retriever(
             engine, reader, fetch_concurrency=config.fetch_concurrency, spool_dir=config.spool_dir, partner_priority=partner_priority
         ),

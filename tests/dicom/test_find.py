@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dicom_fixtures import Node
+from dicom_fixtures import NODE_AE, Node
 from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from scu import FIND, find, identifier, values
@@ -62,7 +62,7 @@ def test_study_responses_carry_exactly_the_requested_keys_and_counts(node: Node)
     )
     status, [match], _ = find(node.address, ds)
     assert status == 0x0000
-    assert {e.keyword for e in match} == {e.keyword for e in ds}
+    assert {e.keyword for e in match} == {e.keyword for e in ds} | {"RetrieveAETitle"}  # always: where to C-MOVE from
     assert (match.PatientName, match.PatientID, match.StudyDate, match.StudyTime) == ("KIM^MINJUN", "P001", "20240115", "083000")
     assert list(match.ModalitiesInStudy) == ["CT", "SR"]
     assert (match.NumberOfStudyRelatedSeries, match.NumberOfStudyRelatedInstances) == (3, 6)
@@ -197,3 +197,17 @@ def test_identifiers_the_model_does_not_allow_are_refused_with_a_named_status(sq
         status, results, final = find(sqlite_node.address, ds, model)
         assert (status, results) == (expected_status, []), keys
         assert final.get("ErrorComment"), keys
+
+
+def test_every_level_answers_with_the_nodes_retrieve_ae_title_whether_asked_or_not(node: Node) -> None:
+    """PS3.4 C.4.1.2.1: Retrieve AE Title tells a PACS where to send its C-MOVE; asked with another value, it is not matched."""
+    queries = {
+        "PATIENT": ("PATIENT", identifier("PATIENT", PatientID="P001")),
+        "STUDY": ("STUDY", identifier("STUDY", StudyInstanceUID="1.2.826.0.1.1", RetrieveAETitle="SOMEONE_ELSE")),
+        "SERIES": ("STUDY", identifier("SERIES", StudyInstanceUID="1.2.826.0.1.1", SeriesInstanceUID="")),
+        "IMAGE": ("STUDY", identifier("IMAGE", StudyInstanceUID="1.2.826.0.1.1", SeriesInstanceUID="1.2.826.0.1.1.1", SOPInstanceUID="")),
+    }
+    for level, (model, ds) in queries.items():
+        status, results, _ = find(node.address, ds, model)
+        assert status == 0x0000 and results, level
+        assert {r.RetrieveAETitle for r in results} == {NODE_AE}, level

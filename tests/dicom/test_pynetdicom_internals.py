@@ -1,0 +1,46 @@
+"""The pynetdicom internals the node's fast paths rely on (pinned in pyproject.toml): if an upgrade moves them, fail here.
+
+dicom.responses replaces ``service_class.encode`` and wraps an association's
+``dimse.send_msg``; dicom.handlers shortens the DUL reactor's
+``_run_loop_delay`` while a C-FIND streams.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pynetdicom
+from dicom_fixtures import Node
+from pynetdicom import evt, service_class
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import P_DATA_TF
+from scu import FIND, identifier, scu
+
+import dicom.responses
+
+
+def test_the_version_is_the_one_the_fast_paths_were_written_for() -> None:
+    assert pynetdicom.__version__.startswith("3.0.")
+
+
+def test_the_identifier_encoder_is_ours_and_the_reactor_has_its_loop_delay() -> None:
+    assert service_class.encode is dicom.responses._encode
+    assert callable(DIMSEServiceProvider.send_msg) and hasattr(DIMSEServiceProvider, "maximum_pdu_size")
+    assert "_run_loop_delay" in DULServiceProvider.__init__.__code__.co_names
+
+
+def test_each_pending_response_arrives_as_one_pdu_with_its_command_and_identifier(node: Node) -> None:
+    pdus: list[Any] = []
+    ae = scu()
+    assoc = ae.associate(*node.address, ae_title="ISYNC_TEST", evt_handlers=[(evt.EVT_PDU_RECV, lambda event: pdus.append(event.pdu))])
+    try:
+        responses = list(assoc.send_c_find(identifier("STUDY", StudyInstanceUID="", PatientName=""), FIND["STUDY"]))
+    finally:
+        assoc.release()
+    pending = [ds for status, ds in responses if status is not None and status.Status == 0xFF00]
+    data = [p for p in pdus if isinstance(p, P_DATA_TF)]
+    assert len(pending) >= 5
+    paired = [p for p in data if [item.presentation_data_value[0] & 0x01 for item in p.presentation_data_value_items] == [1, 0]]
+    assert len(paired) == len(pending)  # the final Success response (command only) is the one other P-DATA-TF
+    assert len(data) == len(pending) + 1
