@@ -230,7 +230,7 @@ def use_fast_responses(assoc: Any) -> None:
             original(primitive, context_id)  # pynetdicom fragments what does not fit one PDU
             return
         pdata = P_DATA()
-        pdata.presentation_data_value_list = [[context_id, b"\x03" + command], [context_id, b"\x02" + data]]
+        pdata.presentation_data_value_list = [[context_id, b"\x03" + command], [context_id, b"\x02" + data]]  # type: ignore[list-item]  # its setter wants lists
         assoc.dul.send_pdu(pdata)
 
     dimse.send_msg = send_msg
