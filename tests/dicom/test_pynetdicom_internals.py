@@ -44,3 +44,15 @@ def test_each_pending_response_arrives_as_one_pdu_with_its_command_and_identifie
     paired = [p for p in data if [item.presentation_data_value[0] & 0x01 for item in p.presentation_data_value_items] == [1, 0]]
     assert len(paired) == len(pending)  # the final Success response (command only) is the one other P-DATA-TF
     assert len(data) == len(pending) + 1
+
+
+def test_negotiation_only_reads_the_shared_supported_contexts(node: Node) -> None:
+    """dicom.server shares the server's supported contexts with every association instead of deep-copying them."""
+    server = node.server._server
+    assert server is not None
+    before = [(cx.abstract_syntax, list(cx.transfer_syntax), cx.scu_role, cx.scp_role, cx.context_id) for cx in server.contexts]
+    for _ in range(2):
+        assoc = scu().associate(*node.address, ae_title="ISYNC_TEST")
+        assert assoc.is_established
+        assoc.release()
+    assert [(cx.abstract_syntax, list(cx.transfer_syntax), cx.scu_role, cx.scp_role, cx.context_id) for cx in server.contexts] == before
