@@ -111,7 +111,7 @@ class Presigner:
         type_params = _content_type_params(content_type)
         for bucket, key, _ in locations:
             self._registry.bucket_config(bucket)
-            _check_key(key)
+            check_key(key)
         signed_at = self._clock().astimezone(UTC).replace(microsecond=0)
         signers: dict[str, tuple[GetUrlSigner, datetime]] = {}
         urls: list[PresignedUrl] = []
@@ -155,7 +155,8 @@ def _content_type_params(content_type: str | None) -> list[tuple[str, str]]:
     return [("response-content-type", content_type)]
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
+    """An S3 object key we may sign or read: a non-empty string, valid Unicode, at most 1024 bytes in UTF-8 (else ValidationError)."""
     if not isinstance(key, str) or not key:
         raise ValidationError("key", "must be a non-empty string")
     try:

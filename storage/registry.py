@@ -50,7 +50,8 @@ else:
 # Retries: botocore's "standard" mode (throttling, 5xx, connection errors,
 # with backoff and a retry quota), 3 attempts in all (botocore's "max_attempts" would
 # count retries only); S3 GETs and HEADs are idempotent.
-RETRIES = {"mode": "standard", "total_max_attempts": 3}
+MAX_ATTEMPTS = 3
+RETRIES = {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 60.0
 # Concurrent streams per client (C-MOVE sub-operations, API workers); botocore's default is 10.
@@ -76,10 +77,11 @@ class BucketEndpoint:
 
 @dataclass(slots=True)
 class _Connection:
-    """One per distinct BucketConfig: the client and the very credentials object it signs with."""
+    """One per distinct BucketConfig: the client, the very credentials object it signs with, its CA bundle."""
 
     client: S3Client
     credentials: Credentials | None
+    ca_bundle: str | None = None
 
 
 class _GivenCredentials(CredentialProvider):  # type: ignore[misc]  # botocore ships no type information
@@ -185,6 +187,15 @@ class BucketRegistry:
         """
         return self._expiries.get(credentials.access_key)
 
+    def ca_bundle(self, bucket: str) -> str | None:
+        """The CA bundle the bucket's client verifies TLS with, if configured (``AWS_CA_BUNDLE``, a profile's ``ca_bundle``).
+
+        For our own HTTP client (``storage.fetch``), so it trusts exactly what
+        the botocore client trusts. None: botocore's default (then
+        ``REQUESTS_CA_BUNDLE``, else its bundled certificates).
+        """
+        return self._connection(bucket).ca_bundle
+
     def endpoint(self, bucket: str) -> BucketEndpoint:
         """Scheme, host, path prefix and signing scope for this bucket, resolved once by botocore.
 
@@ -241,7 +252,8 @@ class BucketRegistry:
             "s3", region_name=cfg.region, endpoint_url=cfg.endpoint_url, config=config
         )
         # The same object the client holds: refreshes seen by one are seen by the other.
-        return _Connection(client=client, credentials=session.get_credentials())
+        ca_bundle = session.get_config_variable("ca_bundle")  # what botocore's create_client verifies with
+        return _Connection(client=client, credentials=session.get_credentials(), ca_bundle=str(ca_bundle) if ca_bundle else None)
 
     def _assume_role_credentials(self, cfg: BucketConfig, secrets: _Secrets) -> Credentials:
         """STS AssumeRole from the default chain (or ``profile``), refreshed by botocore before expiry.

@@ -237,6 +237,8 @@ def test_assume_role_signs_with_refreshable_temporary_credentials_and_the_url_wo
     assert response.status_code == 200, response.text
     assert response.content == b"via-role"
     assert ObjectReader(registry).read_range("assumed-role-bucket", "a/1.dcm", 4, 8) == b"role"
+    with ObjectReader(registry).open_object("assumed-role-bucket", "a/1.dcm") as stream:  # storage.fetch: the token in a signed header
+        assert b"".join(stream) == b"via-role"
 
 
 def test_a_url_signed_with_an_assumed_role_ends_when_the_roles_session_does(sts_s3: EmbeddedS3, role_source: None) -> None:
