@@ -4,11 +4,13 @@ The instances of a retrieve are one SQL query (their metadata only: UIDs,
 transfer syntax, locations), so the sub-operation count is known before the
 first byte moves (PS3.4 C.4.2.3.1). Files come from the partners' buckets
 through ``storage.ObjectReader``: up to ``fetch_concurrency`` objects are
-fetched at once, each streamed in bounded chunks into its own spool file, so
-S3 and the association stay busy and no object is ever held in memory. The
-spool file is the stored Part 10 file, byte for byte; it is sent as it is
-(dicom.sending) and deleted once sent, and whatever a transfer spooled is
-deleted when it ends, however it ends (:meth:`Retriever.fetch`). Spool files
+fetched at once, so S3 and the association stay busy. An object up to
+``dicom.in_memory_object_bytes`` (1 MiB: most instances) is held in memory until sent; a
+larger one is streamed in bounded chunks into its own spool file, so memory
+stays bounded whatever the object's size. Either is the stored Part 10 file,
+byte for byte, and is sent as it is (dicom.sending); a spool file is deleted
+once sent, and whatever a transfer spooled is deleted when it ends, however
+it ends (:meth:`Retriever.fetch`). Spool files
 live in a folder of the node's own (:class:`Spool`), which the node sweeps
 when it starts: what a killed node left goes then.
 """
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 location = table_of(InstanceLocation)
 MAX_SUBOPERATIONS = 65535  # Number of … Sub-operations are US (PS3.4 C.4.2.1.5)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1-255)
+# An object up to this size is held in memory from fetch to send; a larger one is streamed into a spool file
+# (dicom.in_memory_object_bytes). With fetch_concurrency objects fetched ahead, at most that many per transfer.
+IN_MEMORY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,17 +170,21 @@ class EncodedInstance(Dataset):
     reports (Failed SOP Instance UID List, PS3.4 C.4.2.1.4.2), standing for the stored file in
     ``path``, or for the reason it could not be fetched (``error``)."""
 
-    def __init__(self, sub: SubOperation, tally: Tally, *, path: str | None = None, size: int = 0, error: str | None = None) -> None:
+    def __init__(
+        self, sub: SubOperation, tally: Tally, *, path: str | None = None, data: bytes | None = None, size: int = 0, error: str | None = None
+    ) -> None:
         super().__init__()
         self.SOPClassUID = sub.sop_class_uid
         self.SOPInstanceUID = sub.sop_instance_uid
         self.sub = sub
         self._path = path
+        self._data = data
         self._size = size
         self._error = error
         self._tally = tally
 
     def release(self) -> None:
+        self._data = None
         if self._path is not None:
             _unlink(self._path)
             self._path = None
@@ -192,11 +201,13 @@ class Retriever:
         fetch_concurrency: int,
         spool_dir: str | None = None,
         partner_priority: Mapping[str, int] | None = None,
+        in_memory_bytes: int = IN_MEMORY_BYTES,
     ) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._reader = reader
         self._concurrency = fetch_concurrency
+        self._in_memory_bytes = in_memory_bytes
         self._spool_dir: str | None = spool_dir  # the node's own folder once it listens (use_spool)
         # Which copy to read: the core's rule, the one the REST API signs by (imaging_sync.copies).
         self._copies = CopyChooser(partner_priority or {}, reader.registry)
@@ -273,26 +284,30 @@ class Retriever:
         if not sub.locations:
             return EncodedInstance(sub, tally, error="no file location in the index")
 
-        def spool(loc: Location) -> tuple[str, int]:
-            fd, path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX, dir=self._spool_dir)
-            with lock:
-                made.add(path)
-            size = 0
-            try:
-                with os.fdopen(fd, "wb") as out, self._reader.open_object(loc.bucket, loc.key) as stream:
-                    for chunk in stream:
-                        out.write(chunk)
-                        size += len(chunk)
-            except BaseException:
-                _unlink(path)
-                raise
-            return path, size
+        def spool(loc: Location) -> tuple[str | None, bytes | None, int]:
+            with self._reader.open_object(loc.bucket, loc.key) as stream:
+                if stream.info.size <= self._in_memory_bytes:  # most instances: no spool file to write, read back and delete
+                    data = b"".join(stream)
+                    return None, data, len(data)
+                fd, path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX, dir=self._spool_dir)
+                with lock:
+                    made.add(path)
+                size = 0
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        for chunk in stream:
+                            out.write(chunk)
+                            size += len(chunk)
+                except BaseException:
+                    _unlink(path)
+                    raise
+                return path, None, size
 
         found = self._copies.first_available(sub.locations, spool, context={"sop_instance_uid": sub.sop_instance_uid})
         if found.value is None:
             return EncodedInstance(sub, tally, error="file " + "/".join(s.kind for s in found.skipped))
-        path, size = found.value
-        return EncodedInstance(sub, tally, path=path, size=size)
+        path, data, size = found.value
+        return EncodedInstance(sub, tally, path=path, data=data, size=size)
 
 
 def presentation_contexts(subs: Iterable[SubOperation]) -> list[PresentationContext]:

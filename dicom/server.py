@@ -79,7 +79,8 @@ def build_services(
         engine=engine,
         finder=Finder(engine, retrieve_ae_title=config.ae_title),
         retriever=Retriever(
-            engine, reader, fetch_concurrency=config.fetch_concurrency, spool_dir=config.spool_dir, partner_priority=partner_priority
+            engine, reader, fetch_concurrency=config.fetch_concurrency, spool_dir=config.spool_dir, partner_priority=partner_priority,
+            in_memory_bytes=config.in_memory_object_bytes,
         ),
         config=config,
         access=AccessPolicy(config),

@@ -410,9 +410,14 @@ class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         int, doc("Most values one matching key may list (a UID list, say); more are refused (A700/A701, out of resources) and audited.", ge=1, le=30_000)
     ] = 4096
     fetch_concurrency: Annotated[int, doc("Objects fetched from S3 at once during a C-MOVE or C-GET.", ge=1, le=64)] = 8
+    in_memory_object_bytes: Annotated[
+        int,
+        doc("A fetched object up to this size is held in memory until sent; a larger one is spooled to a file (spool_dir). "
+            "At most fetch_concurrency objects per retrieve are held at once. 0: spool every object.", ge=0, le=67_108_864),
+    ] = 1_048_576
     spool_dir: Annotated[
         str | None,
-        doc("Where C-MOVE/C-GET spool each fetched object, in a folder of the node's own (imaging-sync-dicom-PORT), at most fetch_concurrency files "
+        doc("Where C-MOVE/C-GET spool each fetched object larger than in_memory_object_bytes, in a folder of the node's own (imaging-sync-dicom-PORT), at most fetch_concurrency files "
             "per retrieve at once, each deleted once sent or when the transfer ends; what a killed node left is swept at its next start. "
             "Unset: the system temporary directory.",
             example="/var/lib/imaging-sync/spool"),

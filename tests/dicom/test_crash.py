@@ -81,6 +81,7 @@ def node_process(engine: Engine, db_url: str, files: Files, tmp_path: Path) -> I
         database=DatabaseConfig(url=db_url), logging=LoggingConfig(level="INFO"), storage=files.s3.config,
         dicom=DicomConfig(
             ae_title=NODE_AE, host="127.0.0.1", port=port, spool_dir=str(spool), fetch_concurrency=3, idle_timeout_seconds=120,
+            in_memory_object_bytes=0,  # every object spooled: what a kill leaves behind
             peers={"TEST_SCU": DicomPeer(operations=["echo", "find", "move"], addresses=["127.0.0.1"])},
             destinations={"PYSTORE": DicomDestination(host="127.0.0.1", port=store_port)},
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, audit_entries, run_tool, walk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -51,7 +52,9 @@ class PyStoreSCP:
         self.server.shutdown()
 
 
-def test_move_of_a_multi_series_study_to_storescp_arrives_byte_identical(node: Node, storescp: StoreSCP) -> None:
+@pytest.mark.parametrize("in_memory_object_bytes", [1 << 20, 0], ids=["held in memory", "spooled to a file"])
+def test_move_of_a_multi_series_study_to_storescp_arrives_byte_identical(node: Node, storescp: StoreSCP, in_memory_object_bytes: int) -> None:
+    node.server.services.retriever._in_memory_bytes = in_memory_object_bytes  # dicom.in_memory_object_bytes: both sending paths
     pending, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "STORESCP")
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 6 and final.NumberOfFailedSuboperations == 0
     assert [p.NumberOfRemainingSuboperations for p in pending] == [5, 4, 3, 2, 1, 0]  # progress as it goes
