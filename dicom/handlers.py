@@ -407,6 +407,7 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         yield 1
         yield op.fail(failure), None
         return
+    use_fast_responses(event.assoc)  # a pending response with the counts after each file
     yield len(subs)
     yield from _sub_operations(event, services, op, subs)
 
@@ -428,5 +429,6 @@ def handle_get(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         yield op.fail(statuses.failure_for(exc, retrieve=True)), None
         return
     use_stored_encoding(event.assoc)
+    use_fast_responses(event.assoc)
     yield len(subs)
     yield from _sub_operations(event, services, op, subs)

@@ -38,10 +38,11 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import service_class
 from pynetdicom.dimse_messages import C_FIND_RSP
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
 from pynetdicom.dsutils import encode as pydicom_encode
 from pynetdicom.pdu_primitives import P_DATA
 
+from dicom import commands
 from dicom.identifiers import Requested
 
 UTF8 = "ISO_IR 192"  # PS3.5 §6.1.2.5.3 / PS3.3 C.12.1.1.2: Unicode in UTF-8
@@ -204,7 +205,8 @@ service_class.encode = _encode  # type: ignore[attr-defined]
 
 
 def use_fast_responses(assoc: Any) -> None:
-    """Send this association's C-FIND pending responses as one PDU each, with the command set encoded once per request."""
+    """Send this association's pending responses as one PDU each: a C-FIND's with the command set encoded once per
+    request, a C-MOVE's or C-GET's (the sub-operation counts, one per file) encoded by dicom.commands."""
     dimse = assoc.dimse
     if getattr(dimse, "_sends_fast_responses", False):
         return
@@ -212,10 +214,22 @@ def use_fast_responses(assoc: Any) -> None:
     cached: dict[tuple[int, str, int], bytes] = {}
 
     def send_msg(primitive: Any, context_id: int) -> None:
-        identifier = primitive.Identifier if isinstance(primitive, C_FIND) else None
-        if identifier is None or primitive.Status != PENDING or primitive.MessageIDBeingRespondedTo is None:
+        if primitive.MessageIDBeingRespondedTo is None or getattr(primitive, "Status", None) != PENDING:
             original(primitive, context_id)
-            return
+        elif isinstance(primitive, C_FIND) and primitive.Identifier is not None:
+            send_find_pending(primitive, context_id)
+        elif isinstance(primitive, (C_MOVE, C_GET)) and primitive.Identifier is None:
+            command = commands.retrieve_pending(
+                commands.C_MOVE_RSP if isinstance(primitive, C_MOVE) else commands.C_GET_RSP, primitive.AffectedSOPClassUID,
+                primitive.MessageIDBeingRespondedTo, primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
+                primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations,
+            )
+            for pdata in commands.p_data(context_id, command, None, dimse.maximum_pdu_size):
+                assoc.dul.send_pdu(pdata)
+        else:
+            original(primitive, context_id)
+
+    def send_find_pending(primitive: Any, context_id: int) -> None:
         key = (int(primitive.MessageIDBeingRespondedTo), str(primitive.AffectedSOPClassUID), context_id)
         command = cached.get(key)
         if command is None:
@@ -224,7 +238,7 @@ def use_fast_responses(assoc: Any) -> None:
             command = pydicom_encode(message.command_set, True, True) or b""
             cached.clear()  # one request at a time per association: keep only its command
             cached[key] = command
-        data = identifier.getvalue()
+        data = primitive.Identifier.getvalue()
         limit = dimse.maximum_pdu_size
         if not command or (limit and 12 + len(command) + len(data) > limit):
             original(primitive, context_id)  # pynetdicom fragments what does not fit one PDU

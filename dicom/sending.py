@@ -18,7 +18,9 @@ handler).
 
 from __future__ import annotations
 
+import struct
 import time
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from pynetdicom import _config
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
+from dicom import commands
 from dicom.retrieve import EncodedInstance
 
 # pynetdicom's documented switch (pynetdicom._config): send a file path's dataset without decoding it.
@@ -59,35 +62,70 @@ def _hold_reactor(assoc: Any) -> None:
     assoc._held_for_sending = True
 
 
-def _file_meta(data: bytes) -> tuple[Dataset, int]:
-    """The File Meta Information of a Part 10 file held in memory, and where its data set starts (as pynetdicom's
-    ``split_dataset`` does for a path)."""
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    offset: int  # where the data set starts
+
+
+def file_meta(data: bytes) -> FileMeta:
+    """The three File Meta elements a C-STORE needs from a Part 10 file in memory, read in one pass (PS3.10 7.1:
+    128-byte preamble, "DICM", group 0002 in Explicit VR Little Endian); pydicom reads it when anything is unusual."""
+    values: dict[int, str] = {}
+    offset = 132
+    if data[128:132] == b"DICM":
+        while offset + 8 <= len(data):
+            group, element = struct.unpack_from("<HH", data, offset)
+            if group != 0x0002:
+                break
+            vr = data[offset + 4:offset + 6]
+            if vr in _LONG_LENGTH_VRS:
+                (length,) = struct.unpack_from("<I", data, offset + 8)
+                start = offset + 12
+            else:
+                (length,) = struct.unpack_from("<H", data, offset + 6)
+                start = offset + 8
+            if element in (0x0002, 0x0003, 0x0010):
+                values[element] = data[start:start + length].rstrip(b"\x00 ").decode("ascii")
+            offset = start + length
+    if len(values) == 3:
+        return FileMeta(values[0x0002], values[0x0003], values[0x0010], offset)
     fp = BytesIO(data)
     read_preamble(fp, False)
     meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2)
-    return meta, fp.tell()
+    return FileMeta(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID), fp.tell())
 
 
 def _send(assoc: Any, item: EncodedInstance, msg_id: int, priority: int, originator_aet: str | None, originator_id: int | None) -> Dataset:
     """pynetdicom's ``send_c_store`` for a stored file (in memory or spooled), the reactor already held or serving
     us: the bytes after the File Meta Information go out as they are, in the file's own transfer syntax (no
-    conversion, PS3.4 C.4.2.3.1)."""
-    request = C_STORE()
+    conversion, PS3.4 C.4.2.3.1). A file in memory goes as dicom.commands encodes it; a spooled one through
+    pynetdicom's chunked path, read from disk."""
     if item._data is not None:
-        file_meta, offset = _file_meta(item._data)
-        request.DataSet = BytesIO(item._data[offset:])
+        meta = file_meta(item._data)
+        context = assoc._get_valid_context(meta.sop_class_uid, meta.transfer_syntax_uid, "scu", allow_conversion=False)
+        command = commands.store_request(meta.sop_class_uid, meta.sop_instance_uid, msg_id, priority, originator_aet, originator_id)
+        data = memoryview(item._data)[meta.offset:]
+        for pdata in commands.p_data(context.context_id, command, data, assoc.dimse.maximum_pdu_size):
+            assoc.dul.send_pdu(pdata)
     else:
         assert item._path is not None
-        file_meta, offset = split_dataset(Path(item._path))
+        spooled, offset = split_dataset(Path(item._path))
+        request = C_STORE()
         request._dataset_path = (Path(item._path), offset)
-    request.MessageID = msg_id
-    request.Priority = priority
-    request.MoveOriginatorApplicationEntityTitle = originator_aet
-    request.MoveOriginatorMessageID = originator_id
-    request.AffectedSOPClassUID = file_meta.MediaStorageSOPClassUID
-    request.AffectedSOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
-    context = assoc._get_valid_context(file_meta.MediaStorageSOPClassUID, file_meta.TransferSyntaxUID, "scu", allow_conversion=False)
-    assoc.dimse.send_msg(request, context.context_id)
+        request.MessageID = msg_id
+        request.Priority = priority
+        request.MoveOriginatorApplicationEntityTitle = originator_aet
+        request.MoveOriginatorMessageID = originator_id
+        request.AffectedSOPClassUID = spooled.MediaStorageSOPClassUID
+        request.AffectedSOPInstanceUID = spooled.MediaStorageSOPInstanceUID
+        context = assoc._get_valid_context(spooled.MediaStorageSOPClassUID, spooled.TransferSyntaxUID, "scu", allow_conversion=False)
+        assoc.dimse.send_msg(request, context.context_id)
     _, response = assoc.dimse.get_msg(block=True)
     if response is None:  # the DIMSE timeout: pynetdicom aborts the association
         assoc._handle_no_response()
