@@ -212,6 +212,10 @@ class Retriever:
         # Which copy to read: the core's rule, the one the REST API signs by (imaging_sync.copies).
         self._copies = CopyChooser(partner_priority or {}, reader.registry)
 
+    def connect_storage(self) -> int:
+        """Build every registered bucket's client now (dicom.server, once listening)."""
+        return self._reader.registry.connect_all()
+
     def use_spool(self, spool: Spool) -> None:
         """Spool into the node's own folder (dicom.server, once the port is known)."""
         self._spool_dir = spool.path

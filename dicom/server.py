@@ -30,6 +30,7 @@ from dicom.access import AccessPolicy
 from dicom.find import Finder
 from dicom.handlers import FIND_MODELS, GET_MODELS, MOVE_MODELS, Services
 from dicom.limits import Limits
+from dicom.reactors import REACTOR_TIME  # noqa: F401  # imported for its effect: pynetdicom's idle waits wake on input
 from dicom.retrieve import Spool
 from dicom.sending import use_stored_encoding
 from imaging_sync.config import DicomConfig
@@ -74,7 +75,6 @@ def build_services(
 ) -> Services:
     from dicom.retrieve import Retriever
 
-    reader.registry.connect_all()  # not on the first C-MOVE's clock
     return Services(
         engine=engine,
         finder=Finder(engine, retrieve_ae_title=config.ae_title),
@@ -174,6 +174,7 @@ class DicomServer:
             cx.__class__ = _SharedUIDContext
         if not self._config.port:
             self._use_spool(self.port, started)
+        threading.Thread(target=self._warm_up, name="dicom-warm-up", daemon=True).start()
         log.info(
             "DICOM node %s listening on %s:%d (%d calling AEs listed, %d C-MOVE destinations)",
             self._config.ae_title, self._config.host, self.port, len(self._config.peers), len(self._config.destinations),
@@ -181,6 +182,15 @@ class DicomServer:
         if not self._config.peers:
             log.warning("no [dicom.peers] listed: every association will be rejected")
         return self.port
+
+    def _warm_up(self) -> None:
+        """Build the buckets' S3 clients once listening, not on the first C-MOVE's clock nor before the port opens
+        (botocore loads its service model: hundreds of milliseconds). A bucket that fails is named here and again,
+        as a failed sub-operation, when a retrieve needs it."""
+        try:
+            self._services.retriever.connect_storage()
+        except Exception as exc:
+            log.error("DICOM node: a bucket's S3 client could not be built: %s", exc)
 
     def _use_spool(self, port: int, started: float) -> None:
         self.spool = Spool(self._config.spool_dir, port)

@@ -24,6 +24,19 @@ def test_the_version_is_the_one_the_fast_paths_were_written_for() -> None:
     assert pynetdicom.__version__.startswith("3.0.")
 
 
+def test_the_reactors_idle_sleeps_are_the_ones_dicom_reactors_replaces() -> None:
+    import inspect
+
+    from pynetdicom import association, dul
+
+    from dicom.reactors import ASSOCIATION_LOOP_SLEEP, REACTOR_TIME
+
+    assert dul.time is REACTOR_TIME and association.time is REACTOR_TIME
+    assert "time.sleep(self._run_loop_delay)" in inspect.getsource(DULServiceProvider.run_reactor)
+    assert f"time.sleep({ASSOCIATION_LOOP_SLEEP})" in inspect.getsource(association.Association._run_reactor)
+    assert hasattr(association.Association, "dimse") or "dimse" in inspect.getsource(association.Association.__init__)
+
+
 def test_the_identifier_encoder_is_ours_and_the_reactor_has_its_loop_delay() -> None:
     assert service_class.encode is dicom.responses._encode
     assert callable(DIMSEServiceProvider.send_msg) and hasattr(DIMSEServiceProvider, "maximum_pdu_size")
