@@ -14,6 +14,10 @@ settings:
 - a Celery worker or beat: :func:`worker_app` (each worker process opens its
   core on its first task, after the fork);
 - everything in one process (``imaging-sync serve``, the demo): :func:`all_in_one`.
+
+Each edge is imported by the function that builds it, so a process imports
+only what it runs: the DICOM node listens without loading Litestar or Celery
+(start-up within 2 s on an idle machine).
 """
 
 from __future__ import annotations
@@ -21,27 +25,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from litestar import Litestar
 
-from api.app import KEY_CACHE_SECONDS, create_app
-from api.db import open_pool
-from api.operations.launcher import launcher_for
-from api.service import ApiService
 from app.services import Service
-from dicom.server import DicomServer, build_services
-from dicom.service import DicomService
 from imaging_sync.config import CONFIG_ENV, DicomConfig, Settings, load_settings
 from imaging_sync.core import Core
 from imaging_sync.heap import freeze_startup_objects
 from imaging_sync.logs import configure_logging
-from jobs.app import JobsApp
-from jobs.app import create_app as create_jobs_app
-from jobs.embedded import EmbeddedScheduler
-from jobs.service import SchedulerService
 from storage import BucketRegistry, EmbeddedS3, ObjectReader
+
+if TYPE_CHECKING:  # each edge is imported by the function that builds it: a process imports only what it runs
+    from litestar import Litestar
+
+    from dicom.server import DicomServer
+    from jobs.app import JobsApp
+    from jobs.embedded import EmbeddedScheduler
 
 
 @dataclass
@@ -99,8 +99,12 @@ def open_process(settings: Settings, *, verbose: bool = False, require_schema: b
 # -- the REST API ---------------------------------------------------------------------------------
 
 
-def api_app(core: Core, registry: BucketRegistry, *, key_cache_seconds: float = KEY_CACHE_SECONDS, close_core: bool = False) -> Litestar:
+def api_app(core: Core, registry: BucketRegistry, *, key_cache_seconds: float | None = None, close_core: bool = False) -> Litestar:
     """The REST API over these parts, with the sync launcher ``api.sync_launcher`` names."""
+    from api.app import KEY_CACHE_SECONDS, create_app
+    from api.operations.launcher import launcher_for
+
+    key_cache_seconds = KEY_CACHE_SECONDS if key_cache_seconds is None else key_cache_seconds
     launcher = launcher_for(core.settings, core.runner, core.engine)
     return create_app(core, registry=registry, launcher=launcher, key_cache_seconds=key_cache_seconds, close_core=close_core)
 
@@ -113,6 +117,8 @@ def api_app_from_environment() -> Litestar:
     worker only reads settings. Its database pool opens now, not on the first
     request; start-up objects are then frozen out of the cyclic collector.
     """
+    from api.db import open_pool
+
     settings = load_settings()
     core = open_core(settings)
     app = api_app(core, BucketRegistry(settings.storage), close_core=True)
@@ -148,6 +154,8 @@ def api_worker_environment(settings: Settings, config_path: str | None) -> dict[
 
 def dicom_server(process: Process, config: DicomConfig | None = None) -> DicomServer:
     """The Query/Retrieve node over the process's core and registry (``config``: ``dicom`` with overrides)."""
+    from dicom.server import DicomServer, build_services
+
     config = config or process.settings.dicom
     services = build_services(config, process.core.engine, ObjectReader(process.registry), partner_priority=process.settings.priorities())
     return DicomServer(config, services)
@@ -158,11 +166,15 @@ def dicom_server(process: Process, config: DicomConfig | None = None) -> DicomSe
 
 def worker_app(settings: Settings, **overrides: Any) -> JobsApp:
     """The Celery app of ``imaging-sync worker``/``beat``: each worker process opens its own core on its first task."""
+    from jobs.app import create_app as create_jobs_app
+
     return create_jobs_app(settings, open_core=Core.open, **overrides)
 
 
 def scheduler(core: Core) -> EmbeddedScheduler:
     """The in-process scheduler of the all-in-one process, over its core (no broker)."""
+    from jobs.embedded import EmbeddedScheduler
+
     return EmbeddedScheduler(core)
 
 
@@ -171,6 +183,10 @@ def scheduler(core: Core) -> EmbeddedScheduler:
 
 def all_in_one(process: Process) -> list[Service]:
     """``imaging-sync serve`` (and the demo): the REST API, the DICOM node and the scheduler, in start order."""
+    from api.service import ApiService
+    from dicom.service import DicomService
+    from jobs.service import SchedulerService
+
     settings = process.settings
     return [
         ApiService(api_app(process.core, process.registry), settings.api),

@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 import msgspec
-from celery.signals import setup_logging
 
 from app import assembly
 from app.cli_support import CliContext, pass_ctx
@@ -118,6 +117,8 @@ def _jobs_settings(ctx: CliContext, command: str) -> Settings:
 
 
 def _use_project_logging(settings: Settings, level: str) -> None:
+    from celery.signals import setup_logging  # here: only worker and beat import Celery
+
     def configure(loglevel: Any = None, **_: Any) -> None:
         name = logging.getLevelName(loglevel) if isinstance(loglevel, int) else (loglevel or level)
         configure_logging(LoggingConfig(level=str(name).upper(), format=settings.logging.format))  # type: ignore[arg-type]
