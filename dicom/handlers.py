@@ -40,6 +40,7 @@ from dicom.errors import LimitExceededError, UnknownDestinationError
 from dicom.find import Finder, Match
 from dicom.identifiers import Model, asked, parse
 from dicom.limits import Limits, guard_reads, oversized, watch_request
+from dicom.reactors import wake_on_acse
 from dicom.responses import use_fast_responses
 from dicom.retrieve import Retriever, SubOperation, Tally, presentation_contexts
 from dicom.sending import use_stored_encoding
@@ -94,6 +95,7 @@ def _no_delay(assoc: Any) -> Any:
 def handle_outgoing_connection_open(event: Any) -> None:
     """The association we open for a C-MOVE's sub-operations (dicom.server.QueryRetrieveAE.associate)."""
     _no_delay(event.assoc)
+    wake_on_acse(event.assoc)
 
 
 def handle_connection_open(event: Any, services: Services) -> None:
@@ -102,6 +104,7 @@ def handle_connection_open(event: Any, services: Services) -> None:
     accepted sockets block without one; a send or read that makes no progress for ``idle_timeout_seconds``
     now ends the connection)."""
     session(event.assoc)  # created here, before the association's own threads start
+    wake_on_acse(event.assoc)
     sock = _no_delay(event.assoc)
     if sock is not None:
         sock.settimeout(services.config.idle_timeout_seconds)

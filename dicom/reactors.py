@@ -13,7 +13,8 @@ The two modules' ``time`` is replaced with :class:`_ReactorTime`, the real
 ``time`` module but for the reactors' idle sleeps: the DUL thread waits in
 ``select`` on its socket (it wakes when a PDU arrives; what we send is still
 picked up within the same 1 ms), the association thread on its DIMSE message
-queue (it wakes when a message is complete). Neither polls faster, so an
+queue (it wakes when a message is complete, or, with :func:`wake_on_acse`,
+when a release or abort arrives). Neither polls faster, so an
 idle association costs no more CPU than before. Guarded, with the version
 pin, by ``tests/dicom/test_pynetdicom_internals.py``.
 """
@@ -62,6 +63,20 @@ def _wait_for_the_socket(provider: Any, seconds: float) -> None:
         _time.sleep(seconds)
 
 
+def wake_on_acse(assoc: Any) -> None:
+    """Also wake the association thread when the DUL hands it an A-RELEASE or A-ABORT (they do not go through the
+    DIMSE queue it waits on): without this each release waited out the 1 ms. Called when the connection opens."""
+    to_user, messages = assoc.dul.to_user_queue, assoc.dimse.msg_queue
+    put = to_user.put
+
+    def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put(item, block, timeout)
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
+    to_user.put = put_and_wake
+
+
 def _wait_for_a_message(assoc: Any, seconds: float) -> None:
     messages = assoc.dimse.msg_queue
     with messages.not_empty:
@@ -73,4 +88,4 @@ REACTOR_TIME = _ReactorTime()
 dul.time = REACTOR_TIME  # type: ignore[attr-defined]  # the modules' own `import time`
 association.time = REACTOR_TIME  # type: ignore[attr-defined]
 
-__all__ = ["REACTOR_TIME"]
+__all__ = ["REACTOR_TIME", "wake_on_acse"]

@@ -35,6 +35,11 @@ def test_the_reactors_idle_sleeps_are_the_ones_dicom_reactors_replaces() -> None
     assert "time.sleep(self._run_loop_delay)" in inspect.getsource(DULServiceProvider.run_reactor)
     assert f"time.sleep({ASSOCIATION_LOOP_SLEEP})" in inspect.getsource(association.Association._run_reactor)
     assert hasattr(association.Association, "dimse") or "dimse" in inspect.getsource(association.Association.__init__)
+    # dicom.reactors.wake_on_acse: releases and aborts reach the association thread through the DUL's to_user_queue,
+    # DIMSE messages through the DIMSE provider's msg_queue; the reactor checks both each loop.
+    assert "self.to_user_queue" in inspect.getsource(DULServiceProvider.__init__)
+    assert "msg_queue" in inspect.getsource(DIMSEServiceProvider.get_msg)
+    assert "is_release_requested" in inspect.getsource(association.Association._run_reactor)
 
 
 def test_the_identifier_encoder_is_ours_and_the_reactor_has_its_loop_delay() -> None:
