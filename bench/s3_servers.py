@@ -4,9 +4,10 @@
 region through the S3 API and yields a :class:`BenchS3`: its buckets, a ``StorageConfig`` pointing at it, the
 environment variables that config names, ``put`` for fixtures, the server's pid and its request counts.
 
-Only ``moto`` is implemented: the project's embedded S3 (``storage.embedded.EmbeddedS3``: moto's WSGI app in
+``moto``: the project's embedded S3 (``storage.embedded.EmbeddedS3``: moto's WSGI app in
 werkzeug's threaded server, behind the presigned-URL gate), started here by running this file as a script in a
-child process. To add another server (s3rver from npm, MinIO, ...), write a class with the methods of
+child process. ``s3rver``: the npm package of that name (:class:`S3rverProcess`, installed beside this file).
+To add another server (MinIO, ...), write a class with the methods of
 :class:`S3Server` (``start`` returns the endpoint URL; ``credentials`` the access key pair a bucket must use if
 the server accepts only fixed keys) and register it in :data:`S3_SERVERS`; ``--s3 NAME`` then selects it.
 """
@@ -100,7 +101,77 @@ class MotoProcess:
             proc.wait()
 
 
-S3_SERVERS: dict[str, type[S3Server]] = {"moto": MotoProcess}
+S3RVER = Path(os.environ.get("S3RVER", Path(__file__).parent / ".s3rver" / "node_modules" / ".bin" / "s3rver"))
+
+
+class S3rverProcess:
+    """s3rver (npm, Node.js; fixed credentials S3RVER/S3RVER), files in a temporary folder: a faster S3 stand-in than moto.
+
+    Install it beside this file, from the npm registry: ``npm install --prefix bench/.s3rver s3rver@3.7.1``
+    (or point ``S3RVER`` at its executable). It verifies SigV4 signatures, serves path-style buckets and
+    answers GetObject with an MD5 ETag; it keeps no request counts.
+    """
+
+    label = "s3rver 3.7.1 (npm, own process)"
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: str | None = None
+
+    def start(self, buckets: Sequence[FixtureBucket], env: Mapping[str, str]) -> str:
+        import socket
+        import tempfile
+        import time
+
+        if not S3RVER.exists():
+            raise RuntimeError(f"s3rver not found at {S3RVER}: npm install --prefix bench/.s3rver s3rver@3.7.1")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._dir = tempfile.mkdtemp(prefix="s3rver-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+        self._proc = subprocess.Popen(
+            [str(S3RVER), "-d", self._dir, "-a", "127.0.0.1", "-p", str(port), "--silent", "--no-vhost-buckets"],
+            env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"http://127.0.0.1:{port}"
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("s3rver did not start within 30 s")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def requests(self) -> dict[str, int] | None:
+        return None
+
+    def credentials(self, bucket: FixtureBucket) -> tuple[str, str]:
+        return "S3RVER", "S3RVER"
+
+    def admin_credentials(self) -> tuple[str, str]:
+        return "S3RVER", "S3RVER"
+
+    def stop(self) -> None:
+        import shutil
+
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+S3_SERVERS: dict[str, type[S3Server]] = {"moto": MotoProcess, "s3rver": S3rverProcess}
 
 
 @dataclass
