@@ -40,7 +40,7 @@ from dicom.errors import LimitExceededError, UnknownDestinationError
 from dicom.find import Finder, Match
 from dicom.identifiers import Model, asked, parse
 from dicom.limits import Limits, guard_reads, oversized, watch_request
-from dicom.reactors import wake_on_acse
+from dicom.reactors import release_reactors, wake_reactors
 from dicom.responses import use_fast_responses
 from dicom.retrieve import Retriever, SubOperation, Tally, presentation_contexts
 from dicom.sending import use_stored_encoding
@@ -95,7 +95,11 @@ def _no_delay(assoc: Any) -> Any:
 def handle_outgoing_connection_open(event: Any) -> None:
     """The association we open for a C-MOVE's sub-operations (dicom.server.QueryRetrieveAE.associate)."""
     _no_delay(event.assoc)
-    wake_on_acse(event.assoc)
+    wake_reactors(event.assoc)
+
+
+def handle_outgoing_connection_closed(event: Any) -> None:
+    release_reactors(event.assoc)
 
 
 def handle_connection_open(event: Any, services: Services) -> None:
@@ -104,7 +108,7 @@ def handle_connection_open(event: Any, services: Services) -> None:
     accepted sockets block without one; a send or read that makes no progress for ``idle_timeout_seconds``
     now ends the connection)."""
     session(event.assoc)  # created here, before the association's own threads start
-    wake_on_acse(event.assoc)
+    wake_reactors(event.assoc)
     sock = _no_delay(event.assoc)
     if sock is not None:
         sock.settimeout(services.config.idle_timeout_seconds)
@@ -170,6 +174,7 @@ def handle_aborted(event: Any, services: Services) -> None:
 
 def handle_connection_closed(event: Any, services: Services) -> None:
     services.access.ended(event.assoc)
+    release_reactors(event.assoc)
 
 
 def handle_rejected(event: Any, services: Services) -> None:

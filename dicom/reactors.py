@@ -11,19 +11,21 @@ one of Orthanc's (DCMTK blocks on its socket).
 
 The two modules' ``time`` is replaced with :class:`_ReactorTime`, the real
 ``time`` module but for the reactors' idle sleeps: the DUL thread waits in
-``select`` on its socket (it wakes when a PDU arrives; what we send is still
-picked up within the same 1 ms), the association thread on its DIMSE message
-queue (it wakes when a message is complete, or, with :func:`wake_on_acse`,
-when a release or abort arrives). Neither polls faster, so an
+``select`` on its socket and on a pipe written when a PDU is queued to send
+(:func:`wake_reactors`), the association thread on its DIMSE message queue
+(it wakes when a message is complete, or when a release or abort arrives). Neither polls faster, so an
 idle association costs no more CPU than before. Guarded, with the version
 pin, by ``tests/dicom/test_pynetdicom_internals.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import threading
 import time as _time
+import weakref
 from types import ModuleType
 from typing import Any
 
@@ -57,24 +59,79 @@ def _wait_for_the_socket(provider: Any, seconds: float) -> None:
     if sock is None or not provider.to_provider_queue.empty():
         _time.sleep(0 if sock is not None else seconds)
         return
+    waker: _Waker | None = getattr(provider, "_waker", None)
     try:
-        select.select([sock], [], [], seconds)
+        readable, _, _ = select.select([sock] if waker is None else [sock, waker.fileno()], [], [], seconds)
     except (OSError, ValueError):  # closed under us: the loop finds out next
         _time.sleep(seconds)
+        return
+    if waker is not None and waker.fileno() in readable:
+        waker.drain()
 
 
-def wake_on_acse(assoc: Any) -> None:
-    """Also wake the association thread when the DUL hands it an A-RELEASE or A-ABORT (they do not go through the
-    DIMSE queue it waits on): without this each release waited out the 1 ms. Called when the connection opens."""
-    to_user, messages = assoc.dul.to_user_queue, assoc.dimse.msg_queue
-    put = to_user.put
+class _Waker:
+    """A pipe the DUL thread also waits on: written when something is queued for it to send."""
 
-    def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
-        put(item, block, timeout)
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def wake(self) -> None:
+        with self._lock:  # never write to a descriptor number that close() gave back (it may be another socket's now)
+            if not self._closed:
+                with contextlib.suppress(BlockingIOError):  # full: the DUL has wake-ups enough waiting
+                    os.write(self._write, b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._read, 4096):
+                continue
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._read)
+                os.close(self._write)
+
+
+def wake_reactors(assoc: Any) -> None:
+    """Wake each of the association's reactors when there is work for it, not only when its 1 ms is up.
+
+    The DUL thread: when a PDU is queued to send (an A-ASSOCIATE-AC, a response, an A-RELEASE-RP); it already
+    wakes when one arrives. The association thread: when the DUL hands it an A-RELEASE or A-ABORT (they do not
+    go through the DIMSE queue it waits on). Called when the connection opens; :func:`release_reactors` when it
+    closes gives the pipe's descriptors back.
+    """
+    dul_provider, messages = assoc.dul, assoc.dimse.msg_queue
+    waker = _Waker()
+    dul_provider._waker = waker
+    weakref.finalize(dul_provider, waker.close)  # in case a connection ends without EVT_CONN_CLOSE
+    send_put, user_put = dul_provider.to_provider_queue.put, dul_provider.to_user_queue.put
+
+    def put_and_wake_dul(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        send_put(item, block, timeout)
+        waker.wake()
+
+    def put_and_wake_association(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        user_put(item, block, timeout)
         with messages.not_empty:
             messages.not_empty.notify_all()
 
-    to_user.put = put_and_wake
+    dul_provider.to_provider_queue.put = put_and_wake_dul
+    dul_provider.to_user_queue.put = put_and_wake_association
+
+
+def release_reactors(assoc: Any) -> None:
+    waker: _Waker | None = getattr(assoc.dul, "_waker", None)
+    if waker is not None:
+        waker.close()
 
 
 def _wait_for_a_message(assoc: Any, seconds: float) -> None:
@@ -88,4 +145,4 @@ REACTOR_TIME = _ReactorTime()
 dul.time = REACTOR_TIME  # type: ignore[attr-defined]  # the modules' own `import time`
 association.time = REACTOR_TIME  # type: ignore[attr-defined]
 
-__all__ = ["REACTOR_TIME", "wake_on_acse"]
+__all__ = ["REACTOR_TIME", "release_reactors", "wake_reactors"]

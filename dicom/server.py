@@ -64,7 +64,11 @@ class QueryRetrieveAE(AE):
     """Our AE: each association it opens (the C-MOVE sub-operations' one) sends stored files as they are."""
 
     def associate(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["evt_handlers"] = [*(kwargs.get("evt_handlers") or []), (evt.EVT_CONN_OPEN, handlers.handle_outgoing_connection_open)]
+        kwargs["evt_handlers"] = [
+            *(kwargs.get("evt_handlers") or []),
+            (evt.EVT_CONN_OPEN, handlers.handle_outgoing_connection_open),
+            (evt.EVT_CONN_CLOSE, handlers.handle_outgoing_connection_closed),
+        ]
         assoc = super().associate(*args, **kwargs)
         use_stored_encoding(assoc)
         return assoc

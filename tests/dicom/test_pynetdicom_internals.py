@@ -18,6 +18,7 @@ from pynetdicom.pdu import P_DATA_TF
 from scu import FIND, identifier, scu
 
 import dicom.responses
+from devtools.waiting import eventually
 
 
 def test_the_version_is_the_one_the_fast_paths_were_written_for() -> None:
@@ -74,3 +75,19 @@ def test_negotiation_only_reads_the_shared_supported_contexts(node: Node) -> Non
         assert assoc.is_established
         assoc.release()
     assert [(cx.abstract_syntax, list(cx.transfer_syntax), cx.scu_role, cx.scp_role, cx.context_id) for cx in server.contexts] == before
+
+
+def test_associations_give_back_every_descriptor_they_took(node: Node) -> None:
+    """dicom.reactors gives each association a wake-up pipe: closed with the connection, whatever the ending."""
+    import os
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_descriptors()
+    for ending in ("release", "abort") * 5:
+        assoc = scu().associate(*node.address, ae_title="ISYNC_TEST")
+        assert assoc.is_established
+        list(assoc.send_c_find(identifier("STUDY", StudyInstanceUID="", PatientName=""), FIND["STUDY"]))
+        assoc.release() if ending == "release" else assoc.abort()
+    eventually(lambda: open_descriptors() <= before, timeout=10, what="descriptors given back")
