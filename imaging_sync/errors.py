@@ -25,6 +25,7 @@ audit             AuditUnavailableError    the audit log could not record an acc
 storage           StorageError             object storage failed or refused
 bucket_refused    BucketNotAllowedError    a bucket outside the registry (never signed, never read)
 object_missing    ObjectNotFoundError      a registered location whose object is gone
+object_corrupt    ObjectCorruptError       an object whose bytes fail its checksum (CRC32, single-part ETag)
 denied            AccessDeniedError        a known caller whose role may not do this
 unauthenticated   AuthenticationError      no credentials, or unusable ones (``reason`` says which)
 ================  =======================  ==================================================
@@ -198,6 +199,17 @@ class ObjectNotFoundError(StorageError):
     """
 
     kind = "object_missing"
+
+
+class ObjectCorruptError(StorageError):
+    """An object's bytes are not what its checksum says (S3's CRC32, or the MD5 of a single-part ETag).
+
+    It changed or was damaged in the partner's bucket: that copy is passed
+    over like a missing one, and the operator takes it up with the partner.
+    A body cut short in transit is a plain ``storage`` failure, not this.
+    """
+
+    kind = "object_corrupt"
 
 
 class AccessDeniedError(ImagingSyncError):

@@ -69,7 +69,7 @@ from botocore.exceptions import BotoCoreError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.httpsession import URLLib3Session
 
-from imaging_sync.errors import StorageError
+from imaging_sync.errors import ObjectCorruptError, StorageError
 from storage.boto_errors import error_for_code, storage_error, where
 from storage.presign import check_key
 from storage.registry import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS, MAX_POOL_CONNECTIONS, READ_TIMEOUT_SECONDS, BucketRegistry
@@ -260,7 +260,7 @@ class _CheckedBody:
             raise StorageError(f"read {where(self._bucket, self._key)}: object data arrived short ({self._seen} of {self._size} bytes)")
         if self._check is not None and self._check.result() != self._check.expected:
             self.close()
-            raise StorageError(f"read {where(self._bucket, self._key)}: content does not match its {self._check.name}")
+            raise ObjectCorruptError(f"read {where(self._bucket, self._key)}: content does not match its {self._check.name}")
         self._done = True
         self._response.release_conn()  # read to the end: the connection is reusable
         return b""

@@ -36,7 +36,7 @@ from botocore.credentials import Credentials
 
 from devtools.storage import EmbeddedStorage, embedded_storage
 from imaging_sync.config import BucketConfig, StorageConfig
-from imaging_sync.errors import BucketNotAllowedError, ObjectNotFoundError, StorageError
+from imaging_sync.errors import BucketNotAllowedError, ObjectCorruptError, ObjectNotFoundError, StorageError
 from storage import BucketRegistry, ObjectReader
 from storage.fetch import ObjectFetcher
 from storage.reader import DEFAULT_CHUNK_SIZE
@@ -325,18 +325,19 @@ def test_a_body_not_matching_its_etag_fails_at_the_end_after_its_bytes(fake: Fak
     wrong = hashlib.md5(b"other content").hexdigest()
     fake.replies["bad-etag.dcm"] = lambda h: h.send(200, data, object_headers(data, etag=wrong))
     seen = 0
-    with pytest.raises(StorageError, match=f"read s3://{BUCKET}/bad-etag.dcm: content does not match its ETag"):
+    with pytest.raises(ObjectCorruptError, match=f"read s3://{BUCKET}/bad-etag.dcm: content does not match its ETag"):
         with fake_reader.open_object(BUCKET, "bad-etag.dcm") as stream:
             for chunk in stream:
                 seen += len(chunk)
     assert seen == len(data), "the chunks went out before the check: the caller discards what it wrote"
 
 
-def test_a_body_not_matching_its_crc32_is_a_storage_error(fake: FakeS3, fake_reader: ObjectReader) -> None:
+def test_a_body_not_matching_its_crc32_is_a_corrupt_object(fake: FakeS3, fake_reader: ObjectReader) -> None:
     data = os.urandom(100_000)
     fake.replies["bad-crc.dcm"] = lambda h: h.send(200, data, object_headers(data, crc32=crc32_of(b"other")))
-    with pytest.raises(StorageError, match="content does not match its CRC32 checksum"):
+    with pytest.raises(ObjectCorruptError, match="content does not match its CRC32 checksum") as caught:
         read_all(fake_reader, BUCKET, "bad-crc.dcm")
+    assert caught.value.kind == "object_corrupt"  # what the C-MOVE's audit entry and log line name, never the key
 
 
 @pytest.mark.parametrize(
