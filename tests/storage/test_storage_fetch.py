@@ -387,7 +387,9 @@ def test_a_transient_failure_is_retried_then_the_object_is_read(fake: FakeS3, fa
 def test_errors_and_logs_carry_no_signature_token_or_secret(fake: FakeS3, fake_reader: ObjectReader, caplog: pytest.LogCaptureFixture) -> None:
     # Resolved first: botocore's own presign that finds the endpoint logs its canonical request at DEBUG (once per bucket).
     fake_reader.registry.endpoint(BUCKET)
-    caplog.set_level(logging.DEBUG)  # urllib3's and botocore's own lines of our GETs included
+    caplog.set_level(logging.DEBUG)  # urllib3's and botocore's own lines of our GETs included, even where an earlier
+    for library in ("urllib3", "botocore", "storage"):  # test's configure_logging quieted their loggers
+        caplog.set_level(logging.DEBUG, logger=library)
     fake.replies["denied.dcm"] = lambda h: h.send(403, error_document("AccessDenied"))
     fake.replies["flaky.dcm"] = lambda h: h.send(503, error_document("SlowDown"))
     fake.replies["cut.dcm"] = lambda h: h.send(200, SMALL, object_headers(SMALL), cut=100, reset=True)
