@@ -142,16 +142,7 @@ class ObjectFetcher:
         for attempt in range(1, self._attempts + 1):
             credentials = self._registry.credentials(bucket)  # per attempt: a refresh between attempts is used
             path, headers = sign_get_headers(
-                base_url=endpoint.base_url,
-                host=endpoint.host,
-                region=endpoint.region,
-                service=endpoint.service,
-                access_key=credentials.access_key,
-                secret_key=credentials.secret_key,
-                session_token=credentials.token,
-                signed_at=self._clock(),
-                key=key,
-                headers=_CHECKSUM_HEADERS,
+                self._registry.signing_scope(bucket, credentials), signed_at=self._clock(), key=key, headers=_CHECKSUM_HEADERS
             )
             try:
                 response = transport.send(AWSPreparedRequest("GET", origin + path, headers, None, True)).raw

@@ -132,18 +132,7 @@ class Presigner:
             seconds = min(seconds, int((ends - signed_at).total_seconds()))
             if seconds < 1:
                 raise StorageError(f"sign for bucket {bucket!r}: its temporary credentials have expired")
-        endpoint = self._registry.endpoint(bucket)
-        signer = GetUrlSigner(
-            base_url=endpoint.base_url,
-            host=endpoint.host,
-            region=endpoint.region,
-            service=endpoint.service,
-            access_key=credentials.access_key,
-            secret_key=credentials.secret_key,
-            session_token=credentials.token,
-            signed_at=signed_at,
-            expires_in=seconds,
-        )
+        signer = GetUrlSigner(self._registry.signing_scope(bucket, credentials), signed_at=signed_at, expires_in=seconds)
         return signer, signed_at + timedelta(seconds=seconds)
 
 

@@ -40,7 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from imaging_sync.config import BucketConfig, StorageConfig, read_secret
 from imaging_sync.errors import BucketNotAllowedError, ConfigError, StorageError
 from storage.boto_errors import storage_error
-from storage.sigv4 import ALGORITHM
+from storage.sigv4 import ALGORITHM, SigningScope
 
 if TYPE_CHECKING:  # boto3-stubs may be absent; the client is a botocore BaseClient at runtime
     from botocore.client import BaseClient as S3Client
@@ -186,6 +186,14 @@ class BucketRegistry:
         the environment, the default chain's instance or container role).
         """
         return self._expiries.get(credentials.access_key)
+
+    def signing_scope(self, bucket: str, credentials: ReadOnlyCredentials) -> SigningScope:
+        """What our signers need for this bucket: its endpoint (:meth:`endpoint`) and ``credentials`` (from :meth:`credentials`)."""
+        endpoint = self.endpoint(bucket)
+        return SigningScope(
+            base_url=endpoint.base_url, host=endpoint.host, region=endpoint.region, service=endpoint.service,
+            access_key=credentials.access_key, secret_key=credentials.secret_key, session_token=credentials.token,
+        )
 
     def ca_bundle(self, bucket: str) -> str | None:
         """The CA bundle the bucket's client verifies TLS with, if configured (``AWS_CA_BUNDLE``, a profile's ``ca_bundle``).

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
@@ -78,67 +79,69 @@ def signing_key(secret_key: str, datestamp: str, region: str, service: str) -> b
     return hmac.digest(k, b"aws4_request", "sha256")
 
 
+@dataclass(frozen=True, slots=True)
+class SigningScope:
+    """Who signs for which endpoint: what both signers below need besides the instant and the object.
+
+    ``base_url`` is scheme, host and any path prefix up to (not including)
+    the ``/`` before the key: ``https://bucket.s3.amazonaws.com`` (virtual
+    host) or ``http://127.0.0.1:9000/bucket`` (path style). ``host`` is the
+    value of the Host header the client will send (port included unless it
+    is the scheme's default). Built by ``BucketRegistry.signing_scope``.
+    """
+
+    base_url: str
+    host: str
+    region: str
+    service: str
+    access_key: str
+    secret_key: str
+    session_token: str | None
+
+
 class GetUrlSigner:
     """Signs GET URLs for one endpoint, one set of credentials, one instant and one lifetime.
 
     Everything that is the same for a whole batch (credential scope, signing
     key, the encoded ``X-Amz-*`` parameters) is computed here once;
     :meth:`sign` then costs one SHA-256 and one HMAC per URL.
-
-    ``base_url`` is scheme, host and any path prefix up to (not including)
-    the ``/`` before the key: ``https://bucket.s3.amazonaws.com`` (virtual
-    host) or ``http://127.0.0.1:9000/bucket`` (path style). ``host`` is the
-    value of the Host header the client will send (port included unless it
-    is the scheme's default).
     """
 
     __slots__ = (
         "_origin", "_prefix", "_canonical_tail", "_auth_pairs", "_auth_query", "_canonical_auth_query", "_key", "_sts_prefix"
     )
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        host: str,
-        region: str,
-        service: str,
-        access_key: str,
-        secret_key: str,
-        session_token: str | None,
-        signed_at: datetime,
-        expires_in: int,
-    ) -> None:
+    def __init__(self, scope: SigningScope, *, signed_at: datetime, expires_in: int) -> None:
         if not 1 <= expires_in <= MAX_EXPIRES_SECONDS:
             raise ValueError(f"expires_in must be between 1 and {MAX_EXPIRES_SECONDS} seconds, got {expires_in}")
         if signed_at.tzinfo is None:
             raise ValueError("signed_at must be timezone-aware")
         amz_date = signed_at.astimezone(UTC).strftime(AMZ_DATE_FORMAT)
         datestamp = amz_date[:8]
-        scope = f"{datestamp}/{region}/{service}/aws4_request"
+        credential_scope = f"{datestamp}/{scope.region}/{scope.service}/aws4_request"
         # sigv4-query-string-auth, in the order botocore writes them (the order
         # in the URL does not matter to S3; the canonical query is sorted).
         auth = [
             ("X-Amz-Algorithm", ALGORITHM),
-            ("X-Amz-Credential", f"{access_key}/{scope}"),
+            ("X-Amz-Credential", f"{scope.access_key}/{credential_scope}"),
             ("X-Amz-Date", amz_date),
             ("X-Amz-Expires", str(expires_in)),
             ("X-Amz-SignedHeaders", "host"),
         ]
-        if session_token:
+        if scope.session_token:
             # Temporary (STS) credentials: the token travels in the URL and is signed.
-            auth.append(("X-Amz-Security-Token", session_token))
+            auth.append(("X-Amz-Security-Token", scope.session_token))
         self._auth_pairs = [(uri_encode(k), uri_encode(v)) for k, v in auth]
         self._auth_query = "&".join(f"{k}={v}" for k, v in self._auth_pairs)
         self._canonical_auth_query = "&".join(f"{k}={v}" for k, v in sorted(self._auth_pairs))
-        parts = urlsplit(base_url)
+        parts = urlsplit(scope.base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         # The canonical URI is the whole path: a path-style bucket ("/bucket") is part of it.
         self._prefix = parts.path.rstrip("/")
         # CanonicalHeaders ("host:…\n"), blank line, SignedHeaders, HashedPayload.
-        self._canonical_tail = f"host:{host}\n\nhost\n{UNSIGNED_PAYLOAD}"
-        self._sts_prefix = f"{ALGORITHM}\n{amz_date}\n{scope}\n"
-        self._key = signing_key(secret_key, datestamp, region, service)
+        self._canonical_tail = f"host:{scope.host}\n\nhost\n{UNSIGNED_PAYLOAD}"
+        self._sts_prefix = f"{ALGORITHM}\n{amz_date}\n{credential_scope}\n"
+        self._key = signing_key(scope.secret_key, datestamp, scope.region, scope.service)
 
     def sign(self, key: str, params: Sequence[tuple[str, str]] = ()) -> str:
         """The presigned URL of object ``key``, with extra (unencoded) query ``params``.
@@ -163,14 +166,8 @@ class GetUrlSigner:
 
 
 def sign_get_headers(
+    scope: SigningScope,
     *,
-    base_url: str,
-    host: str,
-    region: str,
-    service: str,
-    access_key: str,
-    secret_key: str,
-    session_token: str | None,
     signed_at: datetime,
     key: str,
     headers: Mapping[str, str] | None = None,
@@ -182,31 +179,30 @@ def sign_get_headers(
     temporary credentials, ``x-amz-security-token`` are signed, plus any
     ``headers`` given (lower-case names, e.g. ``x-amz-checksum-mode``). Every
     returned header must be sent as it is; ``host`` is not among them (the
-    HTTP client sends it, and it must equal ``host``). Unlike a presigned URL,
+    HTTP client sends it, and it must equal ``scope.host``). Unlike a presigned URL,
     nothing secret ends up in the request target, so neither a log line nor
     an exception that quotes the URL can leak the signature or the token.
-    ``base_url`` and ``host`` are as for :class:`GetUrlSigner`.
     """
     if signed_at.tzinfo is None:
         raise ValueError("signed_at must be timezone-aware")
     amz_date = signed_at.astimezone(UTC).strftime(AMZ_DATE_FORMAT)
     datestamp = amz_date[:8]
-    scope = f"{datestamp}/{region}/{service}/aws4_request"
-    path = f"{urlsplit(base_url).path.rstrip('/')}/{uri_encode_path(key)}"
+    credential_scope = f"{datestamp}/{scope.region}/{scope.service}/aws4_request"
+    path = f"{urlsplit(scope.base_url).path.rstrip('/')}/{uri_encode_path(key)}"
     signed = {name: " ".join(value.split()) for name, value in (headers or {}).items()}  # create-signed-request: Trimall
     signed["x-amz-content-sha256"] = UNSIGNED_PAYLOAD
     signed["x-amz-date"] = amz_date
-    if session_token:
-        signed["x-amz-security-token"] = session_token
+    if scope.session_token:
+        signed["x-amz-security-token"] = scope.session_token
     names = sorted([*signed, "host"])
-    canonical_headers = "".join(f"{name}:{host if name == 'host' else signed[name]}\n" for name in names)
+    canonical_headers = "".join(f"{name}:{scope.host if name == 'host' else signed[name]}\n" for name in names)
     signed_headers = ";".join(names)
     # create-signed-request: HTTPMethod \n CanonicalURI \n CanonicalQueryString (none) \n
     # CanonicalHeaders (each ending in \n) \n SignedHeaders \n HashedPayload
     canonical_request = f"GET\n{path}\n\n{canonical_headers}\n{signed_headers}\n{UNSIGNED_PAYLOAD}"
-    string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n" + hashlib.sha256(canonical_request.encode()).hexdigest()
-    signature = hmac.digest(signing_key(secret_key, datestamp, region, service), string_to_sign.encode(), "sha256").hex()
-    signed["Authorization"] = f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
+    string_to_sign = f"{ALGORITHM}\n{amz_date}\n{credential_scope}\n" + hashlib.sha256(canonical_request.encode()).hexdigest()
+    signature = hmac.digest(signing_key(scope.secret_key, datestamp, scope.region, scope.service), string_to_sign.encode(), "sha256").hex()
+    signed["Authorization"] = f"{ALGORITHM} Credential={scope.access_key}/{credential_scope}, SignedHeaders={signed_headers}, Signature={signature}"
     return path, signed
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from imaging_sync.config import BucketConfig, StorageConfig
 from storage import BucketRegistry, Presigner
-from storage.sigv4 import GetUrlSigner
+from storage.sigv4 import GetUrlSigner, SigningScope
 
 SIGNED_AT = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 ENV = {"AK": "AKIAPARITYEXAMPLE01", "SK": "parity/secret+key=example", "TOKEN": "FQoGZXIvYXdzE//token+with/odd=chars"}
@@ -121,7 +121,7 @@ def test_batch_urls_equal_single_urls_and_botocore() -> None:
 
 def test_aws_documented_example_signature() -> None:
     """Amazon S3 API Reference, sigv4-query-string-auth, "An example": the published signature."""
-    signer = GetUrlSigner(
+    scope = SigningScope(
         base_url="https://examplebucket.s3.amazonaws.com",
         host="examplebucket.s3.amazonaws.com",
         region="us-east-1",
@@ -129,9 +129,8 @@ def test_aws_documented_example_signature() -> None:
         access_key="AKIAIOSFODNN7EXAMPLE",
         secret_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         session_token=None,
-        signed_at=datetime(2013, 5, 24, tzinfo=UTC),
-        expires_in=86400,
     )
+    signer = GetUrlSigner(scope, signed_at=datetime(2013, 5, 24, tzinfo=UTC), expires_in=86400)
     url = signer.sign("test.txt")
     assert url.startswith("https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256&")
     assert url.endswith("&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
@@ -140,6 +139,7 @@ def test_aws_documented_example_signature() -> None:
 def test_signer_refuses_lifetimes_sigv4_does_not_allow() -> None:
     with pytest.raises(ValueError, match="between 1 and 604800"):
         GetUrlSigner(
-            base_url="https://b.s3.amazonaws.com", host="b.s3.amazonaws.com", region="us-east-1", service="s3",
-            access_key="a", secret_key="s", session_token=None, signed_at=SIGNED_AT, expires_in=604801,
+            SigningScope(base_url="https://b.s3.amazonaws.com", host="b.s3.amazonaws.com", region="us-east-1", service="s3",
+                         access_key="a", secret_key="s", session_token=None),
+            signed_at=SIGNED_AT, expires_in=604801,
         )
