@@ -31,6 +31,7 @@ with, and what the other syntaxes are encoded from.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -111,9 +112,9 @@ class ResponseEncoder:
                 self.sources.append(req)
         self._constant = constant
         self._variable = variable
-        # Per syntax: the constant elements' bytes (encoded by pydicom), placed between the variable ones by tag.
-        self._layout = {implicit: self._compile(implicit) for implicit in (True, False)}
-        self._charset = {implicit: _element(SPECIFIC_CHARACTER_SET, "CS", UTF8, implicit) for implicit in (True, False)}
+        # Per syntax, compiled when first used (an association uses one): the constant elements' bytes (encoded by
+        # pydicom), placed between the variable ones by tag.
+        self._layouts: dict[bool, list[tuple[bytes, int, str, bytes] | bytes]] = {}
 
     def _compile(self, implicit: bool) -> list[tuple[bytes, int, str, bytes] | bytes]:
         """The response's elements in tag order: bytes for a constant one, (header prefix, index, VR, pad) for a variable one."""
@@ -131,7 +132,10 @@ class ResponseEncoder:
     def encode(self, values: tuple[Any, ...], implicit: bool) -> bytes:
         parts: list[bytes] = []
         needs_utf8 = False
-        for part in self._layout[implicit]:
+        layout = self._layouts.get(implicit)
+        if layout is None:
+            layout = self._layouts[implicit] = self._compile(implicit)
+        for part in layout:
             if isinstance(part, bytes):
                 parts.append(part)
                 continue
@@ -148,7 +152,7 @@ class ResponseEncoder:
             length = len(raw)
             parts.append(prefix + (struct.pack("<I", length) if implicit or vr in _LONG_LENGTH_VRS else struct.pack("<H", length)) + raw)
         if needs_utf8:  # (0008,0005) comes before every other element we send
-            parts.insert(0, self._charset[implicit])
+            parts.insert(0, _utf8_character_set(implicit))
         return b"".join(parts)
 
     def dataset(self, values: tuple[Any, ...]) -> Dataset:
@@ -181,9 +185,11 @@ def _one(elem: Any) -> Dataset:
     return ds
 
 
-def _element(tag: int, vr: str, value: str, implicit: bool) -> bytes:
+@functools.cache
+def _utf8_character_set(implicit: bool) -> bytes:
+    """(0008,0005) Specific Character Set = ISO_IR 192, encoded once per syntax."""
     ds = Dataset()
-    ds.add_new(tag, vr, value)
+    ds.add_new(SPECIFIC_CHARACTER_SET, "CS", UTF8)
     return pydicom_encode(ds, implicit, True) or b""
 
 
