@@ -108,11 +108,27 @@ def handle_connection_open(event: Any, services: Services) -> None:
     accepted sockets block without one; a send or read that makes no progress for ``idle_timeout_seconds``
     now ends the connection)."""
     session(event.assoc)  # created here, before the association's own threads start
+    _latch_idle_timeout(event.assoc)
     wake_reactors(event.assoc)
     sock = _no_delay(event.assoc)
     if sock is not None:
         sock.settimeout(services.config.idle_timeout_seconds)
     guard_reads(event.assoc, services.limits, functools.partial(_refused_by_limit, services))
+
+
+def _latch_idle_timeout(assoc: Any) -> None:
+    """Remember that pynetdicom found the association idle: it aborts it at once, and by the time EVT_ABORTED
+    fires the DUL may have restarted its idle timer on the peer's closing the connection (so asking the timer
+    then said "not idle" under load, and the abort went unaudited)."""
+    expired = assoc.dul.idle_timer_expired
+    state = session(assoc)
+
+    def idle_timer_expired() -> bool:
+        if expired():
+            state.idle_expired = True
+        return state.idle_expired
+
+    assoc.dul.idle_timer_expired = idle_timer_expired
 
 
 def handle_requested(event: Any, services: Services) -> None:
@@ -165,7 +181,7 @@ def handle_aborted(event: Any, services: Services) -> None:
     timeout) is aborted by pynetdicom's reactor, and that is a limit enforced on the peer: audited."""
     assoc = event.assoc
     services.access.ended(assoc)
-    if session(assoc).admitted and assoc.dul.idle_timer_expired():
+    if session(assoc).admitted and session(assoc).idle_expired:
         log.warning("association %s aborted: idle for %.0f s", session(assoc).id, services.config.idle_timeout_seconds)
         record_refusal(services.engine, assoc, "association", detail={"reason": "idle_timeout", "limit": services.config.idle_timeout_seconds})
     else:

@@ -22,6 +22,7 @@ class Session:
     # Requests whose data set was over dicom.max_identifier_bytes (by Message ID), to refuse when complete.
     oversized: set[int] = field(default_factory=set)
     request_started: float = 0.0  # time.monotonic() of the first PDU of the request being received
+    idle_expired: bool = False  # pynetdicom found the association idle for idle_timeout_seconds (and aborts it)
 
 
 def session(assoc: Any) -> Session:
