@@ -251,13 +251,18 @@ def fill_index(db_url: str, studies: list[StudyRow], n_patients: int, bucket: st
     engine.dispose()
 
 
-def fresh_database(name: str) -> str:
+def _recreate_database(name: str, template: str | None = None) -> str:
+    """Drop ``name`` if it exists, create it (a copy of ``template`` if given); its URL."""
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     admin.dispose()
-    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+
+
+def fresh_database(name: str) -> str:
+    url = _recreate_database(name)
     engine = create_engine(url)
     migrate.upgrade(engine)
     engine.dispose()
@@ -270,12 +275,7 @@ def copy_for(tree: Path, db_url: str, name: str) -> str:
         [sys.executable, "-c", "from imaging_sync.db import migrate; print(migrate.head_revision())"],
         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True,
     ).stdout.strip()
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(db_url).database}"'))
-    admin.dispose()
-    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    url = _recreate_database(name, template=make_url(db_url).database)
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
