@@ -3,14 +3,17 @@
 Hospital networks often have no route to the internet, and a docs page that
 loads Swagger UI from a CDN (Litestar's default, jsDelivr) stays blank there.
 Here the page, its script, its style sheet and its icon all come from this
-app: the files are those of the installed ``swagger-ui-py`` distribution
-(Swagger UI 5, which renders OpenAPI 3.1; ``swagger-ui-bundle`` still ships
-Swagger UI 4.15, which refuses a 3.1 document). Nothing on the page reaches
+app: Swagger UI 5 (which renders OpenAPI 3.1), the served files of npm's
+``swagger-ui-dist`` shipped in this package (``api/static/swagger-ui``, with
+their licence texts and ``SOURCE.json``: version, registry integrity hash,
+each file's SHA-256; refreshed by ``devtools/vendor_swagger_ui.py``). Python
+distributions of it were 25 MB of editor bundles and source maps around these
+1.9 MB, or Swagger UI 4, which refuses a 3.1 document. Nothing on the page reaches
 another host: ``validatorUrl`` is null, so the document is never sent to
 validator.swagger.io, and there is no web font.
 
 The files are served from an allowlist under
-``/api/v1/docs/assets/<swagger-ui-py version>/<name>``; a name is looked up,
+``/api/v1/docs/assets/<Swagger UI version>/<name>``; a name is looked up,
 never joined to a path, so nothing else on disk can be asked for. The version
 in the path lets browsers keep the files for a year: upgrading the package
 changes the URL. Like the page and the OpenAPI document, the files need no API
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import functools
 import html
-from importlib import metadata, resources
+import json
+from importlib import resources
 from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, Router, get
@@ -29,11 +33,12 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.params import PathParameter
 
-DISTRIBUTION = "swagger-ui-py"
-VERSION = metadata.version(DISTRIBUTION)
-CACHE_CONTROL = "public, max-age=31536000, immutable"  # a year: the URL changes with the package version
+STATIC = resources.files("api") / "static" / "swagger-ui"
+SOURCE = json.loads((STATIC / "SOURCE.json").read_text(encoding="utf-8"))
+VERSION: str = SOURCE["version"]
+CACHE_CONTROL = "public, max-age=31536000, immutable"  # a year: the URL changes with the Swagger UI version
 
-# name -> media type: the only files served (in the package's swagger_ui/static); Litestar adds
+# name -> media type: the only files served (of those in api/static/swagger-ui); Litestar adds
 # "; charset=utf-8" to the text types.
 ASSETS = {
     "swagger-ui-bundle.js": "text/javascript",  # RFC 9239
@@ -111,7 +116,7 @@ def docs_router(prefix: str) -> tuple[Router, SwaggerUI]:
 @functools.cache
 def _read(name: str) -> bytes:
     """The file's bytes, read once per process (about 1.6 MB for all three)."""
-    return (resources.files("swagger_ui") / "static" / name).read_bytes()
+    return (STATIC / name).read_bytes()
 
 
 __all__ = ["ASSETS", "CACHE_CONTROL", "VERSION", "SwaggerUI", "docs_router"]
