@@ -55,6 +55,7 @@ from imaging_sync.config_toml import dumps
 from imaging_sync.core import Core
 from imaging_sync.db import migrate
 from imaging_sync.db.models import Instance, Series, Study, Subject
+from imaging_sync.extras import require_extra
 from storage import EmbeddedS3
 
 # Partner C speaks another vocabulary: lower-case sex letters and "<modality>-scan".
@@ -86,6 +87,8 @@ DEMO_DICOM_PEERS: dict[str, list[DicomOperation]] = {"FINDSCU": ["echo", "find"]
 @click.pass_context
 def demo(ctx: click.Context, studies: int, workdir: str, api_port: int, dicom_port: int, no_serve: bool) -> None:
     """Run the whole service on this machine: demo partners, embedded S3, sync, API, DICOM node, scheduler."""
+    # Before the work dir is emptied: a production install (no demo extra) says what to install instead.
+    require_extra("demo", key="storage.embedded", purpose="imaging-sync demo (its embedded S3 and DICOM files with pixel data)")
     flags = {name: ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE for name in ("api_port", "dicom_port")}
     root = ctx.find_root().obj
     config_flag = getattr(root, "config_path", None) if getattr(root, "config_flag", False) else None

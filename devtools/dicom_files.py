@@ -18,9 +18,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -30,6 +29,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     RLELossless,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["ENCODABLE_TRANSFER_SYNTAXES", "InstanceSpec", "dicom_file", "dicom_file_for_item", "dataset_bytes"]
 
@@ -66,6 +68,8 @@ class InstanceSpec:
 
 def _pixels(spec: InstanceSpec) -> np.ndarray:
     """A deterministic 8-bit pattern seeded by the SOP Instance UID (every file differs)."""
+    import numpy as np  # the demo extra: the base install writes no pixel data
+
     seed = int.from_bytes(hashlib.sha256(spec.sop_instance_uid.encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
     base = np.add.outer(np.arange(spec.rows), np.arange(spec.columns)).astype(np.uint16) * 3

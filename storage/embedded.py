@@ -25,31 +25,27 @@ import socket
 import threading
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3.session
 import msgspec
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from imaging_sync.config import StorageConfig
 from imaging_sync.errors import StorageError
+from imaging_sync.extras import require_extra
 from storage.presigned_gate import PresignedGetGate
 from storage.registry import new_botocore_session
+
+if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
 
 HOST = "127.0.0.1"  # local use only: never listen on other interfaces
 # moto accepts any credentials for its own API; these create the buckets.
 _ADMIN_KEY = "embedded-admin"
 
 log = logging.getLogger(__name__)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log on stderr for every object request."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
 
 
 class EmbeddedS3:
@@ -89,7 +85,17 @@ class EmbeddedS3:
         """Bind (failing here if the port is taken), serve in a daemon thread, create the buckets."""
         if self._server is not None:
             return self.endpoint_url
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # heavy import
+        require_extra("demo", key="storage.embedded", purpose="the embedded S3")
+        # Imported here, not at the top: the base install (production) has neither package.
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class QuietHandler(WSGIRequestHandler):
+            """No access log on stderr for every object request."""
+
+            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+                return None
+
 
         app = PresignedGetGate(DomainDispatcherApplication(create_backend_app), secrets=self._secrets)
         # Bind here: werkzeug's make_server answers a taken port with sys.exit(1).
@@ -99,7 +105,7 @@ class EmbeddedS3:
             listener.bind((HOST, self._port))
             listener.listen(128)
             self._server = make_server(
-                HOST, self._port, app, threaded=True, request_handler=_QuietHandler, fd=listener.fileno()
+                HOST, self._port, app, threaded=True, request_handler=QuietHandler, fd=listener.fileno()
             )
         except OSError as exc:
             raise StorageError(f"embedded S3 cannot listen on {HOST}:{self._port}: {exc.strerror}") from None

@@ -440,6 +440,20 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_health_check_and_the_cli
     assert "/var/lib/imaging-sync/beat" in final
 
 
+def test_the_image_installs_only_the_hashed_production_lock_and_ships_its_bill_of_materials() -> None:
+    builder, final = "\n".join(_stages()[0]), _final_stage()
+    installs = re.findall(r"pip install ([^&]+)", builder)
+    into_venv = [i for i in installs if "--python /opt/venv/bin/python" in i]
+    assert any("--require-hashes" in i and "--no-deps" in i and "-r requirements/production.txt" in i for i in into_venv), into_venv
+    assert all("--no-deps" in i for i in into_venv), "nothing is resolved into the production venv: the lock is the whole set"
+    assert re.search(r"python -m venv --without-pip /opt/venv", builder), "the shipped venv has no installer"
+    assert not re.search(r"pip install[^&]*(\.\[|\bmoto\b|requirements/dev\.txt)", builder), "no extra or dev set in the image"
+    assert "python -m devtools.sbom --python /opt/venv/bin/python -o /opt/sbom.cdx.json" in builder
+    assert "python -m devtools.licences /opt/sbom.cdx.json" in builder, "the build fails on a licence the policy refuses"
+    assert "COPY --from=builder /opt/sbom.cdx.json /usr/share/imaging-sync/sbom.cdx.json" in final
+    assert "sbom-tool" not in final, "the SBOM tool stays in the builder"
+
+
 def _dockerignore() -> list[str]:
     return [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
 
@@ -559,19 +573,28 @@ def test_the_image_gets_every_third_party_package_the_service_imports() -> None:
 
     from packaging.requirements import Requirement
 
-    ours = {"imaging_sync", "api", "dicom", "jobs", "storage", "devtools"}
-    # Imported only for local use (`[storage] embedded = true`, the demo): the dev extra provides it.
-    local_only = {"moto"}
+    from imaging_sync.extras import EXTRA_MODULES
+
+    ours = {"imaging_sync", "api", "dicom", "jobs", "storage", "devtools", "app"}
+    # An extra's modules (the demo's embedded S3 and pixel data) are imported only inside the function
+    # that needs them, after imaging_sync.extras.require_extra: never at a module's top level.
+    optional = {module for modules in EXTRA_MODULES.values() for module in modules}
     imported: dict[str, set[str]] = {}
+    top_level_optional: list[str] = []
     for package in sorted(ours):
         for path in (REPO / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            module_level = {id(node) for node in tree.body}
+            for node in ast.walk(tree):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                         [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
                 for name in names:
                     top = name.split(".")[0]
                     if top not in sys.stdlib_module_names and top not in ours:
                         imported.setdefault(top, set()).add(str(path.relative_to(REPO)))
+                        if top in optional and id(node) in module_level:
+                            top_level_optional.append(f"{top} ({path.relative_to(REPO)}:{node.lineno})")
+    assert not top_level_optional, f"an extra's module imported at module level: {top_level_optional}"
 
     def closure(name: str, extras: tuple[str, ...] = (), seen: set[str] | None = None) -> set[str]:
         seen = set() if seen is None else seen
@@ -601,7 +624,7 @@ def test_the_image_gets_every_third_party_package_the_service_imports() -> None:
     owners = packages_distributions()
     missing = {
         module: files for module, files in imported.items()
-        if module not in local_only and not any(d.lower().replace("_", "-") in provided for d in owners.get(module, [module]))
+        if module not in optional and not any(d.lower().replace("_", "-") in provided for d in owners.get(module, [module]))
     }
     assert not missing, (
         "imported by the service but neither declared in pyproject.toml nor installed by infra/Dockerfile "
