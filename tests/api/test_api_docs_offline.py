@@ -206,3 +206,16 @@ def test_the_docs_page_renders_every_operation_in_a_browser_that_cannot_reach_th
     for name in ("swagger-ui-bundle.js", "swagger-ui.css"):
         assert served.get(f"{ASSETS_URL}/{name}") == 200, name
     assert all(status == 200 for p, status in served.items() if p.startswith("/api/v1/docs/assets/"))
+
+
+def test_the_vendored_swagger_ui_files_are_the_ones_their_manifest_names() -> None:
+    """api/static/swagger-ui/SOURCE.json: each served file (and licence text) with the SHA-256 it had when vendored."""
+    import hashlib
+
+    from api.docs import SOURCE, STATIC
+
+    assert set(ASSETS) <= set(SOURCE["files"]), "every served file is vendored with its hash"
+    assert {"LICENSE", "NOTICE"} <= set(SOURCE["files"])
+    for name, digest in SOURCE["files"].items():
+        assert hashlib.sha256((STATIC / name).read_bytes()).hexdigest() == digest, f"{name} differs from {SOURCE['purl']}"
+    assert SOURCE["purl"] == f"pkg:npm/swagger-ui-dist@{VERSION}" and SOURCE["license"] == "Apache-2.0"
