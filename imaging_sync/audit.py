@@ -110,6 +110,8 @@ class AuditEvent:
 
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
+# The columns an entry's INSERT writes: seq and txid are the database's (imaging_sync.audit_seals).
+_FIELDS_AND_ID = frozenset(("id", *_FIELDS))
 
 
 # -- cleaning: every value storable, every value bounded ---------------------------------------------
@@ -359,7 +361,7 @@ def _disclosure_insert(dialect: str, shape: tuple[bool, ...], with_entry: bool) 
     else:
         statement = _disclosure.insert().from_select(columns, source)
     if with_entry:
-        entry = _log.insert().values({c.name: bindparam(f"entry_{c.name}", type_=c.type) for c in _log.c}).cte("entry")
+        entry = _log.insert().values({c.name: bindparam(f"entry_{c.name}", type_=c.type) for c in _log.c if c.name in _FIELDS_AND_ID}).cte("entry")
         statement = statement.add_cte(entry)
     return statement
 

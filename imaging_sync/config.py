@@ -547,6 +547,22 @@ def _check_crontab(key: str, expression: str) -> None:
         raise ValueError(f"{key}: {expression!r} is not a valid crontab: {exc}") from None
 
 
+class AuditConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[audit]: sealing the audit log (tamper evidence), where the seals and archived months go, how long they are kept."""
+
+    seal_interval_seconds: Annotated[float, doc("How often new audit rows are sealed (the beat task, the embedded scheduler).", gt=0)] = 60.0
+    seal_bucket: Annotated[str | None, doc("A registered bucket that receives every seal as an object, out of the database owner's reach "
+                                           "(with object lock where the store has it); unset: seals stay in the database only.",
+                                           example="hospital-audit-seals")] = None
+    seal_prefix: Annotated[str, doc("Key prefix of the seal objects in seal_bucket.")] = "imaging-sync/audit-seals/"
+    archive_bucket: Annotated[str | None, doc("A registered bucket that receives archived months (`imaging-sync audit archive`).",
+                                              example="hospital-audit-archive")] = None
+    archive_prefix: Annotated[str, doc("Key prefix of archived months in archive_bucket.")] = "imaging-sync/audit-archive/"
+    retention_years: Annotated[int, doc("Years an archived month and each seal object are kept (object lock retain-until, where the store has it).",
+                                        ge=1, le=100)] = 5
+    online_months: Annotated[int, doc("Months kept in the database; `audit archive` refuses a month younger than this.", ge=1, le=120)] = 13
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Every section of the configuration; ``source`` says where it came from (not a key of the file)."""
 
@@ -559,6 +575,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     alerts: AlertsConfig = AlertsConfig()
     jobs: JobsConfig = JobsConfig()
     dicom: DicomConfig = DicomConfig()
+    audit: AuditConfig = AuditConfig()
     partners: Annotated[dict[str, PartnerConfig], doc("The partners, by name (lower-case letters, digits, '-' and '_').", example={
         "b": {"base_url": "https://export.partner-b.example/api", "api_key_env": "PARTNER_B_API_KEY", "default_bucket": "partner-b-dicom",
               "allowed_buckets": ["partner-b-archive"], "priority": 10,

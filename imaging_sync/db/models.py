@@ -16,7 +16,7 @@ import datetime as dt
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, Uuid, text
+from sqlalchemy import BigInteger, Boolean, Date, FetchedValue, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from imaging_sync.db.types import JSONType, UTCDateTime
@@ -314,6 +314,10 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # started | success | denied | not_found | error (audit.OUTCOMES)
     status: Mapped[int | None] = mapped_column(Integer, default=None)
     detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Written by the database, never by us (PostgreSQL: audit_seq and the writing transaction's id; NULL on
+    # SQLite, where rowid orders the rows): what a seal covers, in which order (imaging_sync.audit_seals).
+    seq: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue())
+    txid: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue())
 
 
 class AuditCompletion(Base):
@@ -332,6 +336,10 @@ class AuditCompletion(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # success | denied | not_found | error
     status: Mapped[int | None] = mapped_column(Integer, default=None)
     detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Written by the database, never by us (PostgreSQL: audit_seq and the writing transaction's id; NULL on
+    # SQLite, where rowid orders the rows): what a seal covers, in which order (imaging_sync.audit_seals).
+    seq: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue())
+    txid: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue())
 
 
 class AuditDisclosure(Base):
@@ -352,6 +360,45 @@ class AuditDisclosure(Base):
     entity_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     audit_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(8))  # subject | study
+    # Written by the database, never by us (PostgreSQL: audit_seq and the writing transaction's id; NULL on
+    # SQLite, where rowid orders the rows): what a seal covers, in which order (imaging_sync.audit_seals).
+    seq: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue())
+    txid: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue())
+
+
+class AuditSeal(Base):
+    """One seal over the audit rows written since the previous one (:mod:`imaging_sync.audit_seals`).
+
+    ``rows`` lists what it covers, in order (table code, seq, first 8 bytes of
+    the row's hash, 17 bytes a row), so that ``audit verify`` can name the
+    first row changed, removed or slipped in; ``digest`` is the SHA-256 over
+    them, ``hash`` the seal's own, chained through ``prev_hash``. PostgreSQL:
+    the rows whose transaction id is in ``[lo, hi)``; SQLite: ``ranges``,
+    each table's rowids after the previous seal's. Append-only.
+    """
+
+    __tablename__ = "audit_seal"
+
+    seal_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    sealed_at: Mapped[dt.datetime] = mapped_column()
+    lo: Mapped[int | None] = mapped_column(BigInteger)
+    hi: Mapped[int | None] = mapped_column(BigInteger)
+    ranges: Mapped[dict[str, Any] | None] = mapped_column()
+    row_count: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditExportCursor(Base):
+    """How far an exporter of the audit log (the ATNA relay) has sent: the last seal it delivered whole."""
+
+    __tablename__ = "audit_export_cursor"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seal_no: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column()
 
 
 class OutboxEvent(Base):
