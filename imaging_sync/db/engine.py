@@ -3,31 +3,61 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import URL, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from imaging_sync.config import DatabaseConfig, database_password
+from imaging_sync.config import DatabaseConfig, database_password, runtime_password
 
 _encode_json = msgspec.json.Encoder().encode
 
+# What a process connects to the database for: "migrate" is `imaging-sync db upgrade` alone; "serve" is every
+# other process (API, DICOM node, workers, beat, the sync and the other commands, doctor).
+Purpose = Literal["migrate", "serve"]
 
-def create_db_engine(config: DatabaseConfig) -> Engine:
-    """The process's engine, on PostgreSQL or SQLite.
+
+def connection_url(config: DatabaseConfig, purpose: Purpose = "serve", environ: Mapping[str, str] | None = None, *, with_password: bool = True) -> URL:
+    """The one place that decides which role, and which secret, a process connects with.
+
+    ``"migrate"``: ``db upgrade``, and any other step that must own the tables
+    (``audit archive`` detaches and drops partitions, which only the owner may).
+
+    ``database.url`` names the role that owns the tables; migrations run as it.
+    With ``database.runtime_role`` set, everything else connects to the same
+    host and database as that role instead, with its own secret
+    (``runtime_password_env``/``_file``): a role holding only the grants of
+    :mod:`imaging_sync.db.grants`, so a compromised or buggy service cannot
+    rewrite, drop or switch off the audit log the way a table owner can
+    (``ALTER TABLE … DISABLE TRIGGER``, ``DROP TRIGGER``, ``ALTER COLUMN … USING``).
+    Without it, every process connects as the owner (SQLite, one machine,
+    development). ``with_password=False``: the URL to show, no secret read.
+    """
+    url = make_url(config.url)
+    as_runtime = purpose == "serve" and bool(config.runtime_role)
+    if as_runtime:
+        url = url.set(username=config.runtime_role, password=None)
+    if not with_password:
+        return url.set(password=None) if url.password else url
+    password = runtime_password(config, environ) if as_runtime else database_password(config, environ)
+    if password is not None:
+        url = url.set(password=password.reveal())
+    return url
+
+
+def create_db_engine(config: DatabaseConfig, purpose: Purpose = "serve") -> Engine:
+    """The process's engine, on PostgreSQL or SQLite, as the role :func:`connection_url` decides for ``purpose``.
 
     ``hide_parameters``: SQLAlchemy writes a failed statement's parameters
     into the exception's text (and ``echo`` into the log), and those are
     patient names and IDs: a search's filters, an audit entry's query. With
     it, an error message shows the statement alone.
     """
-    url = make_url(config.url)
-    password = database_password(config)
-    if password is not None:
-        url = url.set(password=password.reveal())
+    url = connection_url(config, purpose)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, config)
     if url.drivername == "postgresql":

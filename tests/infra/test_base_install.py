@@ -97,6 +97,8 @@ def _env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "IMAGING_SYNC_CONFIG": str(COMPOSE_CONFIG),
         "IMAGING_SYNC__DATABASE__URL": f"sqlite:///{tmp_path / 'index.db'}",
         "IMAGING_SYNC__DATABASE__PASSWORD_ENV": "",
+        "IMAGING_SYNC__DATABASE__RUNTIME_ROLE": "",  # SQLite has no roles
+        "IMAGING_SYNC__DATABASE__RUNTIME_PASSWORD_ENV": "",
         "PYTHONPATH": "",
     })
     env.update(overrides)

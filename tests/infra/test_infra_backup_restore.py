@@ -33,6 +33,7 @@ from devtools.datagen import DatasetSpec
 from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV, UNREACHED_WEBHOOK, settings_for, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
 from imaging_sync.audit import AuditEvent, record_now
+from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.models import AuditEntry, Base
 from imaging_sync.sync.runner import SyncRunner
@@ -274,10 +275,13 @@ def test_backup_fails_clearly_without_a_reachable_database(tmp_path: Path, admin
     assert not any(tmp_path.glob("*.dump"))
 
 
-def test_the_compose_first_start_script_makes_a_role_that_cannot_switch_the_audit_triggers_off(admin: Engine) -> None:
+def test_the_compose_first_start_script_makes_an_owner_and_a_runtime_role_that_cannot_switch_the_audit_triggers_off(admin: Engine) -> None:
+    """The owner may switch triggers off (it owns the tables); the runtime role the services use may not, once `db upgrade` granted it."""
     role, database, password = f"isync_role_{RUN_TAG}", f"isync_infra_app_{RUN_TAG}", "pw-with-'quote\"-and-$dollar"
+    runtime = f"isync_rt_{RUN_TAG}"
     env = _pg_env(POSTGRES_USER=make_url(PG_ADMIN_URL).username or "postgres", POSTGRES_DB="postgres",
-                  APP_DB_USER=role, APP_DB_NAME=database, IMAGING_SYNC_DB_PASSWORD=password)
+                  APP_DB_USER=role, APP_DB_NAME=database, IMAGING_SYNC_DB_PASSWORD=password,
+                  APP_RUNTIME_USER=runtime, IMAGING_SYNC_DB_RUNTIME_PASSWORD="rt-" + password)
     try:
         for _ in range(2):  # idempotent
             done = subprocess.run(["bash", str(APP_ROLE_INIT)], env=env, capture_output=True, text=True, timeout=60)
@@ -285,19 +289,28 @@ def test_the_compose_first_start_script_makes_a_role_that_cannot_switch_the_audi
         with admin.connect() as conn:
             owner = conn.scalar(text("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :d"), {"d": database})
             superuser = conn.scalar(text("SELECT rolsuper FROM pg_roles WHERE rolname = :r"), {"r": role})
+            runtime_row = conn.execute(text("SELECT rolsuper, rolcreaterole, rolcanlogin FROM pg_roles WHERE rolname = :r"), {"r": runtime}).one()
         assert owner == role and superuser is False
-        # As that role (trust auth locally; the password is what a password-checking server would ask).
+        assert tuple(runtime_row) == (False, False, True)
+        # As those roles (trust auth locally; the passwords are what a password-checking server would ask).
+        config = DatabaseConfig(url=make_url(PG_ADMIN_URL).set(database=database, username=role).render_as_string(hide_password=False), runtime_role=runtime)
+        migrate.upgrade_database(config)
         app = create_engine(make_url(PG_ADMIN_URL).set(database=database, username=role, password=password))
+        service = create_engine(make_url(PG_ADMIN_URL).set(database=database, username=runtime))
         try:
-            migrate.upgrade(app)
             with pytest.raises(DBAPIError, match="permission denied|must be superuser"):
                 with app.begin() as conn:
                     conn.execute(text("SET session_replication_role = replica"))
+            with pytest.raises(DBAPIError, match="must be owner"):
+                with service.begin() as conn:
+                    conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER ALL"))
         finally:
             app.dispose()
+            service.dispose()
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{runtime}"'))
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
 
 

@@ -220,7 +220,8 @@ def test_published_ports_are_the_ports_the_services_listen_on() -> None:
 
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_each_app_service_loads_its_settings_from_the_mounted_file_and_its_environment(name: str) -> None:
-    from imaging_sync.config import database_password, load_settings
+    from imaging_sync.config import load_settings
+    from imaging_sync.db.engine import connection_url
     from storage.registry import BucketRegistry
 
     service = SERVICES[name]
@@ -230,10 +231,41 @@ def test_each_app_service_loads_its_settings_from_the_mounted_file_and_its_envir
     assert mounted == COMPOSE_CONFIG.resolve(), f"{name}: {CONFIG_IN_CONTAINER} must be infra/imaging-sync.compose.toml"
     assert any(m.target == CONFIG_IN_CONTAINER and m.read_only for m in mounts_of(service)), f"{name}: mount the config read-only"
     settings = load_settings(mounted, env)  # ConfigError names the key
-    assert database_password(settings.database, env) is not None, f"{name}: {settings.database.password_env} missing"
+    purpose = "migrate" if argv_of(service)[1:3] == ["db", "upgrade"] else "serve"
+    assert connection_url(settings.database, purpose, env).password, f"{name}: no database password for its role"
     BucketRegistry(settings.storage, environ=env)  # every bucket's key variables are set
     assert settings.jobs.resolved_broker_url(env).reveal().startswith("redis://")
     assert settings.logging.format == "json"
+
+
+def test_the_migration_runs_as_the_owner_and_every_service_as_the_runtime_role_with_separate_secrets() -> None:
+    """Only "migrate" is given the owner's password; the others connect as database.runtime_role, which owns nothing (README: Production)."""
+    from imaging_sync.config import load_settings
+    from imaging_sync.db.engine import connection_url
+
+    init = (REPO / "infra" / "postgres" / "10-app-role.sh").read_text(encoding="utf-8")
+    seen = set()
+    for name in APP_SERVICES:
+        env = environment_of(SERVICES[name])
+        settings = load_settings(COMPOSE_CONFIG, env)
+        database = settings.database
+        owner = connection_url(database, "migrate", with_password=False).username
+        assert database.runtime_role and database.runtime_role != owner
+        assert database.password_env != database.runtime_password_env, "the two roles need two secrets"
+        if argv_of(SERVICES[name])[1:3] == ["db", "upgrade"]:
+            assert env.get(str(database.password_env)), f"{name}: the migration needs the owner's password"
+            assert connection_url(database, "migrate", env).username == owner
+            seen.add("owner")
+        else:
+            assert str(database.password_env) not in env, f"{name}: a service must not be given the owner's password"
+            assert connection_url(database, "serve", env).username == database.runtime_role
+            seen.add("runtime")
+        assert env.get(str(database.runtime_password_env)), f"{name}: {database.runtime_password_env} missing"
+        assert f'APP_RUNTIME_USER="${{APP_RUNTIME_USER:-{database.runtime_role}}}"' in init
+        assert f'APP_DB_USER="${{APP_DB_USER:-{owner}}}"' in init
+    assert seen == {"owner", "runtime"}
+    postgres = environment_of(SERVICES["postgres"])
+    assert {"IMAGING_SYNC_DB_PASSWORD", "IMAGING_SYNC_DB_RUNTIME_PASSWORD"} <= set(postgres), "the first-start script makes both roles"
 
 
 def _override_problem(env_name: str, raw: dict[str, Any]) -> str | None:
@@ -497,6 +529,8 @@ def _local_env(tmp_path: Path, service: str, **overrides: str) -> dict[str, str]
         "IMAGING_SYNC_CONFIG": str(COMPOSE_CONFIG),
         "IMAGING_SYNC__DATABASE__URL": f"sqlite:///{tmp_path / 'index.db'}",
         "IMAGING_SYNC__DATABASE__PASSWORD_ENV": "",  # SQLite has no password
+        "IMAGING_SYNC__DATABASE__RUNTIME_ROLE": "",  # nor roles
+        "IMAGING_SYNC__DATABASE__RUNTIME_PASSWORD_ENV": "",
     })
     env.update(overrides)
     return env
