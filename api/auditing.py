@@ -18,6 +18,12 @@ their success themselves, in their own worker thread as they return
 (:func:`recorded_in_thread`): a thread hop of its own cost a tenth of a
 search's CPU. The middleware then writes only the entries nobody wrote.
 
+A request refused as unauthenticated (401: no key, or an unknown, expired or
+revoked one) is not an entry of its own: it is counted in its client
+address's row of the minute (:mod:`imaging_sync.audit_refusals`, with the
+method and path but not the query), so a flood costs one row a minute.
+Refusals of a caller whose key was accepted (403) stay entries.
+
 The record is written *before* the response leaves: if it cannot be written,
 the client gets ``503 audit_unavailable`` instead of the data — an access to
 patient data that the log does not show must not happen. Every value of the
@@ -48,7 +54,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.db import release, scope_connection, write_transaction
 from api.errors import REQUEST_ID_HEADER, error_body, request_id
-from imaging_sync import audit
+from imaging_sync import audit, audit_refusals
 from imaging_sync.audit import AuditEvent
 from imaging_sync.config import ApiConfig
 from imaging_sync.errors import AuditUnavailableError, ConfigError
@@ -266,6 +272,16 @@ def _write(scope: Scope, status: int) -> None:
     transaction (SQLite).
     """
     services = scope["litestar_app"].state["services"]
+    if status == 401 and scope["state"].get("principal") is None:  # unauthenticated: counted, not an entry each
+        refusal = build_refusal(scope, services.trusted_proxies)
+        try:
+            with write_transaction(scope_connection(scope)) as conn:
+                audit_refusals.count(conn, refusal)
+        except SQLAlchemyError as error:
+            raise AuditUnavailableError(f"the audit log could not count the refusal: {describe_failure(error)}") from None
+        finally:
+            release(scope)
+        return
     event = build_event(scope, status, services.trusted_proxies)
     disclosures = scope["state"].get(_DISCLOSED, {}) if status < 400 else {}
     try:
@@ -275,6 +291,17 @@ def _write(scope: Scope, status: int) -> None:
         raise AuditUnavailableError(f"the audit log could not record the access: {describe_failure(error)}") from None
     finally:
         release(scope)
+
+
+def build_refusal(scope: Scope, trusted: Sequence[IpNetwork]) -> audit_refusals.Refusal:
+    """An unauthenticated request (401) as the core counts it: the address, the method and path (no query), why."""
+    state = scope.get("state", {})
+    method = scope.get("method")
+    tried = audit_refusals.http_attempt(
+        method if isinstance(method, str) else None, scope.get("path"),
+        reason=state.get(_NOTE, {}).get("detail", {}).get("auth_failure"), claimed_prefix=state.get("claimed_prefix"),
+    )
+    return audit_refusals.Refusal(channel="http", client_addr=client_address(scope, trusted), tried=tried)
 
 
 def build_event(scope: Scope, status: int, trusted: Sequence[IpNetwork]) -> AuditEvent:

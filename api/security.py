@@ -4,7 +4,8 @@ Guards are plain functions that raise (Litestar runs them before any
 parameter is parsed, so an unauthenticated caller learns nothing about
 valid parameters). A key that is unknown, expired or revoked gets the same
 401, with the same body and headers: which of the three it was goes to the
-audit entry only (``detail.auth_failure``), never to the caller. The ``/api/v1`` router runs :func:`authenticate` first;
+auditor only (the sample of the address's counted refusals,
+:mod:`imaging_sync.audit_refusals`), never to the caller. The ``/api/v1`` router runs :func:`authenticate` first;
 each controller then names the roles it admits with :func:`require`.
 
 Roles (least privilege; :data:`PERMISSIONS` is the whole table):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-import getpass
+import os
+import pwd
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -70,9 +72,25 @@ def pass_core(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+ACTOR_LENGTH = 128  # audit_log.actor
+
+
 def cli_actor() -> str:
-    """The audit log's actor for privileged CLI actions: the operating-system user."""
+    """The audit log's actor for CLI actions: ``cli:<account>@<host>``, the OS account of the process's real uid.
+
+    Not ``getpass.getuser()``: it reads ``$LOGNAME``, ``$USER`` and
+    ``$USERNAME`` first, so ``LOGNAME=anyone imaging-sync …`` rewrote who did
+    it. The uid is the kernel's; an account the password database does not
+    know (a container's arbitrary uid) is its number. The host tells two
+    machines' ``alice`` apart. Cut to the column's 128 characters.
+    """
+    uid = os.getuid()
     try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
+        account = pwd.getpwuid(uid).pw_name or str(uid)
+    except KeyError:
+        account = str(uid)
+    try:
+        host = socket.gethostname() or "unknown-host"
+    except OSError:
+        host = "unknown-host"
+    return f"cli:{account}@{host}"[:ACTOR_LENGTH]

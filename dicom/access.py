@@ -63,6 +63,9 @@ PEER_LIMIT = Refusal("peer_association_limit", REJECTED_TRANSIENT, SOURCE_PROVID
 TOTAL_LIMIT = Refusal("association_limit", REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT_EXCEEDED)
 # The decision itself failed (a bug): rejected-transient, service-user, no reason given.
 ADMISSION_FAILED = Refusal("admission_failed", REJECTED_TRANSIENT, SOURCE_SERVICE_USER, 0x01)
+# The peer is not one we know (its calling AE title, or that title from this address): it proved no identity,
+# so the rejection is counted per address and minute (imaging_sync.audit_refusals), not an audit entry each.
+UNAUTHENTICATED = frozenset({NOT_LISTED, WRONG_ADDRESS})
 
 
 def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -15,7 +15,12 @@ and counts. A process killed in between leaves the ``started`` entry.
 
 An operation that disclosed nothing (refused, invalid, no match) is one
 complete entry written when it ends; so is a refusal at association
-(:func:`record_refusal`). Log lines carry levels, counts, statuses and the
+(:func:`record_refusal`) of a listed peer (over a limit). A peer that is
+not one we know (its calling AE title not listed, or not from that address)
+or that broke a limit before it could be admitted proved no identity: its
+rejection is counted in its address's row of the minute
+(:func:`count_unauthenticated`, :mod:`imaging_sync.audit_refusals`), so a
+flood of association requests costs one row a minute. Log lines carry levels, counts, statuses and the
 association id, never patient names or IDs (those are only in the audit
 entry's ``query``, which is what the audit log is for).
 """
@@ -37,7 +42,7 @@ from dicom import statuses
 from dicom.limits import restart_idle_timer
 from dicom.retrieve import Tally
 from dicom.session import session
-from imaging_sync import audit
+from imaging_sync import audit, audit_refusals
 from imaging_sync.audit import AuditEvent, AuditHandle
 from imaging_sync.errors import AuditUnavailableError
 from imaging_sync.logs import describe_failure
@@ -79,6 +84,21 @@ def record_refusal(
         audit.record_now(engine, event)
     except AuditUnavailableError as exc:
         log.error("the refusal (%s, association %s) could not be audited: %s", action, association_id(assoc), describe_failure(exc))
+
+
+def count_unauthenticated(engine: Engine, assoc: Any, reason: str, *, called_ae: str | None = None) -> None:
+    """Count a rejection of a peer that was never admitted (see the module's docstring), before the peer reads it.
+
+    The sample keeps the AE titles and the reason. As with
+    :func:`record_refusal`, the rejection stands whether or not the row can
+    be written; a row that cannot is logged without values.
+    """
+    calling_ae, address = peer(assoc)
+    refusal = audit_refusals.Refusal(channel="dicom", client_addr=address or None, tried=audit_refusals.dicom_attempt(calling_ae, called_ae, reason))
+    try:
+        audit_refusals.count_now(engine, refusal)
+    except AuditUnavailableError as exc:
+        log.error("the refusal (association %s, %s) could not be counted: %s", association_id(assoc), reason, describe_failure(exc))
 
 
 @dataclass

@@ -34,8 +34,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 from sqlalchemy import Engine
 
 from dicom import statuses
-from dicom.access import ADMISSION_FAILED, AccessPolicy
-from dicom.auditing import Operation, audit_failure, audited, peer, record_refusal
+from dicom.access import ADMISSION_FAILED, UNAUTHENTICATED, AccessPolicy
+from dicom.auditing import Operation, audit_failure, audited, count_unauthenticated, peer, record_refusal
 from dicom.errors import LimitExceededError, UnknownDestinationError
 from dicom.find import Finder, Match
 from dicom.identifiers import Model, asked, parse
@@ -135,7 +135,8 @@ def handle_requested(event: Any, services: Services) -> None:
     """An A-ASSOCIATE-RQ arrived: admit it, or reject it before anything is negotiated (dicom.access).
 
     The refusal is audited first (outcome ``denied``: when the peer reads the
-    rejection, the row exists), then rejected the way pynetdicom documents for
+    rejection, the row exists; a peer we do not know is counted in its
+    address's row of the minute instead, ``dicom.access.UNAUTHENTICATED``), then rejected the way pynetdicom documents for
     EVT_REQUESTED: send the A-ASSOCIATE-RJ and end the association as its ACSE
     does for its own rejections. Any error deciding is a rejection too.
     """
@@ -153,7 +154,11 @@ def handle_requested(event: Any, services: Services) -> None:
         state.admitted = True
         return
     log.warning("association %s from calling AE %s at %s rejected: %s", state.id, state.calling_ae, state.address, refusal.reason.replace("_", " "))
-    record_refusal(services.engine, assoc, "associate", detail={**refusal.detail, "called_ae": str(request.called_ae_title or "").strip()})
+    called_ae = str(request.called_ae_title or "").strip()
+    if refusal in UNAUTHENTICATED:
+        count_unauthenticated(services.engine, assoc, refusal.reason, called_ae=called_ae)
+    else:
+        record_refusal(services.engine, assoc, "associate", detail={**refusal.detail, "called_ae": called_ae})
     assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
     assoc.kill()
 
@@ -163,7 +168,10 @@ def handle_pdu_received(event: Any, services: Services) -> None:
 
 
 def _refused_by_limit(services: Services, assoc: Any, reason: str, detail: dict[str, Any]) -> None:
-    record_refusal(services.engine, assoc, "associate" if not session(assoc).admitted else "association", detail={"reason": reason, **detail})
+    if not session(assoc).admitted:  # before any A-ASSOCIATE-RQ was read: nobody identified, counted
+        count_unauthenticated(services.engine, assoc, reason)
+        return
+    record_refusal(services.engine, assoc, "association", detail={"reason": reason, **detail})
 
 
 def handle_established(event: Any) -> None:

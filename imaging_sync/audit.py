@@ -93,7 +93,7 @@ class AuditEvent:
     """
 
     channel: str  # http | dicom | cli
-    actor: str  # API key prefix, calling AE title, or cli:<user>
+    actor: str  # API key prefix, calling AE title, or cli:<account>@<host>
     action: str  # search, read, issue_url, trigger_sync, c-find, c-move, …
     outcome: str = STARTED
     actor_key_id: uuid.UUID | None = None
@@ -559,7 +559,7 @@ def search(
     """Entries newest first, each with ``completion`` (``None``, or its ``at``, ``outcome``, ``status``, ``detail``).
 
     ``actor`` is what the entry names as its actor (key prefix, AE title,
-    ``cli:<user>``) or, when it is a UUID, the API key's id. ``resource`` is
+    ``cli:<account>@<host>``) or, when it is a UUID, the API key's id. ``resource`` is
     ``type`` or ``type:id``. ``subject`` and ``study`` keep the entries that
     disclosed that subject or study, whatever the channel: "who has seen
     patient X" (a range of ``audit_disclosure``'s primary key, newest first).

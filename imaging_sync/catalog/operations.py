@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from imaging_sync.catalog.keyset import Key, Page, after_desc, split
-from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, table_of
+from imaging_sync.db.models import EntityLink, PartnerState, RejectedItem, Study, SyncRun, table_of
 from imaging_sync.errors import NotFoundError
 
 _state = table_of(PartnerState)
@@ -120,6 +120,33 @@ def list_rejected(conn: Connection, *, partner: str | None = None, run_id: uuid.
     stmt = select(_rejected).where(*conditions).order_by(_rejected.c.created_at.desc(), _rejected.c.id.desc()).limit(limit + 1)
     rows, next_key = split(conn.execute(stmt).all(), limit, lambda r: (r.created_at, r.id))
     return Page(items=[RejectedRecord(**r._asdict()) for r in rows], next_key=next_key)
+
+
+def indexed_studies(conn: Connection, items: Iterable[tuple[str, str | None]]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """(subject ids, study ids) of the studies the index holds under these (partner, partner study id) pairs.
+
+    For the audit entry of whoever reads rejected items' payloads: a payload
+    of a study the index already has (an update that broke the contract)
+    shows that patient, so the entry names them and ``audit search
+    --subject`` finds it. Items without an id, or not in the index, name
+    nobody: their patient is in the payload alone.
+    """
+    links, studies = table_of(EntityLink), table_of(Study)
+    wanted: dict[str, set[str]] = {}
+    for partner, partner_id in items:
+        if partner_id:
+            wanted.setdefault(partner, set()).add(partner_id)
+    subject_ids: set[uuid.UUID] = set()
+    study_ids: set[uuid.UUID] = set()
+    for partner, ids in wanted.items():
+        stmt = (
+            select(studies.c.subject_id, studies.c.id).join(links, links.c.entity_id == studies.c.id)
+            .where(links.c.partner == partner, links.c.entity_type == "study", links.c.partner_entity_id.in_(sorted(ids)))
+        )
+        for subject_id, study_id in conn.execute(stmt):
+            subject_ids.add(subject_id)
+            study_ids.add(study_id)
+    return sorted(subject_ids), sorted(study_ids)
 
 
 def _run(row: Any) -> RunRecord:

@@ -23,7 +23,7 @@ from scu import FIND, GET, MOVE, get_ae, identifier
 from sqlalchemy import Engine
 
 from devtools.waiting import eventually
-from imaging_sync import audit
+from imaging_sync import audit, audit_refusals
 from imaging_sync.config import DicomPeer
 
 EVERYTHING = ["echo", "find", "move", "get"]
@@ -173,7 +173,11 @@ def test_a_pdu_longer_than_announced_is_not_read_the_peer_is_aborted(limited: No
     assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, limited.config.max_pdu_bytes + 100_000))
     eventually(lambda: assoc.is_aborted, what="the association aborted by the node")
     rows = [(r["actor"], r["action"], r["detail"]["reason"]) for r in refusals(limited)]
-    assert rows == [("", "associate", "pdu_too_long"), ("OTHER", "association", "pdu_too_long")]
+    assert rows == [("OTHER", "association", "pdu_too_long")]
+    # Before any association nobody is identified: counted per address and minute, not an entry (imaging_sync.audit_refusals).
+    with limited.engine.connect() as conn:
+        [counted] = audit_refusals.search(conn, channel="dicom")
+    assert (counted["client_addr"], counted["count"], counted["sample"]) == ("127.0.0.1", 1, ["- -> - (pdu_too_long)"])
 
 
 def test_the_pynetdicom_internals_the_limits_rely_on_are_still_there() -> None:
