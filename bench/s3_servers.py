@@ -237,7 +237,7 @@ def _serve_moto() -> None:
         with lock:
             counts[handler.command] = counts.get(handler.command, 0) + 1
 
-    setattr(storage.embedded._QuietHandler, "log_request", log_request)  # noqa: B010  # count the requests instead of logging them
+    setattr(storage.embedded.request_handler_class(), "log_request", log_request)  # noqa: B010  # count the requests instead of logging them
     secrets = json.loads(os.environ.get("BENCH_S3_SECRETS", "{}")) or None
     with EmbeddedS3(secrets=secrets) as server:
         print(server.endpoint_url, flush=True)

@@ -10,9 +10,9 @@
 #   --create         create the target database when it does not exist (connects to the
 #                    "postgres" database for that); --db-owner ROLE makes ROLE its owner
 #   --force          restore into a database that already has tables: objects in the dump
-#                    are dropped and re-created (pg_restore --clean --if-exists). Without it
-#                    a non-empty database is refused, so a restore never lands on live data
-#                    by mistake
+#                    are dropped and re-created (pg_restore --clean --if-exists, run through
+#                    psql: see "partitions" below). Without it a non-empty database is
+#                    refused, so a restore never lands on live data by mistake
 #   --no-owner       objects belong to the restoring user instead of their original owners
 #   --role ROLE      create the objects as ROLE (SET ROLE), e.g. the service's own role
 #   --jobs N         parallel restore (faster for large dumps; not one transaction then)
@@ -21,6 +21,12 @@
 # checksum (.sha256 beside it) is verified first when present. Afterwards the tables are
 # ANALYZEd (planner statistics are not in a dump) and the row counts are printed.
 # Restore as a superuser or as the owner of every object (an extension's comment needs one).
+#
+# Partitions: pg_restore --clean drops each partition's inherited key before its parent table,
+# which PostgreSQL refuses ("cannot drop inherited constraint"). So --force writes the restore as
+# SQL (pg_restore -f), leaves out the drops of what the dump itself attaches to a partitioned
+# parent (dropping the parent takes them along), and runs it with psql in one transaction.
+# --force with --jobs is refused for that reason.
 #
 # Exit codes: 0 restored; 1 the restore failed (rolled back); 2 bad usage, unreadable dump
 # or no connection; 3 refused: the target has tables and --force was not given.
@@ -103,9 +109,40 @@ if [[ "$tables" != "0" ]]; then
     echo "restore: refusing: ${target} is not empty (${tables} tables, sequences or views). Restore into a new database (--create with another PGDATABASE), or pass --force to replace what the dump contains" >&2
     exit 3
   fi
+  if [[ "$jobs" -gt 1 ]]; then
+    echo "restore: --force cannot run with --jobs (the drops of a partitioned table's parts need one script); restore into an empty database for a parallel restore" >&2
+    exit 2
+  fi
   echo "restore: --force: ${target} has ${tables} relations; the dump's objects are dropped and re-created"
   restore_opts+=(--clean --if-exists)
 fi
+
+# The dropping restore as one SQL script without the drops PostgreSQL refuses on partitions.
+restore_as_script() {
+  local script status=0 opt
+  local opts=()
+  for opt in "${restore_opts[@]}"; do [[ "$opt" == --single-transaction ]] || opts+=("$opt"); done  # psql makes the one transaction
+  script="$(mktemp)"
+  pg_restore --no-password "${opts[@]}" -f - "$file" | awk '
+    # First pass (the whole script in memory is fine: it is the schema plus COPY data, read once).
+    { lines[NR] = $0 }
+    /ATTACH PARTITION/ { for (i = 1; i <= NF; i++) if ($i == "PARTITION") { name = $(i + 1); sub(/[;]$/, "", name); attached[name] = 1 } }
+    END {
+      for (n = 1; n <= NR; n++) {
+        line = lines[n]
+        if (line ~ /^ALTER TABLE IF EXISTS ONLY [^ ]+ DROP CONSTRAINT IF EXISTS / || line ~ /^DROP INDEX IF EXISTS /) {
+          split(line, words, " ")
+          target = (line ~ /^DROP INDEX/) ? words[5] : words[6]
+          sub(/;$/, "", target)
+          if (target in attached) continue
+        }
+        print line
+      }
+    }' > "$script"
+  psql -X -q -v ON_ERROR_STOP=1 --single-transaction -f "$script" >/dev/null || status=$?
+  rm -f "$script"
+  return "$status"
+}
 
 # -- 3. restore --------------------------------------------------------------------------
 if [[ "$jobs" -gt 1 ]]; then
@@ -116,7 +153,12 @@ else
 fi
 echo "restore: restoring $(basename "$file") into ${target}"
 started=$SECONDS
-if ! pg_restore --no-password --exit-on-error "${restore_opts[@]}" --dbname="$db" "$file"; then
+if [[ "$force" -eq 1 && "$tables" != "0" ]]; then
+  restored() { restore_as_script; }
+else
+  restored() { pg_restore --no-password --exit-on-error "${restore_opts[@]}" --dbname="$db" "$file"; }
+fi
+if ! restored; then
   echo "restore: pg_restore failed$([[ "$jobs" -eq 1 ]] && echo '; the transaction was rolled back, the database is as before')" >&2
   exit 1
 fi

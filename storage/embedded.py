@@ -20,6 +20,7 @@ process see the same buckets, and everything is gone when the process ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -39,13 +40,25 @@ from storage.presigned_gate import PresignedGetGate
 from storage.registry import new_botocore_session
 
 if TYPE_CHECKING:
-    from werkzeug.serving import BaseWSGIServer
+    from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 HOST = "127.0.0.1"  # local use only: never listen on other interfaces
 # moto accepts any credentials for its own API; these create the buckets.
 _ADMIN_KEY = "embedded-admin"
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def request_handler_class() -> type[WSGIRequestHandler]:
+    """werkzeug's request handler without its access log on stderr (built on first use: werkzeug is the demo extra's)."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            return None
+
+    return QuietHandler
 
 
 class EmbeddedS3:
@@ -88,14 +101,7 @@ class EmbeddedS3:
         require_extra("demo", key="storage.embedded", purpose="the embedded S3")
         # Imported here, not at the top: the base install (production) has neither package.
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-        from werkzeug.serving import WSGIRequestHandler, make_server
-
-        class QuietHandler(WSGIRequestHandler):
-            """No access log on stderr for every object request."""
-
-            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-                return None
-
+        from werkzeug.serving import make_server
 
         app = PresignedGetGate(DomainDispatcherApplication(create_backend_app), secrets=self._secrets)
         # Bind here: werkzeug's make_server answers a taken port with sys.exit(1).
@@ -105,7 +111,7 @@ class EmbeddedS3:
             listener.bind((HOST, self._port))
             listener.listen(128)
             self._server = make_server(
-                HOST, self._port, app, threaded=True, request_handler=QuietHandler, fd=listener.fileno()
+                HOST, self._port, app, threaded=True, request_handler=request_handler_class(), fd=listener.fileno()
             )
         except OSError as exc:
             raise StorageError(f"embedded S3 cannot listen on {HOST}:{self._port}: {exc.strerror}") from None

@@ -58,6 +58,7 @@ def upgrade() -> None:
         "audit_seal",
         sa.Column("seal_no", sa.BigInteger(), nullable=False),
         sa.Column("sealed_at", imaging_sync.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
         sa.Column("lo", sa.BigInteger(), nullable=True),
         sa.Column("hi", sa.BigInteger(), nullable=True),
         sa.Column("ranges", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True),
@@ -66,7 +67,8 @@ def upgrade() -> None:
         sa.Column("digest", sa.LargeBinary(length=32), nullable=False),
         sa.Column("prev_hash", sa.LargeBinary(length=32), nullable=False),
         sa.Column("hash", sa.LargeBinary(length=32), nullable=False),
-        sa.PrimaryKeyConstraint("seal_no", name=op.f("pk_audit_seal")),
+        # month in the key: the table is partitioned by month on PostgreSQL (0013), whose keys must hold the partition key.
+        sa.PrimaryKeyConstraint("seal_no", "month", name=op.f("pk_audit_seal")),
     )
     op.create_table(
         "audit_export_cursor",
