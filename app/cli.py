@@ -21,7 +21,9 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from app.cli_audit import audit
 from app.cli_outbox import outbox
+from app.cli_refusals import refusals
 from app.cli_serve import beat, serve, worker
 from app.cli_support import CliContext, cli_actor, pass_ctx
 from app.demo import demo
@@ -66,7 +68,7 @@ def config_example() -> None:
     click.echo(render_example(), nl=False)
 
 
-for command in (outbox, serve, worker, beat, doctor, demo):
+for command in (outbox, refusals, serve, worker, beat, doctor, demo, audit):
     cli.add_command(command)
 
 
@@ -82,9 +84,12 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 @pass_ctx
 def db_upgrade(ctx: CliContext, revision: str) -> None:
-    """Apply migrations (PostgreSQL or SQLite)."""
-    migrate.upgrade(ctx.core.engine, revision)
-    click.echo(f"database at revision {migrate.current_revision(ctx.core.engine)}")
+    """Apply migrations (PostgreSQL or SQLite) as the owning role; then grant database.runtime_role what the services use."""
+    settings = ctx.core.settings  # logging configured as for every command; the core's own engine is the services' role
+    current, role = migrate.upgrade_database(settings.database, revision)
+    if role is not None:
+        click.echo(role.summary())
+    click.echo(f"database at revision {current}")
 
 
 @db.command("current")
@@ -233,9 +238,11 @@ def runs_list(ctx: CliContext, partner: str | None, status: str | None, limit: i
 @click.argument("run_id", type=click.UUID)
 @pass_ctx
 def runs_show(ctx: CliContext, run_id: uuid.UUID) -> None:
-    """One run in full: counts, timing, host, error."""
-    with ctx.ready_core.engine.connect() as conn:
+    """One run in full: counts, timing, host, error (audited: an error's text can quote what a partner sent)."""
+    core = ctx.ready_core
+    with core.engine.connect() as conn:
         run, rejected = catalog.get_run(conn, run_id)
+    _audit_before_printing(core, "read", "sync_run", resource_id=str(run.id), detail={"partner": run.partner, "has_error": run.error is not None})
     for label, value in [
         ("run", run.id), ("partner", run.partner), ("status", run.status), ("trigger", run.trigger), ("full", run.full),
         ("started", _fmt(run.started_at)), ("finished", _fmt(run.finished_at)), ("took", _duration(run)), ("since", _fmt(run.since)),
@@ -258,14 +265,30 @@ def rejected() -> None:
 @click.option("--payload", is_flag=True, help="Also print each item's JSON (contains patient data).")
 @pass_ctx
 def rejected_list(ctx: CliContext, partner: str | None, run_id: uuid.UUID | None, limit: int, payload: bool) -> None:
-    """Rejected items, newest first, with the reason (and with --payload the partner's JSON)."""
+    """Rejected items, newest first, with the reason (and with --payload the partner's JSON).
+
+    Audited before anything is printed (the items listed; with --payload the
+    indexed patients and studies the payloads show): if the entry cannot be
+    written, nothing is printed and the command fails.
+    """
     stmt = select(RejectedItem).order_by(RejectedItem.created_at.desc()).limit(limit)
     if partner:
         stmt = stmt.where(RejectedItem.partner == partner)
     if run_id:
         stmt = stmt.where(RejectedItem.run_id == run_id)
-    with ctx.ready_core.sessions() as session:
+    core = ctx.ready_core
+    with core.sessions() as session:
         found = session.scalars(stmt).all()
+        subject_ids, study_ids = catalog.indexed_studies(session.connection(), [(i.partner, i.partner_item_id) for i in found]) if payload else ([], [])
+    _audit_before_printing(
+        core, "list", "rejected_item",
+        detail={
+            "payload": payload, "count": len(found), "partner": partner, "run": str(run_id) if run_id else None, "limit": limit,
+            "newest": found[0].created_at.isoformat() if found else None, "oldest": found[-1].created_at.isoformat() if found else None,
+            "items": [str(i.id) for i in found],
+        },
+        subject_ids=subject_ids, study_ids=study_ids,
+    )
     if payload:
         for item in found:
             click.echo(f"{_fmt(item.created_at)} {item.partner} {item.partner_item_id or '(no id)'} [{item.kind}] {item.reason}\n  {item.payload}")
@@ -338,6 +361,22 @@ def apikeys_revoke(ctx: CliContext, key: str) -> None:
 
 
 # -- helpers and the single error edge ----------------------------------------------
+
+
+def _audit_before_printing(
+    core: Core, action: str, resource_type: str, *, resource_id: str | None = None, detail: dict[str, Any] | None = None,
+    subject_ids: Sequence[uuid.UUID] = (), study_ids: Sequence[uuid.UUID] = (),
+) -> None:
+    """Record what a command is about to print, before it prints: audited before it leaves, or not given.
+
+    If the entry cannot be written, :class:`~imaging_sync.errors.AuditUnavailableError`
+    goes up to ``main`` (exit 1, its text names no value) and nothing is printed.
+    """
+    audit_log.record_now(
+        core.engine,
+        AuditEvent(channel="cli", actor=cli_actor(), action=action, outcome="success", resource_type=resource_type, resource_id=resource_id, detail=detail),
+        subject_ids=subject_ids or None, study_ids=study_ids or None,
+    )
 
 
 def _fmt(value: Any) -> str:

@@ -6,7 +6,13 @@ Written for the on-call engineer: each FAIL says what was tried, what
 answered, and which config key or command is the next step. Checks:
 
 - ``config``: the settings load (the file, environment overrides, every secret source);
-- ``database`` and ``migrations``: a connection, and the schema at the revision the code expects;
+- ``database`` and ``migrations``: a connection (as the services' own role), and the schema at the revision the code expects;
+- ``audit log`` (PostgreSQL): that connection may only INSERT into and SELECT from the audit tables:
+  it FAILs when the role owns them (or is a member of the owner's role, or a superuser) or could
+  UPDATE, DELETE, TRUNCATE or ALTER them;
+- ``audit seals``: the newest seal; it FAILs when entries older than 15 minutes are not sealed
+  (the seal-audit job is not running, or a long-open transaction holds it back) or rows sit in a
+  month without its partition (PostgreSQL's ``_default`` partitions: run ``db upgrade``);
 - ``partner NAME``: the partner's health endpoint through its adapter, and its
   API key on an authenticated listing that asks only for changes from now on
   (no patient data is fetched);
@@ -50,7 +56,6 @@ from imaging_sync.config import (
     PartnerConfig,
     RetryPolicy,
     Settings,
-    database_password,
     load_settings,
     resolve_api_key,
     secret_sources,
@@ -151,10 +156,10 @@ def check_database(config: DatabaseConfig, timeout: float, environ: Mapping[str,
     from sqlalchemy.engine import make_url
 
     from imaging_sync.db import migrate
-    from imaging_sync.db.engine import create_db_engine
+    from imaging_sync.db.engine import connection_url, create_db_engine
 
     url = make_url(config.url)
-    shown = url.render_as_string(hide_password=True)
+    shown = connection_url(config, with_password=False).render_as_string(hide_password=True)  # the services' own role
     not_checked = skip("migrations", "not checked: the database is unreachable")
     if url.get_backend_name() == "sqlite":
         path = url.database or ""
@@ -166,8 +171,7 @@ def check_database(config: DatabaseConfig, timeout: float, environ: Mapping[str,
         # libpq waits ~2 minutes for a silent host by default; the doctor should answer sooner.
         config = msgspec.structs.replace(config, url=url.update_query_dict({"connect_timeout": str(max(1, round(timeout)))}).render_as_string(hide_password=False))
     try:
-        if config.password_env or config.password_file:
-            database_password(config, environ)  # names the missing variable or file
+        connection_url(config, environ=environ)  # reads the services' secret: names the missing variable or file
         engine = create_db_engine(config)
     except ConfigError as exc:
         return None, [fail("database", str(exc)), not_checked]
@@ -184,7 +188,66 @@ def check_database(config: DatabaseConfig, timeout: float, environ: Mapping[str,
         return engine, [database, fail("migrations", f"cannot read the schema revision: {_db_reason(exc)}")]
     if current != head:
         return engine, [database, fail("migrations", f"schema at {current or 'nothing (empty database)'}, code expects {head}: run `imaging-sync db upgrade`")]
-    return engine, [database, ok("migrations", f"schema at {current} (current)")]
+    return engine, [database, ok("migrations", f"schema at {current} (current)"), *check_audit_reach(engine, config), check_audit_seals(engine)]
+
+
+UNSEALED_AFTER = dt.timedelta(minutes=15)  # an entry this old and still not sealed: sealing has stopped
+
+
+def check_audit_seals(engine: Any) -> CheckResult:
+    """``audit seals``: the newest seal, entries left unsealed too long, rows in a month without its partition."""
+    from sqlalchemy import text
+
+    from imaging_sync import audit_seals
+    from imaging_sync.db import partitions
+
+    try:
+        with engine.connect() as conn:
+            newest = audit_seals.last(conn)
+            horizon = {"lo": newest.hi if newest is not None and newest.hi is not None else 0, "before": dt.datetime.now(dt.UTC) - UNSEALED_AFTER}
+            if engine.dialect.name == "postgresql":
+                stale = int(conn.scalar(text("SELECT count(*) FROM audit_log WHERE txid >= :lo AND at < :before"), horizon) or 0)
+                stray = partitions.default_rows(conn)
+            else:
+                low = (newest.ranges or {}).get("audit_log", [0, 0])[1] if newest is not None else 0
+                stale = int(conn.scalar(text("SELECT count(*) FROM audit_log WHERE rowid > :lo AND at < :before"), {**horizon, "lo": low}) or 0)
+                stray = 0
+    except Exception as exc:
+        return fail("audit seals", f"cannot read the seals: {_db_reason(exc)}")
+    if stray:
+        return fail("audit seals", f"{stray} audit rows in a month without its partition (the _default partitions): run `imaging-sync db upgrade`")
+    if stale:
+        return fail("audit seals", f"{stale} audit entries older than {UNSEALED_AFTER.seconds // 60} minutes are not sealed: is the seal-audit job running "
+                                   "(worker and beat)? A long-open writing transaction holds sealing back (runbook: audit log)")
+    if newest is None:
+        return ok("audit seals", "no seal yet (nothing older than the seal interval to seal)")
+    return ok("audit seals", f"newest seal {newest.seal_no} made {newest.sealed_at:%Y-%m-%d %H:%M:%S} UTC; `imaging-sync audit verify` checks them")
+
+
+def check_audit_reach(engine: Any, config: DatabaseConfig) -> list[CheckResult]:
+    """PostgreSQL: FAIL when the services' own connection could change the audit log, not only append to it (none on SQLite).
+
+    A table's owner (or a member of its role, or a superuser) can disable or
+    drop the append-only triggers, rewrite every row with ``ALTER COLUMN …
+    USING`` or swap the table; a role granted UPDATE, DELETE, TRUNCATE,
+    TRIGGER or REFERENCES can change it too (:func:`imaging_sync.db.roles.audit_reach`).
+    """
+    from imaging_sync.db.roles import audit_reach
+
+    if engine.dialect.name != "postgresql":
+        return []
+    try:
+        with engine.connect() as conn:
+            reach = audit_reach(conn)
+    except Exception as exc:
+        return [fail("audit log", f"cannot read the audit tables' owner and privileges: {_db_reason(exc)}")]
+    fix = ("set database.runtime_role to a role of its own and run `imaging-sync db upgrade` as the owner (README: Production)"
+           if not config.runtime_role else "run `imaging-sync db upgrade` as the owner to re-apply the runtime role's grants")
+    if reach.excess:
+        return [fail("audit log", f"the services' role {reach.role} {'; '.join(reach.excess)}: it could rewrite or remove audit entries; {fix}")]
+    if reach.missing:
+        return [fail("audit log", f"the services' role {reach.role} {'; '.join(reach.missing)}: audited requests would fail; {fix}")]
+    return [ok("audit log", f"the services' role {reach.role} may only INSERT and SELECT {', '.join(reach.checked)} (it owns none of them)")]
 
 
 def _db_reason(exc: BaseException) -> str:

@@ -48,6 +48,7 @@ DEFAULT_DATABASE_URL = "sqlite:///./var/imaging-sync.db"
 _SECRET_KEYS = {"api_key", "password", "secret", "secret_access_key", "aws_secret_access_key", "token"}
 _PARTNER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def doc(description: str, *, example: Any = None, **constraints: Any) -> msgspec.Meta:
@@ -139,9 +140,37 @@ class DatabaseConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                             example="postgresql+psycopg://imaging_sync@db.internal:5432/imaging_sync")] = DEFAULT_DATABASE_URL
     password_env: Annotated[EnvName, doc("Environment variable holding the database password (or password_file).", example="IMAGING_SYNC_DB_PASSWORD")] = None
     password_file: Annotated[FileName, doc("File holding the database password (or password_env).", example="/run/secrets/db-password")] = None
+    runtime_role: Annotated[
+        str | None,
+        doc("PostgreSQL: the role the services connect as (API, DICOM node, workers, beat, every command but `db upgrade`), on database.url's "
+            "host and database; database.url then names the owning role, which only `db upgrade` uses, and `db upgrade` creates or checks "
+            "this role and grants it only what the services use (imaging_sync/db/grants.py: INSERT and SELECT on the audit log). "
+            "Unset (or empty): every process connects as database.url's role, which owns the tables and could rewrite the audit log.",
+            example="imaging_sync_app"),
+    ] = None
+    runtime_password_env: Annotated[EnvName, doc("Environment variable holding runtime_role's password (or runtime_password_file); with runtime_role "
+                                                 "set, password_env/password_file is the owner's, read only by `db upgrade`.",
+                                                 example="IMAGING_SYNC_DB_RUNTIME_PASSWORD")] = None
+    runtime_password_file: Annotated[FileName, doc("File holding runtime_role's password (or runtime_password_env).", example="/run/secrets/db-runtime-password")] = None
     pool_size: Annotated[int, doc("Connections a process may hold at once, kept open once opened (no overflow).", ge=1, le=200)] = 10
     pool_timeout: Annotated[float, doc("Seconds a request waits for a free connection before failing (the API answers 503).", gt=0, le=300)] = 30.0
     echo: Annotated[bool, doc("Log every SQL statement (debugging only: statements carry patient data).")] = False
+
+    def __post_init__(self) -> None:
+        for name in ("password", "runtime_password"):
+            if getattr(self, f"{name}_env") and getattr(self, f"{name}_file"):
+                raise ValueError(f"{name}_env and {name}_file: set only one")
+        if not self.runtime_role:  # unset, or emptied by IMAGING_SYNC__DATABASE__RUNTIME_ROLE=""
+            if self.runtime_password_env or self.runtime_password_file:
+                raise ValueError("runtime_role: runtime_password_env/runtime_password_file is set, but no runtime_role")
+            return
+        if not _ROLE_NAME.match(self.runtime_role):
+            raise ValueError("runtime_role: a role name is lower-case letters, digits and '_', starting with a letter or '_' (at most 63)")
+        if self.url.startswith("sqlite"):
+            raise ValueError("runtime_role: only for PostgreSQL (an SQLite file has no roles)")
+        owner = urlsplit(self.url).username if "://" in self.url else None
+        if owner == self.runtime_role:
+            raise ValueError("runtime_role: must differ from the owning role named in database.url")
 
 
 class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -547,6 +576,54 @@ def _check_crontab(key: str, expression: str) -> None:
         raise ValueError(f"{key}: {expression!r} is not a valid crontab: {exc}") from None
 
 
+class AtnaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[audit.atna]: send every audit entry as a DICOM audit message (PS3.15 A.5, IHE ATNA) to an Audit Record Repository over syslog.
+
+    The relay (:mod:`imaging_sync.atna.relay`) follows the seals, so nothing
+    is sent before it is final and nothing is lost while the repository is
+    down; delivery is at least once. TLS material comes from files only.
+    """
+
+    host: Annotated[str, doc("The Audit Record Repository's (syslog receiver's) host name or address.", example="arr.hospital.internal")]
+    port: Annotated[int | None, doc("Its port (1-65535); unset: 6514 for tls (RFC 5425), 514 for udp (RFC 5426), 601 for tcp.", example=6514)] = None
+    transport: Annotated[Literal["udp", "tcp", "tls"], doc("\"tls\" (RFC 5425; the IHE ATNA profile's), \"tcp\" (RFC 6587 octet counting, a trusted network only) "
+                                                           "or \"udp\" (RFC 5426: lossy by nature, a lost datagram is never sent again).")] = "tls"
+    ca_file: Annotated[FileName, doc("PEM file of the CA(s) that signed the repository's certificate (tls); unset: the system's CAs.",
+                                     example="/etc/imaging-sync/arr-ca.pem")] = None
+    cert_file: Annotated[FileName, doc("PEM file of this node's client certificate, for repositories that authenticate nodes (tls; with key_file).",
+                                       example="/run/secrets/atna-client.pem")] = None
+    key_file: Annotated[FileName, doc("PEM file of the client certificate's private key (tls; with cert_file).", example="/run/secrets/atna-client.key")] = None
+    server_name: Annotated[str | None, doc("The name the repository's certificate must carry (tls); unset: host.", example="arr.hospital.internal")] = None
+    app_name: Annotated[str, doc("The syslog APP-NAME and the audit message's AuditSourceID and application UserID.", min_length=1, max_length=48)] = "imaging-sync"
+    enterprise_site_id: Annotated[str | None, doc("AuditEnterpriseSiteID: the hospital or site the messages come from.", example="SEOUL-GENERAL")] = None
+    interval_seconds: Annotated[float, doc("How often the relay runs (the beat task, the embedded scheduler).", gt=0)] = 30.0
+    batch_size: Annotated[int, doc("Seals sent per delivery; the relay's position advances after each delivery is accepted.", ge=1, le=10_000)] = 50
+    max_objects_per_message: Annotated[int, doc("Patients and studies one message carries; an entry that disclosed more is sent as several messages "
+                                                "(receivers cap a message's size: rsyslog at 8 KiB unless $MaxMessageSize is raised).", ge=1, le=1000)] = 20
+    timeout_seconds: Annotated[float, doc("Seconds to connect, send and have the receiver confirm a delivery.", gt=0)] = 10.0
+    abandon_after_seconds: Annotated[float, doc("A streaming operation (C-FIND, C-MOVE, C-GET) with no recorded end after this long is sent as a serious "
+                                                "failure (outcome 8): its process died.", gt=0)] = 3600.0
+    initial_backoff: Annotated[float, doc("Seconds the relay waits after a failed delivery before it tries again; doubled each time.", gt=0)] = 5.0
+    max_backoff: Annotated[float, doc("Longest wait between two tries, in seconds.", gt=0)] = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise ValueError("host: must not be empty")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError("port: must be between 1 and 65535")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file: set both or neither")
+        if self.transport != "tls" and (self.ca_file or self.cert_file or self.server_name):
+            raise ValueError(f"ca_file, cert_file, key_file, server_name: only for transport = \"tls\" (it is {self.transport!r})")
+        if not all(33 <= ord(c) <= 126 for c in self.app_name):
+            raise ValueError("app_name: printable ASCII without spaces (RFC 5424 APP-NAME)")
+
+    @property
+    def effective_port(self) -> int:
+        """The port: as configured, else the transport's registered one."""
+        return self.port if self.port is not None else {"tls": 6514, "udp": 514, "tcp": 601}[self.transport]
+
+
 class AuditConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """[audit]: sealing the audit log (tamper evidence), where the seals and archived months go, how long they are kept."""
 
@@ -561,6 +638,8 @@ class AuditConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     retention_years: Annotated[int, doc("Years an archived month and each seal object are kept (object lock retain-until, where the store has it).",
                                         ge=1, le=100)] = 5
     online_months: Annotated[int, doc("Months kept in the database; `audit archive` refuses a month younger than this.", ge=1, le=120)] = 13
+    atna: Annotated[AtnaConfig | None, doc("Send every entry as a DICOM audit message (IHE ATNA) to an Audit Record Repository over syslog.",
+                                           example={"host": "arr.hospital.internal", "transport": "tls", "ca_file": "/etc/imaging-sync/arr-ca.pem"})] = None
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -694,7 +773,9 @@ _BUCKET_SECRETS = {"keys": ("access_key_id", "secret_access_key", "session_token
 def secret_sources(settings: Settings) -> list[SecretSource]:
     """Every secret these settings name, and only those: the one list start-up checks and doctor masks."""
     outbox, alerts = settings.outbox, settings.alerts
-    sources = [SecretSource("database.password", settings.database.password_env, settings.database.password_file)]
+    database = settings.database
+    sources = [SecretSource("database.password", database.password_env, database.password_file),
+               SecretSource("database.runtime_password", database.runtime_password_env, database.runtime_password_file)]
     sources += [SecretSource(f"partners.{name}.api_key", p.api_key_env, p.api_key_file) for name, p in sorted(settings.partners.items())]
     for name, bucket in sorted(settings.storage.buckets.items()):
         for field in _BUCKET_SECRETS.get(bucket.auth, ()):
@@ -709,10 +790,19 @@ def secret_sources(settings: Settings) -> list[SecretSource]:
 
 
 def check_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-    """Read every secret the settings name; one ConfigError listing each that is missing or unreadable."""
+    """Read every secret the settings name; one ConfigError listing each that is missing or unreadable.
+
+    One exception: with ``database.runtime_role`` set, ``database.password`` is
+    the owning role's, which only ``db upgrade`` connects as (and reads then,
+    failing with the same message): the services are not given it, so their
+    start must not ask for it.
+    """
     problems = [ConfigError(f"partners.{name}", "no API key source: set api_key_env or api_key_file")
                 for name, p in sorted(settings.partners.items()) if not (p.api_key_env or p.api_key_file)]
+    owner_only = {"database.password"} if settings.database.runtime_role else set()
     for source in secret_sources(settings):
+        if source.key in owner_only:
+            continue
         try:
             source.read(environ)
         except ConfigError as exc:
@@ -736,7 +826,13 @@ def resolve_api_key(partner: PartnerConfig, environ: Mapping[str, str] | None = 
 
 
 def database_password(config: DatabaseConfig, environ: Mapping[str, str] | None = None) -> Secret | None:
+    """The password of database.url's role (with ``runtime_role`` set: the owner's, for ``db upgrade``)."""
     return read_secret("database.password", config.password_env, config.password_file, environ)
+
+
+def runtime_password(config: DatabaseConfig, environ: Mapping[str, str] | None = None) -> Secret | None:
+    """The password of ``database.runtime_role``, the services' own role (None: none configured, e.g. certificate or trust auth)."""
+    return read_secret("database.runtime_password", config.runtime_password_env, config.runtime_password_file, environ)
 
 
 def webhook_url(config: WebhookConfig, environ: Mapping[str, str] | None = None) -> Secret:

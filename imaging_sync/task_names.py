@@ -15,5 +15,7 @@ RELAY_OUTBOX = "imaging_sync.jobs.relay_outbox"
 RETRY_FAILED_OUTBOX = "imaging_sync.jobs.retry_failed_outbox"
 PRUNE = "imaging_sync.jobs.prune"
 CHECK_ALERTS = "imaging_sync.jobs.check_alerts"
+SEAL_AUDIT = "imaging_sync.jobs.seal_audit"
+RELAY_ATNA = "imaging_sync.jobs.relay_atna"
 
-__all__ = ["QUEUE", "CHECK_ALERTS", "PRUNE", "RELAY_OUTBOX", "RETRY_FAILED_OUTBOX", "SYNC_ALL", "SYNC_PARTNER"]
+__all__ = ["QUEUE", "CHECK_ALERTS", "PRUNE", "RELAY_ATNA", "RELAY_OUTBOX", "RETRY_FAILED_OUTBOX", "SEAL_AUDIT", "SYNC_ALL", "SYNC_PARTNER"]

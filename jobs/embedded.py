@@ -26,7 +26,7 @@ from typing import Any
 
 from imaging_sync.config import Settings
 from imaging_sync.core import Core
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_ATNA, RELAY_OUTBOX, SEAL_AUDIT, SYNC_PARTNER
 from jobs import work
 from jobs.runtime import Runtime
 from jobs.schedule import NowFun, build_beat_schedule
@@ -52,7 +52,7 @@ class EmbeddedScheduler:
         self._clock = clock or _utcnow
         self._entries = build_beat_schedule(self.settings, nowfun=self._clock)
         for name, entry in self._entries.items():
-            if entry["task"] not in (SYNC_PARTNER, RELAY_OUTBOX, CHECK_ALERTS, PRUNE):
+            if entry["task"] not in (SYNC_PARTNER, RELAY_OUTBOX, CHECK_ALERTS, PRUNE, SEAL_AUDIT, RELAY_ATNA):
                 raise ValueError(f"schedule entry {name}: no local job for task {entry['task']}")
         self._workers = workers
         self._stopping = threading.Event()
@@ -165,6 +165,10 @@ class EmbeddedScheduler:
             return lambda: work.relay_outbox(runtime.relay)
         if task == CHECK_ALERTS:
             return lambda: work.check_alerts(self.core)
+        if task == RELAY_ATNA:
+            return lambda: work.relay_atna(runtime.atna)
+        if task == SEAL_AUDIT:
+            return lambda: work.seal_audit(self.core, runtime.seal_copies)
         return lambda: work.prune(self.core, **kwargs)
 
     # -- worker threads ------------------------------------------------------------

@@ -7,11 +7,14 @@ from typing import Any
 
 from celery import Celery
 
+from imaging_sync.atna.relay import AtnaRelay, relay_for
 from imaging_sync.config import Settings, webhook_url
 from imaging_sync.core import Core
 from imaging_sync.outbox.relay import Relay, Sink
 from imaging_sync.outbox.webhook import WebhookSink, webhook_secret
 from jobs.outbox_sink import CelerySink
+from storage.audit_store import AuditObjectStore
+from storage.registry import BucketRegistry
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,24 @@ class Runtime:
             self.close()
             raise
         self.relay = Relay(self.core.engine, self.sinks, self.settings.outbox) if self.sinks else None
+        atna = self.settings.audit.atna
+        try:  # the ATNA relay's TLS files are read now: a bad path fails at start, not at the first delivery
+            self.atna: AtnaRelay | None = relay_for(self.core.engine, atna) if atna is not None else None
+        except BaseException:
+            self.close()
+            raise
+        self._seal_copies: AuditObjectStore | None = None
+
+    @property
+    def seal_copies(self) -> AuditObjectStore | None:
+        """Where seals are copied outside the database ([audit] seal_bucket), built on first use; None when unset."""
+        audit = self.settings.audit
+        if audit.seal_bucket is None:
+            return None
+        if self._seal_copies is None:
+            registry = BucketRegistry(self.settings.storage)
+            self._seal_copies = AuditObjectStore(registry, audit.seal_bucket, audit.seal_prefix, retention_years=audit.retention_years)
+        return self._seal_copies
 
     def close(self) -> None:
         close_sinks(getattr(self, "sinks", []))

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from celery.schedules import crontab, schedule
 
 from imaging_sync.config import PartnerConfig, Settings, crontab_fields
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, SYNC_PARTNER
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_ATNA, RELAY_OUTBOX, SEAL_AUDIT, SYNC_PARTNER
 
 # The daily prune, in jobs.timezone: early morning, away from the default 06:00/18:00 syncs.
 PRUNE_CRONTAB = "30 3 * * *"
@@ -124,6 +124,19 @@ def build_beat_schedule(settings: Settings, nowfun: NowFun | None = None) -> dic
             "task": RELAY_OUTBOX,
             "schedule": schedule(dt.timedelta(seconds=jobs.outbox_relay_seconds), nowfun=nowfun),
             "options": {"expires": jobs.outbox_relay_seconds},
+        }
+    # Always: a seal is what makes a later change to the audit log visible (imaging_sync.audit_seals).
+    entries["seal-audit"] = {
+        "task": SEAL_AUDIT,
+        "schedule": schedule(dt.timedelta(seconds=settings.audit.seal_interval_seconds), nowfun=nowfun),
+        "options": {"expires": settings.audit.seal_interval_seconds},
+    }
+    atna = settings.audit.atna
+    if atna is not None:  # the sealed audit log to the Audit Record Repository (imaging_sync.atna.relay)
+        entries["relay-atna"] = {
+            "task": RELAY_ATNA,
+            "schedule": schedule(dt.timedelta(seconds=atna.interval_seconds), nowfun=nowfun),
+            "options": {"expires": atna.interval_seconds},
         }
     entries["check-alerts"] = {
         "task": CHECK_ALERTS,

@@ -15,7 +15,7 @@ from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from imaging_sync.sync.queue import SyncQueue
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_ATNA, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SEAL_AUDIT, SYNC_ALL, SYNC_PARTNER
 from jobs import work
 from jobs.runtime import Runtime
 
@@ -70,3 +70,16 @@ def prune(self: Task, days: int | None = None) -> dict[str, Any]:
 def check_alerts(self: Task) -> dict[str, Any]:
     """The periodic alert checks (outbox backlog, partners not synced for too long)."""
     return work.check_alerts(_runtime(self).core)
+
+
+@shared_task(name=SEAL_AUDIT, bind=True, soft_time_limit=600, time_limit=660, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
+def seal_audit(self: Task) -> dict[str, Any]:
+    """Seal the audit rows written since the last seal, and copy the seals out ([audit] seal_bucket)."""
+    runtime = _runtime(self)
+    return work.seal_audit(runtime.core, runtime.seal_copies)
+
+
+@shared_task(name=RELAY_ATNA, bind=True, soft_time_limit=600, time_limit=660, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
+def relay_atna(self: Task) -> dict[str, Any]:
+    """Send the sealed audit log as DICOM audit messages to the Audit Record Repository ([audit.atna])."""
+    return work.relay_atna(_runtime(self).atna)

@@ -16,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from imaging_sync import audit_seals
+from imaging_sync.atna.relay import AtnaRelay
 from imaging_sync.core import Core
 from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, utcnow
 from imaging_sync.outbox.relay import Relay, prune_done, retry_failed
@@ -50,6 +52,23 @@ def sync_partner(
     else:
         result = core.runner.sync(name, full=full, trigger=trigger, run_id=queued)
     return run_summary(result)
+
+
+def seal_audit(core: Core, copies: audit_seals.SealCopies | None) -> dict[str, Any]:
+    """Seal the audit rows written since the last seal; copy every seal not yet outside when a bucket is set."""
+    result, copied = audit_seals.seal_and_copy(core.engine, copies)
+    return {"seals": [s.seal_no for s in result.seals], "rows": result.rows, "busy": result.busy, "copied": copied}
+
+
+def relay_atna(relay: AtnaRelay | None) -> dict[str, Any]:
+    """Send the sealed audit log to the Audit Record Repository ([audit.atna]) until every seal is sent or a delivery fails.
+
+    A failed delivery is a normal result (``error``), not an exception: the
+    relay keeps its position and backs off, and the next tick tries again.
+    """
+    if relay is None:
+        return {"configured": False}
+    return {"configured": True, **dataclasses.asdict(relay.run_until_idle())}
 
 
 def relay_outbox(relay: Relay | None) -> dict[str, Any]:

@@ -11,7 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from imaging_sync.db.engine import sqlite_file
+from imaging_sync.config import DatabaseConfig
+from imaging_sync.db import partitions
+from imaging_sync.db.engine import create_db_engine, sqlite_file
+from imaging_sync.db.roles import RoleReport, check_login, prepare_runtime_role
 
 _HERE = Path(__file__).parent
 
@@ -28,6 +31,34 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     _run(engine, command.upgrade, revision)
+    if engine.dialect.name == "postgresql" and revision == "head":
+        # The audit tables' monthly partitions, kept partitions.MONTHS_AHEAD months ahead at every upgrade.
+        with engine.begin() as connection:
+            partitions.ensure_ahead(connection)
+
+
+def upgrade_database(config: DatabaseConfig, revision: str = "head") -> tuple[str | None, RoleReport | None]:
+    """``imaging-sync db upgrade``: migrate as the owning role, then prepare the services' role; ``(revision now, what was granted)``.
+
+    The only step that connects as ``database.url``'s role (the owner of every
+    table). With ``database.runtime_role`` set, the role is created or checked
+    and granted exactly :mod:`imaging_sync.db.grants` in one transaction after
+    the migrations, then a connection as it proves the services can log in.
+    """
+    owner = create_db_engine(config, "migrate")
+    try:
+        upgrade(owner, revision)
+        report = prepare_runtime_role(owner, config)
+        now = current_revision(owner)
+    finally:
+        owner.dispose()
+    if report is not None:
+        services = create_db_engine(config, "serve")
+        try:
+            check_login(services)
+        finally:
+            services.dispose()
+    return now, report
 
 
 def downgrade(engine: Engine, revision: str) -> None:

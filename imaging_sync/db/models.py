@@ -301,7 +301,7 @@ class AuditEntry(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     channel: Mapped[str] = mapped_column(String(8))  # http | dicom | cli
-    actor: Mapped[str] = mapped_column(String(128))  # api key prefix, AE title, or "cli:<user>"
+    actor: Mapped[str] = mapped_column(String(128))  # api key prefix, AE title, or "cli:<account>@<host>"
     actor_key_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     actor_role: Mapped[str | None] = mapped_column(String(16), default=None)
     client_addr: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -381,6 +381,7 @@ class AuditSeal(Base):
 
     seal_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     sealed_at: Mapped[dt.datetime] = mapped_column()
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)  # of every entry it covers (a seal never spans two); the partition key
     lo: Mapped[int | None] = mapped_column(BigInteger)
     hi: Mapped[int | None] = mapped_column(BigInteger)
     ranges: Mapped[dict[str, Any] | None] = mapped_column()
@@ -391,6 +392,23 @@ class AuditSeal(Base):
     hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
+class AuditArchive(Base):
+    """A month of the audit log archived to a bucket and dropped (:mod:`imaging_sync.audit_archive`).
+
+    ``seals`` maps each of its seal numbers to its hash, so that ``audit verify``
+    still checks the chain across the gap. Append-only.
+    """
+
+    __tablename__ = "audit_archive"
+
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    archived_at: Mapped[dt.datetime] = mapped_column()
+    location: Mapped[str] = mapped_column(String(512))  # bucket/prefix of the month's objects
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    seals: Mapped[dict[str, Any]] = mapped_column()  # {"<seal_no>": "<hash hex>"}
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+
+
 class AuditExportCursor(Base):
     """How far an exporter of the audit log (the ATNA relay) has sent: the last seal it delivered whole."""
 
@@ -399,6 +417,29 @@ class AuditExportCursor(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     seal_no: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column()
+
+
+class AuditRefusal(Base):
+    """Unauthenticated refusals of one client address on one channel in one minute, counted in one row.
+
+    A caller with no credentials or unusable ones (an HTTP 401; a DICOM peer
+    whose calling AE title is not listed) disclosed nothing and proved no
+    identity: one row per address and minute (:mod:`imaging_sync.audit_refusals`,
+    migration 0012) instead of an audit entry per refusal. ``sample``: a few
+    distinct things tried (method and path without the query, or AE titles),
+    cleaned like the log's values. Updated in place (count, last time, sample).
+    """
+
+    __tablename__ = "audit_refusal"
+    __table_args__ = (Index(None, "client_addr", "minute"),)
+
+    minute: Mapped[dt.datetime] = mapped_column(primary_key=True)  # the refusals' minute, seconds zeroed (UTC)
+    channel: Mapped[str] = mapped_column(String(8), primary_key=True)  # http | dicom
+    client_addr: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" when the peer's address is unknown
+    first_at: Mapped[dt.datetime] = mapped_column()
+    last_at: Mapped[dt.datetime] = mapped_column()
+    count: Mapped[int] = mapped_column(BigInteger)
+    sample: Mapped[list[str]] = mapped_column(JSONType)
 
 
 class OutboxEvent(Base):

@@ -183,7 +183,7 @@ def doctor(setup: Setup, tmp_path: Path, *args: str) -> Report:
 def test_a_healthy_deployment_is_all_ok_and_exits_zero(setup: Setup, tmp_path: Path, storage: Any) -> None:
     report = doctor(setup, tmp_path)
     assert report.exit_code == 0, report.output
-    expected = {"config", "database", "migrations", "partner demo", "broker", "dicom", *(f"bucket {b.name}" for b in storage.buckets)}
+    expected = {"config", "database", "migrations", "audit seals", "partner demo", "broker", "dicom", *(f"bucket {b.name}" for b in storage.buckets)}
     assert set(report.lines) == expected, report.output
     assert all(status == "OK" for status, _ in report.lines.values()), report.output
     assert "C-ECHO" in report.detail("dicom") and "health ok, key accepted" in report.detail("partner demo")

@@ -24,6 +24,7 @@ INCIDENTS = [
     "Outbox backlog growing",
     "DICOM peer cannot connect or C-MOVE fails",
     "Disk full",
+    "Audit log fails verification or is not being sealed",
 ]
 
 

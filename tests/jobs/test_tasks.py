@@ -22,7 +22,7 @@ from devtools.waiting import eventually
 from devtools.webhook_receiver import WebhookReceiver
 from imaging_sync.config import JobsConfig, Settings
 from imaging_sync.db.models import OutboxEvent, PartnerState, RejectedItem, SyncRun, utcnow
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SYNC_ALL, SYNC_PARTNER
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_ATNA, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SEAL_AUDIT, SYNC_ALL, SYNC_PARTNER
 from jobs.app import create_app
 
 pytestmark = IGNORE_SETEX
@@ -36,7 +36,7 @@ def run_statuses(jobs: Any) -> list[str]:
 def test_every_task_is_acked_late_requeued_on_worker_loss_and_prefetches_one() -> None:
     app = create_app(Settings(jobs=JobsConfig(timezone="Asia/Seoul")))  # configuration only: no broker needed
     ours = [task for name, task in app.tasks.items() if name.startswith("imaging_sync.jobs.")]
-    assert {t.name for t in ours} == {SYNC_PARTNER, SYNC_ALL, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, PRUNE, CHECK_ALERTS}
+    assert {t.name for t in ours} == {SYNC_PARTNER, SYNC_ALL, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, PRUNE, CHECK_ALERTS, SEAL_AUDIT, RELAY_ATNA}
     for task in ours:
         assert task.acks_late is True and task.reject_on_worker_lost is True, task.name
         assert task.serializer == "json", task.name
