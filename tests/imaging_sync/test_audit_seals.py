@@ -277,3 +277,24 @@ def test_the_doctor_fails_when_entries_are_left_unsealed_and_passes_once_sealed(
     seal_all(engine)
     healthy = check_audit_seals(engine)
     assert healthy.status == "OK" and "newest seal" in healthy.detail
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT OR REPLACE INTO audit_log (id, at, channel, actor, action, outcome) VALUES (:id, :at, 'http', 'rewritten', 'read', 'success')",
+    "REPLACE INTO audit_log (id, at, channel, actor, action, outcome) VALUES (:id, :at, 'http', 'rewritten', 'read', 'success')",
+    "INSERT INTO audit_log (id, at, channel, actor, action, outcome) VALUES (:id, :at, 'http', 'rewritten', 'read', 'success') "
+    "ON CONFLICT (id) DO UPDATE SET actor = excluded.actor",
+], ids=["insert-or-replace", "replace", "upsert"])
+def test_sqlite_refuses_a_replace_or_upsert_over_an_existing_entry(sqlite_url: str, statement: str) -> None:
+    """REPLACE deletes the old row without firing its DELETE trigger: the BEFORE INSERT trigger (0011) refuses it first."""
+    from sqlalchemy.exc import IntegrityError
+
+    engine = create_db_engine(DatabaseConfig(url=sqlite_url))
+    try:
+        victim = entry(engine, "s-0")
+        with pytest.raises(IntegrityError, match="audit_log is append-only"), engine.begin() as conn:
+            conn.execute(text(statement), {"id": victim.hex, "at": dt.datetime.now(dt.UTC)})
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT actor FROM audit_log WHERE id = :id"), {"id": victim.hex}) == "abc123"
+    finally:
+        engine.dispose()
