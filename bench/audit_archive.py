@@ -31,13 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from s3_servers import open_s3  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from imaging_sync import audit_archive, audit_seals  # noqa: E402
 from imaging_sync.config import DatabaseConfig  # noqa: E402
 from imaging_sync.db import migrate, partitions  # noqa: E402
 from imaging_sync.db.engine import create_db_engine  # noqa: E402
-from s3_servers import open_s3  # noqa: E402
 from storage.audit_store import AuditObjectStore  # noqa: E402
 from storage.registry import BucketRegistry  # noqa: E402
 
