@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from app.cli import EXIT_FAILED, EXIT_USAGE, main
+from devtools.ports import free_port
 from devtools.toml_config import write_config
 from imaging_sync import apikeys
 from imaging_sync.config import DatabaseConfig
@@ -78,10 +78,6 @@ def test_apikeys_create_list_revoke_print_the_token_once_and_are_audited(config:
         engine.dispose()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from sqlalchemy import Engine, insert
 
 from devtools.dicom_files import InstanceSpec, dicom_file
+from devtools.ports import free_port
 from devtools.storage import EmbeddedStorage, embedded_storage
 from devtools.waiting import eventually, port_open
 from dicom.server import DicomServer, build_services
@@ -243,10 +243,6 @@ def load_index(engine: Engine, files: Files) -> None:
 # -- the node -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from typing import Any
 
 import click
 import yaml
+
+from devtools import ports
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -218,10 +219,7 @@ PLACEHOLDER_UUID = "01a23af6-dd11-7115-879f-d405ec74b6cc"
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = ports.free_port  # outside the ephemeral range (devtools/ports.py)
 
 
 def base_env(**extra: str) -> dict[str, str]:

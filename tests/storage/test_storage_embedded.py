@@ -8,16 +8,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from devtools.ports import free_port
 from devtools.storage import embedded_storage
 from imaging_sync.config import BucketConfig, StorageConfig
 from imaging_sync.errors import StorageError
 from storage import EmbeddedS3, ObjectReader, Presigner
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def refuses_connections(port: int) -> bool:
