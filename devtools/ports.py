@@ -26,19 +26,19 @@ def _ephemeral_low() -> int:
         return 32768  # Linux's default
 
 
-def free_port() -> int:
-    """A port nothing listens on now, below the ephemeral range (an ephemeral one only if that range leaves no room)."""
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port nothing uses now (TCP, or UDP with ``kind=SOCK_DGRAM``), below the ephemeral range (an ephemeral one only if that range leaves no room)."""
     low = _ephemeral_low()
     if low - _LOWEST >= 1000:
         for _ in range(200):
             port = random.randrange(_LOWEST, low)
-            with socket.socket() as sock:
+            with socket.socket(socket.AF_INET, kind) as sock:
                 try:
                     sock.bind(("127.0.0.1", port))
                 except OSError:
                     continue
                 return port
-    with socket.socket() as sock:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -32,6 +32,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import Engine, insert
 
+from devtools.ports import free_port
 from imaging_sync import audit, audit_seals
 from imaging_sync.atna.relay import CURSOR, AtnaRelay, relay_for, relay_status
 from imaging_sync.atna.syslog import UdpTransport, transport_for
@@ -55,9 +56,7 @@ def _missing(path: Path, package: str) -> None:
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port(kind)  # below the ephemeral range: rsyslog binds it a moment later (devtools/ports.py)
 
 
 class Rsyslog:
