@@ -40,7 +40,7 @@ from sqlalchemy import Column, Connection, Engine, MetaData, Table, insert, sele
 from imaging_sync import audit_seals
 from imaging_sync.audit_seals import TABLES, Seal, SealedRow
 from imaging_sync.db import partitions
-from imaging_sync.db.models import AuditArchive, table_of, utcnow
+from imaging_sync.db.models import AuditArchive, AuditSeal, table_of, utcnow
 from imaging_sync.errors import ConfigError, ValidationError
 
 FORMAT = "imaging-sync-audit-archive/1"
@@ -56,7 +56,7 @@ class ArchiveStore(Protocol):
 
     def put(self, name: str, body: bytes, *, content_type: str = ...) -> str: ...
 
-    def put_file(self, name: str, path: str, *, content_type: str = ...) -> str: ...
+    def put_file(self, name: str, path: str, *, content_type: str = ...) -> str: ...  # the SHA-256 it verified
 
     def get(self, name: str) -> bytes: ...
 
@@ -164,18 +164,17 @@ def archive_month(engine: Engine, store: ArchiveStore, month: dt.date) -> Archiv
                     for row, txid in _rows(conn, table, month):
                         out.write(_line(row, txid))
             seals_body = json.dumps([s.as_json() for s in seals], sort_keys=True).encode()
-            store.put_file(name + DATA, data, content_type="application/gzip")
+            # put_file reads the object back and compares it with the file: from then on the file is what the bucket holds.
+            data_sha256 = store.put_file(name + DATA, data, content_type="application/gzip")
             store.put(name + SEALS, seals_body)
-            # What the bucket now holds, not what was written: read back, recompute every seal, compare counts.
-            copy = os.path.join(scratch, "read-back.jsonl.gz")
-            store.download(name + DATA, copy)
-            exported = check_export(copy, [Seal.from_json(s) for s in json.loads(store.get(name + SEALS))])
+            # Recompute every seal from those rows and the seals as the bucket holds them, compare counts.
+            exported = check_export(data, [Seal.from_json(s) for s in json.loads(store.get(name + SEALS))])
             if exported != db_counts:
                 raise ValidationError("archive", f"the export's counts {exported} differ from the database's {db_counts}")
             manifest = {
                 "format": FORMAT, "month": f"{month:%Y-%m}", "created_at": utcnow().isoformat(), "rows": db_counts,
                 "seals": {str(s.seal_no): s.hash.hex() for s in seals},
-                "files": {DATA: hashlib.sha256(open(copy, "rb").read()).hexdigest(), SEALS: hashlib.sha256(seals_body).hexdigest()},
+                "files": {DATA: data_sha256, SEALS: hashlib.sha256(seals_body).hexdigest()},
             }
     manifest_body = json.dumps(manifest, sort_keys=True, indent=1).encode()
     location = store.put(name + MANIFEST, manifest_body)
@@ -201,7 +200,7 @@ def restore_month(engine: Engine, store: ArchiveStore, month: dt.date) -> audit_
     with tempfile.TemporaryDirectory(prefix="imaging-sync-restore-") as scratch:
         data = os.path.join(scratch, DATA)
         store.download(name + DATA, data)
-        if hashlib.sha256(open(data, "rb").read()).hexdigest() != manifest["files"][DATA]:
+        if file_sha256(data) != manifest["files"][DATA]:
             raise ValidationError("archive", f"{name}{DATA} differs from its manifest")
         check_export(data, seals)
         with engine.begin() as conn:
@@ -211,7 +210,7 @@ def restore_month(engine: Engine, store: ArchiveStore, month: dt.date) -> audit_
                 values: dict[str, Any] = {**_typed_back(sa_table, row.values), "seq": row.seq, "txid": txid}
                 conn.execute(insert(sa_table).values(values))
             for current in seals:
-                conn.execute(insert(table_of_seal()).values(**{k: v for k, v in current.__dict__.items()}))
+                conn.execute(insert(table_of(AuditSeal)).values(**{k: v for k, v in current.__dict__.items()}))
     report = audit_seals.VerifyReport()
     with engine.connect() as conn:
         for current in seals:
@@ -222,10 +221,10 @@ def restore_month(engine: Engine, store: ArchiveStore, month: dt.date) -> audit_
     return report
 
 
-def table_of_seal() -> Any:
-    from imaging_sync.db.models import AuditSeal
-
-    return table_of(AuditSeal)
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of a file, read in blocks: an archived month is hundreds of megabytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _typed_back(sa_table: Any, values: dict[str, Any]) -> dict[str, Any]:
@@ -247,5 +246,5 @@ def _typed_back(sa_table: Any, values: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
-__all__ = ["DATA", "FORMAT", "MANIFEST", "SEALS", "ArchiveResult", "ArchiveStore", "archivable", "archive_month", "check_export", "parse_month",
+__all__ = ["DATA", "FORMAT", "MANIFEST", "SEALS", "ArchiveResult", "ArchiveStore", "archivable", "archive_month", "check_export", "file_sha256", "parse_month",
            "read_export", "restore_month"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imaging_sync.audit_archive import file_sha256
 from imaging_sync.errors import StorageError
 from storage.boto_errors import storage_error
 from storage.registry import BucketRegistry
@@ -71,7 +72,10 @@ class AuditObjectStore:
         return key
 
     def put_file(self, name: str, path: str, *, content_type: str = "application/octet-stream") -> str:
-        """Upload a file (multipart when large) once, locked where the bucket can; download it again and compare SHA-256."""
+        """Upload a file (multipart when large) once, locked where the bucket can; download it again and compare.
+
+        Returns the SHA-256 (hex) the object and the file share: once it returns, the file *is* what the bucket holds.
+        """
         key = self.prefix + name
         extra: dict[str, Any] = {"ContentType": content_type, "ChecksumAlgorithm": "SHA256"}
         if self.object_lock:
@@ -82,9 +86,10 @@ class AuditObjectStore:
             raise storage_error(exc, action="write", bucket=self.bucket, key=key) from None
         with tempfile.NamedTemporaryFile() as copy:
             self.download(name, copy.name)
-            if _sha256_file(copy.name) != _sha256_file(path):
+            held, written = file_sha256(copy.name), file_sha256(path)
+            if held != written:
                 raise StorageError(f"{self.bucket}/{key}: the object read back differs from what was written")
-        return key
+        return written
 
     def download(self, name: str, path: str) -> None:
         """The object's bytes into ``path`` (streamed: an archived month does not fit in memory)."""
@@ -111,14 +116,6 @@ class AuditObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, action="list", bucket=self.bucket, key=self.prefix + under) from None
         return sorted(found)
-
-
-def _sha256_file(path: str) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
 
 
 __all__ = ["AuditObjectStore"]
