@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, literal_column, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from imaging_sync.db.models import AuditExportCursor, AuditSeal, table_of, utcnow
+from imaging_sync.db.models import AuditArchive, AuditExportCursor, AuditSeal, Base, table_of, utcnow
 
 # table -> its code in a seal's row list; the order rows are listed in within a seal
 TABLES = ("audit_log", "audit_completion", "audit_disclosure")
@@ -206,8 +206,6 @@ def _typed(sa_table: Any, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def table_of_name(name: str) -> Any:
-    from imaging_sync.db.models import Base
-
     return Base.metadata.tables[name]
 
 
@@ -287,10 +285,7 @@ def seal_through_now(engine: Engine, *, timeout: float = 30.0, pause: float = 0.
         result = seal(engine)
         made.extend(result.seals)
         with engine.connect() as conn:
-            newest = last(conn)
-            low = newest.hi if newest is not None and newest.hi is not None else 0
-            waiting = sum(int(conn.scalar(text(f"SELECT count(*) FROM {table} WHERE txid >= :lo AND txid < :mark"), {"lo": low, "mark": mark}) or 0)
-                          for table in TABLES)
+            waiting = _unsealed(conn, last(conn), below_txid=mark)
         if not waiting and not result.busy:
             return SealResult(made)
         if time.monotonic() > deadline:
@@ -585,21 +580,20 @@ def verify(engine: Engine, *, since: dt.datetime | None = None, outside: dict[in
 
 def archived_seals(conn: Connection) -> dict[int, bytes]:
     """Seal number -> hash of every seal whose month was archived (``audit_archive``)."""
-    from imaging_sync.db.models import AuditArchive
-
     found: dict[int, bytes] = {}
     for seals in conn.scalars(select(table_of(AuditArchive).c.seals)):
         found.update({int(number): bytes.fromhex(value) for number, value in (seals or {}).items()})
     return found
 
 
-def _unsealed(conn: Connection, newest: Seal | None) -> int:
-    """Rows written after the newest seal (not yet sealed: not a problem)."""
+def _unsealed(conn: Connection, newest: Seal | None, *, below_txid: int | None = None) -> int:
+    """Rows written after the newest seal (not yet sealed: not a problem); PostgreSQL: only those of transactions below ``below_txid``."""
     total = 0
     for table in TABLES:
         if conn.dialect.name == "postgresql":
             lo = newest.hi if newest is not None and newest.hi is not None else 0
-            total += int(conn.scalar(text(f"SELECT count(*) FROM {table} WHERE txid >= :lo"), {"lo": lo}) or 0)
+            upper = "" if below_txid is None else " AND txid < :below"
+            total += int(conn.scalar(text(f"SELECT count(*) FROM {table} WHERE txid >= :lo{upper}"), {"lo": lo, "below": below_txid}) or 0)
         else:
             lo = (newest.ranges or {}).get(table, [0, 0])[1] if newest is not None else 0
             total += int(conn.scalar(text(f"SELECT count(*) FROM {table} WHERE rowid > :lo"), {"lo": lo}) or 0)
