@@ -12,9 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_run import run
 from sqlalchemy import select
 
-from app.cli import EXIT_FAILED, EXIT_USAGE, main
+from app.cli import EXIT_FAILED, EXIT_USAGE
 from devtools.ports import free_port
 from devtools.toml_config import write_config
 from imaging_sync import apikeys
@@ -36,14 +37,6 @@ def config(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path
     path = write_config(tmp_path / "imaging-sync.toml", db_url)
     monkeypatch.setenv("IMAGING_SYNC_CONFIG", str(path))
     return path
-
-
-def run(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def test_apikeys_create_list_revoke_print_the_token_once_and_are_audited(config: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:

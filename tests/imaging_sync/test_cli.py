@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_run import run
 
-from app.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, main
+from app.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE
 from devtools.datagen import DatasetSpec
 from devtools.factories import UNREACHED_WEBHOOK, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
@@ -38,14 +39,6 @@ def config(tmp_path: Path, simulator: PartnerSimulator, monkeypatch: pytest.Monk
     path = write_config(tmp_path / "imaging-sync.toml", f"sqlite:///{tmp_path / 'index.db'}", simulator_partner("b", simulator.base_url))
     monkeypatch.setenv("IMAGING_SYNC_CONFIG", str(path))
     return path
-
-
-def run(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def test_sync_refuses_an_unmigrated_database_and_says_what_to_run(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import run
 from sqlalchemy import Engine, select
 
 import app.cli
-from app.cli import EXIT_FAILED, main
+from app.cli import EXIT_FAILED
 from app.cli_support import cli_actor
 from devtools.datagen import DatasetSpec
 from devtools.factories import simulator_partner
@@ -59,14 +60,6 @@ def engine(tmp_path: Path, simulator: PartnerSimulator, monkeypatch: pytest.Monk
     engine = create_db_engine(DatabaseConfig(url=url))
     yield engine
     engine.dispose()
-
-
-def run(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def entries(engine: Engine) -> list[AuditEntry]:

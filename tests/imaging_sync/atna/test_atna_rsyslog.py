@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import run
 from lxml import etree
 from sqlalchemy import Engine, insert
 
@@ -304,7 +305,6 @@ def test_udp_datagrams_arrive_while_the_receiver_listens(engine: Engine, rsyslog
 
 def test_the_cli_sends_one_pass_and_exits_1_when_the_receiver_is_down(sqlite_url: str, rsyslog: Rsyslog, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from app.cli import main
     from imaging_sync.config import DatabaseConfig
     from imaging_sync.db.engine import create_db_engine
 
@@ -315,13 +315,6 @@ def test_the_cli_sends_one_pass_and_exits_1_when_the_receiver_is_down(sqlite_url
     audit.record_now(engine, AuditEvent(channel="cli", actor="cli:root", action="revoke_api_key", outcome="success", resource_type="api_key"))
     audit_seals.seal_through_now(engine)
     engine.dispose()
-
-    def run(*args: str) -> int:
-        try:
-            main(list(args))
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
-        return 0
 
     assert run("audit", "atna-send") == 0
     assert "1 seals, 1 entries, 1 messages sent over tcp" in capsys.readouterr().out

@@ -21,12 +21,13 @@ from pathlib import Path
 import msgspec
 import psycopg
 import pytest
+from cli_run import run
 from litestar.testing import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.assembly import api_app, open_core
-from app.cli import EXIT_DATABASE, main
+from app.cli import EXIT_DATABASE
 from devtools.datagen import DatasetSpec
 from devtools.factories import TEST_API_KEY, TEST_API_KEY_ENV, simulator_partner
 from devtools.simulator import PartnerSimulator, SimulatorConfig
@@ -62,14 +63,6 @@ class Roles:
                 return [tuple(r) for r in result] if result.returns_rows else []
         finally:
             engine.dispose()
-
-
-def run(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 @pytest.fixture(autouse=True)
