@@ -130,7 +130,7 @@ SERVICE_FIXTURES = {
     "Redis": {"redis_server", "redis_url"},
     "RabbitMQ": {"rabbitmq_url"},
     "DCMTK": {"dcmtk"},
-    "Chromium": {"chromium"},
+    "Chromium": {"chromium", "mermaid_cli"},
 }
 _REQUIRED = {
     "PostgreSQL": "IMAGING_SYNC_REQUIRE_POSTGRES",
