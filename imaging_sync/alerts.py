@@ -27,6 +27,7 @@ from imaging_sync.config import AlertsConfig, Settings, read_secret
 from imaging_sync.db.models import AlertState, PartnerState, SyncRun, table_of, utcnow
 from imaging_sync.errors import PartnerAuthError
 from imaging_sync.outbox import relay as outbox_relay
+from imaging_sync.statuses import RunStatus
 from imaging_sync.sync.runner import RunResult
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,12 @@ class Alerts:
     def on_run(self, result: RunResult) -> None:
         """A runner observer: called with every finished sync run."""
         partner = result.partner
-        if result.status == "failed":
+        if result.status == RunStatus.FAILED:
             if result.error_kind == PartnerAuthError.kind:
                 self._fire(f"partner_auth:{partner}", "partner_auth", partner, f"partner {partner}: the partner refused our API key — {result.error}", result.run_id)
             else:
                 self._fire(f"sync_failed:{partner}", "sync_failed", partner, f"partner {partner}: sync failed ({result.error_kind}) — {result.error}", result.run_id)
-        elif result.status == "succeeded":
+        elif result.status == RunStatus.SUCCEEDED:
             self._clear(f"partner_auth:{partner}", f"partner {partner}: the API key is accepted again", result.run_id)
             self._clear(f"sync_failed:{partner}", f"partner {partner}: sync succeeded again", result.run_id)
             fetched, rejected = result.counts["fetched"], result.counts["rejected"]

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Engine, func, select
 
 from imaging_sync.db.models import AuditEntry, OutboxEvent, SyncRun, utcnow
+from imaging_sync.statuses import OPEN_EVENT_STATUSES, OutboxEventStatus
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600)
 DICOM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -59,12 +60,12 @@ class DatabaseCollector(Collector):
 
     def _outbox(self, conn: Connection) -> Iterator[GaugeMetricFamily]:
         backlog = GaugeMetricFamily("imaging_sync_outbox_events", "Outbox events by status.", labels=["status"])
-        counts = dict.fromkeys(("pending", "processing", "done", "failed"), 0)
+        counts = dict.fromkeys([s.value for s in OutboxEventStatus], 0)
         counts.update(dict(conn.execute(select(OutboxEvent.status, func.count()).group_by(OutboxEvent.status)).all()))
         for status, count in counts.items():
             backlog.add_metric([status], count)
         yield backlog
-        oldest = conn.execute(select(func.min(OutboxEvent.created_at)).where(OutboxEvent.status.in_(("pending", "processing")))).scalar_one()
+        oldest = conn.execute(select(func.min(OutboxEvent.created_at)).where(OutboxEvent.status.in_(OPEN_EVENT_STATUSES))).scalar_one()
         if oldest is not None and oldest.tzinfo is None:
             oldest = oldest.replace(tzinfo=dt.UTC)
         yield GaugeMetricFamily("imaging_sync_outbox_oldest_pending_age_seconds", "Age of the oldest undelivered outbox event (0 when none).",

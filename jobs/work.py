@@ -31,7 +31,7 @@ def run_summary(result: RunResult) -> dict[str, Any]:
     return {
         "run_id": str(result.run_id),
         "partner": result.partner,
-        "status": result.status,
+        "status": result.status.value,  # the word itself: Celery logs a task's result by its repr
         "counts": dict(result.counts),
         "seconds": round(result.seconds, 3),
         "error_kind": result.error_kind,

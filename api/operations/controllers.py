@@ -26,6 +26,8 @@ from imaging_sync.errors import NotFoundError, ValidationError
 from imaging_sync.partners.wire import check_requested_id
 
 PartnerFilter = Annotated[str | None, QueryParameter(name="partner", description="Only this partner.", max_length=63)]
+# The values of imaging_sync.statuses.RunStatus, spelled out: the enum itself would turn the OpenAPI
+# parameter into a schema component. tests/imaging_sync/test_statuses.py keeps the two equal.
 RunStatus = Literal["queued", "running", "succeeded", "failed", "skipped", "abandoned"]
 
 

@@ -13,12 +13,14 @@ from sqlalchemy import Connection, func, select
 from imaging_sync.catalog.keyset import Key, Page, after_desc, split
 from imaging_sync.db.models import EntityLink, PartnerState, RejectedItem, Study, SyncRun, table_of
 from imaging_sync.errors import NotFoundError
+from imaging_sync.statuses import RunStatus
 
 _state = table_of(PartnerState)
 _runs = table_of(SyncRun)
 _rejected = table_of(RejectedItem)
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "abandoned")
+# Plain strings, not the members: click.Choice would offer an enum's names (QUEUED) instead of its values.
+RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,7 +235,7 @@ class SyncRun(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     partner: Mapped[str] = mapped_column(String(63))
-    # running | succeeded | failed | skipped | abandoned
+    # a RunStatus (imaging_sync/statuses.py): queued | running | succeeded | failed | skipped | abandoned
     status: Mapped[str] = mapped_column(String(16))
     trigger: Mapped[str] = mapped_column(String(16), default="cli")
     full: Mapped[bool] = mapped_column(Boolean, default=False)

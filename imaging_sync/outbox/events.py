@@ -16,8 +16,16 @@ from sqlalchemy import Connection, select
 from imaging_sync.db import bulk
 from imaging_sync.db.models import OutboxEvent, Study, table_of
 from imaging_sync.ids import new_ids
+from imaging_sync.statuses import OutboxEventStatus
 
-EVENT_TYPES = ("study.created", "study.updated", "study.deleted")
+# Every event type the page writer emits (sync/apply.py decides which), with when; docs/sync.md shows this table.
+EVENT_MEANINGS: dict[str, str] = {
+    "study.created": "A page wrote a study the index did not have, or had soft-deleted (it came back).",
+    "study.updated": "A page changed what the index holds for a study (its fields, subject, series or instances), "
+                     "or one partner dropped a study that another partner still has.",
+    "study.deleted": "A study that no partner lists any more was soft-deleted.",
+}
+EVENT_TYPES = tuple(EVENT_MEANINGS)
 _outbox = table_of(OutboxEvent)
 _study = table_of(Study)
 
@@ -44,6 +52,6 @@ def add_study_events(conn: Connection, partner: str, events: Mapping[uuid.UUID, 
         }
         rows.append(
             {"id": event_id, "event_type": event_type, "aggregate_type": "study", "aggregate_id": study_id, "payload": payload,
-             "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
+             "status": OutboxEventStatus.PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now}
         )
     bulk.insert_rows(conn, _outbox, rows)

@@ -30,10 +30,12 @@ from sqlalchemy import Connection, Engine, Row, bindparam, func, select, text, u
 
 from imaging_sync.config import OutboxConfig
 from imaging_sync.db.models import OutboxEvent, table_of, utcnow
+from imaging_sync.statuses import OPEN_EVENT_STATUSES, OutboxEventStatus
 
 log = logging.getLogger(__name__)
 _outbox = table_of(OutboxEvent)
-OPEN = ("pending", "processing")
+OPEN = OPEN_EVENT_STATUSES
+_PENDING, _PROCESSING = OutboxEventStatus.PENDING, OutboxEventStatus.PROCESSING
 
 
 @dataclass(frozen=True)
@@ -66,21 +68,23 @@ class RelayResult:
     failed: int = 0
 
 
+# The statuses are written into the text, not bound: the partial index on open events
+# (``status IN ('pending', 'processing')``, db/models.py) is only used when the planner sees them.
 _CLAIM_PG = text(
-    """
+    f"""
     WITH candidates AS (
         SELECT e.id FROM outbox_event e
-        WHERE e.status IN ('pending', 'processing')
-          AND ((e.status = 'pending' AND e.next_attempt_at <= :now) OR (e.status = 'processing' AND e.claimed_until < :now))
+        WHERE e.status IN ('{_PENDING}', '{_PROCESSING}')
+          AND ((e.status = '{_PENDING}' AND e.next_attempt_at <= :now) OR (e.status = '{_PROCESSING}' AND e.claimed_until < :now))
           AND NOT EXISTS (
               SELECT 1 FROM outbox_event p
-              WHERE p.aggregate_id = e.aggregate_id AND p.id < e.id AND p.status IN ('pending', 'processing'))
+              WHERE p.aggregate_id = e.aggregate_id AND p.id < e.id AND p.status IN ('{_PENDING}', '{_PROCESSING}'))
         ORDER BY e.id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
     UPDATE outbox_event o
-    SET status = 'processing', claimed_by = :relay, claimed_until = :lease_end, attempts = o.attempts + 1
+    SET status = '{_PROCESSING}', claimed_by = :relay, claimed_until = :lease_end, attempts = o.attempts + 1
     FROM candidates c WHERE o.id = c.id
     RETURNING o.id, o.event_type, o.aggregate_id, o.payload, o.attempts
     """
@@ -156,8 +160,8 @@ class Relay:
             .exists()
         )
         claimable = (
-            ((_outbox.c.status == "pending") & (_outbox.c.next_attempt_at <= now))
-            | ((_outbox.c.status == "processing") & (_outbox.c.claimed_until < now))
+            ((_outbox.c.status == _PENDING) & (_outbox.c.next_attempt_at <= now))
+            | ((_outbox.c.status == _PROCESSING) & (_outbox.c.claimed_until < now))
         )
         ids = conn.execute(
             select(_outbox.c.id).where(_outbox.c.status.in_(OPEN), claimable, ~blocked).order_by(_outbox.c.id).limit(self.config.batch_size)
@@ -167,7 +171,7 @@ class Relay:
         stmt = (
             update(_outbox)
             .where(_outbox.c.id.in_(ids))
-            .values(status="processing", claimed_by=self.relay_id, claimed_until=lease_end, attempts=_outbox.c.attempts + 1)
+            .values(status=_PROCESSING, claimed_by=self.relay_id, claimed_until=lease_end, attempts=_outbox.c.attempts + 1)
             .returning(_outbox.c.id, _outbox.c.event_type, _outbox.c.aggregate_id, _outbox.c.payload, _outbox.c.attempts)
         )
         return conn.execute(stmt).all()
@@ -179,7 +183,7 @@ class Relay:
             conn.execute(
                 update(_outbox)
                 .where(_outbox.c.id.in_([e.id for e in events]), _outbox.c.claimed_by == self.relay_id)
-                .values(status="done", processed_at=utcnow(), claimed_until=None, last_error=None)
+                .values(status=OutboxEventStatus.DONE, processed_at=utcnow(), claimed_until=None, last_error=None)
             )
 
     def _settle_failure(self, events: Sequence[Event], error: str) -> tuple[int, int]:
@@ -193,9 +197,9 @@ class Relay:
         mine = (_outbox.c.id == bindparam("_id")) & (_outbox.c.claimed_by == self.relay_id)
         with self.engine.begin() as conn:
             if retry:
-                conn.execute(update(_outbox).where(mine).values(status="pending", next_attempt_at=bindparam("_next"), claimed_until=None, last_error=error), retry)
+                conn.execute(update(_outbox).where(mine).values(status=_PENDING, next_attempt_at=bindparam("_next"), claimed_until=None, last_error=error), retry)
             if give_up:
-                conn.execute(update(_outbox).where(mine).values(status="failed", processed_at=now, claimed_until=None, last_error=error), give_up)
+                conn.execute(update(_outbox).where(mine).values(status=OutboxEventStatus.FAILED, processed_at=now, claimed_until=None, last_error=error), give_up)
         return len(retry), len(give_up)
 
     def _backoff(self, attempt: int) -> float:
@@ -205,11 +209,11 @@ class Relay:
 
 def retry_failed(engine: Engine, ids: Sequence[uuid.UUID] | None = None) -> int:
     """Put failed events back to pending (all, or the given ids); returns how many."""
-    stmt = update(_outbox).where(_outbox.c.status == "failed")
+    stmt = update(_outbox).where(_outbox.c.status == OutboxEventStatus.FAILED)
     if ids:
         stmt = stmt.where(_outbox.c.id.in_(list(ids)))
     with engine.begin() as conn:
-        return conn.execute(stmt.values(status="pending", attempts=0, next_attempt_at=utcnow(), processed_at=None)).rowcount
+        return conn.execute(stmt.values(status=_PENDING, attempts=0, next_attempt_at=utcnow(), processed_at=None)).rowcount
 
 
 @dataclass(frozen=True)
@@ -227,12 +231,12 @@ class OutboxStatus:
 def status(engine: Engine, recent: int = 10) -> OutboxStatus:
     """Counts by status, the oldest open event's creation time, the latest failures."""
     with engine.connect() as conn:
-        counts = dict.fromkeys(("pending", "processing", "done", "failed"), 0)
+        counts = dict.fromkeys([s.value for s in OutboxEventStatus], 0)
         counts.update({s: n for s, n in conn.execute(select(_outbox.c.status, func.count()).group_by(_outbox.c.status))})
         oldest = conn.execute(select(func.min(_outbox.c.created_at)).where(_outbox.c.status.in_(OPEN))).scalar_one()
         failures = conn.execute(
             select(_outbox.c.id, _outbox.c.event_type, _outbox.c.aggregate_id, _outbox.c.attempts, _outbox.c.last_error, _outbox.c.processed_at)
-            .where(_outbox.c.status == "failed")
+            .where(_outbox.c.status == OutboxEventStatus.FAILED)
             .order_by(_outbox.c.processed_at.desc())
             .limit(recent)
         ).mappings().all()
@@ -245,4 +249,4 @@ def prune_done(engine: Engine, older_than: dt.timedelta) -> int:
     """Delete delivered events older than ``older_than`` (failed ones stay until retried or looked at)."""
     cutoff = utcnow() - older_than
     with engine.begin() as conn:
-        return conn.execute(_outbox.delete().where(_outbox.c.status == "done", _outbox.c.processed_at < cutoff)).rowcount
+        return conn.execute(_outbox.delete().where(_outbox.c.status == OutboxEventStatus.DONE, _outbox.c.processed_at < cutoff)).rowcount

@@ -29,6 +29,7 @@ from imaging_sync.ids import new_id
 from imaging_sync.logs import run_context
 from imaging_sync.partners.factory import build_source
 from imaging_sync.partners.source import PartnerSource
+from imaging_sync.statuses import RunStatus
 from imaging_sync.sync.apply import PageOutcome, PageWriter
 from imaging_sync.sync.lock import partner_lock
 
@@ -47,7 +48,7 @@ _RETRYABLE_SQLSTATE = {"40P01", "40001"}
 class RunResult:
     run_id: uuid.UUID
     partner: str
-    status: str  # succeeded | failed | skipped
+    status: RunStatus  # while working RUNNING; in the end SUCCEEDED, FAILED or SKIPPED
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     seconds: float = 0.0
     error: str | None = None
@@ -55,7 +56,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == RunStatus.SUCCEEDED
 
     def summary(self) -> str:
         """One line a person can act on (and the error on a second line)."""
@@ -137,15 +138,15 @@ class SyncRunner:
         So a caller can answer "accepted, see run X" before any worker has the task.
         """
         self.settings.partner(partner_name)  # an unknown partner fails here, not on the worker
-        return self._insert_run(partner_name, "queued", trigger, full)
+        return self._insert_run(partner_name, RunStatus.QUEUED, trigger, full)
 
     def fail_queued_run(self, run_id: uuid.UUID, error: str) -> None:
         """The queued run's task never reached the queue: say so in its record."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(_runs)
-                .where(_runs.c.id == run_id, _runs.c.status == "queued")
-                .values(status="failed", finished_at=utcnow(), error=error, error_kind=QueueUnavailableError.kind)
+                .where(_runs.c.id == run_id, _runs.c.status == RunStatus.QUEUED)
+                .values(status=RunStatus.FAILED, finished_at=utcnow(), error=error, error_kind=QueueUnavailableError.kind)
             )
 
     def _run(
@@ -162,7 +163,7 @@ class SyncRunner:
         run_id = self._start_run(partner_name, trigger, full, queued)
         if on_start is not None:
             on_start(run_id)
-        result = RunResult(run_id=run_id, partner=partner_name, status="running")
+        result = RunResult(run_id=run_id, partner=partner_name, status=RunStatus.RUNNING)
         started = time.monotonic()
         with run_context(run_id, partner_name):
             try:
@@ -173,23 +174,23 @@ class SyncRunner:
                         work(config, source, result, started)
                     finally:
                         source.close()
-                result.status = "succeeded"
+                result.status = RunStatus.SUCCEEDED
             except SyncLockedError as exc:
-                result.status, result.error, result.error_kind = "skipped", str(exc), exc.kind
+                result.status, result.error, result.error_kind = RunStatus.SKIPPED, str(exc), exc.kind
             except ImagingSyncError as exc:
-                result.status, result.error, result.error_kind = "failed", str(exc), exc.kind
+                result.status, result.error, result.error_kind = RunStatus.FAILED, str(exc), exc.kind
             except SQLAlchemyError as exc:
-                result.status, result.error, result.error_kind = "failed", f"database error: {type(exc).__name__}: {exc.orig if isinstance(exc, DBAPIError) else exc}", DatabaseError.kind
+                result.status, result.error, result.error_kind = RunStatus.FAILED, f"database error: {type(exc).__name__}: {exc.orig if isinstance(exc, DBAPIError) else exc}", DatabaseError.kind
             except BaseException as exc:  # a bug or an interrupt: record it, then let it surface
                 what = "internal error" if isinstance(exc, Exception) else "interrupted"
-                result.status, result.error, result.error_kind = "failed", f"{what}: {type(exc).__name__}: {exc}", ImagingSyncError.kind
+                result.status, result.error, result.error_kind = RunStatus.FAILED, f"{what}: {type(exc).__name__}: {exc}", ImagingSyncError.kind
                 result.seconds = time.monotonic() - started
                 self._finish_run(result)
                 raise
             result.seconds = time.monotonic() - started
             self._finish_run(result)
             self._notify(result)
-            level = logging.INFO if result.status == "succeeded" else logging.WARNING
+            level = logging.INFO if result.status == RunStatus.SUCCEEDED else logging.WARNING
             log.log(level, "sync %s %s: %s", partner_name, result.status, _counts_text(result.counts), extra={"error": result.error, "error_kind": result.error_kind})
         return result
 
@@ -267,15 +268,15 @@ class SyncRunner:
             with self.engine.begin() as conn:
                 taken = conn.execute(
                     update(_runs)
-                    .where(_runs.c.id == queued, _runs.c.partner == partner, _runs.c.status == "queued")
-                    .values(status="running", started_at=utcnow(), host=socket.gethostname()[:255], pid=os.getpid())
+                    .where(_runs.c.id == queued, _runs.c.partner == partner, _runs.c.status == RunStatus.QUEUED)
+                    .values(status=RunStatus.RUNNING, started_at=utcnow(), host=socket.gethostname()[:255], pid=os.getpid())
                 ).rowcount
             if taken == 1:
                 return queued
             log.info("run %s is no longer queued (a retry or a redelivery): recording a new run", queued)
-        return self._insert_run(partner, "running", trigger, full)
+        return self._insert_run(partner, RunStatus.RUNNING, trigger, full)
 
-    def _insert_run(self, partner: str, status: str, trigger: str, full: bool) -> uuid.UUID:
+    def _insert_run(self, partner: str, status: RunStatus, trigger: str, full: bool) -> uuid.UUID:
         run_id = new_id()
         with self.engine.begin() as conn:
             conn.execute(
@@ -301,13 +302,13 @@ class SyncRunner:
         with self.engine.begin() as conn:
             conn.execute(
                 update(_runs)
-                .where(_runs.c.partner == partner, _runs.c.status == "running", _runs.c.id != current)
-                .values(status="abandoned", finished_at=now, error="process ended before the run finished (killed or crashed)")
+                .where(_runs.c.partner == partner, _runs.c.status == RunStatus.RUNNING, _runs.c.id != current)
+                .values(status=RunStatus.ABANDONED, finished_at=now, error="process ended before the run finished (killed or crashed)")
             )
             conn.execute(
                 update(_runs)
-                .where(_runs.c.partner == partner, _runs.c.status == "queued", _runs.c.started_at < now - QUEUED_RUN_EXPIRY)
-                .values(status="abandoned", finished_at=now, error="no worker took its task (lost, or the workers were down)")
+                .where(_runs.c.partner == partner, _runs.c.status == RunStatus.QUEUED, _runs.c.started_at < now - QUEUED_RUN_EXPIRY)
+                .values(status=RunStatus.ABANDONED, finished_at=now, error="no worker took its task (lost, or the workers were down)")
             )
 
     def _finish_run(self, result: RunResult) -> None:
@@ -316,7 +317,7 @@ class SyncRunner:
             conn.execute(
                 update(_runs).where(_runs.c.id == result.run_id).values(status=result.status, finished_at=now, error=result.error, error_kind=result.error_kind)
             )
-            if result.status == "skipped":
+            if result.status == RunStatus.SKIPPED:
                 return
             self._ensure_state(conn, result.partner, now)
             values: dict[str, object] = {"last_run_id": result.run_id, "updated_at": now}
