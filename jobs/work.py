@@ -21,6 +21,7 @@ from imaging_sync.atna.relay import AtnaRelay
 from imaging_sync.core import Core
 from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, utcnow
 from imaging_sync.outbox.relay import Relay, prune_done, retry_failed
+from imaging_sync.priority import run_at_low_priority
 from imaging_sync.sync.runner import RunResult
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,12 @@ def sync_partner(
 
 
 def seal_audit(core: Core, copies: audit_seals.SealCopies | None) -> dict[str, Any]:
-    """Seal the audit rows written since the last seal; copy every seal not yet outside when a bucket is set."""
-    result, copied = audit_seals.seal_and_copy(core.engine, copies)
+    """Seal the audit rows written since the last seal; copy every seal not yet outside when a bucket is set.
+
+    In a thread of lower priority (:mod:`imaging_sync.priority`): the hashing is a
+    burst of CPU that must not come out of the answers' latency.
+    """
+    result, copied = run_at_low_priority(lambda: audit_seals.seal_and_copy(core.engine, copies), name="audit-sealer")
     return {"seals": [s.seal_no for s in result.seals], "rows": result.rows, "busy": result.busy, "copied": copied}
 
 
