@@ -62,8 +62,13 @@ COPY_CURSOR = "seal-copies"  # audit_export_cursor: the last seal copied outside
 # -- a row's hash ---------------------------------------------------------------------------------------
 
 
+_AS_IS = frozenset({str, int, float, bool, type(None), dict, list})
+
+
 def _plain(value: Any) -> Any:
     """A column value as JSON, the same whether read from the database or from an archive's JSON lines."""
+    if type(value) in _AS_IS:  # most values: tested first, the sealer calls this for every column of every row
+        return value
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, dt.datetime):
@@ -82,11 +87,15 @@ def content(values: dict[str, Any]) -> dict[str, Any]:
     return {name: _plain(value) for name, value in values.items() if name != "txid"}
 
 
+# json.dumps with these arguments, built once (dumps builds an encoder per call when given any)
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def row_hash(table: str, seq: int, values: dict[str, Any]) -> bytes:
     """SHA-256 over the table, the row's seq and its content in canonical JSON (sorted keys, no spaces)."""
     body = content(values)
     body["seq"] = seq
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    canonical = _CANONICAL_JSON.encode(body)
     return hashlib.sha256(table.encode() + b"\x00" + canonical.encode()).digest()
 
 
@@ -187,22 +196,34 @@ def _sealed(seal: Seal) -> Seal:
 
 
 def _fetch(conn: Connection, table: str, where: str, params: dict[str, Any]) -> Iterator[SealedRow]:
-    """The rows of ``table`` matching ``where``, in seq order (rowid on SQLite), with their columns' Python types."""
+    """The rows of ``table`` matching ``where``, in seq order (rowid on SQLite), with their columns' Python types.
+
+    Per row only what must be: the sealer runs this over every row written
+    since its last run (``bench/README.md``: its CPU is taken from the answers).
+    """
     sa_table = table_of_name(table)
-    order = sa_table.c.seq if conn.dialect.name == "postgresql" else literal_column("rowid")
+    postgres = conn.dialect.name == "postgresql"
+    order = sa_table.c.seq if postgres else literal_column("rowid")
     columns = [c for c in sa_table.c if c.name not in ("seq", "txid")]
+    names = tuple(c.name for c in columns)
+    uuids = () if postgres else _uuid_columns(sa_table)  # psycopg returns UUIDs already; SQLite stores text
     statement = select(order.label("seq_"), *columns).where(text(where)).order_by(order).execution_options(yield_per=5000)
     for raw in conn.execute(statement, params):
-        values = dict(zip((c.name for c in columns), raw[1:], strict=True))
-        yield SealedRow(table, int(raw[0]), _typed(sa_table, values))
+        values = dict(zip(names, raw[1:], strict=True))
+        for name in uuids:
+            _as_uuid(values, name)
+        yield SealedRow(table, int(raw[0]), values)
 
 
-def _typed(sa_table: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """UUID columns as UUIDs whatever the driver returned (SQLite stores them as text)."""
-    for column in sa_table.c:
-        if column.name in values and values[column.name] is not None and column.type.python_type is uuid.UUID and not isinstance(values[column.name], uuid.UUID):
-            values[column.name] = uuid.UUID(str(values[column.name]))
-    return values
+def _uuid_columns(sa_table: Any) -> tuple[str, ...]:
+    return tuple(column.name for column in sa_table.c if column.type.python_type is uuid.UUID)
+
+
+def _as_uuid(values: dict[str, Any], name: str) -> None:
+    value = values.get(name)
+    if value is not None and not isinstance(value, uuid.UUID):
+        values[name] = uuid.UUID(str(value))
+
 
 
 def table_of_name(name: str) -> Any:
