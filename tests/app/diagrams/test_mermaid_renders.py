@@ -1,6 +1,6 @@
 """Every Mermaid diagram in the documentation parses and renders to SVG, so a syntax error cannot land.
 
-Rendered by the Mermaid CLI from the npm registry (``devtools/mermaid-cli``,
+Rendered by the Mermaid CLI from the npm registry (``docs/mermaid-cli``,
 pinned by its package-lock; ``.ci/run`` installs it) in Debian's Chromium, the
 browser GitHub's readers use being beside the point: this is Mermaid's own
 parser and renderer, the ones GitHub runs. It never downloads a browser
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).parents[3]
-TOOL = REPO / "devtools" / "mermaid-cli"
+TOOL = REPO / "docs" / "mermaid-cli"
 MMDC = TOOL / "node_modules" / ".bin" / "mmdc"
 CHROMIUM = "/usr/bin/chromium"
 REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
