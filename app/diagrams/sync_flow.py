@@ -16,7 +16,7 @@ than a picture that lies.
 from __future__ import annotations
 
 import enum
-import importlib
+import pkgutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -190,20 +190,11 @@ def steps_table(items: Sequence[Item] = RUN) -> str:
 
 
 def resolve(dotted: str) -> Any:
-    """The object a dotted name names (``package.module.Class.method``): the longest importable module, then attributes."""
-    parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            found: Any = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError:
-            continue
-        try:
-            for name in parts[cut:]:
-                found = getattr(found, name)
-        except AttributeError:
-            break
-        return found
-    raise ValidationError("imaging_sync.statuses", f"{dotted} names no function: a transition table points at code that is gone")
+    """The object a dotted name names (``package.module.Class.method``), or an error naming the transition table."""
+    try:
+        return pkgutil.resolve_name(dotted)
+    except (ImportError, AttributeError, ValueError):
+        raise ValidationError("imaging_sync.statuses", f"{dotted} names no function: a transition table points at code that is gone") from None
 
 
 def check_transitions(states: type[enum.StrEnum], transitions: Sequence[Transition[Any]]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import importlib
 import json
+import pkgutil
 import re
 import typing
 from typing import Any
@@ -28,19 +28,6 @@ TABLES: list[tuple[type[enum.StrEnum], tuple[Transition[Any], ...]]] = [(RunStat
 BY_NAME = pytest.mark.parametrize(("states", "transitions"), TABLES, ids=lambda value: getattr(value, "__name__", ""))
 
 
-def _resolve(dotted: str) -> Any:
-    parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            found: Any = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError:
-            continue
-        for name in parts[cut:]:
-            found = getattr(found, name)
-        return found
-    raise AssertionError(f"no module in {dotted}")
-
-
 @BY_NAME
 def test_every_status_is_reached_by_a_transition_and_left_by_one(states: type[enum.StrEnum], transitions: tuple[Transition[Any], ...]) -> None:
     """No orphan: a status nothing writes, or one a record never leaves (even the prune), is a table that lies."""
@@ -55,7 +42,7 @@ def test_every_transition_names_its_statuses_and_a_function_that_exists(states: 
     for move in transitions:
         assert move.source is None or isinstance(move.source, states), move
         assert move.target is None or isinstance(move.target, states), move
-        assert callable(_resolve(move.code)), move.code
+        assert callable(pkgutil.resolve_name(move.code)), move.code
         assert move.label and move.cause.endswith("."), move
 
 
