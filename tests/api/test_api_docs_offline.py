@@ -22,6 +22,7 @@ import pytest
 from api_fixtures import make_settings
 from litestar import Litestar
 from litestar.testing import TestClient
+from required import require
 from sqlalchemy import func, select
 
 from api.docs import ASSETS, CACHE_CONTROL, VERSION
@@ -35,21 +36,12 @@ from storage import BucketRegistry
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
-REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS_PAGES = ("/api/v1/docs", "/api/v1/schema/swagger")
 ASSETS_URL = f"/api/v1/docs/assets/{VERSION}"
 TITLE = "imaging-sync API"
 CONTENT_TYPES = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8", "favicon-32x32.png": "image/png"}
-
-
-def require(problem: str | None) -> None:
-    """Skip with the reason, or fail when the services are mandatory."""
-    if problem:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{problem} (IMAGING_SYNC_REQUIRE_SERVICES=1 forbids skipping)")
-        pytest.skip(problem)
 
 
 def _browser_problem() -> str | None:

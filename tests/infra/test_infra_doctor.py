@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from infra_support import free_port
+from required import require
 
 from app.cli import cli
 from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
@@ -29,7 +30,6 @@ from imaging_sync.config import DatabaseConfig, DicomConfig, DicomPeer
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
 
-REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("IMAGING_SYNC_TEST_DOCTOR_REDIS_URL", "redis://127.0.0.1:6379/0")
 PARTNER_KEY = "doctor-partner-key-7f3a9c"  # distinctive, so a leak is easy to find
 KEY_ENV = "DOCTOR_TEST_PARTNER_KEY"
@@ -50,11 +50,7 @@ def _redis_problem() -> str | None:
 
 @pytest.fixture(scope="module")
 def redis_url() -> str:
-    problem = _redis_problem()
-    if problem:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{problem} (IMAGING_SYNC_REQUIRE_SERVICES=1 forbids skipping)")
-        pytest.skip(problem)
+    require(_redis_problem())
     return REDIS_URL
 
 

@@ -27,6 +27,7 @@ import msgspec
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
+from required import require
 from sqlalchemy import Engine
 
 from app.assembly import worker_app
@@ -36,20 +37,11 @@ from imaging_sync.config import DatabaseConfig, JobsConfig, OutboxConfig, Partne
 from imaging_sync.db.engine import create_db_engine
 from jobs.app import JobsApp
 
-REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
 # host:port of the Redis server (the tests pick the database number themselves)
 REDIS_HOST, _, _port = os.environ.get("IMAGING_SYNC_TEST_REDIS", "127.0.0.1:6379").rpartition(":")
 REDIS_PORT = int(_port)
 RABBITMQ_URL = os.environ.get("IMAGING_SYNC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 FAST_OUTBOX = OutboxConfig(batch_size=50, lease_seconds=30, max_attempts=3, initial_backoff=0.01, max_backoff=0.02, poll_interval=0.01)
-
-
-def require(problem: str | None) -> None:
-    """Skip with the reason, or fail when the services are mandatory."""
-    if problem:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{problem} (IMAGING_SYNC_REQUIRE_SERVICES=1 forbids skipping)")
-        pytest.skip(problem)
 
 
 def _redis_problem(url: str) -> str | None:

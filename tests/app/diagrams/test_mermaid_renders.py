@@ -16,12 +16,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from required import require
 
 REPO = Path(__file__).parents[3]
 TOOL = REPO / "docs" / "mermaid-cli"
 MMDC = TOOL / "node_modules" / ".bin" / "mmdc"
 CHROMIUM = "/usr/bin/chromium"
-REQUIRE_SERVICES = os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1"
 FENCE = re.compile(r"^```mermaid\n.*?^```$", re.MULTILINE | re.DOTALL)
 WITH_DIAGRAMS = sorted(
     str(path.relative_to(REPO)) for path in [REPO / "README.md", *(REPO / "docs").glob("*.md")] if FENCE.search(path.read_text(encoding="utf-8"))
@@ -36,10 +36,7 @@ def mermaid_cli() -> Path:
         problem = f"no chromium at {CHROMIUM} (apt-get install chromium)"
     elif not os.access(MMDC, os.X_OK):
         problem = f"the Mermaid CLI is not installed: PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix {TOOL.relative_to(REPO)}"
-    if problem:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{problem} (IMAGING_SYNC_REQUIRE_SERVICES=1 forbids skipping)")
-        pytest.skip(problem)
+    require(problem)
     return MMDC
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import signal
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 from cli_run import run
 from lxml import etree
+from required import require
 from sqlalchemy import Engine, insert
 
 from devtools.ports import free_port
@@ -49,11 +49,7 @@ HEADER = re.compile(r"^<(\d+)>1 (\S+) (\S+) (\S+) (\S+) (\S+) - \ufeff(.*)$", re
 
 
 def _missing(path: Path, package: str) -> None:
-    if not path.exists():
-        reason = f"{path} missing: apt-get install -y {package}"
-        if os.environ.get("IMAGING_SYNC_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (IMAGING_SYNC_REQUIRE_SERVICES=1 forbids skipping)")
-        pytest.skip(reason)
+    require(None if path.exists() else f"{path} missing: apt-get install -y {package}")
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
