@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from pynetdicom.pdu_primitives import P_DATA
 
-C_STORE_RQ, C_GET_RSP, C_MOVE_RSP = 0x0001, 0x8010, 0x8021
+C_STORE_RQ, C_STORE_RSP, C_GET_RSP, C_MOVE_RSP = 0x0001, 0x8001, 0x8010, 0x8021
 NO_DATA_SET, DATA_SET = 0x0101, 0x0001  # (0000,0800) Command Data Set Type
 PENDING = 0xFF00
 
@@ -110,4 +110,94 @@ def p_data(context_id: int, command: bytes, data: bytes | memoryview | None, max
         yield pdata
 
 
-__all__ = ["C_GET_RSP", "C_MOVE_RSP", "p_data", "retrieve_pending", "store_request"]
+# -- The same messages on the wire, for a socket written directly (dicom.sending's C-MOVE line) --------------
+
+P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
+_PDU_HEADER = struct.Struct(">BxI")  # PDU type, reserved, length (PS3.8 9.3.1)
+_PDV_HEADER = struct.Struct(">IBc")  # item length, presentation context ID, message control header (PS3.8 9.3.5.1)
+ABORT_PDU = bytes([A_ABORT, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # A-ABORT-RQ, source: service user, no reason (PS3.8 9.3.8)
+
+
+def pdu_header(pdu_type: int, length: int) -> bytes:
+    return _PDU_HEADER.pack(pdu_type, length)
+
+
+def parse_pdu_header(header: bytes) -> tuple[int, int]:
+    """(PDU type, length of what follows) of a PDU's first six bytes."""
+    pdu_type, length = _PDU_HEADER.unpack(header)
+    return pdu_type, length
+
+
+def pdv_header(context_id: int, control: bytes, fragment_size: int) -> bytes:
+    return _PDV_HEADER.pack(fragment_size + 2, context_id, control)
+
+
+def wire_pdus(context_id: int, command: bytes, size: int, max_pdu: int) -> Iterator[tuple[bytes, int, int]]:
+    """The P-DATA-TF PDUs of a message whose data set is ``size`` bytes, cut exactly as :func:`p_data` cuts it.
+
+    Each is (the PDU's bytes up to its data fragment, the fragment's start and
+    end in the data set): the caller writes the two together, the fragment
+    straight from where the data set lies (memory or a file). The first PDU
+    carries the command, and the first fragment when it fits (else an empty one).
+    """
+    room = max_pdu - 6 if max_pdu else 0
+    command_pdv = pdv_header(context_id, _COMMAND_LAST, len(command)) + command
+    offset = min(size, size if not room else max(0, room - (6 + len(command))))
+    if offset:
+        control = _DATA_LAST if offset == size else _DATA
+        yield pdu_header(P_DATA_TF, len(command_pdv) + 6 + offset) + command_pdv + pdv_header(context_id, control, offset), 0, offset
+    else:
+        yield pdu_header(P_DATA_TF, len(command_pdv)) + command_pdv, 0, 0
+    while offset < size:
+        end = min(size, offset + room)
+        control = _DATA_LAST if end == size else _DATA
+        yield pdu_header(P_DATA_TF, 6 + end - offset) + pdv_header(context_id, control, end - offset), offset, end
+        offset = end
+
+
+def pdv_items(body: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(context ID, message control header, fragment) of each PDV item in a P-DATA-TF's body."""
+    offset = 0
+    while offset < len(body):
+        if offset + 6 > len(body):
+            raise ValueError("a PDV item runs past its P-DATA-TF")
+        length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > len(body):
+            raise ValueError("a PDV item runs past its P-DATA-TF")
+        yield context_id, control[0], body[offset + 6:offset + 4 + length]
+        offset += 4 + length
+
+
+def command_values(command: bytes) -> dict[int, bytes]:
+    """A command set's elements (Implicit VR Little Endian, group 0000, PS3.7 6.3.1) by element number."""
+    values: dict[int, bytes] = {}
+    offset = 0
+    while offset + 8 <= len(command):
+        group, element, length = struct.unpack_from("<HHI", command, offset)
+        if group != 0x0000 or offset + 8 + length > len(command):
+            raise ValueError("not a command set")
+        values[element] = command[offset + 8:offset + 8 + length]
+        offset += 8 + length
+    if offset != len(command):
+        raise ValueError("not a command set")
+    return values
+
+
+def store_response(command: bytes) -> tuple[int, int]:
+    """(Message ID Being Responded To, Status) of a C-STORE-RSP command set (PS3.7 9.3.1.2); ValueError if it is not one."""
+    values = command_values(command)
+    try:
+        (field,) = struct.unpack("<H", values[0x0100])
+        (responding_to,) = struct.unpack("<H", values[0x0120])
+        (status,) = struct.unpack("<H", values[0x0900])
+    except (KeyError, struct.error) as exc:
+        raise ValueError("a C-STORE-RSP without Command Field, Message ID Being Responded To or Status") from exc
+    if field != C_STORE_RSP:
+        raise ValueError(f"command field 0x{field:04X}, not a C-STORE-RSP")
+    return responding_to, status
+
+
+__all__ = [
+    "ABORT_PDU", "C_GET_RSP", "C_MOVE_RSP", "command_values", "p_data", "parse_pdu_header", "pdv_items", "retrieve_pending",
+    "store_request", "store_response", "wire_pdus",
+]

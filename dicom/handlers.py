@@ -439,7 +439,7 @@ def handle_move(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         yield 1
         yield op.fail(failure), None
         return
-    use_fast_responses(event.assoc)  # a pending response with the counts after each file
+    use_fast_responses(event.assoc, pending_interval=services.config.pending_interval_seconds)  # the counts as files go
     yield len(subs)
     yield from _sub_operations(event, services, op, subs)
 
@@ -461,6 +461,6 @@ def handle_get(event: Any, services: Services, op: Operation) -> Iterator[Any]:
         yield op.fail(statuses.failure_for(exc, retrieve=True)), None
         return
     use_stored_encoding(event.assoc)
-    use_fast_responses(event.assoc)
+    use_fast_responses(event.assoc, pending_interval=services.config.pending_interval_seconds)
     yield len(subs)
     yield from _sub_operations(event, services, op, subs)

@@ -55,6 +55,10 @@ class _ReactorTime(ModuleType):
 
 
 def _wait_for_the_socket(provider: Any, seconds: float) -> None:
+    parking: _Parking | None = getattr(provider, "_parking", None)
+    if parking is not None and provider.to_provider_queue.empty():
+        parking.park(provider)
+        return
     sock = getattr(getattr(provider, "socket", None), "socket", None)
     if sock is None or not provider.to_provider_queue.empty():
         _time.sleep(0 if sock is not None else seconds)
@@ -101,6 +105,51 @@ class _Waker:
                 os.close(self._write)
 
 
+class _Parking:
+    """A DUL thread held in its idle wait, off its socket, while another thread reads and writes the socket itself."""
+
+    def __init__(self) -> None:
+        self.parked = threading.Event()
+        self.resume = threading.Event()
+
+    def park(self, provider: Any) -> None:
+        self.parked.set()
+        while not self.resume.wait(0.5):
+            if provider._kill_thread:  # the association is being torn down (AE.shutdown, say)
+                return
+        provider._idle_timer.restart()  # the time parked was not the peer's silence
+
+
+def park_dul(assoc: Any, timeout: float) -> bool:
+    """Hold the association's DUL thread off its socket; True once it is held (then :func:`unpark_dul` without fail).
+
+    The DUL is held only where it would otherwise sleep: with nothing queued
+    to send and no PDU to read. Whoever parks it owns the socket until
+    :func:`unpark_dul`; the DUL's timers stand still meanwhile. False (and
+    nothing held) if the DUL did not reach its idle wait in ``timeout`` seconds:
+    its thread has ended, or the peer keeps sending.
+    """
+    provider = assoc.dul
+    parking = _Parking()
+    provider._parking = parking
+    waker: _Waker | None = getattr(provider, "_waker", None)
+    if waker is not None:
+        waker.wake()
+    if parking.parked.wait(timeout):
+        return True
+    provider._parking = None
+    parking.resume.set()
+    return False
+
+
+def unpark_dul(assoc: Any) -> None:
+    """Give the socket back to the DUL thread held by :func:`park_dul`."""
+    parking: _Parking | None = getattr(assoc.dul, "_parking", None)
+    if parking is not None:
+        assoc.dul._parking = None
+        parking.resume.set()
+
+
 def wake_reactors(assoc: Any) -> None:
     """Wake each of the association's reactors when there is work for it, not only when its 1 ms is up.
 
@@ -145,4 +194,4 @@ REACTOR_TIME = _ReactorTime()
 dul.time = REACTOR_TIME  # type: ignore[attr-defined]  # the modules' own `import time`
 association.time = REACTOR_TIME  # type: ignore[attr-defined]
 
-__all__ = ["REACTOR_TIME", "release_reactors", "wake_reactors"]
+__all__ = ["REACTOR_TIME", "park_dul", "release_reactors", "unpark_dul", "wake_reactors"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -210,14 +211,23 @@ def _encode(ds: Any, is_implicit_vr: bool, is_little_endian: bool, deflated: boo
 service_class.encode = _encode  # type: ignore[attr-defined]
 
 
-def use_fast_responses(assoc: Any) -> None:
+def use_fast_responses(assoc: Any, *, pending_interval: float = 0.0) -> None:
     """Send this association's pending responses as one PDU each: a C-FIND's with the command set encoded once per
-    request, a C-MOVE's or C-GET's (the sub-operation counts, one per file) encoded by dicom.commands."""
+    request, a C-MOVE's or C-GET's (the sub-operation counts) encoded by dicom.commands, at most one per
+    ``pending_interval`` seconds of each request (0: one after every file).
+
+    pynetdicom's retrieve loop offers a pending response after every file. They are optional (PS3.4
+    C.4.2.3.1, C.4.3.3.1: "may optionally generate"), and each is a message the node encodes and sends: one
+    a second still shows a viewer the progress. The first of each request goes at once; the final
+    response, with the counts, always.
+    """
     dimse = assoc.dimse
+    dimse._pending_interval = pending_interval  # per request: a C-FIND on the association wants none held back
     if getattr(dimse, "_sends_fast_responses", False):
         return
     original = dimse.send_msg
     cached: dict[tuple[int, str, int], bytes] = {}
+    last_sent: dict[int, float] = {}  # message ID responded to -> when its last pending response went
 
     def send_msg(primitive: Any, context_id: int) -> None:
         if primitive.MessageIDBeingRespondedTo is None or getattr(primitive, "Status", None) != PENDING:
@@ -225,6 +235,11 @@ def use_fast_responses(assoc: Any) -> None:
         elif isinstance(primitive, C_FIND) and primitive.Identifier is not None:
             send_find_pending(primitive, context_id)
         elif isinstance(primitive, (C_MOVE, C_GET)) and primitive.Identifier is None:
+            now, responding_to = time.monotonic(), int(primitive.MessageIDBeingRespondedTo)
+            if responding_to in last_sent and now - last_sent[responding_to] < dimse._pending_interval:
+                return
+            last_sent.clear()  # one request at a time per association
+            last_sent[responding_to] = now
             command = commands.retrieve_pending(
                 commands.C_MOVE_RSP if isinstance(primitive, C_MOVE) else commands.C_GET_RSP, primitive.AffectedSOPClassUID,
                 primitive.MessageIDBeingRespondedTo, primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,

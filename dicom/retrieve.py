@@ -132,13 +132,14 @@ class Tally:
         return self.total - self.completed - self.warning - self.failed
 
     def record(self, status: int | None, size: int, uid: str, reason: str | None = None) -> None:
-        if status is None or status >= 0xA000 or 0x0100 <= status < 0xA000:
+        warning = status is not None and (status & 0xF000 == 0xB000 or status == 0x0001)  # PS3.7 C.4, PS3.4 B.2.3
+        if status is None or (status != 0x0000 and not warning):
             self.failed += 1
             self.failed_uids.append(uid)
             reason = reason or ("no response" if status is None else f"peer status 0x{status:04X}")
             self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
             log.warning("sub-operation failed", extra={"sop_instance_uid": uid, "reason": reason})
-        elif status & 0xF000 == 0xB000:
+        elif warning:
             self.warning += 1
             self.bytes_sent += size
         else:

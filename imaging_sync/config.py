@@ -439,6 +439,12 @@ class DicomConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         int, doc("Most values one matching key may list (a UID list, say); more are refused (A700/A701, out of resources) and audited.", ge=1, le=30_000)
     ] = 4096
     fetch_concurrency: Annotated[int, doc("Objects fetched from S3 at once during a C-MOVE or C-GET.", ge=1, le=64)] = 8
+    pending_interval_seconds: Annotated[
+        float,
+        doc("A C-MOVE or C-GET reports its sub-operation counts in a pending response at most this often: the first at once, the final "
+            "response always. Pending responses are optional (PS3.4 C.4.2.3.1) and each costs a message per file; 0: one after every file.",
+            ge=0, le=60),
+    ] = 1.0
     in_memory_object_bytes: Annotated[
         int,
         doc("A fetched object up to this size is held in memory until sent; a larger one is spooled to a file (spool_dir). "

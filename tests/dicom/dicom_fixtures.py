@@ -271,6 +271,7 @@ def start_node(engine: Engine, files: Files, **overrides: Any) -> Node:
     config = DicomConfig(
         ae_title=NODE_AE, host="127.0.0.1", port=0, network_timeout_seconds=10,
         destinations={ae: DicomDestination(host="127.0.0.1", port=p) for ae, p in ports.items()}, fetch_concurrency=3,
+        pending_interval_seconds=0,  # a pending response after every file: the tests read the progress file by file
     )
     if "peers" not in overrides:
         config = config.with_local_peers({ae: ALL_OPERATIONS for ae in TEST_PEERS})

@@ -78,3 +78,43 @@ def test_file_meta_is_read_as_pydicom_reads_it(files: Files, tmp_path: Path) -> 
         assert (ours.sop_class_uid, ours.sop_instance_uid, ours.transfer_syntax_uid, ours.offset) == (
             meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID, offset
         ), uid
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 200])
+@pytest.mark.parametrize("size", [1, 150, 51_200])
+def test_the_wire_pdus_are_the_p_data_pdus_byte_for_byte(max_pdu: int, size: int) -> None:
+    """dicom.sending writes wire_pdus to the socket itself: the same bytes pynetdicom would send for p_data."""
+    command = commands.store_request(CT, "1.2.3.4", 1, 2, "MOVESCU", 1)
+    data = (bytes(range(256)) * 201)[:size]
+    expected = b"".join(_pdu(p).encode() for p in commands.p_data(5, command, data, max_pdu))
+    assert b"".join(head + data[start:end] for head, start, end in commands.wire_pdus(5, command, size, max_pdu)) == expected
+
+
+@pytest.mark.parametrize("status, comment", [(0x0000, None), (0xB000, None), (0xA700, "out of disk"), (0xC123, "odd")])
+def test_a_c_store_response_is_read_as_pynetdicom_encodes_it(status: int, comment: str | None) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RSP
+
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 42
+    primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID = CT, "1.2.826.0.1.1.1.12"
+    primitive.Status = status
+    primitive.ErrorComment = comment
+    pdus = [item for pdu in [_pdu(p) for p in commands.p_data(1, _pynetdicom(C_STORE_RSP(), primitive), None, 0)] for item in pdu.presentation_data_value_items]
+    assert commands.store_response(pdus[0].presentation_data_value[1:]) == (42, status)
+    [(context_id, control, fragment)] = list(commands.pdv_items(_pdu(next(commands.p_data(3, b"\x00" * 10, None, 0))).encode()[6:]))
+    assert (context_id, control, fragment) == (3, 0x03, b"\x00" * 10)
+
+
+@pytest.mark.parametrize("command", [
+    commands.store_request(CT, "1.2.3", 1, 2, None, None),  # a request, not a response
+    b"\x00\x00\x00\x01\x02\x00\x00\x00",  # an element running past its end
+    b"\x08\x00\x18\x00\x00\x00\x00\x00",  # not group 0000
+], ids=["c-store-rq", "truncated", "data set"])
+def test_anything_but_a_c_store_response_is_refused(command: bytes) -> None:
+    with pytest.raises(ValueError):
+        commands.store_response(command)
+
+
+def test_a_pdv_item_running_past_its_pdu_is_refused() -> None:
+    with pytest.raises(ValueError):
+        list(commands.pdv_items(b"\x00\x00\x00\x10\x01\x03abc"))

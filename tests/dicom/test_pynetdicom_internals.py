@@ -2,7 +2,8 @@
 
 dicom.responses replaces ``service_class.encode`` and wraps an association's
 ``dimse.send_msg``; dicom.handlers shortens the DUL reactor's
-``_run_loop_delay`` while a C-FIND streams.
+``_run_loop_delay`` while a C-FIND streams; dicom.reactors parks a DUL in its
+idle wait while dicom.sending writes a C-MOVE's files to its socket.
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ def test_the_reactors_idle_sleeps_are_the_ones_dicom_reactors_replaces() -> None
     assert "self.to_user_queue" in inspect.getsource(DULServiceProvider.__init__)
     assert "msg_queue" in inspect.getsource(DIMSEServiceProvider.get_msg)
     assert "is_release_requested" in inspect.getsource(association.Association._run_reactor)
+
+
+def test_the_dul_loop_reads_its_socket_only_after_the_idle_wait_park_dul_holds() -> None:
+    """dicom.reactors.park_dul holds the DUL in its idle sleep; dicom.sending's line then owns the socket."""
+    import inspect
+
+    source = inspect.getsource(DULServiceProvider.run_reactor)
+    sleep, received, killed = source.index("time.sleep(self._run_loop_delay)"), source.index("self._is_transport_event()"), source.index("self._kill_thread")
+    assert sleep < received and sleep < killed  # nothing read between the sleep and the next loop's checks
+    assert "self._idle_timer.restart()" in source and "to_provider_queue" in inspect.getsource(DULServiceProvider.__init__)
+    from pynetdicom.association import Association
+
+    # The line sends with the acceptor's Maximum Length Received and the association's DIMSE timeout.
+    assert "acceptor.maximum_length" in inspect.getsource(DIMSEServiceProvider.maximum_pdu_size.fget)  # type: ignore[attr-defined]
+    assert "dimse_timeout" in inspect.getsource(Association)
 
 
 def test_the_identifier_encoder_is_ours_and_the_reactor_has_its_loop_delay() -> None:

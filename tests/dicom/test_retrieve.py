@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Node, StoreSCP, audit_entries, run_tool, walk
+from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Files, Node, StoreSCP, audit_entries, load_index, run_tool, start_node, walk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 from scu import GET, MOVE, get_ae, identifier, scu
+from sqlalchemy import Engine
 
 from devtools.dicom_files import dataset_bytes
 
@@ -34,19 +37,25 @@ def move(node: Node, ds: Dataset, destination: str, model: str = "STUDY") -> tup
 
 
 class PyStoreSCP:
-    """pynetdicom as the C-MOVE destination PYSTORE: keeps each received data set's bytes."""
+    """pynetdicom as the C-MOVE destination PYSTORE: keeps each received data set's bytes.
 
-    def __init__(self, port: int) -> None:
+    ``answer`` (the event, how many files came before) gives the status to answer with, or misbehaves.
+    """
+
+    def __init__(self, port: int, answer: Callable[[Any, int], int] | None = None, max_pdu: int = 16382) -> None:
         self.received: dict[str, bytes] = {}
+        self.answer = answer
         self.ae = AE(ae_title="PYSTORE")
+        self.ae.maximum_pdu_size = max_pdu
         self.ae.add_supported_context(Verification)
         for uid in {inst.sop_class for *_, inst in walk()}:
             self.ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         self.server = self.ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
 
     def _store(self, event: Any) -> int:
+        status = 0x0000 if self.answer is None else self.answer(event, len(self.received))
         self.received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
-        return 0x0000
+        return status
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -187,3 +196,118 @@ def test_a_retrieve_whose_requester_goes_away_leaves_no_spool_file(sqlite_node: 
     assert spool is not None
     eventually(lambda: spool.files() == [], what="the aborted C-GET's spool files deleted")
     eventually(lambda: sqlite_node.server.services.access.open_associations() == 0, what="the aborted association ended")
+
+
+# -- The C-MOVE line: the destination's socket written and read by the node itself (dicom.sending._Line) --------
+
+
+@pytest.mark.parametrize("in_memory_object_bytes", [1 << 20, 0], ids=["held in memory", "spooled to a file"])
+def test_files_larger_than_the_destinations_pdus_arrive_byte_identical(node: Node, in_memory_object_bytes: int) -> None:
+    node.server.services.retriever._in_memory_bytes = in_memory_object_bytes
+    store = PyStoreSCP(node.ports["PYSTORE"], max_pdu=4096)  # every file crosses several P-DATA-TF PDUs
+    try:
+        _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
+    finally:
+        store.stop()
+    assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, 6)
+    assert sorted(store.received) == sorted(_instances_of(STUDY_1))
+    for uid, data in store.received.items():
+        assert data == dataset_bytes(node.files.data[uid]), uid
+
+
+def test_the_destinations_own_statuses_are_counted_file_by_file(node: Node) -> None:
+    answers = {1: 0xB000, 3: 0xA700}  # the second file stored with a warning (coercion), the fourth refused (out of resources)
+    store = PyStoreSCP(node.ports["PYSTORE"], answer=lambda event, before: answers.get(before, 0x0000))
+    try:
+        _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
+    finally:
+        store.stop()
+    assert final.Status == 0xB000
+    counts = (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations, final.NumberOfFailedSuboperations)
+    assert counts == (4, 1, 1)
+    [row] = audit_entries(node.engine, action="c-move")
+    assert row.detail["failure_reasons"] == {"peer status 0xA700": 1}
+
+
+def test_a_destination_that_aborts_mid_transfer_fails_the_rest_and_the_node_moves_on(node: Node) -> None:
+    def abort_the_third(event: Any, before: int) -> int:
+        if before == 2:
+            event.assoc.abort()
+        return 0x0000
+
+    store = PyStoreSCP(node.ports["PYSTORE"], answer=abort_the_third)
+    try:
+        _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
+    finally:
+        store.stop()
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 4)
+    [row] = audit_entries(node.engine, action="c-move")
+    assert row.detail["failure_reasons"] == {"the destination aborted the association": 1, "the association to the destination has ended": 3}
+    # Nothing held: the node serves the next move in full.
+    store = PyStoreSCP(node.ports["PYSTORE"])
+    try:
+        _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
+    finally:
+        store.stop()
+    assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, 6)
+
+
+@pytest.fixture
+def impatient_node(sqlite_engine: Engine, files: Files) -> Iterator[Node]:
+    """A node that waits one second for a C-STORE response (dicom.network_timeout_seconds)."""
+    load_index(sqlite_engine, files)
+    n = start_node(sqlite_engine, files, network_timeout_seconds=1)
+    yield n
+    n.server.stop()
+
+
+def test_a_destination_that_stops_answering_is_aborted_after_the_network_timeout(impatient_node: Node) -> None:
+    def stall_the_second(event: Any, before: int) -> int:
+        if before == 1:
+            time.sleep(3)
+        return 0x0000
+
+    store = PyStoreSCP(impatient_node.ports["PYSTORE"], answer=stall_the_second)
+    try:
+        started = time.monotonic()
+        _, final = move(impatient_node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
+        waited = time.monotonic() - started
+    finally:
+        store.stop()
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 5)
+    assert waited < 30  # not stuck until some longer timeout (no threshold on speed: only on hanging)
+    [row] = audit_entries(impatient_node.engine, action="c-move")
+    assert row.detail["failure_reasons"] == {"TimeoutError on the association to the destination": 1, "the association to the destination has ended": 4}
+
+
+@pytest.fixture
+def quiet_node(sqlite_engine: Engine, files: Files) -> Iterator[Node]:
+    """A node at the shipped default of one pending response a second, held back far longer here."""
+    load_index(sqlite_engine, files)
+    n = start_node(sqlite_engine, files, pending_interval_seconds=60)
+    yield n
+    n.server.stop()
+
+
+def test_pending_responses_come_at_most_once_per_interval_and_the_final_one_has_the_counts(quiet_node: Node) -> None:
+    store = PyStoreSCP(quiet_node.ports["PYSTORE"])
+    try:
+        pending, final = move(quiet_node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
+    finally:
+        store.stop()
+    assert [(p.Status, p.NumberOfRemainingSuboperations, p.NumberOfCompletedSuboperations) for p in pending] == [(0xFF00, 5, 1)]
+    assert (final.Status, final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0x0000, 6, 0)
+    assert len(store.received) == 6
+
+
+def test_a_c_get_holds_back_its_pending_responses_too(quiet_node: Node) -> None:
+    ae, roles = get_ae([(CT, [ts]) for ts in ALL_TRANSFER_SYNTAXES[:4]])
+    assoc = ae.associate(*quiet_node.address, ae_title=NODE_AE, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    try:
+        responses = [s for s, _ in assoc.send_c_get(identifier("SERIES", StudyInstanceUID=STUDY_1, SeriesInstanceUID="1.2.826.0.1.1.1"), GET["STUDY"])]
+    finally:
+        assoc.release()
+    assert [r.Status for r in responses] == [0xFF00, 0x0000]
+    assert responses[-1].NumberOfCompletedSuboperations == 3
