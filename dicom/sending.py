@@ -60,6 +60,18 @@ class SubOperationFailed(Exception):
     """Raised inside pynetdicom's loop: it counts the sub-operation as failed and lists its UID."""
 
 
+class StoreStatus:
+    """What pynetdicom's retrieve loop reads of a C-STORE's outcome (``.Status``), without a pydicom Dataset per file."""
+
+    __slots__ = ("Status",)
+
+    def __init__(self, status: int) -> None:
+        self.Status = status
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.Status if name == "Status" else default
+
+
 class LineBroken(Exception):
     """The destination association's line failed under :class:`_Line`: the association is aborted."""
 
@@ -78,6 +90,15 @@ class _Line:
         self._timeout = sock.gettimeout()
         sock.settimeout(assoc.dimse_timeout)  # the peer's answer, as pynetdicom waits for it (None: no limit)
         self._buffer = bytearray()
+        self._contexts: dict[tuple[str, str], int] = {}  # (SOP class, transfer syntax) -> accepted context ID
+
+    def context_id(self, sop_class_uid: str, transfer_syntax_uid: str) -> int:
+        """The accepted context for the file as stored (pynetdicom's lookup, once per pair: it builds UIDs each time)."""
+        key = (sop_class_uid, transfer_syntax_uid)
+        found = self._contexts.get(key)
+        if found is None:
+            found = self._contexts[key] = self._assoc._get_valid_context(sop_class_uid, transfer_syntax_uid, "scu", allow_conversion=False).context_id
+        return found
 
     def store(self, context_id: int, command: bytes, data: memoryview | None, path: Path | None, offset: int, msg_id: int) -> int:
         """Send one C-STORE-RQ with its data set (from memory, or from ``path`` at ``offset``); the response's Status."""
@@ -247,10 +268,10 @@ def _send_on_line(line: _Line, assoc: Any, item: EncodedInstance, msg_id: int, p
         spooled, offset = split_dataset(Path(item._path))
         meta = FileMeta(spooled.MediaStorageSOPClassUID, spooled.MediaStorageSOPInstanceUID, spooled.TransferSyntaxUID, offset)
         data, path = None, Path(item._path)
-    context = assoc._get_valid_context(meta.sop_class_uid, meta.transfer_syntax_uid, "scu", allow_conversion=False)
+    context_id = line.context_id(meta.sop_class_uid, meta.transfer_syntax_uid)
     command = commands.store_request(meta.sop_class_uid, meta.sop_instance_uid, msg_id, priority, originator_aet, originator_id)
     try:
-        return line.store(context.context_id, command, data, path, offset, msg_id)
+        return line.store(context_id, command, data, path, offset, msg_id)
     except (OSError, ValueError, LineBroken) as exc:  # socket.timeout is an OSError; ValueError: a response we cannot parse
         _give_back_line(assoc, broken=True)
         assoc.abort()
@@ -308,7 +329,9 @@ def use_stored_encoding(assoc: Any) -> None:
 
         assoc.release, assoc.abort = release, abort
 
-    def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+    def send_c_store(
+        dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None, originator_id: int | None = None
+    ) -> Dataset | StoreStatus:
         if not isinstance(dataset, EncodedInstance):
             passed_on: Dataset = original(dataset, msg_id, priority, originator_aet, originator_id)
             return passed_on
@@ -322,13 +345,12 @@ def use_stored_encoding(assoc: Any) -> None:
                 raise SubOperationFailed("the association to the destination has ended")
             try:
                 line = None
+                status: Dataset | StoreStatus
                 if assoc.is_requestor:  # C-MOVE: our association to the destination, ours alone while it sends
                     _hold_reactor(assoc)
                     line = _line(assoc)
                 if line is not None:
-                    code = _send_on_line(line, assoc, dataset, msg_id, priority, originator_aet, originator_id)
-                    status = Dataset()
-                    status.Status = code
+                    status = StoreStatus(_send_on_line(line, assoc, dataset, msg_id, priority, originator_aet, originator_id))
                 else:  # C-GET: the requester's association; we run inside its reactor, which pynetdicom marks paused
                     status = _send(assoc, dataset, msg_id, priority, originator_aet, originator_id)
             except ValueError:  # pynetdicom: no accepted context with the file's own transfer syntax

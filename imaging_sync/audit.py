@@ -511,6 +511,10 @@ class AuditHandle:
         """
         if self._finished:
             raise RuntimeError("the audit entry is finished: nothing more may be disclosed under it")
+        subject_ids, study_ids, series_ids, instance_ids = (tuple(ids or ()) for ids in (subject_ids, study_ids, series_ids, instance_ids))
+        seen = self._seen
+        if all(i in seen for group in (subject_ids, study_ids, series_ids, instance_ids) for i in group):
+            return  # already written: a retrieve discloses the same study file after file
         disclosed = _Disclosed.of(self._seen, subject_ids=subject_ids, study_ids=study_ids, series_ids=series_ids, instance_ids=instance_ids)
         if not disclosed:
             return
