@@ -9,6 +9,7 @@ endpoint rules, event hooks, signing). This compares, object for object:
 - ``c header+urllib3``  SigV4 in the ``Authorization`` header (``storage.sigv4.sign_get_headers``, checked against botocore in tests/storage), pooled urllib3;
 - ``d presign+httpx``   the presigned URL through httpx (already a dependency) — for scale;
 - ``e header+botocore URLLib3Session`` c's request on botocore's own urllib3 transport (its proxies, CA bundle, TLS settings);
+- ``f header+pycurl``   c's request through libcurl (pycurl, when installed: not a dependency), one reused handle, body into memory;
 - ``chosen``            ``ObjectReader.open_object`` as it is now (``storage.fetch``: e, plus the CRC32/MD5 content check).
 
 Candidates a-e check nothing over the body (botocore's ``get_object`` checks
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import platform
@@ -159,6 +161,28 @@ def candidates(registry: BucketRegistry, endpoint_url: str) -> dict[str, Fetch]:
         with reader.open_object(BUCKET, key) as stream:
             return _count(stream, sink)
 
+    try:  # a native HTTP client (libcurl), measured for comparison when installed: pip install pycurl
+        import pycurl
+    except ImportError:
+        pycurl = None
+    curl = pycurl.Curl() if pycurl is not None else None
+
+    def header_pycurl(key: str, sink: Any = None) -> int:
+        """libcurl through pycurl, one reused handle (its connection cache), the body into memory: C all the way."""
+        assert curl is not None and pycurl is not None
+        path, headers = signed_headers(key)
+        body = io.BytesIO()
+        curl.setopt(pycurl.URL, origin + path)
+        curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        curl.setopt(pycurl.WRITEDATA, body)
+        curl.perform()
+        if curl.getinfo(pycurl.RESPONSE_CODE) != 200:
+            raise RuntimeError(f"HTTP {curl.getinfo(pycurl.RESPONSE_CODE)}")
+        data = body.getvalue()
+        if sink is not None:
+            sink.update(data)
+        return len(data)
+
     return {
         "a botocore get_object": botocore_get,
         "b presign+urllib3": presigned_urllib3,
@@ -166,6 +190,7 @@ def candidates(registry: BucketRegistry, endpoint_url: str) -> dict[str, Fetch]:
         "d presign+httpx": presigned_httpx,
         "e header+botocore URLLib3Session": header_botocore_transport,
         "chosen: ObjectReader.open_object": chosen,
+        **({"f header+pycurl (libcurl)": header_pycurl} if curl is not None else {}),
     }
 
 
