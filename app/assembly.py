@@ -153,12 +153,18 @@ def api_worker_environment(settings: Settings, config_path: str | None) -> dict[
 
 
 def dicom_server(process: Process, config: DicomConfig | None = None) -> DicomServer:
-    """The Query/Retrieve node over the process's core and registry (``config``: ``dicom`` with overrides)."""
+    """The Query/Retrieve node over the process's core and registry (``config``: ``dicom`` with overrides).
+
+    Its start-up objects are frozen out of the cyclic collector again once its buckets' S3 clients are built:
+    they are built after the port opens (the node listens within 2 s), so after the process's own freeze, and
+    botocore's service models are most of the heap. Unfrozen, every full collection walked them: 150 ms of
+    the GIL, measured, and pynetdicom's server forces one every 60 connections.
+    """
     from dicom.server import DicomServer, build_services
 
     config = config or process.settings.dicom
     services = build_services(config, process.core.engine, ObjectReader(process.registry), partner_priority=process.settings.priorities())
-    return DicomServer(config, services)
+    return DicomServer(config, services, after_warm_up=freeze_startup_objects)
 
 
 # -- Celery ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -145,9 +145,10 @@ def bound_handlers(services: Services) -> list[Any]:
 class DicomServer:
     """The listening node: ``start()`` returns once it accepts associations; ``port`` is the bound port."""
 
-    def __init__(self, config: DicomConfig, services: Services) -> None:
+    def __init__(self, config: DicomConfig, services: Services, *, after_warm_up: Callable[[], None] | None = None) -> None:
         self._config = config
         self._services = services
+        self._after_warm_up = after_warm_up
         self.ae = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
         self.spool: Spool | None = None
@@ -195,6 +196,8 @@ class DicomServer:
             self._services.retriever.connect_storage()
         except Exception as exc:
             log.error("DICOM node: a bucket's S3 client could not be built: %s", exc)
+        if self._after_warm_up is not None:
+            self._after_warm_up()
 
     def _use_spool(self, port: int, started: float) -> None:
         self.spool = Spool(self._config.spool_dir, port)
