@@ -152,9 +152,10 @@ class _Line:
                     return status
 
     def _read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes: never past the response, whatever follows it is the DUL's to read."""
         buffer = self._buffer
         while len(buffer) < n:
-            chunk = self._sock.recv(max(n - len(buffer), 65536))
+            chunk = self._sock.recv(n - len(buffer))
             if not chunk:
                 raise LineBroken("the destination closed the connection")
             buffer += chunk
