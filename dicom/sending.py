@@ -115,8 +115,8 @@ class _Line:
                 source.seek(offset)
                 for head, start, end in commands.wire_pdus(context_id, command, size, max_pdu):
                     chunk = source.read(end - start)
-                    if len(chunk) != end - start:
-                        raise SubOperationFailed("the spool file is shorter than it was")
+                    if len(chunk) != end - start:  # part of the message is out: only an abort ends it cleanly
+                        raise LineBroken("the spool file is shorter than it was")
                     self._send([head, chunk])
         return self._response(msg_id)
 
