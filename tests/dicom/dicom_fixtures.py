@@ -158,7 +158,12 @@ def file_spec(subj: Subj, std: Std, ser: Ser, inst: Inst) -> InstanceSpec:
         accession_number=std.accession, study_date=std.date.strftime("%Y%m%d") if std.date else None, study_time=std.time,
         study_description=std.description, referring_physician_name=std.referring, modality=ser.modality,
         series_number=ser.number, series_description=ser.description, body_part_examined=ser.body_part, instance_number=inst.number,
+        # The first series of the first study: 128 x 128 pixels (16 KiB and more), so a file crosses several PDUs of a peer at 4 KiB.
+        **({"rows": 128, "columns": 128} if ser.uid == LARGE_SERIES else {}),
     )
+
+
+LARGE_SERIES = "1.2.826.0.1.1.1"
 
 
 def walk() -> Iterator[tuple[Subj, Std, Ser, Inst]]:

@@ -211,8 +211,39 @@ def test_files_larger_than_the_destinations_pdus_arrive_byte_identical(node: Nod
         store.stop()
     assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, 6)
     assert sorted(store.received) == sorted(_instances_of(STUDY_1))
+    assert max(len(data) for data in store.received.values()) > 3 * 4096  # some files cross several PDUs
     for uid, data in store.received.items():
         assert data == dataset_bytes(node.files.data[uid]), uid
+
+
+@pytest.mark.parametrize("in_memory_object_bytes", [1 << 20, 0], ids=["held in memory", "spooled to a file"])
+def test_dcmtk_storescp_with_the_smallest_pdu_receives_every_file_byte_identical(
+    node: Node, dcmtk: Path, tmp_path: Path, in_memory_object_bytes: int
+) -> None:
+    """The line's framing read by an implementation nobody here wrote: DCMTK at 4 KiB PDUs, every file in many."""
+    import subprocess
+
+    from dicom_fixtures import wait_for_port
+
+    node.server.services.retriever._in_memory_bytes = in_memory_object_bytes
+    out = tmp_path / "received"
+    out.mkdir()
+    process = subprocess.Popen(
+        [str(dcmtk / "storescp"), "-aet", "STORESCP", "+xa", "+B", "--max-pdu", "4096", "-od", str(out), "-uf", "-q", str(node.ports["STORESCP"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(node.ports["STORESCP"])
+        _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "STORESCP")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, 6)
+    received = {dcmread(path).SOPInstanceUID: path for path in out.iterdir()}
+    assert sorted(received) == sorted(_instances_of(STUDY_1))
+    assert max(len(node.files.data[uid]) for uid in received) > 3 * 4096  # some files cross several PDUs
+    for uid, path in received.items():
+        assert dataset_bytes(path.read_bytes()) == dataset_bytes(node.files.data[uid]), uid
 
 
 def test_the_destinations_own_statuses_are_counted_file_by_file(node: Node) -> None:
