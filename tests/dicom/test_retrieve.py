@@ -333,6 +333,30 @@ def test_pending_responses_come_at_most_once_per_interval_and_the_final_one_has_
     assert len(store.received) == 6
 
 
+def test_dcmtk_movescu_takes_a_move_with_one_pending_response_and_the_final_counts(quiet_node: Node, dcmtk: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from dicom_fixtures import wait_for_port
+
+    out = tmp_path / "received"
+    out.mkdir()
+    store = subprocess.Popen(
+        [str(dcmtk / "storescp"), "-aet", "STORESCP", "+xa", "+B", "-od", str(out), "-uf", "-q", str(quiet_node.ports["STORESCP"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(quiet_node.ports["STORESCP"])
+        moved = run_tool(dcmtk, "movescu", "-S", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", "STORESCP",
+                         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={STUDY_1}", "127.0.0.1", str(quiet_node.port), "-v")
+    finally:
+        store.terminate()
+        store.wait(timeout=10)
+    text = moved.stdout + moved.stderr
+    assert moved.returncode == 0, text
+    assert text.count("(Pending)") == 1 and "Received Final Move Response (Success)" in text, text
+    assert len(list(out.iterdir())) == 6
+
+
 def test_a_c_get_holds_back_its_pending_responses_too(quiet_node: Node) -> None:
     ae, roles = get_ae([(CT, [ts]) for ts in ALL_TRANSFER_SYNTAXES[:4]])
     assoc = ae.associate(*quiet_node.address, ae_title=NODE_AE, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
