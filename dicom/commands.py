@@ -81,13 +81,21 @@ def retrieve_pending(
     ])
 
 
-def p_data(context_id: int, command: bytes, data: bytes | memoryview | None, max_pdu: int) -> Iterator[P_DATA]:
-    """The message as P-DATA primitives: the command and the data set's first fragment together when they fit.
-
-    ``max_pdu`` is the peer's Maximum Length Received (0: no limit), the most
-    a PDU's PDV items may take, each item 6 bytes of header beside its data.
-    """
+def _fragments(size: int, command_size: int, max_pdu: int) -> Iterator[tuple[int, int]]:
+    """Where a data set of ``size`` bytes is cut: first the fragment that shares the command's PDU ((0, 0) when
+    none fits beside it), then one fragment per PDU. ``max_pdu`` is the peer's Maximum Length Received (0: no
+    limit), the most a PDU's PDV items may take, each item 6 bytes of header beside its data."""
     room = max_pdu - 6 if max_pdu else 0
+    offset = min(size, size if not room else max(0, room - (6 + command_size)))
+    yield 0, offset
+    while offset < size:
+        end = min(size, offset + room)
+        yield offset, end
+        offset = end
+
+
+def p_data(context_id: int, command: bytes, data: bytes | memoryview | None, max_pdu: int) -> Iterator[P_DATA]:
+    """The message as P-DATA primitives: the command and the data set's first fragment together when they fit."""
     first = P_DATA()
     first.presentation_data_value_list = [[context_id, _COMMAND_LAST + command]]  # type: ignore[list-item]  # its setter wants lists
     if not data:
@@ -95,24 +103,20 @@ def p_data(context_id: int, command: bytes, data: bytes | memoryview | None, max
         return
     view = memoryview(data)
     size = len(view)
-    fragment = size if not room else max(0, room - (6 + len(command)))
-    offset = 0
-    if fragment:
-        end = min(size, fragment)
+    cuts = _fragments(size, len(command), max_pdu)
+    _, end = next(cuts)
+    if end:
         first.presentation_data_value_list.append([context_id, (_DATA_LAST if end == size else _DATA) + bytes(view[:end])])  # type: ignore[arg-type]
-        offset = end
     yield first
-    while offset < size:
-        end = min(size, offset + room)
+    for start, end in cuts:
         pdata = P_DATA()
-        pdata.presentation_data_value_list = [[context_id, (_DATA_LAST if end == size else _DATA) + bytes(view[offset:end])]]  # type: ignore[list-item]
-        offset = end
+        pdata.presentation_data_value_list = [[context_id, (_DATA_LAST if end == size else _DATA) + bytes(view[start:end])]]  # type: ignore[list-item]
         yield pdata
 
 
 # -- The same messages on the wire, for a socket written directly (dicom.sending's C-MOVE line) --------------
 
-P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
+P_DATA_TF, A_ABORT = 0x04, 0x07
 _PDU_HEADER = struct.Struct(">BxI")  # PDU type, reserved, length (PS3.8 9.3.1)
 _PDV_HEADER = struct.Struct(">IBc")  # item length, presentation context ID, message control header (PS3.8 9.3.5.1)
 ABORT_PDU = bytes([A_ABORT, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # A-ABORT-RQ, source: service user, no reason (PS3.8 9.3.8)
@@ -133,26 +137,18 @@ def pdv_header(context_id: int, control: bytes, fragment_size: int) -> bytes:
 
 
 def wire_pdus(context_id: int, command: bytes, size: int, max_pdu: int) -> Iterator[tuple[bytes, int, int]]:
-    """The P-DATA-TF PDUs of a message whose data set is ``size`` bytes, cut exactly as :func:`p_data` cuts it.
+    """The P-DATA-TF PDUs of a message whose data set is ``size`` bytes, cut as :func:`p_data` cuts it.
 
     Each is (the PDU's bytes up to its data fragment, the fragment's start and
     end in the data set): the caller writes the two together, the fragment
     straight from where the data set lies (memory or a file). The first PDU
     carries the command, and the first fragment when it fits (else an empty one).
     """
-    room = max_pdu - 6 if max_pdu else 0
     command_pdv = pdv_header(context_id, _COMMAND_LAST, len(command)) + command
-    offset = min(size, size if not room else max(0, room - (6 + len(command))))
-    if offset:
-        control = _DATA_LAST if offset == size else _DATA
-        yield pdu_header(P_DATA_TF, len(command_pdv) + 6 + offset) + command_pdv + pdv_header(context_id, control, offset), 0, offset
-    else:
-        yield pdu_header(P_DATA_TF, len(command_pdv)) + command_pdv, 0, 0
-    while offset < size:
-        end = min(size, offset + room)
-        control = _DATA_LAST if end == size else _DATA
-        yield pdu_header(P_DATA_TF, 6 + end - offset) + pdv_header(context_id, control, end - offset), offset, end
-        offset = end
+    for index, (start, end) in enumerate(_fragments(size, len(command), max_pdu)):
+        data_pdv = pdv_header(context_id, _DATA_LAST if end == size else _DATA, end - start) if end > start else b""
+        head = (command_pdv if index == 0 else b"") + data_pdv
+        yield pdu_header(P_DATA_TF, len(head) + end - start) + head, start, end
 
 
 def pdv_items(body: bytes) -> Iterator[tuple[int, int, bytes]]:

@@ -80,7 +80,7 @@ def test_file_meta_is_read_as_pydicom_reads_it(files: Files, tmp_path: Path) -> 
         ), uid
 
 
-@pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 200])
+@pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 200, 120], ids=["unlimited", "16384", "4096", "200", "120: no room beside the command"])
 @pytest.mark.parametrize("size", [1, 150, 51_200])
 def test_the_wire_pdus_are_the_p_data_pdus_byte_for_byte(max_pdu: int, size: int) -> None:
     """dicom.sending writes wire_pdus to the socket itself: the same bytes pynetdicom would send for p_data."""
