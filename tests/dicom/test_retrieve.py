@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import msgspec
 import pytest
 from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Files, Node, StoreSCP, audit_entries, load_index, run_tool, start_node, walk
 from pydicom import dcmread
@@ -17,6 +24,9 @@ from scu import GET, MOVE, get_ae, identifier, scu
 from sqlalchemy import Engine
 
 from devtools.dicom_files import dataset_bytes
+from dicom.server import DicomServer, build_services
+from storage import BucketRegistry, ObjectReader
+from storage.fetch import ObjectFetcher
 
 STUDY_1 = "1.2.826.0.1.1"  # 3 series, 6 instances, partners b and c, 4 transfer syntaxes
 
@@ -363,3 +373,99 @@ def test_a_c_get_holds_back_its_pending_responses_too(quiet_node: Node) -> None:
         assoc.release()
     assert [r.Status for r in responses] == [0xFF00, 0x0000]
     assert responses[-1].NumberOfCompletedSuboperations == 3
+
+
+# -- Faults on the fetch path, end to end: a failed sub-operation each, and the rest go ---------------------------
+
+
+class FaultyFront(ThreadingHTTPServer):
+    """An HTTP front on 127.0.0.1 for a bucket's S3 (moto): GETs pass through, but ``faults[key]`` spoils that
+    object's answer: ``"reset"`` sends half the body and resets the connection, ``"checksum"`` sends the body
+    with a CRC32 and ETag that are not its own."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _FrontHandler)
+        self.upstream = upstream.removeprefix("http://")
+        self.faults: dict[str, str] = {}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return None  # the connections reset on purpose
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FaultyFront
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def do_GET(self) -> None:
+        upstream = http.client.HTTPConnection(self.server.upstream, timeout=10)
+        upstream.request("GET", self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+        answer = upstream.getresponse()
+        body = answer.read()
+        upstream.close()
+        fault = self.server.faults.get(unquote(self.path).rsplit("/", 1)[-1].removesuffix(".dcm"))
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() in ("connection", "transfer-encoding", "content-length", "date", "server"):
+                continue
+            if fault == "checksum" and name.lower() in ("etag", "x-amz-checksum-crc32"):
+                value = '"' + "0" * 32 + '"' if name.lower() == "etag" else "AAAAAA=="
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if fault == "reset":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def faulty_node(sqlite_engine: Engine, files: Files) -> Iterator[tuple[Node, FaultyFront]]:
+    """A node whose partner-b bucket is reached through a FaultyFront (the index and files as everywhere here)."""
+    load_index(sqlite_engine, files)
+    front = FaultyFront(files.s3.endpoint_url)
+    thread = threading.Thread(target=front.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    bucket = files.bucket("b")
+    config = msgspec.structs.replace(files.s3.config, buckets={
+        name: msgspec.structs.replace(cfg, endpoint_url=front.url) if name == bucket else cfg for name, cfg in files.s3.config.buckets.items()
+    })
+    template = start_node(sqlite_engine, files)  # its DICOM configuration and destination ports
+    template.server.stop()
+    registry = BucketRegistry(config, environ=files.s3.environ)
+    services = build_services(template.config, sqlite_engine, ObjectReader(registry, fetcher=ObjectFetcher(registry, backoff_seconds=0.001)))
+    server = DicomServer(template.config, services)
+    port = server.start()
+    yield Node(server, port, sqlite_engine, template.config, files, template.ports), front
+    server.stop()
+    front.shutdown()
+    front.server_close()
+
+
+def test_a_body_cut_by_a_reset_or_failing_its_checksum_fails_that_file_alone(faulty_node: tuple[Node, FaultyFront]) -> None:
+    node, front = faulty_node
+    front.faults = {"1.2.826.0.1.1.1.1": "reset", "1.2.826.0.1.1.1.2": "checksum"}  # partner b's, each its only copy
+    store = PyStoreSCP(node.ports["PYSTORE"])
+    try:
+        _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "PYSTORE")
+    finally:
+        store.stop()
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (4, 2)
+    assert sorted(store.received) == sorted(set(_instances_of(STUDY_1)) - set(front.faults))
+    for uid, data in store.received.items():
+        assert data == dataset_bytes(node.files.data[uid]), uid
+    [row] = audit_entries(node.engine, action="c-move")
+    assert row.detail["failure_reasons"] == {"file storage": 1, "file object_corrupt": 1}
