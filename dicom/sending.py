@@ -32,6 +32,7 @@ handler).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -166,14 +167,10 @@ class _Line:
     def give_back(self, send_abort: bool = False) -> None:
         """Hand the socket back to the DUL (after an A-ABORT-RQ of ours, if the line broke)."""
         if send_abort:
-            try:
+            with contextlib.suppress(OSError):  # a connection the peer already closed: the DUL finds out next
                 self._sock.sendall(commands.ABORT_PDU)
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(OSError):
             self._sock.settimeout(self._timeout)
-        except OSError:
-            pass
         unpark_dul(self._assoc)
 
 

@@ -12,6 +12,7 @@ pynetdicom's own apps). Without DCMTK those tests skip with the reason;
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -352,20 +353,29 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     eventually(lambda: port_open(port), timeout=timeout, what=f"something listening on port {port}")
 
 
-@pytest.fixture
-def storescp(dcmtk: Path, node: Node, tmp_path: Path) -> Iterator[StoreSCP]:
-    """DCMTK's storescp as the C-MOVE destination STORESCP, accepting every storage context as proposed."""
-    out = tmp_path / "received"
+@contextlib.contextmanager
+def running_storescp(dcmtk: Path, port: int, out: Path, *options: str) -> Iterator[StoreSCP]:
+    """DCMTK's storescp as the C-MOVE destination STORESCP on ``port``, writing what it receives into ``out``
+    (a new folder); ``options`` are more of storescp's own (``--max-pdu 4096``, say)."""
     out.mkdir()
     # +xa: accept every transfer syntax as proposed; +B: write the data set bit-preserving, as received; -uf: file names from the SOP instance UID.
     process = subprocess.Popen(
-        [str(dcmtk / "storescp"), "-aet", "STORESCP", "+xa", "+B", "-od", str(out), "-uf", "-q", str(node.ports["STORESCP"])],
+        [str(dcmtk / "storescp"), "-aet", "STORESCP", "+xa", "+B", *options, "-od", str(out), "-uf", "-q", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    wait_for_port(node.ports["STORESCP"])
-    yield StoreSCP(out, process)
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        wait_for_port(port)
+        yield StoreSCP(out, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def storescp(dcmtk: Path, node: Node, tmp_path: Path) -> Iterator[StoreSCP]:
+    """DCMTK's storescp as the C-MOVE destination STORESCP, accepting every storage context as proposed."""
+    with running_storescp(dcmtk, node.ports["STORESCP"], tmp_path / "received") as store:
+        yield store
 
 
 def run_tool(dcmtk: Path, tool: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import msgspec
 import pytest
-from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Files, Node, StoreSCP, audit_entries, load_index, run_tool, start_node, walk
+from dicom_fixtures import CT, MISSING_OBJECT_UID, NODE_AE, Files, Node, StoreSCP, audit_entries, load_index, run_tool, running_storescp, start_node, walk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
@@ -231,25 +231,11 @@ def test_dcmtk_storescp_with_the_smallest_pdu_receives_every_file_byte_identical
     node: Node, dcmtk: Path, tmp_path: Path, in_memory_object_bytes: int
 ) -> None:
     """The line's framing read by an implementation nobody here wrote: DCMTK at 4 KiB PDUs, every file in many."""
-    import subprocess
-
-    from dicom_fixtures import wait_for_port
-
     node.server.services.retriever._in_memory_bytes = in_memory_object_bytes
-    out = tmp_path / "received"
-    out.mkdir()
-    process = subprocess.Popen(
-        [str(dcmtk / "storescp"), "-aet", "STORESCP", "+xa", "+B", "--max-pdu", "4096", "-od", str(out), "-uf", "-q", str(node.ports["STORESCP"])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(node.ports["STORESCP"])
+    with running_storescp(dcmtk, node.ports["STORESCP"], tmp_path / "received", "--max-pdu", "4096") as store:
         _, final = move(node, identifier("STUDY", StudyInstanceUID=STUDY_1), "STORESCP")
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, 6)
-    received = {dcmread(path).SOPInstanceUID: path for path in out.iterdir()}
+    received = {dcmread(path).SOPInstanceUID: path for path in store.files()}
     assert sorted(received) == sorted(_instances_of(STUDY_1))
     assert max(len(node.files.data[uid]) for uid in received) > 3 * 4096  # some files cross several PDUs
     for uid, path in received.items():
@@ -341,27 +327,13 @@ def test_pending_responses_come_at_most_once_per_interval_and_the_final_one_has_
 
 
 def test_dcmtk_movescu_takes_a_move_with_one_pending_response_and_the_final_counts(quiet_node: Node, dcmtk: Path, tmp_path: Path) -> None:
-    import subprocess
-
-    from dicom_fixtures import wait_for_port
-
-    out = tmp_path / "received"
-    out.mkdir()
-    store = subprocess.Popen(
-        [str(dcmtk / "storescp"), "-aet", "STORESCP", "+xa", "+B", "-od", str(out), "-uf", "-q", str(quiet_node.ports["STORESCP"])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(quiet_node.ports["STORESCP"])
+    with running_storescp(dcmtk, quiet_node.ports["STORESCP"], tmp_path / "received") as store:
         moved = run_tool(dcmtk, "movescu", "-S", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", "STORESCP",
                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={STUDY_1}", "127.0.0.1", str(quiet_node.port), "-v")
-    finally:
-        store.terminate()
-        store.wait(timeout=10)
     text = moved.stdout + moved.stderr
     assert moved.returncode == 0, text
     assert text.count("(Pending)") == 1 and "Received Final Move Response (Success)" in text, text
-    assert len(list(out.iterdir())) == 6
+    assert len(store.files()) == 6
 
 
 def test_a_c_get_holds_back_its_pending_responses_too(quiet_node: Node) -> None:
