@@ -7,6 +7,7 @@ Layout of the URL space:
   (Swagger UI, served whole by the app: it works without internet access,
   see :mod:`api.docs`): the OpenAPI description, no key needed.
 - ``/health`` and ``/ready``: unversioned probes for load balancers, no key.
+- ``/dicomweb/…``: DICOMweb for web viewers (:mod:`api.dicomweb`); the same keys, audited.
 
 ``create_app`` takes everything from outside as arguments (the core, the
 bucket registry, the sync launcher), so tests assemble the same app around
@@ -31,6 +32,8 @@ from api.audit_log.controllers import AuditController
 from api.auditing import AuditMiddleware, parse_trusted_proxies
 from api.caching import NoStore
 from api.db import provide_connection
+from api.dicomweb import MOUNT as DICOMWEB_PREFIX
+from api.dicomweb import dicomweb_router
 from api.docs import docs_router
 from api.errors import REQUEST_ID_HEADER, error_response
 from api.files.controllers import FileController
@@ -115,14 +118,14 @@ def create_app(
     docs, swagger = docs_router(API_PREFIX)
     register_database_collector(core.engine)
     return Litestar(
-        route_handlers=[api, docs, health, ready, MetricsController],
+        route_handlers=[api, dicomweb_router(), docs, health, ready, MetricsController],
         middleware=[PROMETHEUS.middleware],
         state=State({"services": services}),
         # ``conn``: the request's connection, checked out on first use in the handler's worker thread (api.db).
         dependencies={"services": Provide(provide_services, sync_to_thread=False), "conn": Provide(provide_connection, sync_to_thread=False)},
         exception_handlers={Exception: error_response},
         # no-store last: it sees every header the others added (api.caching).
-        before_send=[_request_id_header, NoStore(API_PREFIX, public=(f"{API_PREFIX}/schema", f"{API_PREFIX}/docs"))],
+        before_send=[_request_id_header, NoStore(API_PREFIX, public=(f"{API_PREFIX}/schema", f"{API_PREFIX}/docs")), NoStore(DICOMWEB_PREFIX)],
         cors_config=cors(settings.api),
         on_startup=[query_check.load],
         on_shutdown=[shutdown],
@@ -145,21 +148,24 @@ def create_app(
 
 
 def cors(api: ApiConfig) -> CORSConfig | None:
-    """What a browser on ``api.cors_allowed_origins`` may do: GET and POST with an API key header.
+    """What a browser on ``api.cors_allowed_origins`` may do: GET and POST with an API key header and an ``Accept``.
 
     None (no CORS headers at all) when no origin is configured. No credentials
     mode: the API takes keys in headers, never cookies. Preflights are answered
     before routing, so they need no key and are not audited; the request that
-    follows is. Exposed: the request id (for support), ``Location`` (a started
-    sync), ``Retry-After`` and ``WWW-Authenticate``.
+    follows is. ``Accept`` is allowed because a DICOMweb viewer asking for a quoted
+    multipart type (``multipart/related; type="application/dicom"``) sends a value
+    outside the CORS-safelisted ones, which triggers a preflight. Exposed: the
+    request id (for support), ``Location`` (a started sync), ``Retry-After``,
+    ``WWW-Authenticate`` and ``Warning`` (a QIDO-RS answer cut at its limit).
     """
     if not api.cors_allowed_origins:
         return None
     return CORSConfig(
         allow_origins=list(api.cors_allowed_origins),
         allow_methods=["GET", "POST"],
-        allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-        expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After", "WWW-Authenticate"],
+        allow_headers=["Accept", "Authorization", "X-API-Key", "Content-Type"],
+        expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After", "WWW-Authenticate", "Warning"],
         allow_credentials=False,
         max_age=600,
     )

@@ -176,7 +176,7 @@ def client_address(scope: Scope, trusted: Sequence[IpNetwork]) -> str | None:
     the client itself and proves nothing).
     """
     peer = (scope.get("client") or (None,))[0]
-    if not trusted or peer is None or not _is_trusted(peer, trusted):
+    if not peer_is_trusted(scope, trusted):
         return peer
     forwarded = [
         value.decode("latin-1") for name, value in scope.get("headers", ()) if name.lower() == b"x-forwarded-for"
@@ -190,6 +190,12 @@ def client_address(scope: Scope, trusted: Sequence[IpNetwork]) -> str | None:
         if not _is_trusted(hop, trusted):
             return hop
     return hops[0] if hops else peer
+
+
+def peer_is_trusted(scope: Scope, trusted: Sequence[IpNetwork]) -> bool:
+    """The direct peer is one of ``api.trusted_proxies``: only then may its forwarded headers be believed."""
+    peer = (scope.get("client") or (None,))[0]
+    return bool(trusted) and peer is not None and _is_trusted(peer, trusted)
 
 
 def _is_trusted(address: str, trusted: Iterable[IpNetwork]) -> bool:
@@ -365,4 +371,4 @@ async def _send_audit_unavailable(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-__all__ = ["AuditMiddleware", "AuditSpec", "audited", "build_event", "client_address", "disclosed", "note", "outcome_for", "parse_trusted_proxies", "request_id"]
+__all__ = ["AuditMiddleware", "AuditSpec", "audited", "build_event", "client_address", "disclosed", "note", "outcome_for", "parse_trusted_proxies", "peer_is_trusted", "request_id"]

@@ -282,6 +282,13 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                 raise ValueError(f"cors_allowed_origins: {origin!r} is not an origin as browsers send it (scheme://host[:port] in lower case, no path, no wildcard)")
 
 
+class DicomwebConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """DICOMweb (PS3.18) under /dicomweb on the REST API's address: QIDO-RS searches for web viewers (OHIF)."""
+
+    max_results: Annotated[int, doc("Most matches one QIDO-RS answer carries, whatever its limit asks; a cut answer says so in its Warning header "
+                                     "and the client pages on with offset.", ge=1, le=10000)] = 1000
+
+
 class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Where outbox events are POSTed: JSON, HMAC-SHA256 signed when a secret is set (docs/webhooks.md)."""
 
@@ -656,6 +663,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sync: SyncConfig = SyncConfig()
     storage: StorageConfig = StorageConfig()
     api: ApiConfig = ApiConfig()
+    dicomweb: DicomwebConfig = DicomwebConfig()
     outbox: OutboxConfig = OutboxConfig()
     alerts: AlertsConfig = AlertsConfig()
     jobs: JobsConfig = JobsConfig()

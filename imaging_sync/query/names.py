@@ -39,7 +39,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, and_, bindparam, or_, select
 
-from imaging_sync.db.models import SubjectNameToken, table_of
+from imaging_sync.db.models import Subject, SubjectNameToken, table_of
 from imaging_sync.errors import ValidationError
 from imaging_sync.person_names import check_person_name, name_words, search_form
 
@@ -96,6 +96,22 @@ def pn_matches(search_column: Any, value: str, path: str) -> ColumnElement[bool]
     return or_(*(search_column.like(p, escape=ESCAPE) for p in patterns))
 
 
+def patient_name_fuzzy(value: str, path: str) -> ColumnElement[bool] | None:
+    """PatientName matched fuzzily (QIDO-RS ``fuzzymatching=true``; PS3.18 leaves the meaning to the server):
+    as :func:`pn_matches`, or each word of ``value`` beginning a word of the name, in any order and any component
+    group (the REST search box's rule, :func:`query_words`): ``gil hong`` finds ``HONG^GILDONG``. A value
+    that is not words (a wildcard inside a word) matches as :func:`pn_matches` only. None: universal."""
+    strict = pn_matches(_subject.c.patient_name_search, value, path)
+    if strict is None:
+        return None
+    try:
+        words = query_words(value, path)
+    except ValidationError:
+        return strict
+    by_words = _subject.c.id.in_(subjects_with_words_bound(len(words)).params(bound_word_values(words)))
+    return or_(strict, by_words)
+
+
 def pn_matches_bound(search_column: Any, count: int, prefix: str) -> ColumnElement[bool]:
     """:func:`pn_matches` for a statement built once per shape: ``count`` patterns bound as ``{prefix}_0`` …
 
@@ -113,6 +129,7 @@ def pn_bound_values(value: str, path: str, prefix: str) -> dict[str, str]:
 
 MAX_QUERY_WORDS = 8
 _token = table_of(SubjectNameToken)
+_subject = table_of(Subject)
 # A "*" that does not end a word: at the start, after a non-word character (or another "*"), or before a word character.
 _MISPLACED_STAR = re.compile(r"(?<!\w)\*|\*(?=\w)")
 
