@@ -212,6 +212,13 @@ class ObjectCorruptError(StorageError):
     kind = "object_corrupt"
 
 
+class ObjectChangedError(StorageError):
+    """The object is no longer the one read before (its ETag differs): what was learnt from it (a cached header,
+    a frame's offsets) no longer holds and must be read again."""
+
+    kind = "object_changed"
+
+
 class AccessDeniedError(ImagingSyncError):
     """The caller is known but its role may not do this."""
 

@@ -69,7 +69,7 @@ from botocore.exceptions import BotoCoreError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.httpsession import URLLib3Session
 
-from imaging_sync.errors import ObjectCorruptError, StorageError
+from imaging_sync.errors import ObjectChangedError, ObjectCorruptError, StorageError, ValidationError
 from storage.boto_errors import error_for_code, storage_error, where
 from storage.presign import check_key
 from storage.registry import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS, MAX_POOL_CONNECTIONS, READ_TIMEOUT_SECONDS, BucketRegistry
@@ -85,6 +85,7 @@ ERROR_BODY_LIMIT = 64 * 1024  # S3's error documents are a few hundred bytes; re
 _CHECKSUM_HEADERS = {"x-amz-checksum-mode": "ENABLED"}  # S3 GetObject: send the stored checksum with the object
 _SINGLE_PART_MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _ERROR_CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
+_CONTENT_RANGE_TOTAL = re.compile(r"^bytes \d+-\d+/(\d+)$")
 _NOT_MD5_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})  # their ETag is not the MD5 of the content
 
 
@@ -101,9 +102,14 @@ class FetchedObject:
     """An open GET: the body to stream and what the response said about the object."""
 
     body: Body
-    size: int
+    size: int  # of the body: the whole object, or the range asked for
     etag: str  # without the surrounding quotes S3 sends
     content_type: str | None
+    object_size: int = -1  # of the whole object (from Content-Range for a range); -1: as ``size``
+
+    @property
+    def total_size(self) -> int:
+        return self.size if self.object_size < 0 else self.object_size
 
 
 class ObjectFetcher:
@@ -126,13 +132,25 @@ class ObjectFetcher:
         self._lock = threading.Lock()
         self._transports: dict[tuple[str, str | None], URLLib3Session] = {}
 
-    def open(self, bucket: str, key: str) -> FetchedObject:
+    def open(self, bucket: str, key: str, *, byte_range: tuple[int, int] | None = None, if_match: str | None = None) -> FetchedObject:
         """Send the GET and return once the headers are in: a missing object raises ``ObjectNotFoundError`` here.
 
         The bucket is checked against the registry before anything else
         (``BucketNotAllowedError``); any other failure is a ``StorageError``
         naming bucket and key, never the request's headers.
+
+        ``byte_range`` ``(start, end)``: bytes ``start`` to ``end`` exclusive, as
+        ``data[start:end]`` (a DICOM header, one frame); its body is checked for
+        length only (S3's checksums are of the whole object). A range starting
+        past the end is a ValidationError. ``if_match``: the ETag the object must
+        still have, else ``ObjectChangedError`` (offsets learnt from it are stale).
         """
+        if byte_range is not None and not 0 <= byte_range[0] < byte_range[1]:
+            raise ValidationError("range", f"needs 0 <= start < end, got {byte_range}")
+        extra = dict(_CHECKSUM_HEADERS) if byte_range is None else {"range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
+        if if_match is not None:
+            extra["if-match"] = f'"{if_match}"'
+
         self._registry.bucket_config(bucket)
         check_key(key)
         endpoint = self._registry.endpoint(bucket)
@@ -142,7 +160,7 @@ class ObjectFetcher:
         for attempt in range(1, self._attempts + 1):
             credentials = self._registry.credentials(bucket)  # per attempt: a refresh between attempts is used
             path, headers = sign_get_headers(
-                self._registry.signing_scope(bucket, credentials), signed_at=self._clock(), key=key, headers=_CHECKSUM_HEADERS
+                self._registry.signing_scope(bucket, credentials), signed_at=self._clock(), key=key, headers=extra
             )
             try:
                 response = transport.send(AWSPreparedRequest("GET", origin + path, headers, None, True)).raw
@@ -153,9 +171,13 @@ class ObjectFetcher:
                 raise storage_error(exc, action="open", bucket=bucket, key=key) from exc
             except BotoCoreError as exc:
                 raise storage_error(exc, action="open", bucket=bucket, key=key) from exc
-            if response.status == 200:
-                return _opened(response, bucket, key)
+            if response.status == 200 or (response.status == 206 and byte_range is not None):
+                return _opened(response, bucket, key, ranged=response.status == 206)
             code = _error_code(response)
+            if response.status == 412 or code == "PreconditionFailed":
+                raise ObjectChangedError(f"open {where(bucket, key)}: the object has changed since it was read (ETag)")
+            if response.status == 416 or code == "InvalidRange":
+                raise ValidationError("range", f"start={byte_range[0] if byte_range else 0} is past the end of {where(bucket, key)}")
             if (response.status in RETRY_STATUSES or code in RETRY_CODES) and attempt < self._attempts:
                 self._wait(attempt, bucket, code)
                 continue
@@ -186,7 +208,7 @@ class ObjectFetcher:
         time.sleep(random.random() * min(self._backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS))
 
 
-def _opened(response: Any, bucket: str, key: str) -> FetchedObject:
+def _opened(response: Any, bucket: str, key: str, *, ranged: bool = False) -> FetchedObject:
     headers = response.headers
     length = headers.get("Content-Length")
     if length is None or not length.isdigit():
@@ -194,8 +216,15 @@ def _opened(response: Any, bucket: str, key: str) -> FetchedObject:
         raise StorageError(f"open {where(bucket, key)}: the storage service answered without a usable Content-Length")
     etag = str(headers.get("ETag", "")).strip('"')
     size = int(length)
-    check = _check_for(headers, etag)
-    return FetchedObject(_CheckedBody(response, size, check, bucket, key), size, etag, headers.get("Content-Type"))
+    object_size = -1
+    if ranged:
+        total = _CONTENT_RANGE_TOTAL.search(headers.get("Content-Range", ""))
+        if total is None:
+            _drop(response)
+            raise StorageError(f"open {where(bucket, key)}: a range answered without a usable Content-Range")
+        object_size = int(total.group(1))
+    check = None if ranged else _check_for(headers, etag)
+    return FetchedObject(_CheckedBody(response, size, check, bucket, key), size, etag, headers.get("Content-Type"), object_size)
 
 
 class _Check:

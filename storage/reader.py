@@ -6,10 +6,10 @@ memory, hence :meth:`ObjectReader.open_object` yields bounded chunks from the
 open HTTP response. Failures become ``ObjectNotFoundError`` (the location is
 registered but the object is gone) or ``StorageError`` naming bucket and key.
 
-Whole objects come through ``storage.fetch`` (our SigV4 header on botocore's
-pooled urllib3 transport, under half of ``get_object``'s CPU per object, its
-bytes checked against S3's CRC32 or the ETag's MD5); HEAD and ranges, rarer
-and small, stay on the botocore client.
+Whole objects and byte ranges come through ``storage.fetch`` (our SigV4
+header on botocore's pooled urllib3 transport, under half of ``get_object``'s
+CPU per object; whole objects checked against S3's CRC32 or the ETag's MD5,
+ranges for their length); HEAD, rare, stays on the botocore client.
 """
 
 from __future__ import annotations
@@ -117,31 +117,29 @@ class ObjectReader:
         info = ObjectInfo(size=fetched.size, etag=fetched.etag, content_type=fetched.content_type)
         return ObjectStream(fetched.body, info, chunk_size=self._chunk_size, bucket=bucket, key=key)
 
-    def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
-        """Bytes ``start`` (inclusive) to ``end`` (exclusive), like ``data[start:end]``.
+    def open_range(self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None) -> ObjectStream:
+        """Start a GET of bytes ``start`` (inclusive) to ``end`` (exclusive) and return them as a stream of chunks.
 
-        Sent as ``Range: bytes=start-(end-1)`` (RFC 9110 §14.1.2; HTTP ranges are
-        inclusive). A range running past the end returns what exists; one
-        starting past the end raises ``ValidationError``. For bounded
-        reads (a DICOM header, a frame); whole objects go through
-        :meth:`open_object`.
+        Like ``data[start:end]``: a range running past the end returns what
+        exists; one starting past the end raises ``ValidationError``. The
+        stream's ``info`` describes the whole object (its size from
+        ``Content-Range``, its ETag). ``if_match``: the ETag the object must
+        still have, else ``ObjectChangedError`` (what was read of it before is
+        stale). Through the same cheap path as whole objects (one frame of a
+        DICOMweb viewer is one of these).
         """
         if isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int):
             raise ValidationError("range", "start and end must be integers")
         if start < 0 or end <= start:
             raise ValidationError("range", f"needs 0 <= start < end, got start={start}, end={end}")
-        client = self._registry.client(bucket)
-        try:
-            response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-            with response["Body"] as body:
-                data: bytes = body.read()  # botocore's StreamingBody is untyped
-                return data
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                raise ValidationError("range", f"start={start} is past the end of {where(bucket, key)}") from None
-            raise storage_error(exc, action="read range of", bucket=bucket, key=key) from exc
-        except BotoCoreError as exc:
-            raise storage_error(exc, action="read range of", bucket=bucket, key=key) from exc
+        fetched = self._fetcher.open(bucket, key, byte_range=(start, end), if_match=if_match)
+        info = ObjectInfo(size=fetched.total_size, etag=fetched.etag, content_type=fetched.content_type)
+        return ObjectStream(fetched.body, info, chunk_size=self._chunk_size, bucket=bucket, key=key)
+
+    def read_range(self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) at once: :meth:`open_range` read whole (a header, a frame)."""
+        with self.open_range(bucket, key, start, end, if_match=if_match) as stream:
+            return b"".join(stream)
 
 
 def _info(response: dict[str, Any]) -> ObjectInfo:
