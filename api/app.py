@@ -50,6 +50,7 @@ from api.services import Services, provide_services
 from api.studies.controllers import SeriesController, StudyController, SubjectController
 from imaging_sync.config import ApiConfig
 from imaging_sync.core import Core
+from storage.headers import HeaderCache, HeaderReader
 from storage.registry import BucketRegistry
 
 API_PREFIX = "/api/v1"
@@ -91,14 +92,17 @@ def create_app(
     ``close_core``: the app owns the core and closes it at shutdown (a uvicorn worker's app).
     """
     settings = core.settings
+    files = FileUrls(registry, priorities=settings.priorities())
+    headers = HeaderCache(core.engine, HeaderReader(files.reader, files.copies))
     services = Services(
         settings=settings,
         engine=core.engine,
-        files=FileUrls(registry, priorities=settings.priorities()),
+        files=files,
         launcher=launcher,
         readiness=Readiness(core.engine, registry),
         trusted_proxies=parse_trusted_proxies(settings.api),
         principals=PrincipalCache(key_cache_seconds),
+        headers=headers,
     )
     query_check = QueryCheck(API_PREFIX)
     api = Router(
@@ -112,6 +116,7 @@ def create_app(
 
     def shutdown() -> None:
         launcher.close()
+        headers.close()
         if close_core:
             core.close()
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from api.health.readiness import Readiness
     from api.operations.launcher import SyncLauncher
     from api.security import PrincipalCache
+    from storage.headers import HeaderCache
 
 
 class Services:
@@ -32,6 +33,7 @@ class Services:
         readiness: Readiness,
         trusted_proxies: list[IpNetwork],
         principals: PrincipalCache,
+        headers: HeaderCache,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -39,6 +41,7 @@ class Services:
         self.launcher = launcher
         self.readiness = readiness
         self.trusted_proxies = trusted_proxies
+        self.headers = headers  # DICOMweb's header cache (read once from the partners' objects)
         self.principals = principals
         # A request takes a slot before its first connection and gives it back after the last (api.db).
         self.connection_slots = asyncio.Semaphore(connection_limit(settings.database))

@@ -12,7 +12,9 @@ audited with whose data it showed, before the answer leaves
 - :mod:`~api.dicomweb.dicom_json`: index values in the DICOM JSON Model (PS3.18 F.2);
 - :mod:`~api.dicomweb.media`: ``Accept`` negotiation (406);
 - :mod:`~api.dicomweb.urls`: this server's address as the client reached it (RetrieveURL);
-- :mod:`~api.dicomweb.controllers`: the routes.
+- :mod:`~api.dicomweb.controllers`: the QIDO-RS routes;
+- :mod:`~api.dicomweb.wado`: WADO-RS (metadata, frames, bulk data, instances),
+  :mod:`~api.dicomweb.multipart` and :mod:`~api.dicomweb.pixels` (decoding a compressed frame).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from litestar import Router
 from api.auditing import AuditMiddleware
 from api.dicomweb.controllers import QidoController
 from api.dicomweb.urls import MOUNT
+from api.dicomweb.wado import WadoController
 from api.security import authenticate, require
 
 
@@ -29,7 +32,7 @@ def dicomweb_router() -> Router:
     """``/dicomweb``: the key is checked, then the role, then the audit entry of every answer is written before it leaves."""
     return Router(
         path=MOUNT,
-        route_handlers=[QidoController],
+        route_handlers=[QidoController, WadoController],
         guards=[authenticate, require("patient_data")],
         middleware=[AuditMiddleware],
         include_in_schema=False,

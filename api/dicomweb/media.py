@@ -60,6 +60,18 @@ def choose(header: str | None, offered: Sequence[str]) -> str:
     raise HTTPException(status_code=406, detail=f"this resource is available as {', '.join(offered)} only")
 
 
+def choose_part(header: str | None, part_type: str) -> MediaRange:
+    """The media range under which the client takes ``multipart/related`` parts of ``part_type`` (a bare
+    ``part_type`` or ``*/*`` counts too: the answer is still multipart); 406 naming the form when none does."""
+    for media_range in parse_accept(header):
+        if media_range.type == "multipart/related":
+            if MediaRange(media_range.params.get("type", part_type).lower()).matches(part_type):
+                return media_range
+        elif media_range.matches(part_type):
+            return media_range
+    raise HTTPException(status_code=406, detail=f'this resource is available as multipart/related; type="{part_type}" only')
+
+
 def _split(text: str, separator: str) -> list[str]:
     """``text`` split at ``separator`` outside double quotes (``type="application/dicom"`` keeps its inner ``;``)."""
     parts: list[str] = []
@@ -77,4 +89,63 @@ def _split(text: str, separator: str) -> list[str]:
     return [p for p in parts if p]
 
 
-__all__ = ["MediaRange", "choose", "parse_accept"]
+
+
+
+# Transfer syntaxes whose frames are the plain little-endian pixel values (PS3.5 8.1): sent as application/octet-stream.
+NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+# The media type of one compressed frame by its transfer syntax (PS3.18 Table 8.7.3-2).
+FRAME_MEDIA: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg", "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg", "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2", "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx", "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    """How frames will be sent: as stored, or decoded to native pixels; the parts' Content-Type."""
+
+    decode: bool
+    part_type: str  # the multipart's type parameter
+    content_type: str  # each part's Content-Type
+
+
+def choose_frames(header: str | None, transfer_syntax: str, *, can_decode: bool) -> FrameChoice:
+    """How to send frames stored in ``transfer_syntax`` to a client that sent ``header`` (PS3.18 8.7.3.5); 406 if no way.
+
+    Native frames go as ``application/octet-stream`` (Explicit VR Little
+    Endian). Compressed frames go as stored when the client accepts their
+    syntax (``transfer-syntax=*`` or the syntax's UID, with
+    ``application/octet-stream`` or the syntax's own image type), else decoded
+    to native when ``can_decode`` and the client accepts
+    ``application/octet-stream`` without another syntax.
+    """
+    native = transfer_syntax in NATIVE_SYNTAXES
+    own = FRAME_MEDIA.get(transfer_syntax)
+    for media_range in parse_accept(header):
+        part_type = media_range.params.get("type", media_range.type) if media_range.type == "multipart/related" else media_range.type
+        part = MediaRange(part_type.strip('"').lower())
+        wanted = media_range.params.get("transfer-syntax")
+        if native:
+            if part.matches("application/octet-stream") and wanted in (None, "*", EXPLICIT_LITTLE, transfer_syntax):
+                return FrameChoice(False, "application/octet-stream", f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}")
+            continue
+        if wanted in ("*", transfer_syntax) or (wanted is None and part.type == "*/*"):  # a bare */* (or no Accept): as stored
+            if part.matches("application/octet-stream"):
+                return FrameChoice(False, "application/octet-stream", f"application/octet-stream; transfer-syntax={transfer_syntax}")
+        if own is not None and part.type != "*/*" and part.matches(own) and wanted in (None, "*", transfer_syntax):
+            return FrameChoice(False, own, f"{own}; transfer-syntax={transfer_syntax}")
+        if can_decode and part.matches("application/octet-stream") and wanted in (None, EXPLICIT_LITTLE):
+            return FrameChoice(True, "application/octet-stream", f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}")
+    offered = [f'multipart/related; type="application/octet-stream"; transfer-syntax={transfer_syntax if not native else EXPLICIT_LITTLE}']
+    if own is not None:
+        offered.append(f'multipart/related; type="{own}"')
+    if can_decode:
+        offered.append(f'multipart/related; type="application/octet-stream"; transfer-syntax={EXPLICIT_LITTLE}')
+    raise HTTPException(status_code=406, detail=f"these frames are available as {', or '.join(offered)}")
+
+
+__all__ = ["EXPLICIT_LITTLE", "FRAME_MEDIA", "NATIVE_SYNTAXES", "FrameChoice", "MediaRange", "choose", "choose_frames", "choose_part", "parse_accept"]

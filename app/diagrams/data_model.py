@@ -46,7 +46,7 @@ from imaging_sync.errors import ValidationError
 AREAS: dict[str, tuple[str, ...]] = {
     # What a search reads and a sync writes: the entities, their provenance and copies, and the sync's own records.
     "index": (
-        "subject", "subject_name_token", "study", "series", "instance", "entity_link", "instance_location",
+        "subject", "subject_name_token", "study", "series", "instance", "entity_link", "instance_location", "instance_header",
         "partner_state", "sync_run", "rejected_item",
     ),
     # Who saw which patient's data, and the evidence that the record is whole.

@@ -39,6 +39,9 @@ TABLES: Mapping[str, frozenset[str]] = {
     # A partner's link or location that its snapshot no longer lists is deleted (sync/apply.py).
     "entity_link": frozenset({SELECT, INSERT, UPDATE, DELETE}),
     "instance_location": frozenset({SELECT, INSERT, UPDATE, DELETE}),
+    # DICOMweb's header cache: written on first read or by the background reader, replaced when the object changed
+    # (imaging_sync/catalog/headers.py).
+    "instance_header": frozenset({SELECT, INSERT, UPDATE, DELETE}),
     # Name words: the difference is deleted and inserted, never updated (catalog/facts.refresh_name_tokens).
     "subject_name_token": frozenset({SELECT, INSERT, DELETE}),
     # Bookmarks and runs (sync/runner.py); old runs and their rejected items are pruned (jobs/work.prune).

@@ -217,6 +217,34 @@ class InstanceLocation(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class InstanceHeader(Base):
+    """An instance file's header, read once from one partner's copy (``imaging_sync.dicom_header``), for DICOMweb.
+
+    ``attributes`` is the DICOM JSON of every attribute but bulk data (whose
+    ``BulkDataURI`` is a key of ``bulk``: its byte range in the file);
+    ``frames`` the byte ranges of each pixel frame. Kept with the copy's
+    ETag and size: a read that finds another ETag drops the row and reads
+    again. A header that could not be read is a row with ``failure`` (the
+    error's kind) and no attributes, so the background reader records and
+    retries it instead of crashing on it.
+    """
+
+    __tablename__ = "instance_header"
+
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instance.id"), primary_key=True)
+    partner: Mapped[str] = mapped_column(String(63))
+    bucket: Mapped[str | None] = mapped_column(String(63))
+    key: Mapped[str | None] = mapped_column(String(1024))
+    etag: Mapped[str | None] = mapped_column(String(128))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    attributes: Mapped[dict[str, Any] | None] = mapped_column()
+    bulk: Mapped[dict[str, Any] | None] = mapped_column()
+    frames: Mapped[list[Any] | None] = mapped_column(JSONType)
+    failure: Mapped[str | None] = mapped_column(String(32))
+    read_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class PartnerState(Base):
     """Per-partner bookmark: the largest partner ``updated_at`` fully committed."""
 

@@ -144,6 +144,7 @@ def test_foreign_keys_are_drawn_from_child_to_parent_with_their_cardinality() ->
         ("audit_completion", "|o", "||", "audit_log", "audit_id"),  # its key is the entry's: at most one per entry
         ("instance", "}o", "||", "series", "series_id"),
         ("instance_location", "}o", "||", "instance", "instance_id"),
+        ("instance_header", "|o", "||", "instance", "instance_id"),  # its key is the instance's: at most one per instance
         ("rejected_item", "}o", "||", "sync_run", "run_id"),
         ("series", "}o", "||", "study", "study_id"),
         ("study", "}o", "||", "subject", "subject_id"),

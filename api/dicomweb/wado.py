@@ -1,0 +1,306 @@
+"""WADO-RS (PS3.18 10.4): metadata, instances, frames and bulk data of the files in the partners' buckets.
+
+- **Metadata** (``…/metadata``, ``application/dicom+json``): every attribute
+  of each file's header, from the header cache (:class:`storage.headers.HeaderCache`:
+  read once with ranged GETs, then no S3 read at all); bulk data as a
+  ``BulkDataURI`` this server serves. An instance whose file cannot be read
+  is left out of a study's or series' answer (the ``Warning`` header says how
+  many) and is a 404 on its own.
+- **Frames** (``…/frames/{list}``): one ranged GET per frame, of exactly its
+  bytes, with ``If-Match`` on the ETag the header was read from; an object
+  replaced at the partner is read again. Native frames as
+  ``application/octet-stream``; compressed frames as stored when the client
+  accepts their syntax, else decoded when pydicom can (``media.choose_frames``).
+- **Instances** (``/studies/{s}``, ``…/series/{se}``, ``…/instances/{i}``):
+  ``multipart/related; type="application/dicom"``, each file streamed from
+  its bucket in chunks (a large series never sits in memory), the next file's
+  GET opened while the current one is sent.
+- **Bulk data** (``…/bulkdata/{key}``): one value, one ranged GET.
+
+The audit entry of each answer names the studies and patients it shows and
+is written before the answer leaves (``recorded_in_thread``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import PathParameter
+from litestar.response import Stream
+from sqlalchemy import Connection
+
+from api.auditing import audited, disclosed, note, recorded_in_thread
+from api.db import RequestConnection, end_reads
+from api.dicomweb.media import choose, choose_frames, choose_part
+from api.dicomweb.multipart import Multipart
+from api.dicomweb.pixels import can_decode, decode_frame
+from api.dicomweb.urls import base_url
+from api.services import Services
+from imaging_sync.catalog import headers as catalog
+from imaging_sync.catalog.headers import CachedHeader, InstanceRef
+from imaging_sync.errors import NotFoundError, ObjectChangedError, ObjectNotFoundError, StorageError, ValidationError
+from imaging_sync.uids import is_valid_uid
+from storage import ObjectStream
+from storage.headers import read_frame
+
+DICOM_JSON = "application/dicom+json"
+StudyUid = Annotated[str, PathParameter(description="Study Instance UID.", max_length=64)]
+SeriesUid = Annotated[str, PathParameter(description="Series Instance UID.", max_length=64)]
+SopUid = Annotated[str, PathParameter(description="SOP Instance UID.", max_length=64)]
+FrameList = Annotated[str, PathParameter(description="Frame numbers, from 1, comma-separated.", max_length=4096)]
+BulkKey = Annotated[str, PathParameter(description="A BulkDataURI's key, as the metadata gave it.", max_length=20)]
+_PREFETCH = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wado-open")
+
+
+def _refs(conn: Connection, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRef]:
+    for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop)):
+        if uid is not None and not is_valid_uid(uid):
+            raise ValidationError(name, "is not a UID")
+    refs = catalog.instances_by_uids(conn, study, series, sop)
+    end_reads(conn)  # no transaction held while the partners' buckets answer
+    return refs
+
+
+def _disclose(request: Request[Any, Any, Any], refs: Sequence[InstanceRef]) -> None:
+    disclosed(request, subject_ids={r.subject_id for r in refs}, study_ids={r.study_id for r in refs})
+    note(request, instances=len(refs))
+
+
+def instance_url(base: str, ref: InstanceRef) -> str:
+    return f"{base}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
+
+
+def _with_bulk_urls(attributes: dict[str, Any], url: str) -> dict[str, Any]:
+    """The kept DICOM JSON with each bulk data key made the URL that serves it (into sequences too)."""
+    out: dict[str, Any] = {}
+    for tag, attribute in attributes.items():
+        if "BulkDataURI" in attribute:
+            attribute = {**attribute, "BulkDataURI": f"{url}/bulkdata/{attribute['BulkDataURI']}"}
+        elif attribute.get("vr") == "SQ" and "Value" in attribute:
+            attribute = {**attribute, "Value": [_with_bulk_urls(item, url) for item in attribute["Value"]]}
+        out[tag] = attribute
+    return out
+
+
+def _unavailable(kind: str) -> Exception:
+    """The answer for an instance whose file could not be read: gone is a 404, anything else the storage failing."""
+    if kind in (ObjectNotFoundError.kind, "no_copy", "bucket_refused"):
+        return NotFoundError("the file is not available from any partner")
+    return StorageError(f"the file could not be read ({kind})")
+
+
+class WadoController(Controller):
+    """Retrieve transactions of PS3.18 Table 10.4.1-1 that the index's files can answer."""
+
+    tags = ["DICOMweb"]
+
+    @get("/studies/{study_uid:str}/metadata", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @recorded_in_thread
+    def study_metadata(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
+        return self._metadata(request, services, _refs(conn, study_uid))
+
+    @get("/studies/{study_uid:str}/series/{series_uid:str}/metadata", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
+    @recorded_in_thread
+    def series_metadata(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
+    ) -> Response[bytes]:
+        return self._metadata(request, services, _refs(conn, study_uid, series_uid))
+
+    @get(
+        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/metadata",
+        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
+    )
+    @recorded_in_thread
+    def instance_metadata(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
+        study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
+    ) -> Response[bytes]:
+        return self._metadata(request, services, _refs(conn, study_uid, series_uid, sop_uid), single=True)
+
+    def _metadata(self, request: Request[Any, Any, Any], services: Services, refs: list[InstanceRef], *, single: bool = False) -> Response[bytes]:
+        media_type = choose(request.headers.get("accept"), (DICOM_JSON, "application/json"))
+        headers = services.headers.headers(refs)
+        base = base_url(request, services.trusted_proxies)
+        answer, shown, failed = [], [], []
+        for ref in refs:
+            found = headers[ref.id]
+            if isinstance(found, str):
+                failed.append(found)
+                continue
+            answer.append(_with_bulk_urls(found.attributes, instance_url(base, ref)))
+            shown.append(ref)
+        if single and failed:
+            raise _unavailable(failed[0])
+        _disclose(request, shown)
+        extra = {}
+        if failed:
+            extra["Warning"] = f'299 imaging-sync "{len(failed)} of {len(refs)} instances left out: their files could not be read"'
+        body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+        return Response(content=body, media_type=media_type, headers=extra)
+
+    @get(
+        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/frames/{frames:str}",
+        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
+    )
+    @recorded_in_thread
+    def frames(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
+        study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, frames: FrameList,
+    ) -> Response[bytes]:
+        [ref] = _refs(conn, study_uid, series_uid, sop_uid)
+        header = self._header(services, ref)
+        numbers = _frame_numbers(frames, len(header.frames))
+        choice = choose_frames(request.headers.get("accept"), header.transfer_syntax_uid, can_decode=can_decode(header))
+        try:
+            data = [read_frame(services.files.reader, header, n) for n in numbers]
+        except ObjectChangedError:  # replaced at the partner since the header was read: read it again, once
+            header = self._header(services, ref, again=True)
+            numbers = _frame_numbers(frames, len(header.frames))
+            data = [read_frame(services.files.reader, header, n) for n in numbers]
+        if choice.decode:
+            data = [decode_frame(header, frame) for frame in data]
+        _disclose(request, [ref])
+        note(request, frames=len(numbers))
+        body = Multipart(choice.part_type)
+        return Response(content=body.whole((choice.content_type, d) for d in data), media_type=body.content_type)
+
+    @get(
+        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/bulkdata/{key:str}",
+        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
+    )
+    @recorded_in_thread
+    def bulkdata(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
+        study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, key: BulkKey,
+    ) -> Response[bytes]:
+        choose_part(request.headers.get("accept"), "application/octet-stream")
+        [ref] = _refs(conn, study_uid, series_uid, sop_uid)
+        header = self._header(services, ref)
+        if key not in header.bulk:
+            raise NotFoundError("no such bulk data in this instance")
+        offset, length = header.bulk[key]
+        data = services.files.reader.read_range(header.location.bucket, header.location.key, offset, offset + length, if_match=header.etag)
+        _disclose(request, [ref])
+        body = Multipart("application/octet-stream")
+        return Response(content=body.whole([("application/octet-stream", data)]), media_type=body.content_type)
+
+    def _header(self, services: Services, ref: InstanceRef, *, again: bool = False) -> CachedHeader:
+        found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref])[ref.id]
+        if isinstance(found, str):
+            raise _unavailable(found)
+        return found
+
+    @get("/studies/{study_uid:str}", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @recorded_in_thread
+    def study(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Stream:
+        return _instances(request, services, _refs(conn, study_uid))
+
+    @get("/studies/{study_uid:str}/series/{series_uid:str}", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
+    @recorded_in_thread
+    def series(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
+    ) -> Stream:
+        return _instances(request, services, _refs(conn, study_uid, series_uid))
+
+    @get(
+        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}",
+        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
+    )
+    @recorded_in_thread
+    def instance(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
+        study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
+    ) -> Stream:
+        return _instances(request, services, _refs(conn, study_uid, series_uid, sop_uid))
+
+
+def _frame_numbers(text: str, count: int) -> list[int]:
+    """``1,3,5`` as frame numbers, each from 1 to ``count``; ValidationError naming ``frames`` otherwise."""
+    if count == 0:
+        raise ValidationError("frames", "this instance's frames cannot be read one by one")
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValidationError("frames", "must be frame numbers separated by commas") from None
+    bad = [n for n in numbers if not 1 <= n <= count]
+    if bad:
+        raise ValidationError("frames", f"frame {bad[0]} does not exist: this instance has {count}")
+    return numbers
+
+
+def _instances(request: Request[Any, Any, Any], services: Services, refs: list[InstanceRef]) -> Stream:
+    """The files as ``multipart/related; type="application/dicom"``, as stored; the first file's GET is made before
+    the answer starts (a missing file is then a 404, not a cut body), each next one while the current one is sent."""
+    wanted = choose_part(request.headers.get("accept"), "application/dicom").params.get("transfer-syntax")
+    if wanted not in (None, "*"):
+        raise ValidationError("transfer-syntax", "files are sent as stored: ask for transfer-syntax=* or none")
+    opener = _Opener(services, refs)
+    first = opener.next()
+    if first is None:
+        raise NotFoundError("no file of these instances is available from any partner")
+    _disclose(request, refs)
+    body = Multipart("application/dicom")
+    base = base_url(request, services.trusted_proxies)
+
+    def parts() -> Iterator[bytes]:
+        current: tuple[InstanceRef, ObjectStream] | None = first
+        try:
+            while current is not None:
+                ref, stream = current
+                yield from body.part("application/dicom", stream, location=instance_url(base, ref))
+                current = opener.next()
+            yield body.end()
+        finally:  # the client went away, or a file failed mid-body: close what is open
+            if current is not None:
+                current[1].close()
+            opener.close()
+
+    return Stream(parts(), media_type=body.content_type)
+
+
+class _Opener:
+    """Opens the instances' files in order, the next GET in flight while the caller streams the current one.
+
+    A file no partner's copy can give is left out (logged by id and kind);
+    at most one open GET waits ahead, so memory stays at a chunk per file.
+    """
+
+    def __init__(self, services: Services, refs: list[InstanceRef]) -> None:
+        self._files = services.files
+        self._refs = iter(refs)
+        self._ahead: tuple[InstanceRef, Future[Any]] | None = self._open_next()
+
+    def _open_next(self) -> tuple[InstanceRef, Future[Any]] | None:
+        ref = next(self._refs, None)
+        if ref is None:
+            return None
+        reader, copies = self._files.reader, self._files.copies
+        return ref, _PREFETCH.submit(copies.first_available, ref.locations, lambda loc: reader.open_object(loc.bucket, loc.key), context={"instance_id": str(ref.id)})
+
+    def close(self) -> None:
+        """Close the GET opened ahead, now or when it has been made."""
+        if self._ahead is not None:
+            self._ahead[1].add_done_callback(_close_opened)
+            self._ahead = None
+
+    def next(self) -> tuple[InstanceRef, ObjectStream] | None:
+        while self._ahead is not None:
+            ref, future = self._ahead
+            self._ahead = self._open_next()
+            attempt = future.result()
+            if attempt.value is not None:
+                return ref, attempt.value
+        return None
+
+
+def _close_opened(future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None and future.result().value is not None:
+        future.result().value.close()
+
+
+__all__ = ["WadoController", "instance_url"]

@@ -1,0 +1,146 @@
+"""Instances named by their DICOM UIDs with their copies, and the header cache (``instance_header``) kept for them.
+
+DICOMweb names instances by Study, Series and SOP Instance UID
+(:func:`instances_by_uids`); each comes with every partner's copy of its file
+(``imaging_sync.copies`` chooses which to read) and with the study and
+subject its data belongs to (the audit log's disclosure). The header of a
+file (``imaging_sync.dicom_header``), once read, is kept by
+:func:`store` and found by :func:`cached`; a row for a copy whose ETag has
+changed is replaced, and a header that could not be read is recorded as a
+failure (:func:`record_failure`) without attributes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from imaging_sync.copies import Location
+from imaging_sync.db.models import Instance, InstanceHeader, InstanceLocation, Series, Study, Subject, table_of, utcnow
+from imaging_sync.dicom_header import Header
+from imaging_sync.errors import NotFoundError
+
+_subject, _study, _series = table_of(Subject), table_of(Study), table_of(Series)
+_instance, _location, _header = table_of(Instance), table_of(InstanceLocation), table_of(InstanceHeader)
+
+
+@dataclass
+class InstanceRef:
+    """A live instance by its UIDs, whose data it is, and every partner's copy of its file."""
+
+    id: uuid.UUID
+    study_id: uuid.UUID
+    subject_id: uuid.UUID
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    locations: list[Location] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CachedHeader:
+    """A header as kept: which copy it was read from (and that copy's ETag and size), and what was learnt."""
+
+    instance_id: uuid.UUID
+    location: Location
+    etag: str
+    size: int
+    transfer_syntax_uid: str
+    attributes: dict[str, Any]
+    bulk: dict[str, list[int]]
+    frames: list[list[list[int]]]  # per frame, the (offset, length) ranges that make it up
+
+
+def instances_by_uids(conn: Connection, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[InstanceRef]:
+    """The live instances of a live study (and series, and instance), in series then instance-number order.
+
+    NotFoundError naming what the UIDs do not find: the study, the series in
+    it, or the instance in it.
+    """
+    conditions = [_study.c.study_instance_uid == study_uid, _study.c.deleted_at.is_(None), _subject.c.deleted_at.is_(None)]
+    if series_uid is not None:
+        conditions.append(_series.c.series_instance_uid == series_uid)
+    if sop_uid is not None:
+        conditions.append(_instance.c.sop_instance_uid == sop_uid)
+    stmt = (
+        select(
+            _instance.c.id, _study.c.id, _subject.c.id, _series.c.series_instance_uid, _instance.c.sop_instance_uid,
+            _instance.c.sop_class_uid, _instance.c.instance_number, _location.c.partner, _location.c.bucket, _location.c.key,
+        )
+        .select_from(
+            _instance.join(_series, _series.c.id == _instance.c.series_id)
+            .join(_study, _study.c.id == _series.c.study_id)
+            .join(_subject, _subject.c.id == _study.c.subject_id)
+            .outerjoin(_location, _location.c.instance_id == _instance.c.id)
+        )
+        .where(*conditions, _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
+        .order_by(_series.c.series_number.asc().nulls_last(), _series.c.id, _instance.c.instance_number.asc().nulls_last(), _instance.c.id)
+    )
+    found: dict[uuid.UUID, InstanceRef] = {}
+    for iid, study_id, subject_id, se_uid, sop, sop_class, number, partner, bucket, key in conn.execute(stmt).all():
+        ref = found.get(iid)
+        if ref is None:
+            ref = found[iid] = InstanceRef(iid, study_id, subject_id, study_uid, se_uid, sop, sop_class, number)
+        if partner is not None:
+            ref.locations.append(Location(partner, bucket, key))
+    if not found:
+        raise NotFoundError(_missing(conn, study_uid, series_uid, sop_uid))
+    return list(found.values())
+
+
+def _missing(conn: Connection, study_uid: str, series_uid: str | None, sop_uid: str | None) -> str:
+    study = conn.execute(select(_study.c.id).where(_study.c.study_instance_uid == study_uid, _study.c.deleted_at.is_(None))).first()
+    if study is None:
+        return "no such study"
+    if series_uid is not None:
+        found = conn.execute(
+            select(_series.c.id).where(_series.c.study_id == study[0], _series.c.series_instance_uid == series_uid, _series.c.deleted_at.is_(None))
+        ).first()
+        if found is None:
+            return "no such series in this study"
+    return "no such instance in this series" if sop_uid is not None else "no instance in this study or series"
+
+
+def cached(conn: Connection, instance_ids: list[uuid.UUID]) -> dict[uuid.UUID, CachedHeader]:
+    """The headers kept for these instances (failures left out: they are read again)."""
+    if not instance_ids:
+        return {}
+    stmt = select(_header).where(_header.c.instance_id.in_(instance_ids), _header.c.failure.is_(None))
+    out = {}
+    for row in conn.execute(stmt).mappings():
+        out[row["instance_id"]] = CachedHeader(
+            row["instance_id"], Location(row["partner"], row["bucket"], row["key"]), row["etag"], row["size_bytes"],
+            row["transfer_syntax_uid"], row["attributes"], row["bulk"] or {}, row["frames"] or [],
+        )
+    return out
+
+
+def store(conn: Connection, instance_id: uuid.UUID, location: Location, etag: str, size: int, header: Header) -> CachedHeader:
+    """Keep ``header``, read from ``location`` (whose object had ``etag`` and ``size``), replacing any row of the instance."""
+    frames = [[list(r) for r in frame] for frame in (header.pixel.frames if header.pixel else [])]
+    bulk = {k: list(v) for k, v in header.bulk.items()}
+    conn.execute(delete(_header).where(_header.c.instance_id == instance_id))
+    conn.execute(insert(_header).values(
+        instance_id=instance_id, partner=location.partner, bucket=location.bucket, key=location.key, etag=etag, size_bytes=size,
+        transfer_syntax_uid=header.transfer_syntax_uid, attributes=header.attributes, bulk=bulk, frames=frames, failure=None, read_at=utcnow(),
+    ))
+    return CachedHeader(instance_id, location, etag, size, header.transfer_syntax_uid, header.attributes, bulk, frames)
+
+
+def record_failure(conn: Connection, instance_id: uuid.UUID, partner: str, kind: str) -> None:
+    """A header that could not be read (``kind``: the error's), replacing any row of the instance."""
+    conn.execute(delete(_header).where(_header.c.instance_id == instance_id))
+    conn.execute(insert(_header).values(instance_id=instance_id, partner=partner, failure=kind, read_at=utcnow()))
+
+
+def forget(conn: Connection, instance_id: uuid.UUID) -> None:
+    """Drop what was kept for an instance (its object changed)."""
+    conn.execute(delete(_header).where(_header.c.instance_id == instance_id))
+
+
+__all__ = ["CachedHeader", "InstanceRef", "cached", "forget", "instances_by_uids", "record_failure", "store"]

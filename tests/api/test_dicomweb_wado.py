@@ -1,0 +1,269 @@
+"""WADO-RS from outside: metadata from the header cache, frames as single ranged GETs, bulk data, whole instances,
+negotiation, a replaced object, a missing one; real DICOM files in the embedded S3, reached through a counting front."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.parser
+import email.policy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pytest
+from api_fixtures import IndexBuilder, Keys, Located, RecordingLauncher
+from dicomweb_fixtures import CountingFront, FileSpec, dicom_bytes
+from litestar import Litestar
+from litestar.testing import TestClient
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from sqlalchemy import select
+
+from api.app import create_app
+from devtools.storage import EmbeddedStorage
+from imaging_sync.core import Core
+from imaging_sync.db.models import Instance, Series, Study
+from storage import BucketRegistry
+
+
+@dataclass
+class File:
+    study: str
+    series: str
+    sop: str
+    key: str
+    data: bytes
+    frames: list[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"/dicomweb/studies/{self.study}/series/{self.series}/instances/{self.sop}"
+
+
+@dataclass
+class Archive:
+    client: TestClient[Litestar]
+    front: CountingFront
+    s3: EmbeddedStorage
+    bucket: str
+    files: dict[str, File]
+    headers: dict[str, str]
+
+    def get(self, path: str, accept: str | None = None, **params: Any) -> Any:
+        headers = dict(self.headers) if accept is None else {**self.headers, "Accept": accept}
+        return self.client.get(path, headers=headers, params=params)
+
+
+SPECS = {
+    "native": FileSpec(),
+    "implicit": FileSpec(transfer_syntax=ImplicitVRLittleEndian, bits=8),
+    "multiframe": FileSpec(frames=5, rows=24, columns=20),
+    "rle": FileSpec(transfer_syntax=RLELossless, frames=3, rows=16, columns=16),
+    "long header": FileSpec(private_bytes=100 * 1024),
+}
+
+
+@pytest.fixture
+def archive(core: Core, s3: EmbeddedStorage, keys: Keys, index: IndexBuilder) -> Iterator[Archive]:
+    """One study of five series, one file each (SPECS), in partner b's bucket; the app reaches S3 only through the front."""
+    front = CountingFront(s3.endpoint_url).start()
+    bucket = s3.buckets[0].name
+    storage = msgspec.structs.replace(
+        s3.config, buckets={name: msgspec.structs.replace(cfg, endpoint_url=front.url) for name, cfg in s3.config.buckets.items()}
+    )
+    settings = msgspec.structs.replace(core.settings, storage=storage)
+    app = create_app(dataclasses.replace(core, settings=settings), registry=BucketRegistry(storage, environ=s3.environ), launcher=RecordingLauncher())
+    subject = index.subject("P-WADO", "HONG^GILDONG=洪^吉洞=홍^길동")
+    study_id = index.study(subject)
+    files: dict[str, File] = {}
+    with core.engine.connect() as conn:
+        study_uid = conn.execute(select(Study.study_instance_uid).where(Study.id == study_id)).scalar_one()
+    for number, (name, spec) in enumerate(SPECS.items(), start=1):
+        series_id = index.series(study_id, number=number)
+        key = f"wado/{name.replace(' ', '-')}/{number}.dcm"
+        instance_id = index.instance(series_id, locations=[Located("b", bucket, key)])
+        with core.engine.connect() as conn:
+            series_uid = conn.execute(select(Series.series_instance_uid).where(Series.id == series_id)).scalar_one()
+            sop = conn.execute(select(Instance.sop_instance_uid).where(Instance.id == instance_id)).scalar_one()
+        data, frames = dicom_bytes(spec, study=study_uid, series=series_uid, sop=sop, seed=number)
+        s3.put(bucket, key, data)
+        files[name] = File(study_uid, series_uid, sop, key, data, frames)
+    with TestClient(app) as client:
+        yield Archive(client, front, s3, bucket, files, keys.headers("viewer"))
+    front.stop()
+
+
+def original_json(data: bytes) -> dict[str, Any]:
+    """pydicom's own DICOM JSON of the file, without bulk data (and so without Pixel Data)."""
+    from io import BytesIO
+
+    ds = dcmread(BytesIO(data))
+    full = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _: "bulk")
+    return {tag: value for tag, value in full.items() if "BulkDataURI" not in value and tag != "7FE00010"}
+
+
+def without_bulk(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {tag: value for tag, value in attributes.items() if "BulkDataURI" not in value}
+
+
+def parts(response: Any) -> list[tuple[str, bytes]]:
+    """The parts of a multipart/related answer: (Content-Type, bytes)."""
+    raw = b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" + response.content
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
+    return [(part.get_content_type() + "".join(f"; {k}={v}" for k, v in part.get_params()[1:]), part.get_payload(decode=True)) for part in message.iter_parts()]
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_instance_metadata_is_the_files_header_minus_bulk_data(archive: Archive, name: str) -> None:
+    file = archive.files[name]
+    response = archive.get(f"{file.url}/metadata")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    [metadata] = response.json()
+    assert without_bulk(metadata) == original_json(file.data)
+    assert metadata["00100010"]["Value"] == [{"Alphabetic": "HONG^GILDONG", "Ideographic": "洪^吉洞", "Phonetic": "홍^길동"}]
+
+
+def test_a_second_metadata_request_reads_nothing_from_s3(archive: Archive) -> None:
+    file = archive.files["multiframe"]
+    assert archive.get(f"{file.url}/metadata").status_code == 200
+    first = archive.front.gets(file.key)
+    assert len(first) == 1 and first[0].range == "bytes=0-65535"  # one ranged GET of the first 64 KiB
+    archive.front.seen.clear()
+    assert archive.get(f"/dicomweb/studies/{file.study}/series/{file.series}/metadata").status_code == 200
+    assert archive.front.seen == []
+
+
+def test_a_header_longer_than_the_first_read_is_read_again_larger_and_its_bulk_data_is_served(archive: Archive) -> None:
+    file = archive.files["long header"]
+    [metadata] = archive.get(f"{file.url}/metadata").json()
+    ranges = [s.range for s in archive.front.gets(file.key)]
+    assert ranges[0] == "bytes=0-65535" and len(ranges) == 2 and ranges[1].startswith("bytes=0-")
+    [private] = [v for v in metadata.values() if "BulkDataURI" in v]
+    assert private["vr"] == "OB" and private["BulkDataURI"].startswith(f"http://testserver.local{file.url}/bulkdata/")
+    archive.front.seen.clear()
+    response = archive.get(private["BulkDataURI"].removeprefix("http://testserver.local"))
+    assert response.status_code == 200
+    [(content_type, value)] = parts(response)
+    assert content_type.startswith("application/octet-stream") and value == bytes(range(256)) * 400
+    assert len(archive.front.gets(file.key)) == 1
+    assert archive.get(f"{file.url}/bulkdata/12345").status_code == 404
+
+
+def test_series_and_study_metadata_list_every_instance(archive: Archive) -> None:
+    file = archive.files["rle"]
+    study = archive.get(f"/dicomweb/studies/{file.study}/metadata").json()
+    assert sorted(m["00080018"]["Value"][0] for m in study) == sorted(f.sop for f in archive.files.values())
+
+
+@pytest.mark.parametrize("name", ["native", "implicit", "multiframe"])
+def test_native_frames_are_the_pixels_each_one_ranged_get(archive: Archive, name: str) -> None:
+    file = archive.files[name]
+    archive.get(f"{file.url}/metadata")
+    archive.front.seen.clear()
+    wanted = list(range(1, len(file.frames) + 1))[::-1]  # in the order asked, not the file's
+    response = archive.get(f"{file.url}/frames/{','.join(map(str, wanted))}", accept='multipart/related; type="application/octet-stream"')
+    assert response.status_code == 200, response.text
+    got = parts(response)
+    assert [data for _, data in got] == [file.frames[n - 1] for n in wanted]
+    assert all(ct == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1" for ct, _ in got)
+    gets = archive.front.gets(file.key)
+    assert len(gets) == len(wanted) and all(g.range is not None for g in gets)
+
+
+def test_compressed_frames_as_stored_when_the_client_takes_any_syntax(archive: Archive) -> None:
+    file = archive.files["rle"]
+    response = archive.get(f"{file.url}/frames/1,2,3", accept='multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    assert response.status_code == 200, response.text
+    got = parts(response)
+    assert all(ct == f"application/octet-stream; transfer-syntax={RLELossless}" for ct, _ in got)
+    from pydicom.encaps import generate_frames
+
+    ds = dcmread(__import__("io").BytesIO(file.data))
+    assert [data for _, data in got] == list(generate_frames(ds.PixelData, number_of_frames=3))
+
+
+def test_compressed_frames_decoded_for_a_client_that_wants_native_pixels(archive: Archive) -> None:
+    file = archive.files["rle"]
+    response = archive.get(f"{file.url}/frames/2", accept='multipart/related; type="application/octet-stream"')
+    assert response.status_code == 200, response.text
+    [(content_type, data)] = parts(response)
+    assert content_type == f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}"
+    assert data == file.frames[1]
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ['multipart/related; type="image/jpeg"', 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50', "text/html"],
+)
+def test_frames_in_a_form_we_cannot_give_are_a_406(archive: Archive, accept: str) -> None:
+    response = archive.get(f"{archive.files['native'].url}/frames/1", accept=accept)
+    assert response.status_code == 406
+    assert "application/octet-stream" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("frames", ["0", "6", "1,x", "-1"])
+def test_a_frame_that_does_not_exist_is_a_400_naming_frames(archive: Archive, frames: str) -> None:
+    response = archive.get(f"{archive.files['multiframe'].url}/frames/{frames}")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "frames"
+
+
+def test_an_object_replaced_at_the_partner_is_read_again(archive: Archive) -> None:
+    file = archive.files["native"]
+    archive.get(f"{file.url}/metadata")
+    replacement, frames = dicom_bytes(FileSpec(), study=file.study, series=file.series, sop=file.sop, seed=99)
+    archive.s3.put(archive.bucket, file.key, replacement)  # a new ETag
+    archive.front.seen.clear()
+    response = archive.get(f"{file.url}/frames/1")
+    assert response.status_code == 200
+    assert parts(response)[0][1] == frames[0] != file.frames[0]
+    statuses = [g.range for g in archive.front.gets(file.key)]
+    assert statuses[0] is not None and len(statuses) == 3  # the stale frame (412), the header again, the frame
+
+
+def test_a_missing_object_is_a_404_for_its_instance_and_the_rest_of_the_study_still_answers(archive: Archive) -> None:
+    file = archive.files["implicit"]
+    archive.s3.admin_client(archive.bucket).delete_object(Bucket=archive.bucket, Key=file.key)
+    assert archive.get(f"{file.url}/metadata").status_code == 404
+    assert archive.get(f"{file.url}/frames/1").status_code == 404
+    response = archive.get(f"/dicomweb/studies/{file.study}/metadata")
+    assert response.status_code == 200
+    assert len(response.json()) == len(archive.files) - 1
+    assert "1 of 5 instances left out" in response.headers["warning"]
+
+
+def test_unknown_uids_are_404s_and_bad_ones_400s(archive: Archive) -> None:
+    file = archive.files["native"]
+    assert archive.get("/dicomweb/studies/1.2.3.999/metadata").status_code == 404
+    assert archive.get(f"/dicomweb/studies/{file.study}/series/1.2.3.999/metadata").status_code == 404
+    assert archive.get(f"/dicomweb/studies/{file.study}/series/{file.series}/instances/1.2.3.999/metadata").status_code == 404
+    response = archive.get("/dicomweb/studies/1.2.x/metadata")
+    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "StudyInstanceUID"
+
+
+@pytest.mark.parametrize("accept", [None, 'multipart/related; type="application/dicom"', 'multipart/related; type="application/dicom"; transfer-syntax=*'])
+def test_a_series_and_a_study_retrieved_as_dicom_files_byte_for_byte(archive: Archive, accept: str | None) -> None:
+    file = archive.files["multiframe"]
+    response = archive.get(f"/dicomweb/studies/{file.study}/series/{file.series}", accept=accept)
+    assert response.status_code == 200, response.text
+    assert [data for _, data in parts(response)] == [file.data]
+    study = archive.get(f"/dicomweb/studies/{file.study}", accept=accept)
+    assert sorted(data for _, data in parts(study)) == sorted(f.data for f in archive.files.values())
+    assert all(ct == "application/dicom" for ct, _ in parts(study))
+
+
+def test_an_instance_in_another_syntax_is_refused_and_a_missing_file_is_a_404(archive: Archive) -> None:
+    file = archive.files["native"]
+    response = archive.get(file.url, accept=f'multipart/related; type="application/dicom"; transfer-syntax={RLELossless}')
+    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "transfer-syntax"
+    archive.s3.admin_client(archive.bucket).delete_object(Bucket=archive.bucket, Key=file.key)
+    assert archive.get(file.url).status_code == 404
+
+
+def test_only_a_viewer_key_retrieves(archive: Archive, keys: Keys) -> None:
+    file = archive.files["native"]
+    assert archive.client.get(f"{file.url}/metadata").status_code == 401
+    assert archive.client.get(f"{file.url}/metadata", headers=keys.headers("auditor")).status_code == 403
+    assert archive.client.get(f"{file.url}/frames/1", headers=keys.headers("operator")).status_code == 403
