@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 import pytest
-from api_fixtures import IndexBuilder, make_settings
+from api_fixtures import IndexBuilder, Located, make_settings
 from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
 from requests.exceptions import HTTPError
 
 from api.service import ApiService
@@ -113,3 +116,72 @@ def test_an_unknown_study_and_a_refused_key_are_http_errors(live: Live, studies:
     with pytest.raises(HTTPError) as refused:
         live.client(live.auditor).search_for_studies()
     assert refused.value.response.status_code == 403
+
+
+@pytest.fixture
+def files(live: Live, s3: EmbeddedStorage) -> dict[str, Any]:
+    """One study of two series in partner b's bucket: native multi-frame 16-bit, and RLE Lossless multi-frame."""
+    from dicomweb_fixtures import FileSpec, dicom_bytes
+    from pydicom.uid import RLELossless
+    from sqlalchemy import select
+
+    from imaging_sync.db.models import Instance, Series, Study
+
+    bucket = s3.buckets[0].name
+    subject = live.index.subject("P-FILES", "김^민준")
+    study_id = live.index.study(subject)
+    made: dict[str, Any] = {}
+    for number, (name, spec) in enumerate({"native": FileSpec(frames=4), "rle": FileSpec(transfer_syntax=RLELossless, frames=2)}.items(), start=1):
+        series_id = live.index.series(study_id, number=number)
+        key = f"client/{name}.dcm"
+        instance_id = live.index.instance(series_id, locations=[Located("b", bucket, key)])
+        with live.index.engine.connect() as conn:
+            study_uid = conn.execute(select(Study.study_instance_uid).where(Study.id == study_id)).scalar_one()
+            series_uid = conn.execute(select(Series.series_instance_uid).where(Series.id == series_id)).scalar_one()
+            sop = conn.execute(select(Instance.sop_instance_uid).where(Instance.id == instance_id)).scalar_one()
+        data, frames = dicom_bytes(spec, study=study_uid, series=series_uid, sop=sop, seed=number)
+        s3.put(bucket, key, data)
+        made[name] = {"study": study_uid, "series": series_uid, "sop": sop, "data": data, "frames": frames}
+    return made
+
+
+def bulkless(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {tag: value for tag, value in attributes.items() if "BulkDataURI" not in value and "InlineBinary" not in value and tag != "7FE00010"}
+
+
+def test_metadata_equals_pydicoms_json_of_each_file(live: Live, files: dict[str, Any]) -> None:
+    client = live.client()
+    native = files["native"]
+    study = client.retrieve_study_metadata(native["study"])
+    assert sorted(m["00080018"]["Value"][0] for m in study) == sorted(f["sop"] for f in files.values())
+    for file in files.values():
+        [metadata] = client.retrieve_series_metadata(file["study"], file["series"])
+        original = dcmread(BytesIO(file["data"])).to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _: "bulk")
+        assert bulkless(metadata) == json.loads(json.dumps(bulkless(original)))
+        assert metadata["00100010"]["Value"] == [{"Alphabetic": "HONG^GILDONG", "Ideographic": "洪^吉洞", "Phonetic": "홍^길동"}]
+    assert client.retrieve_instance_metadata(native["study"], native["series"], native["sop"])["00080018"]["Value"] == [native["sop"]]
+
+
+def test_frames_are_the_original_pixels(live: Live, files: dict[str, Any]) -> None:
+    client = live.client()
+    native = files["native"]
+    got = client.retrieve_instance_frames(native["study"], native["series"], native["sop"], frame_numbers=[1, 2, 3, 4], media_types=("application/octet-stream",))
+    assert got == native["frames"]
+    rle = files["rle"]
+    decoded = client.retrieve_instance_frames(rle["study"], rle["series"], rle["sop"], frame_numbers=[2, 1], media_types=("application/octet-stream",))
+    assert decoded == [rle["frames"][1], rle["frames"][0]]
+    stored = client.retrieve_instance_frames(rle["study"], rle["series"], rle["sop"], frame_numbers=[1], media_types=(("application/octet-stream", "*"),))
+    from pydicom.encaps import generate_frames
+
+    assert stored == list(generate_frames(dcmread(BytesIO(rle["data"])).PixelData, number_of_frames=2))[:1]
+
+
+def test_instances_series_and_study_retrieved_whole(live: Live, files: dict[str, Any]) -> None:
+    client = live.client()
+    native = files["native"]
+    instance = client.retrieve_instance(native["study"], native["series"], native["sop"])
+    assert instance.SOPInstanceUID == native["sop"] and instance.PixelData == b"".join(native["frames"])
+    [series] = client.retrieve_series(native["study"], native["series"])
+    assert series.SOPInstanceUID == native["sop"]
+    study = client.retrieve_study(native["study"])
+    assert sorted(ds.SOPInstanceUID for ds in study) == sorted(f["sop"] for f in files.values())
