@@ -283,10 +283,12 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class DicomwebConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """DICOMweb (PS3.18) under /dicomweb on the REST API's address: QIDO-RS searches for web viewers (OHIF)."""
+    """DICOMweb (PS3.18) under /dicomweb on the REST API's address, for web viewers (OHIF): QIDO-RS, WADO-RS, WADO-URI."""
 
     max_results: Annotated[int, doc("Most matches one QIDO-RS answer carries, whatever its limit asks; a cut answer says so in its Warning header "
                                      "and the client pages on with offset.", ge=1, le=10000)] = 1000
+    redirect_objects: Annotated[bool, doc("WADO-URI answers with a 307 to a short-lived presigned URL of the partner's bucket instead of streaming the "
+                                          "file through this server. The bucket must then allow the viewer's origin (S3 CORS): docs/dicomweb.md.")] = False
 
 
 class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -14,7 +14,8 @@ audited with whose data it showed, before the answer leaves
 - :mod:`~api.dicomweb.urls`: this server's address as the client reached it (RetrieveURL);
 - :mod:`~api.dicomweb.controllers`: the QIDO-RS routes;
 - :mod:`~api.dicomweb.wado`: WADO-RS (metadata, frames, bulk data, instances),
-  :mod:`~api.dicomweb.multipart` and :mod:`~api.dicomweb.pixels` (decoding a compressed frame).
+  :mod:`~api.dicomweb.multipart` and :mod:`~api.dicomweb.pixels` (decoding a compressed frame);
+- :mod:`~api.dicomweb.wado_uri`: WADO-URI (one object by its UIDs, streamed or redirected).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from api.auditing import AuditMiddleware
 from api.dicomweb.controllers import QidoController
 from api.dicomweb.urls import MOUNT
 from api.dicomweb.wado import WadoController
+from api.dicomweb.wado_uri import wado_uri
 from api.security import authenticate, require
 
 
@@ -32,7 +34,7 @@ def dicomweb_router() -> Router:
     """``/dicomweb``: the key is checked, then the role, then the audit entry of every answer is written before it leaves."""
     return Router(
         path=MOUNT,
-        route_handlers=[QidoController, WadoController],
+        route_handlers=[QidoController, WadoController, wado_uri],
         guards=[authenticate, require("patient_data")],
         middleware=[AuditMiddleware],
         include_in_schema=False,

@@ -57,7 +57,7 @@ BulkKey = Annotated[str, PathParameter(description="A BulkDataURI's key, as the 
 _PREFETCH = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wado-open")
 
 
-def _refs(conn: Connection, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRef]:
+def instance_refs(conn: Connection, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRef]:
     for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop)):
         if uid is not None and not is_valid_uid(uid):
             raise ValidationError(name, "is not a UID")
@@ -102,14 +102,14 @@ class WadoController(Controller):
     @get("/studies/{study_uid:str}/metadata", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
     @recorded_in_thread
     def study_metadata(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
-        return self._metadata(request, services, _refs(conn, study_uid))
+        return self._metadata(request, services, instance_refs(conn, study_uid))
 
     @get("/studies/{study_uid:str}/series/{series_uid:str}/metadata", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
     @recorded_in_thread
     def series_metadata(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
     ) -> Response[bytes]:
-        return self._metadata(request, services, _refs(conn, study_uid, series_uid))
+        return self._metadata(request, services, instance_refs(conn, study_uid, series_uid))
 
     @get(
         "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/metadata",
@@ -120,7 +120,7 @@ class WadoController(Controller):
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
     ) -> Response[bytes]:
-        return self._metadata(request, services, _refs(conn, study_uid, series_uid, sop_uid), single=True)
+        return self._metadata(request, services, instance_refs(conn, study_uid, series_uid, sop_uid), single=True)
 
     def _metadata(self, request: Request[Any, Any, Any], services: Services, refs: list[InstanceRef], *, single: bool = False) -> Response[bytes]:
         media_type = choose(request.headers.get("accept"), (DICOM_JSON, "application/json"))
@@ -152,7 +152,7 @@ class WadoController(Controller):
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, frames: FrameList,
     ) -> Response[bytes]:
-        [ref] = _refs(conn, study_uid, series_uid, sop_uid)
+        [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
         header = self._header(services, ref)
         numbers = _frame_numbers(frames, len(header.frames))
         choice = choose_frames(request.headers.get("accept"), header.transfer_syntax_uid, can_decode=can_decode(header))
@@ -179,7 +179,7 @@ class WadoController(Controller):
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, key: BulkKey,
     ) -> Response[bytes]:
         choose_part(request.headers.get("accept"), "application/octet-stream")
-        [ref] = _refs(conn, study_uid, series_uid, sop_uid)
+        [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
         header = self._header(services, ref)
         if key not in header.bulk:
             raise NotFoundError("no such bulk data in this instance")
@@ -198,14 +198,14 @@ class WadoController(Controller):
     @get("/studies/{study_uid:str}", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
     @recorded_in_thread
     def study(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Stream:
-        return _instances(request, services, _refs(conn, study_uid))
+        return stream_instances(request, services, instance_refs(conn, study_uid))
 
     @get("/studies/{study_uid:str}/series/{series_uid:str}", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
     @recorded_in_thread
     def series(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
     ) -> Stream:
-        return _instances(request, services, _refs(conn, study_uid, series_uid))
+        return stream_instances(request, services, instance_refs(conn, study_uid, series_uid))
 
     @get(
         "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}",
@@ -216,7 +216,7 @@ class WadoController(Controller):
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
     ) -> Stream:
-        return _instances(request, services, _refs(conn, study_uid, series_uid, sop_uid))
+        return stream_instances(request, services, instance_refs(conn, study_uid, series_uid, sop_uid))
 
 
 def _frame_numbers(text: str, count: int) -> list[int]:
@@ -233,17 +233,22 @@ def _frame_numbers(text: str, count: int) -> list[int]:
     return numbers
 
 
-def _instances(request: Request[Any, Any, Any], services: Services, refs: list[InstanceRef]) -> Stream:
-    """The files as ``multipart/related; type="application/dicom"``, as stored; the first file's GET is made before
-    the answer starts (a missing file is then a 404, not a cut body), each next one while the current one is sent."""
-    wanted = choose_part(request.headers.get("accept"), "application/dicom").params.get("transfer-syntax")
-    if wanted not in (None, "*"):
-        raise ValidationError("transfer-syntax", "files are sent as stored: ask for transfer-syntax=* or none")
+def stream_instances(request: Request[Any, Any, Any], services: Services, refs: list[InstanceRef], *, single: bool = False) -> Stream:
+    """The files as ``multipart/related; type="application/dicom"`` (``single``: the one file, bare, as WADO-URI
+    sends it), as stored; the first file's GET is made before the answer starts (a missing file is then a 404, not
+    a cut body), each next one while the current one is sent."""
+    if not single:
+        wanted = choose_part(request.headers.get("accept"), "application/dicom").params.get("transfer-syntax")
+        if wanted not in (None, "*"):
+            raise ValidationError("transfer-syntax", "files are sent as stored: ask for transfer-syntax=* or none")
     opener = _Opener(services, refs)
     first = opener.next()
     if first is None:
         raise NotFoundError("no file of these instances is available from any partner")
     _disclose(request, refs)
+    if single:
+        ref, stream = first
+        return Stream(stream, media_type="application/dicom", headers={"Content-Disposition": f'attachment; filename="{ref.sop_uid}.dcm"'})
     body = Multipart("application/dicom")
     base = base_url(request, services.trusted_proxies)
 
@@ -303,4 +308,4 @@ def _close_opened(future: Future[Any]) -> None:
         future.result().value.close()
 
 
-__all__ = ["WadoController", "instance_url"]
+__all__ = ["WadoController", "instance_refs", "instance_url", "stream_instances"]

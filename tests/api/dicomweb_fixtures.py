@@ -67,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         key = unquote(self.path.split("?", 1)[0]).split("/", 2)[-1]
         self.server.seen.append(Seen(self.command, key, self.headers.get("Range")))
         upstream = http.client.HTTPConnection(self.server.upstream, timeout=10)
-        upstream.request(self.command, self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+        upstream.request(self.command, self.path, headers=dict(self.headers.items()))  # Host as sent: it is signed
         answer = upstream.getresponse()
         body = answer.read()
         upstream.close()

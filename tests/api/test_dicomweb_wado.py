@@ -267,3 +267,61 @@ def test_only_a_viewer_key_retrieves(archive: Archive, keys: Keys) -> None:
     assert archive.client.get(f"{file.url}/metadata").status_code == 401
     assert archive.client.get(f"{file.url}/metadata", headers=keys.headers("auditor")).status_code == 403
     assert archive.client.get(f"{file.url}/frames/1", headers=keys.headers("operator")).status_code == 403
+
+
+def wado_uri(file: File, **extra: str) -> dict[str, str]:
+    return {"requestType": "WADO", "studyUID": file.study, "seriesUID": file.series, "objectUID": file.sop, **extra}
+
+
+def test_wado_uri_streams_the_file_as_stored(archive: Archive) -> None:
+    file = archive.files["rle"]
+    response = archive.get("/dicomweb/wado", **wado_uri(file, contentType="application/dicom"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    assert response.content == file.data
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_wado_uri_redirects_to_the_partners_bucket_when_configured(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    services = archive.client.app.state["services"]
+    monkeypatch.setattr(services, "settings", msgspec.structs.replace(services.settings, dicomweb=msgspec.structs.replace(services.settings.dicomweb, redirect_objects=True)))
+    file = archive.files["native"]
+    response = archive.client.get("/dicomweb/wado", params=wado_uri(file, contentType="application/dicom"), headers=archive.headers, follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"].startswith(archive.front.url) and "X-Amz-Signature=" in response.headers["location"]
+    assert httpx.get(response.headers["location"]).content == file.data  # the presigned URL itself serves the file
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "field"),
+    [
+        ({"requestType": None}, 400, "requestType"),
+        ({"requestType": "WADO-RS"}, 400, "requestType"),
+        ({"objectUID": None}, 400, "objectUID"),
+        ({"objectUID": "1.2.x"}, 400, "SOPInstanceUID"),
+        ({"frobnicate": "1"}, 400, "frobnicate"),
+        ({"transferSyntax": RLELossless}, 400, "transferSyntax"),
+        ({"contentType": "image/jpeg"}, 406, None),
+        ({"objectUID": "1.2.3.999"}, 404, None),
+    ],
+)
+def test_wado_uri_refuses_what_it_cannot_answer(archive: Archive, params: dict[str, str | None], status: int, field: str | None) -> None:
+    query = {k: v for k, v in {**wado_uri(archive.files["native"]), **params}.items() if v is not None}
+    response = archive.get("/dicomweb/wado", **query)
+    assert response.status_code == status, response.text
+    if field is not None:
+        assert response.json()["error"]["details"]["field"] == field
+
+
+def test_every_retrieval_is_audited_with_the_study_it_showed(archive: Archive, keys: Keys, core: Core) -> None:
+    file = archive.files["native"]
+    for path, params in ((f"{file.url}/metadata", {}), (f"{file.url}/frames/1", {}), (file.url, {}), ("/dicomweb/wado", wado_uri(file))):
+        assert archive.get(path, **params).status_code == 200
+    with core.engine.connect() as conn:
+        study_id = conn.execute(select(Study.id).where(Study.study_instance_uid == file.study)).scalar_one()
+    response = archive.client.get("/api/v1/audit", params={"study": str(study_id)}, headers=keys.headers("auditor"))
+    entries = [e for e in response.json()["items"] if e["path"].startswith("/dicomweb")]
+    assert sorted(e["path"] for e in entries) == sorted([f"{file.url}/metadata", f"{file.url}/frames/1", file.url, "/dicomweb/wado"])
+    assert all(e["outcome"] == "success" and e["actor_role"] == "viewer" for e in entries)
