@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.cli_audit import audit
 from app.cli_docs import docs
+from app.cli_headers import headers
 from app.cli_outbox import outbox
 from app.cli_refusals import refusals
 from app.cli_serve import beat, serve, worker
@@ -69,7 +70,7 @@ def config_example() -> None:
     click.echo(render_example(), nl=False)
 
 
-for command in (outbox, refusals, serve, worker, beat, doctor, demo, audit, docs):
+for command in (outbox, refusals, serve, worker, beat, doctor, demo, audit, docs, headers):
     cli.add_command(command)
 
 

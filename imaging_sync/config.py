@@ -287,6 +287,9 @@ class DicomwebConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     max_results: Annotated[int, doc("Most matches one QIDO-RS answer carries, whatever its limit asks; a cut answer says so in its Warning header "
                                      "and the client pages on with offset.", ge=1, le=10000)] = 1000
+    read_headers_after_sync: Annotated[bool, doc("After each sync of a partner, read the headers of its new instances in the background (ranged GETs, "
+                                                 "kept in the database), so a viewer's first request for them costs no S3 read.")] = True
+    header_read_concurrency: Annotated[int, doc("Headers read at once, by the background reader and by one metadata request.", ge=1, le=64)] = 8
     redirect_objects: Annotated[bool, doc("WADO-URI answers with a 307 to a short-lived presigned URL of the partner's bucket instead of streaming the "
                                           "file through this server. The bucket must then allow the viewer's origin (S3 CORS): docs/dicomweb.md.")] = False
 

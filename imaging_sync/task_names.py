@@ -17,5 +17,6 @@ PRUNE = "imaging_sync.jobs.prune"
 CHECK_ALERTS = "imaging_sync.jobs.check_alerts"
 SEAL_AUDIT = "imaging_sync.jobs.seal_audit"
 RELAY_ATNA = "imaging_sync.jobs.relay_atna"
+READ_HEADERS = "imaging_sync.jobs.read_headers"
 
-__all__ = ["QUEUE", "CHECK_ALERTS", "PRUNE", "RELAY_ATNA", "RELAY_OUTBOX", "RETRY_FAILED_OUTBOX", "SEAL_AUDIT", "SYNC_ALL", "SYNC_PARTNER"]
+__all__ = ["QUEUE", "CHECK_ALERTS", "PRUNE", "READ_HEADERS", "RELAY_ATNA", "RELAY_OUTBOX", "RETRY_FAILED_OUTBOX", "SEAL_AUDIT", "SYNC_ALL", "SYNC_PARTNER"]

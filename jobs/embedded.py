@@ -160,7 +160,7 @@ class EmbeddedScheduler:
         runtime = self._runtime
         assert runtime is not None
         if task == SYNC_PARTNER:
-            return lambda: work.sync_partner(self.core, **kwargs)
+            return lambda: self._sync_then_headers(runtime, kwargs)
         if task == RELAY_OUTBOX:
             return lambda: work.relay_outbox(runtime.relay)
         if task == CHECK_ALERTS:
@@ -170,6 +170,13 @@ class EmbeddedScheduler:
         if task == SEAL_AUDIT:
             return lambda: work.seal_audit(self.core, runtime.seal_copies)
         return lambda: work.prune(self.core, **kwargs)
+
+    def _sync_then_headers(self, runtime: Runtime, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A partner's sync, then (in the same job thread, as the Celery worker would next) its new instances' headers."""
+        summary = work.sync_partner(self.core, **kwargs)
+        if work.wants_headers(self.settings, summary):
+            work.read_headers(runtime.headers, kwargs["name"])
+        return summary
 
     # -- worker threads ------------------------------------------------------------
 

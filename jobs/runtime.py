@@ -9,11 +9,14 @@ from celery import Celery
 
 from imaging_sync.atna.relay import AtnaRelay, relay_for
 from imaging_sync.config import Settings, webhook_url
+from imaging_sync.copies import CopyChooser
 from imaging_sync.core import Core
 from imaging_sync.outbox.relay import Relay, Sink
 from imaging_sync.outbox.webhook import WebhookSink, webhook_secret
 from jobs.outbox_sink import CelerySink
 from storage.audit_store import AuditObjectStore
+from storage.headers import HeaderCache, HeaderReader
+from storage.reader import ObjectReader
 from storage.registry import BucketRegistry
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,16 @@ class Runtime:
             self.close()
             raise
         self._seal_copies: AuditObjectStore | None = None
+        self._headers: HeaderCache | None = None
+
+    @property
+    def headers(self) -> HeaderCache:
+        """The DICOMweb header cache the background reader fills, built on first use (its own bucket registry)."""
+        if self._headers is None:
+            registry = BucketRegistry(self.settings.storage)
+            reader = HeaderReader(ObjectReader(registry), CopyChooser(self.settings.priorities(), registry))
+            self._headers = HeaderCache(self.core.engine, reader, concurrency=self.settings.dicomweb.header_read_concurrency)
+        return self._headers
 
     @property
     def seal_copies(self) -> AuditObjectStore | None:
@@ -81,6 +94,8 @@ class Runtime:
 
     def close(self) -> None:
         close_sinks(getattr(self, "sinks", []))
+        if getattr(self, "_headers", None) is not None:
+            self._headers.close()  # type: ignore[union-attr]
         if self._owns_core:
             self.core.close()
 

@@ -15,7 +15,18 @@ from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from imaging_sync.sync.queue import SyncQueue
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_ATNA, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SEAL_AUDIT, SYNC_ALL, SYNC_PARTNER
+from imaging_sync.task_names import (
+    CHECK_ALERTS,
+    PRUNE,
+    QUEUE,
+    READ_HEADERS,
+    RELAY_ATNA,
+    RELAY_OUTBOX,
+    RETRY_FAILED_OUTBOX,
+    SEAL_AUDIT,
+    SYNC_ALL,
+    SYNC_PARTNER,
+)
 from jobs import work
 from jobs.runtime import Runtime
 
@@ -36,8 +47,19 @@ def _runtime(task: Task) -> Runtime:
 def sync_partner(
     self: Task, name: str, full: bool = False, study_id: str | None = None, trigger: str = "task", run_id: str | None = None
 ) -> dict[str, Any]:
-    """Sync one partner (or refresh one of its studies); returns the run id, status and counts."""
-    return work.sync_partner(_runtime(self).core, name, full=full, study_id=study_id, trigger=trigger, run_id=run_id)
+    """Sync one partner (or refresh one of its studies); returns the run id, status and counts. Then queues the reading
+    of its new instances' headers (DICOMweb), as its own task: a sync is not held up by it."""
+    runtime = _runtime(self)
+    summary = work.sync_partner(runtime.core, name, full=full, study_id=study_id, trigger=trigger, run_id=run_id)
+    if work.wants_headers(runtime.settings, summary):
+        self.app.send_task(READ_HEADERS, kwargs={"partner": name}, queue=QUEUE)
+    return summary
+
+
+@shared_task(name=READ_HEADERS, bind=True, soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_SOFT_TIME_LIMIT + 300, **_RETRY)  # type: ignore[untyped-decorator]  # Celery ships no type information
+def read_headers(self: Task, partner: str, retry_failed: bool = False) -> dict[str, Any]:
+    """Read and keep the headers of a partner's instances not read yet; returns how many, and the failures by kind."""
+    return work.read_headers(_runtime(self).headers, partner, retry_failed=retry_failed)
 
 
 @shared_task(name=SYNC_ALL, bind=True)  # type: ignore[untyped-decorator]  # Celery ships no type information

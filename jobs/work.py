@@ -18,11 +18,14 @@ from sqlalchemy import delete, select
 
 from imaging_sync import audit_seals
 from imaging_sync.atna.relay import AtnaRelay
+from imaging_sync.config import Settings
 from imaging_sync.core import Core
 from imaging_sync.db.models import PartnerState, RejectedItem, SyncRun, utcnow
 from imaging_sync.outbox.relay import Relay, prune_done, retry_failed
 from imaging_sync.priority import run_at_low_priority
+from imaging_sync.statuses import RunStatus
 from imaging_sync.sync.runner import RunResult
+from storage.headers import HeaderCache
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,21 @@ def sync_partner(
     else:
         result = core.runner.sync(name, full=full, trigger=trigger, run_id=queued)
     return run_summary(result)
+
+
+def read_headers(headers: HeaderCache, partner: str, *, retry_failed: bool = False) -> dict[str, Any]:
+    """Read the headers of ``partner``'s instances not read yet (DICOMweb's cache), after its sync; failures are
+    recorded per instance and counted by kind here, never raised: a partner's missing object is its problem to fix."""
+    result = headers.fill(partner, retry_failed=retry_failed)
+    if result.failed:
+        log.warning("headers of partner %s: %d read, failures %s", partner, result.read, result.failed)
+    return {"partner": partner, "read": result.read, "failed": dict(result.failed)}
+
+
+def wants_headers(settings: Settings, summary: dict[str, Any]) -> bool:
+    """A sync run's summary calls for reading headers: the setting is on and the run committed pages (not skipped or failed
+    before any): new instances may be there."""
+    return settings.dicomweb.read_headers_after_sync and summary["status"] in (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)
 
 
 def seal_audit(core: Core, copies: audit_seals.SealCopies | None) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -78,6 +78,15 @@ class HeaderReader:
 
 
 
+@dataclass
+class FillResult:
+    """What one background read of a partner's headers did: how many were read, and the failures by kind."""
+
+    partner: str
+    read: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+
+
 class HeaderCache:
     """Instances' headers: the kept ones (``instance_header``), the others read now, several at once, and kept.
 
@@ -129,6 +138,26 @@ class HeaderCache:
                 out[ref.id] = kind
         return out
 
+    def fill(self, partner: str, *, batch: int = 200, retry_failed: bool = False, should_stop: Callable[[], bool] = lambda: False) -> FillResult:
+        """Read every header of ``partner``'s instances not kept yet (``retry_failed``: and those that failed), a batch at
+        a time, ``concurrency`` at once: the background reader after a sync. Each batch is committed as it is read, so
+        a reader stopped anywhere resumes where it was; a missing object is a recorded failure, never a crash."""
+        result = FillResult(partner)
+        after: uuid.UUID | None = None
+        while not should_stop():
+            with self._engine.connect() as conn:
+                refs = headers_catalog.unread(conn, partner, limit=batch, retry_failed=retry_failed, after=after)
+            if not refs:
+                break
+            for found in self._read(refs).values():
+                if isinstance(found, str):
+                    result.failed[found] = result.failed.get(found, 0) + 1
+                else:
+                    result.read += 1
+            after = refs[-1].id
+            log.info("headers of partner %s: %d read, %d failed so far", partner, result.read, sum(result.failed.values()))
+        return result
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -148,4 +177,4 @@ def read_frame(reader: ObjectReader, header: CachedHeader, number: int) -> bytes
     return b"".join(data[offset - start : offset - start + length] for offset, length in ranges)
 
 
-__all__ = ["MAX_HEADER_BYTES", "HeaderCache", "HeaderReader", "ReadHeader", "read_frame"]
+__all__ = ["MAX_HEADER_BYTES", "FillResult", "HeaderCache", "HeaderReader", "ReadHeader", "read_frame"]

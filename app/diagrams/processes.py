@@ -99,7 +99,11 @@ def _atna_label() -> str:
 
 # Scheduled task -> what the job reaches besides the index database (every job reads or writes it).
 TASK_LINKS: dict[str, tuple[Link, ...]] = {
-    task_names.SYNC_PARTNER: (Link("partner-api", "HTTPS pulls, API key"), Link("alerts", "POST alerts, with [alerts]", optional=True)),
+    task_names.SYNC_PARTNER: (
+        Link("partner-api", "HTTPS pulls, API key"),
+        Link("alerts", "POST alerts, with [alerts]", optional=True),
+        Link("buckets", "ranged GETs of new files' headers, with dicomweb.read_headers_after_sync", optional=True),
+    ),
     task_names.RELAY_OUTBOX: (Link("webhook", "POST events, HMAC-SHA256, with [outbox.webhook]", optional=True),),
     task_names.SEAL_AUDIT: (Link("audit-buckets", "seal objects, with audit.seal_bucket", optional=True),),
     task_names.RELAY_ATNA: (Link("atna", f"{_atna_label()}, with [audit.atna]", optional=True),),
@@ -128,9 +132,9 @@ PARTS: dict[str, Part] = {
         "REST API",
         lambda s: f"HTTP {s.api.host}:{s.api.port}",
         lambda s: (
-            Link("clients", f"HTTP :{s.api.port} /api/v1", inbound=True),
+            Link("clients", f"HTTP :{s.api.port} /api/v1, /dicomweb", inbound=True),
             DATABASE,
-            Link("buckets", "HEAD, then presigned GET URLs"),
+            Link("buckets", "HEAD, then presigned GET URLs;<br/>DICOMweb: ranged GETs of headers and frames, GET objects"),
             Link("broker", "sync tasks, if api.sync_launcher is queue", optional=True),
         ),
     ),

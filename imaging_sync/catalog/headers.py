@@ -12,11 +12,12 @@ failure (:func:`record_failure`) without attributes.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
 
 from imaging_sync.copies import Location
 from imaging_sync.db.models import Instance, InstanceHeader, InstanceLocation, Series, Study, Subject, table_of, utcnow
@@ -62,14 +63,35 @@ def instances_by_uids(conn: Connection, study_uid: str, series_uid: str | None =
     NotFoundError naming what the UIDs do not find: the study, the series in
     it, or the instance in it.
     """
-    conditions = [_study.c.study_instance_uid == study_uid, _study.c.deleted_at.is_(None), _subject.c.deleted_at.is_(None)]
+    conditions = [_study.c.study_instance_uid == study_uid]
     if series_uid is not None:
         conditions.append(_series.c.series_instance_uid == series_uid)
     if sop_uid is not None:
         conditions.append(_instance.c.sop_instance_uid == sop_uid)
+    found = _refs(conn, conditions)
+    if not found:
+        raise NotFoundError(_missing(conn, study_uid, series_uid, sop_uid))
+    return found
+
+
+def unread(conn: Connection, partner: str, *, limit: int, retry_failed: bool = False, after: uuid.UUID | None = None) -> list[InstanceRef]:
+    """Up to ``limit`` live instances a copy of ``partner`` holds and whose header is not kept (nor recorded as
+    failed, unless ``retry_failed``), in id order after ``after``: what the background reader reads next."""
+    kept = select(_header.c.instance_id).where(_header.c.instance_id == _instance.c.id)
+    if retry_failed:
+        kept = kept.where(_header.c.failure.is_(None))
+    held = select(_location.c.instance_id).where(_location.c.instance_id == _instance.c.id, _location.c.partner == partner)
+    conditions = [held.exists(), ~kept.exists()]
+    if after is not None:
+        conditions.append(_instance.c.id > after)
+    ids = select(_instance.c.id).where(*conditions, _instance.c.deleted_at.is_(None)).order_by(_instance.c.id).limit(limit)
+    return _refs(conn, [_instance.c.id.in_(ids.scalar_subquery())], by_id=True)
+
+
+def _refs(conn: Connection, conditions: list[Any], *, by_id: bool = False) -> list[InstanceRef]:
     stmt = (
         select(
-            _instance.c.id, _study.c.id, _subject.c.id, _series.c.series_instance_uid, _instance.c.sop_instance_uid,
+            _instance.c.id, _study.c.id, _subject.c.id, _study.c.study_instance_uid, _series.c.series_instance_uid, _instance.c.sop_instance_uid,
             _instance.c.sop_class_uid, _instance.c.instance_number, _location.c.partner, _location.c.bucket, _location.c.key,
         )
         .select_from(
@@ -78,19 +100,50 @@ def instances_by_uids(conn: Connection, study_uid: str, series_uid: str | None =
             .join(_subject, _subject.c.id == _study.c.subject_id)
             .outerjoin(_location, _location.c.instance_id == _instance.c.id)
         )
-        .where(*conditions, _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
-        .order_by(_series.c.series_number.asc().nulls_last(), _series.c.id, _instance.c.instance_number.asc().nulls_last(), _instance.c.id)
+        .where(*conditions, _study.c.deleted_at.is_(None), _subject.c.deleted_at.is_(None), _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
     )
+    if by_id:
+        stmt = stmt.order_by(_instance.c.id)
+    else:
+        stmt = stmt.order_by(_series.c.series_number.asc().nulls_last(), _series.c.id, _instance.c.instance_number.asc().nulls_last(), _instance.c.id)
     found: dict[uuid.UUID, InstanceRef] = {}
-    for iid, study_id, subject_id, se_uid, sop, sop_class, number, partner, bucket, key in conn.execute(stmt).all():
+    for iid, study_id, subject_id, st_uid, se_uid, sop, sop_class, number, partner, bucket, key in conn.execute(stmt).all():
         ref = found.get(iid)
         if ref is None:
-            ref = found[iid] = InstanceRef(iid, study_id, subject_id, study_uid, se_uid, sop, sop_class, number)
+            ref = found[iid] = InstanceRef(iid, study_id, subject_id, st_uid, se_uid, sop, sop_class, number)
         if partner is not None:
             ref.locations.append(Location(partner, bucket, key))
-    if not found:
-        raise NotFoundError(_missing(conn, study_uid, series_uid, sop_uid))
     return list(found.values())
+
+
+@dataclass(frozen=True)
+class PartnerHeaders:
+    """How far the headers of one partner's instances have been read: kept, failed (by kind), not read yet."""
+
+    partner: str
+    kept: int
+    failed: dict[str, int]
+    unread: int
+
+
+def progress(conn: Connection) -> list[PartnerHeaders]:
+    """Per partner (by the copies it holds): headers kept, failures by kind, instances not read yet."""
+    live = _instance.c.deleted_at.is_(None)
+    joined = _location.join(_instance, _instance.c.id == _location.c.instance_id).outerjoin(_header, _header.c.instance_id == _location.c.instance_id)
+    rows = conn.execute(
+        select(_location.c.partner, _header.c.failure, _header.c.instance_id.is_(None), func.count())
+        .select_from(joined).where(live).group_by(_location.c.partner, _header.c.failure, _header.c.instance_id.is_(None))
+    ).all()
+    out: dict[str, PartnerHeaders] = {}
+    for partner, failure, missing, count in rows:
+        entry = out.setdefault(partner, PartnerHeaders(partner, 0, {}, 0))
+        if missing:
+            out[partner] = dataclasses.replace(entry, unread=entry.unread + count)
+        elif failure is not None:
+            entry.failed[failure] = entry.failed.get(failure, 0) + count
+        else:
+            out[partner] = dataclasses.replace(entry, kept=entry.kept + count)
+    return [out[p] for p in sorted(out)]
 
 
 def _missing(conn: Connection, study_uid: str, series_uid: str | None, sop_uid: str | None) -> str:
@@ -143,4 +196,4 @@ def forget(conn: Connection, instance_id: uuid.UUID) -> None:
     conn.execute(delete(_header).where(_header.c.instance_id == instance_id))
 
 
-__all__ = ["CachedHeader", "InstanceRef", "cached", "forget", "instances_by_uids", "record_failure", "store"]
+__all__ = ["CachedHeader", "InstanceRef", "PartnerHeaders", "cached", "forget", "instances_by_uids", "progress", "record_failure", "store", "unread"]

@@ -325,3 +325,22 @@ def test_every_retrieval_is_audited_with_the_study_it_showed(archive: Archive, k
     entries = [e for e in response.json()["items"] if e["path"].startswith("/dicomweb")]
     assert sorted(e["path"] for e in entries) == sorted([f"{file.url}/metadata", f"{file.url}/frames/1", file.url, "/dicomweb/wado"])
     assert all(e["outcome"] == "success" and e["actor_role"] == "viewer" for e in entries)
+
+
+def test_the_background_reader_fills_the_cache_so_a_first_request_reads_nothing(archive: Archive, core: Core) -> None:
+    from imaging_sync.catalog.headers import progress
+
+    headers = archive.client.app.state["services"].headers
+    missing = archive.files["implicit"]
+    archive.s3.admin_client(archive.bucket).delete_object(Bucket=archive.bucket, Key=missing.key)
+    result = headers.fill("b", batch=2)  # three batches
+    assert (result.read, result.failed) == (4, {"object_missing": 1})
+    with core.engine.connect() as conn:
+        assert [(p.partner, p.kept, p.failed, p.unread) for p in progress(conn)] == [("b", 4, {"object_missing": 1}, 0)]
+    archive.front.seen.clear()
+    file = archive.files["multiframe"]
+    assert archive.get(f"/dicomweb/studies/{file.study}/series/{file.series}/metadata").status_code == 200
+    assert archive.front.seen == []
+    assert headers.fill("b").read == 0  # nothing left; the failure is not retried unless asked
+    archive.s3.put(archive.bucket, missing.key, missing.data)  # the partner fixes its bucket
+    assert (headers.fill("b", retry_failed=True).read, headers.fill("b").read) == (1, 0)

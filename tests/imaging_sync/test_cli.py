@@ -236,3 +236,18 @@ def test_outbox_status_says_when_no_sink_is_configured_and_no_events_are_written
     assert run("outbox", "status") == 0
     out = capsys.readouterr().out
     assert "no sink configured" in out and "pending: 0" in out and "oldest undelivered: none" in out
+
+
+def test_headers_read_and_status_count_what_could_not_be_read_per_partner(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The simulator's bucket is in no storage registry here: every header is refused and recorded, counted by kind."""
+    assert run("db", "upgrade") == 0 and run("sync") == 0
+    capsys.readouterr()
+    assert run("headers", "status") == 0
+    before = capsys.readouterr().out.splitlines()[1].split()
+    assert before[:3] == ["b", "0", "0"] and int(before[3]) > 0  # kept, failed, unread
+    assert run("headers", "read") == 0
+    assert capsys.readouterr().out.strip() == f"b: 0 headers read, bucket_refused {before[3]}"
+    assert run("headers", "status") == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["b", "0", before[3], "0", "bucket_refused", before[3]]
+    assert run("headers", "read", "--partner", "zz") == EXIT_USAGE
+    assert "--partner" in capsys.readouterr().err

@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 from app.assembly import worker_app
 from devtools.datagen import DatasetSpec
 from devtools.simulator import PartnerSimulator, SimulatorConfig
-from imaging_sync.config import DatabaseConfig, JobsConfig, OutboxConfig, PartnerConfig, Settings, WebhookConfig
+from imaging_sync.config import DatabaseConfig, DicomwebConfig, JobsConfig, OutboxConfig, PartnerConfig, Settings, WebhookConfig
 from imaging_sync.db.engine import create_db_engine
 from jobs.app import JobsApp
 
@@ -160,11 +160,15 @@ class Jobs:
     apps: list[JobsApp] = field(default_factory=list)
     engines: list[Engine] = field(default_factory=list)
 
-    def settings(self, *partners: PartnerConfig, webhook_url: str | None = None, celery_task: str | None = None, **jobs: Any) -> Settings:
-        """Settings for this database and broker; the outbox relays to ``webhook_url`` and/or ``celery_task``."""
+    def settings(
+        self, *partners: PartnerConfig, webhook_url: str | None = None, celery_task: str | None = None, read_headers: bool = False, **jobs: Any
+    ) -> Settings:
+        """Settings for this database and broker; the outbox relays to ``webhook_url`` and/or ``celery_task``; DICOMweb's
+        header reader after each sync only when ``read_headers`` (its own test turns it on)."""
         outbox = msgspec.structs.replace(FAST_OUTBOX, webhook=WebhookConfig(url=webhook_url) if webhook_url else None, celery_task=celery_task)
         return Settings(
             database=DatabaseConfig(url=self.db_url),
+            dicomweb=DicomwebConfig(read_headers_after_sync=read_headers),
             outbox=outbox,
             jobs=JobsConfig(broker_url=self.broker_url, **jobs),
             partners={p.name: p for p in partners},

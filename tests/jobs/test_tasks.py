@@ -22,7 +22,7 @@ from devtools.waiting import eventually
 from devtools.webhook_receiver import WebhookReceiver
 from imaging_sync.config import JobsConfig, Settings
 from imaging_sync.db.models import OutboxEvent, PartnerState, RejectedItem, SyncRun, utcnow
-from imaging_sync.task_names import CHECK_ALERTS, PRUNE, RELAY_ATNA, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SEAL_AUDIT, SYNC_ALL, SYNC_PARTNER
+from imaging_sync.task_names import CHECK_ALERTS, PRUNE, READ_HEADERS, RELAY_ATNA, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, SEAL_AUDIT, SYNC_ALL, SYNC_PARTNER
 from jobs.app import create_app
 
 pytestmark = IGNORE_SETEX
@@ -36,7 +36,7 @@ def run_statuses(jobs: Any) -> list[str]:
 def test_every_task_is_acked_late_requeued_on_worker_loss_and_prefetches_one() -> None:
     app = create_app(Settings(jobs=JobsConfig(timezone="Asia/Seoul")))  # configuration only: no broker needed
     ours = [task for name, task in app.tasks.items() if name.startswith("imaging_sync.jobs.")]
-    assert {t.name for t in ours} == {SYNC_PARTNER, SYNC_ALL, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, PRUNE, CHECK_ALERTS, SEAL_AUDIT, RELAY_ATNA}
+    assert {t.name for t in ours} == {SYNC_PARTNER, SYNC_ALL, RELAY_OUTBOX, RETRY_FAILED_OUTBOX, PRUNE, CHECK_ALERTS, SEAL_AUDIT, RELAY_ATNA, READ_HEADERS}
     for task in ours:
         assert task.acks_late is True and task.reject_on_worker_lost is True, task.name
         assert task.serializer == "json", task.name
@@ -189,3 +189,29 @@ def test_sync_async_on_the_command_line_queues_a_task_the_worker_runs(sqlite_job
     with sqlite_jobs.worker(app, concurrency=1):
         eventually(lambda: status() == "succeeded", timeout=30, what="the worker carries the queued run on")
     assert live_index(engine, "b") == sim.dataset.expected_state()
+
+
+def test_after_a_sync_the_worker_reads_the_new_instances_headers_and_records_what_it_cannot_read(sqlite_jobs: Any, start_simulator) -> None:
+    """The simulator's buckets are not in this deployment's storage registry: every header read is refused and
+    recorded per instance (``bucket_refused``), the worker goes on, nothing crashes."""
+    from imaging_sync.catalog.headers import progress
+    from imaging_sync.db.models import InstanceHeader
+
+    sim = start_simulator(studies=3, series=1, instances=2)
+    app = sqlite_jobs.app(simulator_partner("b", sim.base_url), read_headers=True)
+    engine = sqlite_jobs.engine()
+    with sqlite_jobs.worker(app):
+        assert app.tasks[SYNC_PARTNER].delay("b").get(timeout=30)["status"] == "succeeded"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                rows = conn.execute(select(InstanceHeader.failure)).scalars().all()
+            if len(rows) == 6:
+                break
+            time.sleep(0.2)
+        again = app.tasks[READ_HEADERS].delay("b").get(timeout=30)
+    assert rows == ["bucket_refused"] * 6
+    assert again == {"partner": "b", "read": 0, "failed": {}}  # failures are not retried unless asked
+    with engine.connect() as conn:
+        [b] = progress(conn)
+    assert (b.partner, b.kept, b.failed, b.unread) == ("b", 0, {"bucket_refused": 6}, 0)

@@ -70,13 +70,13 @@ def test_changed_default_ports_and_ae_title_appear() -> None:
 
     parts = processes.parts(settings=settings)
 
-    assert 'x_clients -->|"HTTP :9090 /api/v1"| p_serve_api' in parts["process-map"]
+    assert 'x_clients -->|"HTTP :9090 /api/v1, /dicomweb"| p_serve_api' in parts["process-map"]
     assert 'x_pacs -->|"DICOM :1104, AE FEDERATION<br/>C-FIND, C-MOVE, C-GET"| p_serve_dicom' in parts["process-map"]
     assert "| REST API | `imaging-sync serve api` |" in parts["process-table"]
     assert "HTTP 127.0.0.1:9090" in parts["process-table"] and "DICOM 127.0.0.1:1104, AE FEDERATION" in parts["process-table"]
     assert ":8080" not in parts["process-map"]
     # The demo listens where its own options say, whatever the config's defaults.
-    assert 'x_clients -->|"HTTP :8080 /api/v1"| p_demo' in parts["one-process-maps"]
+    assert 'x_clients -->|"HTTP :8080 /api/v1, /dicomweb"| p_demo' in parts["one-process-maps"]
 
 
 def test_the_defaults_are_the_config_s_own(drawn: dict[str, str]) -> None:
