@@ -95,3 +95,18 @@ def test_the_config_error_names_the_key(tmp_path: Path) -> None:
         load_settings(path, {})
 
     assert caught.value.key == "api.cors_allowed_origins"
+
+
+def test_a_dicomweb_viewers_preflight_for_a_quoted_multipart_accept_is_granted(client: TestClient[Litestar], keys: Keys, index: IndexBuilder) -> None:
+    """OHIF asking for frames sends ``Accept: multipart/related; type="application/octet-stream"; transfer-syntax=*``:
+    not a CORS-safelisted value, so the browser asks first for ``accept, authorization``."""
+    preflight = {"Origin": PLATFORM, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "accept, authorization"}
+    response = client.options("/dicomweb/studies/1.2.3/series/1.2.4/instances/1.2.5/frames/1", headers=preflight)
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == PLATFORM
+    allowed = {h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")}
+    assert {"accept", "authorization"} <= allowed
+    index.study(index.subject("P-CORS-WEB", "KIM^CORS"))
+    search = client.get("/dicomweb/studies", headers={**keys.headers("viewer"), "Origin": PLATFORM})
+    assert search.status_code == 200 and search.headers["access-control-allow-origin"] == PLATFORM
+    assert "warning" in search.headers["access-control-expose-headers"].lower()
