@@ -8,6 +8,7 @@ Layout of the URL space:
   see :mod:`api.docs`): the OpenAPI description, no key needed.
 - ``/health`` and ``/ready``: unversioned probes for load balancers, no key.
 - ``/dicomweb/…``: DICOMweb for web viewers (:mod:`api.dicomweb`); the same keys, audited.
+- ``/viewer/``: the OHIF Viewer, when ``[dicomweb] viewer_dir`` names an installed one (:mod:`api.viewer`).
 
 ``create_app`` takes everything from outside as arguments (the core, the
 bucket registry, the sync launcher), so tests assemble the same app around
@@ -48,6 +49,7 @@ from api.query_check import QueryCheck
 from api.security import PrincipalCache, authenticate
 from api.services import Services, provide_services
 from api.studies.controllers import SeriesController, StudyController, SubjectController
+from api.viewer import viewer_for
 from imaging_sync.config import ApiConfig
 from imaging_sync.core import Core
 from storage.headers import HeaderCache, HeaderReader
@@ -121,9 +123,10 @@ def create_app(
             core.close()
 
     docs, swagger = docs_router(API_PREFIX)
+    viewer = viewer_for(settings.dicomweb)
     register_database_collector(core.engine)
     return Litestar(
-        route_handlers=[api, dicomweb_router(), docs, health, ready, MetricsController],
+        route_handlers=[api, dicomweb_router(), docs, health, ready, MetricsController, *([viewer] if viewer is not None else [])],
         middleware=[PROMETHEUS.middleware],
         state=State({"services": services}),
         # ``conn``: the request's connection, checked out on first use in the handler's worker thread (api.db).

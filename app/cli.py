@@ -30,6 +30,7 @@ from app.cli_serve import beat, serve, worker
 from app.cli_support import CliContext, cli_actor, pass_ctx
 from app.demo import demo
 from app.doctor import doctor
+from app.viewer import viewer
 from imaging_sync import apikeys as api_keys
 from imaging_sync import audit as audit_log
 from imaging_sync.audit import AuditEvent
@@ -70,7 +71,7 @@ def config_example() -> None:
     click.echo(render_example(), nl=False)
 
 
-for command in (outbox, refusals, serve, worker, beat, doctor, demo, audit, docs, headers):
+for command in (outbox, refusals, serve, worker, beat, doctor, demo, audit, docs, headers, viewer):
     cli.add_command(command)
 
 

@@ -19,6 +19,7 @@ logging, alerts…); the demo sets the database, partners, buckets and ports.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -36,6 +37,8 @@ from sqlalchemy import select
 
 from app import assembly
 from app.services import run_services
+from app.viewer import DEFAULT_DIR as VIEWER_DIR
+from app.viewer import installed_version
 from devtools.datagen import PARTNER_VOCABULARY, DatasetSpec
 from devtools.dicom_files import dicom_file_for_item
 from devtools.factories import simulator_partner
@@ -69,6 +72,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 BUCKETS = {"b-dicom": "ap-northeast-2", "c-dicom": "eu-west-1"}
 CONFIG_FILE = "imaging-sync.toml"
 KEYS_FILE = "api-keys.env"
+VIEWER_KEY_FILE = "viewer-api-key"
 LOCK_FILE = "demo.lock"
 # The first subjects get these names, so the printed searches always find someone: Hangul, the
 # three component groups of a Korean name (PS3.5 6.2), and accents.
@@ -136,7 +140,7 @@ def run_demo(base: Settings, *, studies: int, workdir: Path, api_port: int, dico
             _echo_keys(keys, workdir / KEYS_FILE, echo)
             echo(_outbox_line(core.settings))
             if serve:
-                _serve(process, workdir / KEYS_FILE, echo)
+                _serve(_with_viewer(process, secret_dir), workdir / KEYS_FILE, echo)
 
 
 # -- the work dir and the ports ---------------------------------------------------------------
@@ -241,6 +245,18 @@ def _settings(base: Settings, workdir: Path, b_url: str, c_url: str, s3_url: str
     )
 
 
+def _with_viewer(process: assembly.Process, secret_dir: Path) -> assembly.Process:
+    """The process serving the OHIF viewer at /viewer/ when `imaging-sync viewer install` has put one in ./var/ohif, with the
+    demo's viewer key (its file written by _create_keys; the demo listens on 127.0.0.1 only). Not in the config file the
+    demo writes: that key exists only once the database does, and a shared `serve` must not hand a key to every visitor."""
+    dicomweb = process.settings.dicomweb
+    if dicomweb.viewer_dir is not None or installed_version(VIEWER_DIR) is None:
+        return process
+    viewer = msgspec.structs.replace(dicomweb, viewer_dir=str(VIEWER_DIR.resolve()), viewer_key_env=None, viewer_key_file=str(secret_dir / VIEWER_KEY_FILE))
+    settings = msgspec.structs.replace(process.settings, dicomweb=viewer)
+    return dataclasses.replace(process, settings=settings, core=dataclasses.replace(process.core, settings=settings))
+
+
 def _write_config(settings: Settings, workdir: Path) -> Path:
     """The settings as a config file any command can read (secrets stay in their files)."""
     data = msgspec.to_builtins(settings)
@@ -265,6 +281,7 @@ def _create_keys(core: Core, keys_file: Path) -> dict[str, str]:
         for role in ("viewer", "operator"):
             _, keys[role] = apikeys.create_key(conn, f"demo {role}", role)
     _write_secret(keys_file, "\n".join(f"{role.upper()}_KEY={token}" for role, token in keys.items()))
+    _write_secret(keys_file.parent / "secrets" / VIEWER_KEY_FILE, keys["viewer"])  # the served viewer's key ([dicomweb] viewer_key_file)
     return keys
 
 
@@ -387,7 +404,15 @@ def try_lines(core: Core, base: str, dicom_port: int, keys_file: Path) -> str:
         f"  {findscu}   # {dcmtk}\n"
         f"  imaging-sync doctor   # with {CONFIG_ENV} exported as above\n"
         f"  interactive API docs (no internet needed): {base}/docs\n"
+        f"{_viewer_line(core, base)}"
     )
+
+
+def _viewer_line(core: Core, base: str) -> str:
+    origin = base.removesuffix("/api/v1")
+    if core.settings.dicomweb.viewer_dir is not None:
+        return f"  the OHIF viewer on the partners' studies (DICOMweb at {origin}/dicomweb): open {origin}/viewer/ in a browser\n"
+    return "  a web viewer: `imaging-sync viewer install` (OHIF, from the npm registry), then run the demo again and open /viewer/\n"
 
 
 def _an_instance_id(core: Core) -> str:

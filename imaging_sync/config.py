@@ -290,6 +290,13 @@ class DicomwebConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     read_headers_after_sync: Annotated[bool, doc("After each sync of a partner, read the headers of its new instances in the background (ranged GETs, "
                                                  "kept in the database), so a viewer's first request for them costs no S3 read.")] = True
     header_read_concurrency: Annotated[int, doc("Headers read at once, by the background reader and by one metadata request.", ge=1, le=64)] = 8
+    viewer_dir: Annotated[str | None, doc("An OHIF Viewer installed by `imaging-sync viewer install` (default ./var/ohif), served at /viewer/ on the API's "
+                                          "address with its DICOMweb data source pointed at this server. None: no viewer served.", example="var/ohif")] = None
+    viewer_key_env: Annotated[EnvName, doc("Environment variable holding an API key (viewer role) that the served viewer sends with its requests "
+                                           "(or viewer_key_file). Anyone who can open /viewer/ then reads with it: for a demo on 127.0.0.1, not for a "
+                                           "shared server (there, sign users in with OHIF's OpenID Connect, or a proxy adding the header).",
+                                           example="IMAGING_SYNC_VIEWER_KEY")] = None
+    viewer_key_file: Annotated[FileName, doc("File holding that API key.", example="/run/secrets/viewer-key")] = None
     redirect_objects: Annotated[bool, doc("WADO-URI answers with a 307 to a short-lived presigned URL of the partner's bucket instead of streaming the "
                                           "file through this server. The bucket must then allow the viewer's origin (S3 CORS): docs/dicomweb.md.")] = False
 
@@ -805,6 +812,7 @@ def secret_sources(settings: Settings) -> list[SecretSource]:
     sources.append(SecretSource("alerts.slack_webhook_url", alerts.slack_webhook_url_env, alerts.slack_webhook_url_file))
     sources.append(SecretSource("alerts.webhook_url", alerts.webhook_url_env, alerts.webhook_url_file))
     sources.append(SecretSource("jobs.broker_url", settings.jobs.broker_url_env, settings.jobs.broker_url_file))
+    sources.append(SecretSource("dicomweb.viewer_key", settings.dicomweb.viewer_key_env, settings.dicomweb.viewer_key_file))
     return [s for s in sources if s.env or s.file]
 
 

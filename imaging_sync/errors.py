@@ -26,6 +26,7 @@ storage           StorageError             object storage failed or refused
 bucket_refused    BucketNotAllowedError    a bucket outside the registry (never signed, never read)
 object_missing    ObjectNotFoundError      a registered location whose object is gone
 object_corrupt    ObjectCorruptError       an object whose bytes fail its checksum (CRC32, single-part ETag)
+object_changed    ObjectChangedError       an object replaced since it was read (its ETag differs: If-Match)
 denied            AccessDeniedError        a known caller whose role may not do this
 unauthenticated   AuthenticationError      no credentials, or unusable ones (``reason`` says which)
 ================  =======================  ==================================================

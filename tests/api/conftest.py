@@ -7,12 +7,16 @@ TestClient. Helpers (settings, index builder, …) are in ``api_fixtures``.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from api_fixtures import IndexBuilder, Keys, RecordingLauncher, make_settings
 from litestar import Litestar
 from litestar.testing import TestClient
+from required import require
 
 from api.app import create_app
 from app.assembly import open_core
@@ -20,6 +24,12 @@ from devtools.storage import EmbeddedStorage, embedded_storage
 from imaging_sync import apikeys
 from imaging_sync.config import Settings
 from imaging_sync.core import Core
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +80,27 @@ def keys(core: Core) -> Keys:
 @pytest.fixture
 def index(core: Core) -> IndexBuilder:
     return IndexBuilder(core.engine)
+
+
+def _browser_problem() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no chromium at {CHROMIUM} (apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture
+def chromium(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
+    """Debian's chromium under Playwright, headless, its background services off; skips (or fails) without them.
+    Its command line is CHROMIUM_ARGS, or what a test passes indirectly (WEBGL_ARGS for image rendering)."""
+    require(_browser_problem())
+    monkeypatch.setenv("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")  # belt and braces: nothing here installs a browser
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=getattr(request, "param", CHROMIUM_ARGS))
+        try:
+            yield browser
+        finally:
+            browser.close()

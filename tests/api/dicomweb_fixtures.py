@@ -21,6 +21,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
+# Chromium's command line for pages that render images (OHIF's Cornerstone): WebGL through SwiftShader, the CPU draws.
+WEBGL_ARGS = ["--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -139,4 +143,4 @@ def dicom_bytes(spec: FileSpec, *, study: str, series: str, sop: str, seed: int 
     return out.getvalue(), frames
 
 
-__all__ = ["CountingFront", "FileSpec", "Seen", "dicom_bytes", "pixels"]
+__all__ = ["WEBGL_ARGS", "CountingFront", "FileSpec", "Seen", "dicom_bytes", "pixels"]

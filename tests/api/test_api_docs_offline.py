@@ -10,8 +10,6 @@ that skip into a failure. No browser is ever downloaded: Playwright gets chromiu
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -22,7 +20,6 @@ import pytest
 from api_fixtures import make_settings
 from litestar import Litestar
 from litestar.testing import TestClient
-from required import require
 from sqlalchemy import func, select
 
 from api.docs import ASSETS, CACHE_CONTROL, VERSION
@@ -36,20 +33,10 @@ from storage import BucketRegistry
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS_PAGES = ("/api/v1/docs", "/api/v1/schema/swagger")
 ASSETS_URL = f"/api/v1/docs/assets/{VERSION}"
 TITLE = "imaging-sync API"
 CONTENT_TYPES = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8", "favicon-32x32.png": "image/png"}
-
-
-def _browser_problem() -> str | None:
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"no chromium at {CHROMIUM} (apt-get install chromium)"
-    if importlib.util.find_spec("playwright") is None:
-        return "playwright is not installed (pip install -e '.[dev]')"
-    return None
 
 
 def audit_count(core: Core) -> int:
@@ -125,21 +112,6 @@ def test_an_unknown_name_or_a_path_outside_the_list_is_a_404(client: TestClient[
 
 
 # --- a real browser, offline ---------------------------------------------------------------
-
-
-@pytest.fixture
-def chromium(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
-    """Debian's chromium under Playwright, headless, its background services off; skips (or fails) without them."""
-    require(_browser_problem())
-    monkeypatch.setenv("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")  # belt and braces: nothing here installs a browser
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
