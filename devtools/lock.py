@@ -8,7 +8,7 @@ PyPI for every platform; the requirement files are the sets pip installs
 with ``--require-hashes --no-deps`` (the image, the base-install test):
 
 * ``requirements/production.txt``: what production runs (the base install);
-* ``requirements/dev.txt``: production plus the ``demo`` and ``dev`` extras (tests, demo);
+* ``requirements/dev.txt``: production plus the ``demo``, ``render`` and ``dev`` extras (tests, demo);
 * ``requirements/sbom-tool.txt``: the SBOM generator the image build runs, alone.
 
 ``--check`` fails when ``pyproject.toml`` asks for something the lock does not
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # file -> the `uv export` arguments that write it (every export: hashed, without our own project)
 EXPORTS: dict[str, tuple[str, ...]] = {
     "requirements/production.txt": ("--no-dev",),
-    "requirements/dev.txt": ("--no-dev", "--extra", "demo", "--extra", "dev"),
+    "requirements/dev.txt": ("--no-dev", "--extra", "demo", "--extra", "render", "--extra", "dev"),
     "requirements/sbom-tool.txt": ("--only-group", "sbom"),
 }
 

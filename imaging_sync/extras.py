@@ -24,6 +24,7 @@ from imaging_sync.errors import ConfigError
 # extra -> the top-level modules our code imports from it (each one a requirement of that extra)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "demo": ("moto", "werkzeug", "numpy"),
+    "render": ("numpy", "PIL"),
 }
 
 

@@ -16,6 +16,9 @@
   its bucket in chunks (a large series never sits in memory), the next file's
   GET opened while the current one is sent.
 - **Bulk data** (``…/bulkdata/{key}``): one value, one ranged GET.
+- **Rendered and thumbnails** (``…/rendered``, ``…/frames/{n}/rendered``,
+  ``…/thumbnail`` of an instance, a series or a study): one frame as JPEG or
+  PNG, windowed (:mod:`api.dicomweb.rendered`).
 
 The audit entry of each answer names the studies and patients it shows and
 is written before the answer leaves (``recorded_in_thread``).
@@ -39,6 +42,7 @@ from api.db import RequestConnection, end_reads
 from api.dicomweb.media import choose, choose_frames, choose_part
 from api.dicomweb.multipart import Multipart
 from api.dicomweb.pixels import can_decode, decode_frame
+from api.dicomweb.rendered import render
 from api.dicomweb.urls import base_url
 from api.services import Services
 from imaging_sync.catalog import headers as catalog
@@ -53,6 +57,7 @@ StudyUid = Annotated[str, PathParameter(description="Study Instance UID.", max_l
 SeriesUid = Annotated[str, PathParameter(description="Series Instance UID.", max_length=64)]
 SopUid = Annotated[str, PathParameter(description="SOP Instance UID.", max_length=64)]
 FrameList = Annotated[str, PathParameter(description="Frame numbers, from 1, comma-separated.", max_length=4096)]
+FrameNumber = Annotated[int, PathParameter(description="A frame number, from 1.")]
 BulkKey = Annotated[str, PathParameter(description="A BulkDataURI's key, as the metadata gave it.", max_length=20)]
 _PREFETCH = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wado-open")
 
@@ -189,6 +194,70 @@ class WadoController(Controller):
         body = Multipart("application/octet-stream")
         return Response(content=body.whole([("application/octet-stream", data)]), media_type=body.content_type)
 
+    @get(
+        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/rendered",
+        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
+    )
+    @recorded_in_thread
+    def rendered(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
+        study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
+    ) -> Response[bytes]:
+        """The instance's first frame as an image (a multi-frame instance: ask for ``frames/{n}/rendered``)."""
+        return self._rendered(request, services, instance_refs(conn, study_uid, series_uid, sop_uid)[0], 1)
+
+    @get(
+        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/frames/{frame:int}/rendered",
+        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
+    )
+    @recorded_in_thread
+    def frame_rendered(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
+        study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, frame: FrameNumber,
+    ) -> Response[bytes]:
+        return self._rendered(request, services, instance_refs(conn, study_uid, series_uid, sop_uid)[0], frame)
+
+    @get(
+        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/thumbnail",
+        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
+    )
+    @recorded_in_thread
+    def instance_thumbnail(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
+        study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
+    ) -> Response[bytes]:
+        return self._rendered(request, services, instance_refs(conn, study_uid, series_uid, sop_uid)[0], 1, thumbnail=True)
+
+    @get("/studies/{study_uid:str}/series/{series_uid:str}/thumbnail", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
+    @recorded_in_thread
+    def series_thumbnail(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
+    ) -> Response[bytes]:
+        """The series' middle image, as a viewer's series browser shows it."""
+        refs = instance_refs(conn, study_uid, series_uid)
+        return self._rendered(request, services, refs[len(refs) // 2], 1, thumbnail=True)
+
+    @get("/studies/{study_uid:str}/thumbnail", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @recorded_in_thread
+    def study_thumbnail(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
+        """The first series' middle image."""
+        refs = instance_refs(conn, study_uid)
+        first = [r for r in refs if r.series_uid == refs[0].series_uid]
+        return self._rendered(request, services, first[len(first) // 2], 1, thumbnail=True)
+
+    def _rendered(self, request: Request[Any, Any, Any], services: Services, ref: InstanceRef, number: int, *, thumbnail: bool = False) -> Response[bytes]:
+        params = _rendering_params(request)
+        header = self._header(services, ref)
+        _frame_numbers(str(number), len(header.frames))
+        try:
+            frame = read_frame(services.files.reader, header, number)
+        except ObjectChangedError:
+            header = self._header(services, ref, again=True)
+            frame = read_frame(services.files.reader, header, number)
+        image, media_type = render(header, frame, params, request.headers.get("accept"), thumbnail=thumbnail)
+        _disclose(request, [ref])
+        return Response(content=image, media_type=media_type)
+
     def _header(self, services: Services, ref: InstanceRef, *, again: bool = False) -> CachedHeader:
         found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref])[ref.id]
         if isinstance(found, str):
@@ -217,6 +286,19 @@ class WadoController(Controller):
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
     ) -> Stream:
         return stream_instances(request, services, instance_refs(conn, study_uid, series_uid, sop_uid))
+
+
+RENDERING_PARAMS = frozenset({"viewport", "window", "quality", "annotation", "iccprofile"})
+
+
+def _rendering_params(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The rendering parameters (PS3.18 8.3.5): ``annotation`` and ``iccprofile`` are accepted and not applied."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in RENDERING_PARAMS:
+            raise ValidationError(name, "is not a rendering parameter (viewport, window, quality)")
+        params[name] = value
+    return params
 
 
 def _frame_numbers(text: str, count: int) -> list[int]:

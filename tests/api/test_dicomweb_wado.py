@@ -344,3 +344,63 @@ def test_the_background_reader_fills_the_cache_so_a_first_request_reads_nothing(
     assert headers.fill("b").read == 0  # nothing left; the failure is not retried unless asked
     archive.s3.put(archive.bucket, missing.key, missing.data)  # the partner fixes its bucket
     assert (headers.fill("b", retry_failed=True).read, headers.fill("b").read) == (1, 0)
+
+
+def png(response: Any) -> Any:
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(BytesIO(response.content)))
+
+
+def test_rendered_applies_the_window_asked_for_pixel_by_pixel(archive: Archive) -> None:
+    import numpy as np
+
+    file = archive.files["native"]
+    stored = np.frombuffer(file.frames[0], dtype="<u2").reshape(32, 32).astype(np.float64)
+    shown = png(archive.get(f"{file.url}/rendered", accept="image/png", window="2000,1000"))
+    expected = np.clip(np.rint(((stored - 1999.5) / 999.0 + 0.5) * 255.0), 0, 255).astype(np.uint8)  # PS3.3 C.11.2.1.2.1
+    assert shown.shape == (32, 32) and (shown == expected).all()
+    default = png(archive.get(f"{file.url}/rendered", accept="image/png"))  # no window: the frame's own range
+    assert default.min() == 0 and default.max() == 255
+
+
+def test_rendered_frames_of_a_compressed_multiframe_instance_and_jpeg(archive: Archive) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    file = archive.files["rle"]
+    second = archive.get(f"{file.url}/frames/2/rendered", accept="image/png")
+    third = archive.get(f"{file.url}/frames/3/rendered", accept="image/png")
+    assert (png(second) != png(third)).any()
+    jpeg = archive.get(f"{file.url}/rendered", quality="80")
+    assert jpeg.headers["content-type"] == "image/jpeg" and Image.open(BytesIO(jpeg.content)).size == (16, 16)
+    assert archive.get(f"{file.url}/frames/4/rendered").status_code == 400
+
+
+def test_thumbnails_of_an_instance_a_series_and_a_study_fit_in_128_pixels(archive: Archive) -> None:
+    file = archive.files["multiframe"]
+    big = FileSpec(rows=300, columns=200)
+    data, _ = dicom_bytes(big, study=file.study, series=file.series, sop=file.sop, seed=5)
+    archive.s3.put(archive.bucket, file.key, data)  # a larger image in its place, before anything read its header
+    for path in (f"{file.url}/thumbnail", f"/dicomweb/studies/{file.study}/series/{file.series}/thumbnail"):
+        image = png(archive.get(path, accept="image/png"))
+        assert image.shape == (128, 85)  # 300×200 scaled to fit 128×128, its aspect kept
+    assert archive.get(f"/dicomweb/studies/{file.study}/thumbnail").headers["content-type"] == "image/jpeg"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"), [({"window": "40"}, "window"), ({"window": "40,0"}, "window"), ({"viewport": "10"}, "viewport"), ({"quality": "101"}, "quality"), ({"size": "1"}, "size")]
+)
+def test_a_bad_rendering_parameter_is_a_400_naming_it(archive: Archive, params: dict[str, str], field: str) -> None:
+    response = archive.get(f"{archive.files['native'].url}/rendered", **params)
+    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == field
+
+
+def test_a_rendered_image_in_a_type_we_do_not_make_is_a_406(archive: Archive) -> None:
+    assert archive.get(f"{archive.files['native'].url}/rendered", accept="image/gif").status_code == 406
