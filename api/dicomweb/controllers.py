@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
 from litestar.params import PathParameter
 from sqlalchemy import Connection, select
 
@@ -43,6 +44,10 @@ def _search(request: Request[Any, Any, Any], services: Services, conn: Connectio
         if not is_valid_uid(uid):
             raise ValidationError(name, "is not a UID")
     query = qido.parse(level, request.query_params.multi_items(), scope=scope)
+    if level == "IMAGE" and not scope and not query.matches:
+        # Policy: every instance of the archive, a page at a time, is an export, not a search.
+        raise HTTPException(status_code=413, detail="too broad: an instance search across all studies must match on an attribute "
+                                                    "(a study, series or patient, say), or search under /studies/{study}/instances")
     settings = services.settings.dicomweb
     page = searching.run(conn, query, base_url=base_url(request, services.trusted_proxies), max_results=settings.max_results)
     if not page.matches and scope:

@@ -20,6 +20,7 @@ from devtools.storage import EmbeddedStorage
 from imaging_sync.core import Core
 from imaging_sync.db.models import Series, Study
 
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"  # every instance the index builder writes
 UID_KEYS = {"study": "0020000D", "series": "0020000E", "sop": "00080018"}
 
 
@@ -173,13 +174,13 @@ def test_a_lower_levels_attribute_in_includefield_is_answered_empty(client: Test
 def test_limit_and_offset_page_without_repeats_and_say_when_cut(client: TestClient[Litestar], keys: Keys, archive: dict[str, Any]) -> None:
     seen: list[str] = []
     for offset in range(0, 6, 2):
-        response = client.get("/dicomweb/instances", params={"limit": 2, "offset": offset}, headers=keys.headers("viewer"))
+        response = client.get("/dicomweb/instances", params={"limit": 2, "offset": offset, "SOPClassUID": CT_CLASS}, headers=keys.headers("viewer"))
         assert response.status_code == 200
         page = values(response.json(), UID_KEYS["sop"])
         seen.extend(page)
         if offset + 2 < 9:
             assert "offset=" in response.headers["warning"] and response.headers["warning"].startswith("299 ")
-    last = client.get("/dicomweb/instances", params={"limit": 5, "offset": 6}, headers=keys.headers("viewer"))
+    last = client.get("/dicomweb/instances", params={"limit": 5, "offset": 6, "SOPClassUID": CT_CLASS}, headers=keys.headers("viewer"))
     seen.extend(values(last.json(), UID_KEYS["sop"]))
     assert "warning" not in last.headers
     assert len(seen) == len(set(seen)) == 9
@@ -190,7 +191,7 @@ def test_max_results_caps_an_answer(client: TestClient[Litestar], keys: Keys, ar
 
     services = app.state["services"]
     monkeypatch.setattr(services, "settings", msgspec.structs.replace(services.settings, dicomweb=msgspec.structs.replace(services.settings.dicomweb, max_results=3)))
-    response = client.get("/dicomweb/instances", params={"limit": 100}, headers=keys.headers("viewer"))
+    response = client.get("/dicomweb/instances", params={"limit": 100, "SOPClassUID": CT_CLASS}, headers=keys.headers("viewer"))
     assert len(response.json()) == 3
     assert "offset=3" in response.headers["warning"]
 
@@ -248,6 +249,28 @@ def test_an_accept_we_cannot_produce_is_a_406(client: TestClient[Litestar], keys
     response = client.get("/dicomweb/studies", headers={**keys.headers("viewer"), "Accept": accept})
     assert response.status_code == 406
     assert "application/dicom+json" in response.json()["error"]["message"]
+
+
+def test_every_instance_of_the_archive_is_too_broad_a_search(client: TestClient[Litestar], keys: Keys, archive: dict[str, Any]) -> None:
+    response = client.get("/dicomweb/instances", params={"limit": 10}, headers=keys.headers("viewer"))
+    assert response.status_code == 413
+    assert "must match on an attribute" in response.json()["error"]["message"]
+    assert client.get(f"/dicomweb/studies/{archive['uids']['P1']}/instances", headers=keys.headers("viewer")).status_code == 200
+
+
+def test_a_revoked_viewer_key_no_longer_searches(core: Core, s3: EmbeddedStorage, keys: Keys, archive: dict[str, Any]) -> None:
+    from imaging_sync import apikeys
+
+    app = create_app(core, registry=s3.registry(), launcher=RecordingLauncher(), key_cache_seconds=0)
+    with core.engine.begin() as conn:
+        info, token = apikeys.create_key(conn, "ward viewer", "viewer")
+    with TestClient(app) as fresh:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert fresh.get("/dicomweb/studies", headers=headers).status_code == 200
+        with core.engine.begin() as conn:
+            apikeys.revoke_key(conn, str(info.id))
+        refused = fresh.get("/dicomweb/studies", headers=headers)
+        assert refused.status_code == 401 and "invalid_token" in refused.headers["www-authenticate"]
 
 
 def test_only_a_viewer_key_searches(client: TestClient[Litestar], keys: Keys, archive: dict[str, Any]) -> None:
