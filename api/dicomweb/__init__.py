@@ -12,6 +12,7 @@ audited with whose data it showed, before the answer leaves
 - :mod:`~api.dicomweb.dicom_json`: index values in the DICOM JSON Model (PS3.18 F.2);
 - :mod:`~api.dicomweb.media`: ``Accept`` negotiation (406);
 - :mod:`~api.dicomweb.urls`: this server's address as the client reached it (RetrieveURL);
+- :mod:`~api.dicomweb.routes`: how a route is declared (paths, audit action, thread, no OpenAPI entry);
 - :mod:`~api.dicomweb.controllers`: the QIDO-RS routes;
 - :mod:`~api.dicomweb.wado`: WADO-RS (metadata, frames, bulk data, instances),
   :mod:`~api.dicomweb.multipart` and :mod:`~api.dicomweb.pixels` (decoding a compressed frame);

@@ -13,18 +13,18 @@ neither it nor ``application/json`` is a 406). No match is ``200 []``
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.params import PathParameter
 from sqlalchemy import Connection, select
 
-from api.auditing import audited, disclosed, note, recorded_in_thread
+from api.auditing import disclosed, note, recorded_in_thread
 from api.db import RequestConnection
 from api.dicomweb import qido, searching
 from api.dicomweb.media import choose
+from api.dicomweb.routes import SERIES, STUDY, SeriesUid, StudyUid, route
 from api.dicomweb.urls import base_url
 from api.services import Services
 from imaging_sync.errors import NotFoundError, ValidationError
@@ -34,8 +34,6 @@ from imaging_sync.uids import is_valid_uid
 DICOM_JSON = "application/dicom+json"
 SEARCH_MEDIA = (DICOM_JSON, "application/json")
 WARN_AGENT = "imaging-sync"
-StudyUid = Annotated[str, PathParameter(description="Study Instance UID.", max_length=64)]
-SeriesUid = Annotated[str, PathParameter(description="Series Instance UID.", max_length=64)]
 
 
 def _search(request: Request[Any, Any, Any], services: Services, conn: Connection, level: Level, scope: dict[str, str] | None = None) -> Response[bytes]:
@@ -82,37 +80,32 @@ class QidoController(Controller):
 
     tags = ["DICOMweb"]
 
-    @get("/studies", opt=audited("search", "study"), sync_to_thread=True, include_in_schema=False)
+    @route("search", "/studies", "study")
     @recorded_in_thread
     def studies(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection) -> Response[bytes]:
         return _search(request, services, conn, "STUDY")
 
-    @get("/series", opt=audited("search", "series"), sync_to_thread=True, include_in_schema=False)
+    @route("search", "/series", "series")
     @recorded_in_thread
     def all_series(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection) -> Response[bytes]:
         return _search(request, services, conn, "SERIES")
 
-    @get("/instances", opt=audited("search", "instance"), sync_to_thread=True, include_in_schema=False)
+    @route("search", "/instances", "instance")
     @recorded_in_thread
     def all_instances(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection) -> Response[bytes]:
         return _search(request, services, conn, "IMAGE")
 
-    @get("/studies/{study_uid:str}/series", opt=audited("search", "series", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("search", STUDY + "/series", "series", "study_uid")
     @recorded_in_thread
     def study_series(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
         return _search(request, services, conn, "SERIES", {"StudyInstanceUID": study_uid})
 
-    @get("/studies/{study_uid:str}/instances", opt=audited("search", "instance", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("search", STUDY + "/instances", "instance", "study_uid")
     @recorded_in_thread
     def study_instances(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
         return _search(request, services, conn, "IMAGE", {"StudyInstanceUID": study_uid})
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances",
-        opt=audited("search", "instance", id_param="series_uid"),
-        sync_to_thread=True,
-        include_in_schema=False,
-    )
+    @route("search", SERIES + "/instances", "instance", "series_uid")
     @recorded_in_thread
     def series_instances(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid

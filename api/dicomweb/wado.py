@@ -31,18 +31,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 from litestar.response import Stream
 from sqlalchemy import Connection
 
-from api.auditing import audited, disclosed, note, recorded_in_thread
+from api.auditing import disclosed, note, recorded_in_thread
 from api.db import RequestConnection, end_reads
 from api.dicomweb.media import choose, choose_frames, choose_part
 from api.dicomweb.multipart import Multipart
 from api.dicomweb.pixels import can_decode, decode_frame
 from api.dicomweb.rendered import render
+from api.dicomweb.routes import INSTANCE, SERIES, STUDY, SeriesUid, SopUid, StudyUid, route
 from api.dicomweb.urls import base_url
 from api.services import Services
 from imaging_sync.catalog import headers as catalog
@@ -53,9 +54,6 @@ from storage import ObjectStream
 from storage.headers import read_frame
 
 DICOM_JSON = "application/dicom+json"
-StudyUid = Annotated[str, PathParameter(description="Study Instance UID.", max_length=64)]
-SeriesUid = Annotated[str, PathParameter(description="Series Instance UID.", max_length=64)]
-SopUid = Annotated[str, PathParameter(description="SOP Instance UID.", max_length=64)]
 FrameList = Annotated[str, PathParameter(description="Frame numbers, from 1, comma-separated.", max_length=4096)]
 FrameNumber = Annotated[int, PathParameter(description="A frame number, from 1.")]
 BulkKey = Annotated[str, PathParameter(description="A BulkDataURI's key, as the metadata gave it.", max_length=20)]
@@ -104,22 +102,19 @@ class WadoController(Controller):
 
     tags = ["DICOMweb"]
 
-    @get("/studies/{study_uid:str}/metadata", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("read", STUDY + "/metadata", "study", "study_uid")
     @recorded_in_thread
     def study_metadata(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
         return self._metadata(request, services, instance_refs(conn, study_uid))
 
-    @get("/studies/{study_uid:str}/series/{series_uid:str}/metadata", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("read", SERIES + "/metadata", "series", "series_uid")
     @recorded_in_thread
     def series_metadata(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
     ) -> Response[bytes]:
         return self._metadata(request, services, instance_refs(conn, study_uid, series_uid))
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/metadata",
-        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
-    )
+    @route("read", INSTANCE + "/metadata", "instance", "sop_uid")
     @recorded_in_thread
     def instance_metadata(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
@@ -148,10 +143,7 @@ class WadoController(Controller):
         body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
         return Response(content=body, media_type=media_type, headers=extra)
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/frames/{frames:str}",
-        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
-    )
+    @route("read", INSTANCE + "/frames/{frames:str}", "instance", "sop_uid")
     @recorded_in_thread
     def frames(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
@@ -174,10 +166,7 @@ class WadoController(Controller):
         body = Multipart(choice.part_type)
         return Response(content=body.whole((choice.content_type, d) for d in data), media_type=body.content_type)
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/bulkdata/{key:str}",
-        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
-    )
+    @route("read", INSTANCE + "/bulkdata/{key:str}", "instance", "sop_uid")
     @recorded_in_thread
     def bulkdata(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
@@ -194,10 +183,7 @@ class WadoController(Controller):
         body = Multipart("application/octet-stream")
         return Response(content=body.whole([("application/octet-stream", data)]), media_type=body.content_type)
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/rendered",
-        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
-    )
+    @route("read", INSTANCE + "/rendered", "instance", "sop_uid")
     @recorded_in_thread
     def rendered(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
@@ -206,10 +192,7 @@ class WadoController(Controller):
         """The instance's first frame as an image (a multi-frame instance: ask for ``frames/{n}/rendered``)."""
         return self._rendered(request, services, instance_refs(conn, study_uid, series_uid, sop_uid)[0], 1)
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/frames/{frame:int}/rendered",
-        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
-    )
+    @route("read", INSTANCE + "/frames/{frame:int}/rendered", "instance", "sop_uid")
     @recorded_in_thread
     def frame_rendered(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
@@ -217,10 +200,7 @@ class WadoController(Controller):
     ) -> Response[bytes]:
         return self._rendered(request, services, instance_refs(conn, study_uid, series_uid, sop_uid)[0], frame)
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}/thumbnail",
-        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
-    )
+    @route("read", INSTANCE + "/thumbnail", "instance", "sop_uid")
     @recorded_in_thread
     def instance_thumbnail(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
@@ -228,7 +208,7 @@ class WadoController(Controller):
     ) -> Response[bytes]:
         return self._rendered(request, services, instance_refs(conn, study_uid, series_uid, sop_uid)[0], 1, thumbnail=True)
 
-    @get("/studies/{study_uid:str}/series/{series_uid:str}/thumbnail", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("read", SERIES + "/thumbnail", "series", "series_uid")
     @recorded_in_thread
     def series_thumbnail(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
@@ -237,7 +217,7 @@ class WadoController(Controller):
         refs = instance_refs(conn, study_uid, series_uid)
         return self._rendered(request, services, refs[len(refs) // 2], 1, thumbnail=True)
 
-    @get("/studies/{study_uid:str}/thumbnail", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("read", STUDY + "/thumbnail", "study", "study_uid")
     @recorded_in_thread
     def study_thumbnail(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
         """The first series' middle image."""
@@ -264,22 +244,19 @@ class WadoController(Controller):
             raise _unavailable(found)
         return found
 
-    @get("/studies/{study_uid:str}", opt=audited("read", "study", id_param="study_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("read", STUDY, "study", "study_uid")
     @recorded_in_thread
     def study(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Stream:
         return stream_instances(request, services, instance_refs(conn, study_uid))
 
-    @get("/studies/{study_uid:str}/series/{series_uid:str}", opt=audited("read", "series", id_param="series_uid"), sync_to_thread=True, include_in_schema=False)
+    @route("read", SERIES, "series", "series_uid")
     @recorded_in_thread
     def series(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
     ) -> Stream:
         return stream_instances(request, services, instance_refs(conn, study_uid, series_uid))
 
-    @get(
-        "/studies/{study_uid:str}/series/{series_uid:str}/instances/{sop_uid:str}",
-        opt=audited("read", "instance", id_param="sop_uid"), sync_to_thread=True, include_in_schema=False,
-    )
+    @route("read", INSTANCE, "instance", "sop_uid")
     @recorded_in_thread
     def instance(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
