@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,9 +192,18 @@ def record_failure(conn: Connection, instance_id: uuid.UUID, partner: str, kind:
     conn.execute(insert(_header).values(instance_id=instance_id, partner=partner, failure=kind, read_at=utcnow()))
 
 
+def forget_copies(conn: Connection, partner: str, instance_ids: Sequence[uuid.UUID]) -> None:
+    """Drop the headers read from ``partner``'s copies of these instances: the sync saw those copies change or go
+    (a new key, size or checksum), so what was read from them may no longer be true. The header is read again,
+    from whichever copy is chosen then, by the background reader or the next request."""
+    for start in range(0, len(instance_ids), 500):
+        chunk = list(instance_ids[start : start + 500])
+        conn.execute(delete(_header).where(_header.c.partner == partner, _header.c.instance_id.in_(chunk)))
+
+
 def forget(conn: Connection, instance_id: uuid.UUID) -> None:
     """Drop what was kept for an instance (its object changed)."""
     conn.execute(delete(_header).where(_header.c.instance_id == instance_id))
 
 
-__all__ = ["CachedHeader", "InstanceRef", "PartnerHeaders", "cached", "forget", "instances_by_uids", "progress", "record_failure", "store", "unread"]
+__all__ = ["CachedHeader", "InstanceRef", "PartnerHeaders", "cached", "forget", "forget_copies", "instances_by_uids", "progress", "record_failure", "store", "unread"]

@@ -37,7 +37,7 @@ import msgspec
 from sqlalchemy import Connection, Date, RowMapping, Table, Uuid, bindparam, delete, select, tuple_, update
 
 from imaging_sync import outbox
-from imaging_sync.catalog import facts
+from imaging_sync.catalog import facts, headers
 from imaging_sync.db import bulk
 from imaging_sync.db.models import EntityLink, Instance, InstanceLocation, RejectedItem, Series, Study, Subject, table_of
 from imaging_sync.dto import DeletedStudyDTO, PageItem, PendingStudy, RejectedItemDTO, StudyDTO
@@ -452,13 +452,14 @@ class PageWriter:
                 bulk.key_in(conn, _locations.c.instance_id, chunk)
             )
             existing.update((row["instance_id"], dict(row)) for row in conn.execute(stmt).mappings() if row["partner"] == self.partner)
-        inserts, updates = [], []
+        inserts, updates, changed = [], [], []
         for instance_id, values in by_instance.items():
             current = existing.get(instance_id)
             if current is None:
                 inserts.append({"instance_id": instance_id, "partner": self.partner, **values, "created_at": now, "updated_at": now})
             elif any(current[c] != v for c, v in values.items()):  # values: bucket, key, size, sha256
                 updates.append({"_id": current["id"], **values, "updated_at": now})
+                changed.append(instance_id)
         _assign_ids(inserts)
         bulk.insert_rows(conn, _locations, inserts)
         if updates:
@@ -466,6 +467,7 @@ class PageWriter:
                 bucket=bindparam("bucket"), key=bindparam("key"), size_bytes=bindparam("size_bytes"), sha256=bindparam("sha256"), updated_at=bindparam("updated_at")
             )
             conn.execute(change, updates)
+            headers.forget_copies(conn, self.partner, changed)  # DICOMweb's header read from the old file is stale
 
     # -- what went away ---------------------------------------------------------
 
@@ -488,6 +490,7 @@ class PageWriter:
         gone_instances = [eid for level, eid in removed if level == "instance" and not any(p == self.partner for p, _ in remaining.get(eid, ()))]
         for chunk in bulk.chunks(gone_instances):
             conn.execute(delete(_locations).where(_locations.c.partner == self.partner, _locations.c.instance_id.in_(chunk)))
+        headers.forget_copies(conn, self.partner, gone_instances)  # read from a copy that is no longer listed
         for level_name in LEVELS:
             level = LEVELS[level_name]
             ids = {eid for name, eid in removed if name == level_name}

@@ -157,3 +157,35 @@ def test_a_mapped_change_of_a_coded_value_updates_the_study_s_facts_too(engine: 
         assert conn.execute(select(func.count()).select_from(OutboxEvent)).scalar_one() == 31
     assert modalities == PARTNER_VOCABULARY["modality"][other]
     assert live_index(engine, "b") == sim.dataset.expected_state()
+
+
+def test_a_file_the_partner_moved_or_dropped_loses_the_dicomweb_header_read_from_it(engine: Engine, sim: PartnerSimulator) -> None:
+    """DICOMweb keeps each file's header (instance_header); the sync drops the ones read from a copy that changed or
+    went, in the same transaction as the change, and leaves the others."""
+    from imaging_sync.catalog import headers
+    from imaging_sync.copies import Location
+    from imaging_sync.db.models import Instance, InstanceHeader
+    from imaging_sync.dicom_header import Header
+
+    runner = runner_for(engine, simulator_partner("b", sim.base_url))
+    assert runner.sync("b").ok
+    with engine.begin() as conn:
+        by_uid = dict(conn.execute(select(Instance.sop_instance_uid, Instance.id)).all())
+        for instance_id in by_uid.values():
+            headers.store(conn, instance_id, Location("b", "b-dicom", "k"), "etag", 10, Header("1.2.840.10008.1.2.1", {}, {}, None))
+    changed = sim.dataset.spec.study_id(4)
+    item = sim.dataset.item(changed)
+    moved = item["series"][0]["instances"][0]["sop_instance_uid"]
+    dropped = item["series"][1]["instances"][-1]["sop_instance_uid"]
+
+    def move_and_drop(study: dict[str, Any]) -> None:
+        first = study["series"][0]["instances"][0]
+        first["location"] = first["location"] + ".v2"  # the partner rewrote the file under a new key
+        study["series"][1]["instances"].pop()
+
+    sim.dataset.update_study(changed, move_and_drop)
+    assert runner.sync("b").ok
+    with engine.connect() as conn:
+        kept = set(conn.execute(select(InstanceHeader.instance_id)).scalars())
+    assert by_uid[moved] not in kept and by_uid[dropped] not in kept
+    assert kept == set(by_uid.values()) - {by_uid[moved], by_uid[dropped]}
