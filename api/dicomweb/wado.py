@@ -13,8 +13,8 @@
   accepts their syntax, else decoded when pydicom can (``media.choose_frames``).
 - **Instances** (``/studies/{s}``, ``…/series/{se}``, ``…/instances/{i}``):
   ``multipart/related; type="application/dicom"``, each file streamed from
-  its bucket in chunks (a large series never sits in memory), the next file's
-  GET opened while the current one is sent.
+  its bucket in chunks (a large series never sits in memory), the next four
+  files' GETs opened while the current one is sent.
 - **Bulk data** (``…/bulkdata/{key}``): one value, one ranged GET.
 - **Rendered and thumbnails** (``…/rendered``, ``…/frames/{n}/rendered``,
   ``…/thumbnail`` of an instance, a series or a study): one frame as JPEG or
@@ -27,6 +27,7 @@ is written before the answer leaves (``recorded_in_thread``).
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Annotated, Any
@@ -328,34 +329,39 @@ def stream_instances(request: Request[Any, Any, Any], services: Services, refs: 
 
 
 class _Opener:
-    """Opens the instances' files in order, the next GET in flight while the caller streams the current one.
+    """Opens the instances' files in order, up to ``AHEAD`` GETs in flight while the caller streams the current one.
 
-    A file no partner's copy can give is left out (logged by id and kind);
-    at most one open GET waits ahead, so memory stays at a chunk per file.
+    A file no partner's copy can give is left out (logged by id and kind).
+    An opened GET holds only its response headers until it is read, so
+    memory stays at a chunk per file being sent, whatever the series' size.
     """
+
+    AHEAD = 4
 
     def __init__(self, services: Services, refs: list[InstanceRef]) -> None:
         self._files = services.files
         self._refs = iter(refs)
-        self._ahead: tuple[InstanceRef, Future[Any]] | None = self._open_next()
+        self._ahead: deque[tuple[InstanceRef, Future[Any]]] = deque()
+        self._fill()
 
-    def _open_next(self) -> tuple[InstanceRef, Future[Any]] | None:
-        ref = next(self._refs, None)
-        if ref is None:
-            return None
+    def _fill(self) -> None:
         reader, copies = self._files.reader, self._files.copies
-        return ref, _PREFETCH.submit(copies.first_available, ref.locations, lambda loc: reader.open_object(loc.bucket, loc.key), context={"instance_id": str(ref.id)})
+        while len(self._ahead) < self.AHEAD:
+            ref = next(self._refs, None)
+            if ref is None:
+                return
+            future = _PREFETCH.submit(copies.first_available, ref.locations, lambda loc: reader.open_object(loc.bucket, loc.key), context={"instance_id": str(ref.id)})
+            self._ahead.append((ref, future))
 
     def close(self) -> None:
-        """Close the GET opened ahead, now or when it has been made."""
-        if self._ahead is not None:
-            self._ahead[1].add_done_callback(_close_opened)
-            self._ahead = None
+        """Close the GETs opened ahead, now or when they have been made."""
+        while self._ahead:
+            self._ahead.popleft()[1].add_done_callback(_close_opened)
 
     def next(self) -> tuple[InstanceRef, ObjectStream] | None:
-        while self._ahead is not None:
-            ref, future = self._ahead
-            self._ahead = self._open_next()
+        while self._ahead:
+            ref, future = self._ahead.popleft()
+            self._fill()
             attempt = future.result()
             if attempt.value is not None:
                 return ref, attempt.value
