@@ -26,7 +26,6 @@ is written before the answer leaves (``recorded_in_thread``).
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,16 +78,12 @@ def instance_url(base: str, ref: InstanceRef) -> str:
     return f"{base}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
 
 
-def _with_bulk_urls(attributes: dict[str, Any], url: str) -> dict[str, Any]:
-    """The kept DICOM JSON with each bulk data key made the URL that serves it (into sequences too)."""
-    out: dict[str, Any] = {}
-    for tag, attribute in attributes.items():
-        if "BulkDataURI" in attribute:
-            attribute = {**attribute, "BulkDataURI": f"{url}/bulkdata/{attribute['BulkDataURI']}"}
-        elif attribute.get("vr") == "SQ" and "Value" in attribute:
-            attribute = {**attribute, "Value": [_with_bulk_urls(item, url) for item in attribute["Value"]]}
-        out[tag] = attribute
-    return out
+def with_bulk_urls(attributes_json: str, url: str) -> str:
+    """The kept DICOM JSON text with each bulk data key made the URL that serves it (into sequences too).
+
+    A text substitution: ``"BulkDataURI":"`` can only be a key in that JSON (inside a string value its
+    quotes would be escaped), so no parse and no serialisation per request."""
+    return attributes_json.replace('"BulkDataURI":"', f'"BulkDataURI":"{url}/bulkdata/')
 
 
 def _unavailable(kind: str) -> Exception:
@@ -127,13 +122,14 @@ class WadoController(Controller):
         media_type = choose(request.headers.get("accept"), (DICOM_JSON, "application/json"))
         headers = services.headers.headers(refs)
         base = base_url(request, services.trusted_proxies)
-        answer, shown, failed = [], [], []
+        answer: list[str] = []
+        shown, failed = [], []
         for ref in refs:
             found = headers[ref.id]
             if isinstance(found, str):
                 failed.append(found)
                 continue
-            answer.append(_with_bulk_urls(found.attributes, instance_url(base, ref)))
+            answer.append(with_bulk_urls(found.attributes_json, instance_url(base, ref)))
             shown.append(ref)
         if single and failed:
             raise _unavailable(failed[0])
@@ -141,7 +137,7 @@ class WadoController(Controller):
         extra = {}
         if failed:
             extra["Warning"] = f'299 imaging-sync "{len(failed)} of {len(refs)} instances left out: their files could not be read"'
-        body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+        body = ("[" + ",".join(answer) + "]").encode()
         return Response(content=body, media_type=media_type, headers=extra)
 
     @route("read", INSTANCE + "/frames/{frames:str}", "instance", "sop_uid")

@@ -13,6 +13,8 @@ failure (:func:`record_failure`) without attributes.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,18 +46,28 @@ class InstanceRef:
     locations: list[Location] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass
 class CachedHeader:
-    """A header as kept: which copy it was read from (and that copy's ETag and size), and what was learnt."""
+    """A header as kept: which copy it was read from (and that copy's ETag and size), and what was learnt.
+
+    ``attributes_json`` is the DICOM JSON as text (its ``BulkDataURI`` values
+    keys of ``bulk``), answered as it is; :attr:`attributes` parses it, for the
+    few uses that read values (rendering).
+    """
 
     instance_id: uuid.UUID
     location: Location
     etag: str
     size: int
     transfer_syntax_uid: str
-    attributes: dict[str, Any]
+    attributes_json: str
     bulk: dict[str, list[int]]
     frames: list[list[list[int]]]  # per frame, the (offset, length) ranges that make it up
+
+    @functools.cached_property
+    def attributes(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.attributes_json)
+        return parsed
 
 
 def instances_by_uids(conn: Connection, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[InstanceRef]:
@@ -178,12 +190,13 @@ def store(conn: Connection, instance_id: uuid.UUID, location: Location, etag: st
     """Keep ``header``, read from ``location`` (whose object had ``etag`` and ``size``), replacing any row of the instance."""
     frames = [[list(r) for r in frame] for frame in (header.pixel.frames if header.pixel else [])]
     bulk = {k: list(v) for k, v in header.bulk.items()}
+    attributes = json.dumps(header.attributes, ensure_ascii=False, separators=(",", ":"))
     conn.execute(delete(_header).where(_header.c.instance_id == instance_id))
     conn.execute(insert(_header).values(
         instance_id=instance_id, partner=location.partner, bucket=location.bucket, key=location.key, etag=etag, size_bytes=size,
-        transfer_syntax_uid=header.transfer_syntax_uid, attributes=header.attributes, bulk=bulk, frames=frames, failure=None, read_at=utcnow(),
+        transfer_syntax_uid=header.transfer_syntax_uid, attributes=attributes, bulk=bulk, frames=frames, failure=None, read_at=utcnow(),
     ))
-    return CachedHeader(instance_id, location, etag, size, header.transfer_syntax_uid, header.attributes, bulk, frames)
+    return CachedHeader(instance_id, location, etag, size, header.transfer_syntax_uid, attributes, bulk, frames)
 
 
 def record_failure(conn: Connection, instance_id: uuid.UUID, partner: str, kind: str) -> None:

@@ -221,7 +221,9 @@ class InstanceHeader(Base):
     """An instance file's header, read once from one partner's copy (``imaging_sync.dicom_header``), for DICOMweb.
 
     ``attributes`` is the DICOM JSON of every attribute but bulk data (whose
-    ``BulkDataURI`` is a key of ``bulk``: its byte range in the file);
+    ``BulkDataURI`` is a key of ``bulk``: its byte range in the file), kept as
+    JSON text: a series' metadata is the texts joined, never parsed and
+    serialised again per request (a 500-instance series: 70 ms of CPU that way);
     ``frames`` the byte ranges of each pixel frame. Kept with the copy's
     ETag and size: a read that finds another ETag drops the row and reads
     again. A header that could not be read is a row with ``failure`` (the
@@ -238,7 +240,7 @@ class InstanceHeader(Base):
     etag: Mapped[str | None] = mapped_column(String(128))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
-    attributes: Mapped[dict[str, Any] | None] = mapped_column()
+    attributes: Mapped[str | None] = mapped_column(Text)
     bulk: Mapped[dict[str, Any] | None] = mapped_column()
     frames: Mapped[list[Any] | None] = mapped_column(JSONType)
     failure: Mapped[str | None] = mapped_column(String(32))

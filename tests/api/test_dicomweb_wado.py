@@ -404,3 +404,19 @@ def test_a_bad_rendering_parameter_is_a_400_naming_it(archive: Archive, params: 
 
 def test_a_rendered_image_in_a_type_we_do_not_make_is_a_406(archive: Archive) -> None:
     assert archive.get(f"{archive.files['native'].url}/rendered", accept="image/gif").status_code == 406
+
+
+def test_bulk_data_keys_become_urls_without_touching_a_value_that_looks_like_one() -> None:
+    import json
+
+    from api.dicomweb.wado import with_bulk_urls
+
+    attributes = {
+        "00081030": {"vr": "LO", "Value": ['"BulkDataURI":"not/a/key']},  # a description quoting one: escaped in JSON
+        "00091001": {"vr": "OB", "BulkDataURI": "1234"},
+        "00400275": {"vr": "SQ", "Value": [{"00091002": {"vr": "OB", "BulkDataURI": "5678"}}]},
+    }
+    done = json.loads(with_bulk_urls(json.dumps(attributes, separators=(",", ":")), "https://x/i"))
+    assert done["00081030"] == attributes["00081030"]
+    assert done["00091001"]["BulkDataURI"] == "https://x/i/bulkdata/1234"
+    assert done["00400275"]["Value"][0]["00091002"]["BulkDataURI"] == "https://x/i/bulkdata/5678"

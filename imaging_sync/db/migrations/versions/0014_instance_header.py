@@ -42,7 +42,7 @@ def upgrade() -> None:
         sa.Column("etag", sa.String(length=128), nullable=True),
         sa.Column("size_bytes", sa.BigInteger(), nullable=True),
         sa.Column("transfer_syntax_uid", sa.String(length=64), nullable=True),
-        sa.Column("attributes", _JSON, nullable=True),
+        sa.Column("attributes", sa.Text(), nullable=True),  # JSON text, answered as it is (no parse, no serialisation)
         sa.Column("bulk", _JSON, nullable=True),
         sa.Column("frames", _JSON, nullable=True),
         sa.Column("failure", sa.String(length=32), nullable=True),
