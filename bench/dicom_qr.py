@@ -88,6 +88,7 @@ from sqlalchemy.engine import make_url
 
 from devtools.dicom_files import InstanceSpec, dicom_file
 from devtools.waiting import eventually, port_open
+from imaging_sync.catalog import facts
 from imaging_sync.config import DatabaseConfig
 from imaging_sync.db import migrate
 from imaging_sync.db.engine import create_db_engine
@@ -269,6 +270,7 @@ def fill_index(db_url: str, studies: list[StudyRow], n_patients: int, bucket: st
         with engine.begin() as conn:
             for model, rows in ((Study, st_rows), (Series, se_rows), (Instance, in_rows), (InstanceLocation, loc_rows)):
                 conn.execute(insert(model.__table__), rows)
+            facts.refresh(conn, [row["id"] for row in st_rows])  # modalities and counts, kept on the rows as a sync keeps them
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))

@@ -17,8 +17,14 @@ NUMBER_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "U
 PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
+# VRs whose text may hold several values separated by a backslash (PS3.5 6.4): the index keeps some so (ModalitiesInStudy).
+MULTI_VALUE_TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC", "UI"})
+
+
 def attribute(vr: str, value: Any) -> dict[str, Any]:
     """One attribute: its VR and, when it has one, its value(s)."""
+    if isinstance(value, str) and vr in MULTI_VALUE_TEXT and "\\" in value:
+        value = value.split("\\")
     values = value if isinstance(value, (list, tuple)) else [value]
     encoded = [v for v in (_one(vr, item) for item in values) if v is not None]
     return {"vr": vr, "Value": encoded} if encoded else {"vr": vr}

@@ -147,7 +147,7 @@ def _keyword(name: str) -> str:
 
 def _add_match(query: QidoQuery, keyword: str, values: list[str], max_values: int) -> None:
     key = KEYS.get(keyword)
-    if key is None or key.match == "none" or (key.match == "computed" and keyword != "ModalitiesInStudy"):
+    if key is None or key.match in ("none", "computed") or (key.match == "fact" and keyword != "ModalitiesInStudy"):
         query.ignored.append(keyword)
         return
     if level_rank(key.level) > level_rank(query.level):
@@ -181,8 +181,7 @@ def _fields(level: Level, include: Sequence[str], matches: dict[str, list[str]])
             keywords.append(_keyword(item))
         except ValidationError as exc:
             raise ValidationError("includefield", f"{item} {exc.reason}") from None
-    if level != "STUDY":
-        keywords = [k for k in keywords if not (k in KEYS and KEYS[k].level == "STUDY" and KEYS[k].match == "computed")]
+    keywords = [k for k in keywords if not (k in KEYS and KEYS[k].match == "computed")]  # the patient level's counts: no patient level here
     out: dict[int, Field] = {}
     for keyword in keywords:
         tag = tag_for_keyword(keyword)

@@ -2,8 +2,9 @@
 
 Each key says how it matches (PS3.4 C.2.2.2: which matching types its VR
 allows) and where its value comes from: a column of the level's table, a
-column of a level above (joined), or a count/aggregate computed per batch of
-matches (``computed``). Keys we know but do not keep (Study ID, Other Patient
+column of a level above (joined), a fact the sync keeps on the study or series
+row (``fact``: its counts and modalities, ``catalog.facts``), or a count computed
+per batch of matches (``computed``: the patient level's). Keys we know but do not keep (Study ID, Other Patient
 IDs, …) are answered zero-length, as C.2.2.1.2 allows for optional keys.
 
 Every PN key the index stores has a search column beside its value (the
@@ -28,8 +29,10 @@ LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 # How a key matches: uid (single value or list), string (single value, wildcard;
 # case-sensitive), cs (like string, plus lists), pn (case- and accent-insensitive, wildcard),
 # date / time (single value or range), number (single value or list),
-# computed (return-only, or EXISTS for ModalitiesInStudy), none (not kept: return only).
-Match = Literal["uid", "string", "cs", "pn", "date", "time", "number", "computed", "none"]
+# fact (return-only, from a facts column the sync keeps on the study or series row: catalog/facts.py;
+# ModalitiesInStudy also matches, by EXISTS on the study's series), computed (return-only, counted per
+# batch of matches), none (not kept: return only).
+Match = Literal["uid", "string", "cs", "pn", "date", "time", "number", "fact", "computed", "none"]
 
 subject = table_of(Subject)
 study = table_of(Study)
@@ -79,9 +82,9 @@ KEYS: dict[str, Key] = {
         _key("AccessionNumber", "STUDY", "string", study.c.accession_number),
         _key("StudyDescription", "STUDY", "string", study.c.description),
         _key("ReferringPhysicianName", "STUDY", "pn", study.c.referring_physician_name, study.c.referring_physician_name_search),
-        _key("ModalitiesInStudy", "STUDY", "computed"),
-        _key("NumberOfStudyRelatedSeries", "STUDY", "computed"),
-        _key("NumberOfStudyRelatedInstances", "STUDY", "computed"),
+        _key("ModalitiesInStudy", "STUDY", "fact", study.c.modalities),  # "CT\\MR": sorted, backslash-joined, as DICOM writes several values
+        _key("NumberOfStudyRelatedSeries", "STUDY", "fact", study.c.series_count),
+        _key("NumberOfStudyRelatedInstances", "STUDY", "fact", study.c.instance_count),
         _key("StudyID", "STUDY", "none"),
         _key("SOPClassesInStudy", "STUDY", "none"),
         _key("PatientAge", "STUDY", "none"),
@@ -95,7 +98,7 @@ KEYS: dict[str, Key] = {
         _key("SeriesNumber", "SERIES", "number", series.c.series_number),
         _key("SeriesDescription", "SERIES", "string", series.c.description),
         _key("BodyPartExamined", "SERIES", "cs", series.c.body_part_examined),
-        _key("NumberOfSeriesRelatedInstances", "SERIES", "computed"),
+        _key("NumberOfSeriesRelatedInstances", "SERIES", "fact", series.c.instance_count),
         _key("SeriesDate", "SERIES", "none"),
         _key("SeriesTime", "SERIES", "none"),
         _key("PerformedProcedureStepStartDate", "SERIES", "none"),

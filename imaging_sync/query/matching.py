@@ -196,8 +196,8 @@ def key_conditions(matches: Mapping[str, Sequence[str]], dialect: str, *, combin
             if not is_universal(values):
                 conditions.append(modalities_in_study(study.c.id, partial(_strings_of, values=values, dialect=dialect)))
             continue
-        if key.column is None:
-            continue
+        if key.column is None or key.match == "fact":
+            continue  # return-only keys (counts): answered, never matched
         condition = key_condition(key, values, dialect)
         if condition is not None:
             conditions.append(condition)

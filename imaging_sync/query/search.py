@@ -6,9 +6,11 @@ A search at a level reads the level's table joined to the levels above it
 and PS3.18 10.6's relational search both read them), never soft-deleted
 rows. Its columns are the match's own id, its subject's and study's ids
 (whose data the answer discloses, for the audit log), then the stored keys
-asked for, labelled by keyword. Counts and ModalitiesInStudy are not columns:
-:func:`aggregates` computes them per batch of matches, one grouped query
-each, so a query costs what its result costs, not what the index holds.
+asked for, labelled by keyword: the study's and series' counts and
+ModalitiesInStudy too, facts the sync keeps on their rows (``catalog.facts``).
+The patient level's counts are not columns: :func:`aggregates` computes them
+per batch of matches, one grouped query each, so a query costs what its
+result costs, not what the index holds.
 
 Matching is :func:`imaging_sync.query.matching.key_conditions`; a value not
 valid for its key is a ValidationError naming the keyword, which each edge
@@ -17,7 +19,6 @@ answers in its own terms (C001, a 400).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,8 +73,8 @@ def statement(
 
 
 def aggregates(conn: Any, level: Level, ids: list[Any], wanted: set[str]) -> dict[str, dict[Any, Any]]:
-    """Per-batch counts (PS3.4 C.3.4 'Number of … Related …') and ModalitiesInStudy, one grouped query each:
-    keyword → {match id → value}; a match absent from a mapping has none (0, or no modality)."""
+    """Per-batch counts of the patient level (PS3.4 C.3.4 'Number of Patient Related …'), one grouped query each:
+    keyword → {match id → value}; a match absent from a mapping has none (0)."""
     out: dict[str, dict[Any, Any]] = {}
     live_st, live_se, live_in = study.c.deleted_at.is_(None), series.c.deleted_at.is_(None), instance.c.deleted_at.is_(None)
     if level == "PATIENT":
@@ -88,28 +89,12 @@ def aggregates(conn: Any, level: Level, ids: list[Any], wanted: set[str]) -> dic
                 instance.join(series, instance.c.series_id == series.c.id).join(study, series.c.study_id == study.c.id)
             )
             out["NumberOfPatientRelatedInstances"] = _grouped(conn, stmt.where(owner.in_(ids), live_st, live_se, live_in).group_by(owner))
-    elif level == "STUDY":
-        owner = series.c.study_id
-        if "ModalitiesInStudy" in wanted:
-            modalities: dict[Any, list[str]] = defaultdict(list)
-            stmt = select(owner, series.c.modality).where(owner.in_(ids), live_se).distinct().order_by(owner, series.c.modality)
-            for study_id, modality in conn.execute(stmt):
-                modalities[study_id].append(modality)
-            out["ModalitiesInStudy"] = modalities
-        if "NumberOfStudyRelatedSeries" in wanted:
-            out["NumberOfStudyRelatedSeries"] = _grouped(conn, select(owner, func.count()).where(owner.in_(ids), live_se).group_by(owner))
-        if "NumberOfStudyRelatedInstances" in wanted:
-            stmt = select(owner, func.count()).select_from(instance.join(series, instance.c.series_id == series.c.id))
-            out["NumberOfStudyRelatedInstances"] = _grouped(conn, stmt.where(owner.in_(ids), live_se, live_in).group_by(owner))
-    elif level == "SERIES" and "NumberOfSeriesRelatedInstances" in wanted:
-        owner = instance.c.series_id
-        out["NumberOfSeriesRelatedInstances"] = _grouped(conn, select(owner, func.count()).where(owner.in_(ids), live_in).group_by(owner))
     return out
 
 
 def computed_default(keyword: str) -> Any:
-    """The value of a computed key for a match no row of :func:`aggregates` names: no modality, or a count of 0."""
-    return [] if keyword == "ModalitiesInStudy" else 0
+    """The value of a computed key for a match no row of :func:`aggregates` names: a count of 0."""
+    return 0
 
 
 def _grouped(conn: Any, stmt: Any) -> dict[Any, int]:

@@ -32,6 +32,7 @@ from devtools.ports import free_port
 from devtools.storage import EmbeddedStorage, embedded_storage
 from devtools.waiting import eventually, port_open
 from dicom.server import DicomServer, build_services
+from imaging_sync.catalog import facts
 from imaging_sync.config import DicomConfig, DicomDestination
 from imaging_sync.db.models import Instance, InstanceLocation, Series, Study, Subject
 from imaging_sync.ids import new_id
@@ -203,7 +204,7 @@ def files() -> Iterator[Files]:
 
 
 def load_index(engine: Engine, files: Files) -> None:
-    """Insert ``SUBJECTS`` into the index (soft-deleted rows included, as the sync leaves them)."""
+    """Insert ``SUBJECTS`` into the index (soft-deleted rows included, as the sync leaves them), with the facts a sync keeps."""
     now = dt.datetime.now(dt.UTC)
     rows: dict[Any, list[dict[str, Any]]] = {Subject: [], Study: [], Series: [], Instance: [], InstanceLocation: []}
     common = {"source_partner": "b", "source_priority": 0, "created_at": now, "updated_at": now}
@@ -244,6 +245,7 @@ def load_index(engine: Engine, files: Files) -> None:
         for model, values in rows.items():
             if values:
                 conn.execute(insert(model.__table__), values)
+        facts.refresh(conn, [row["id"] for row in rows[Study]])  # modalities and counts, as the sync keeps them on each page
 
 
 # -- the node -----------------------------------------------------------------------------
