@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from imaging_sync.catalog import headers as headers_catalog
 from imaging_sync.catalog.headers import CachedHeader, InstanceRef
@@ -107,10 +107,16 @@ class HeaderCache:
     def reader(self) -> HeaderReader:
         return self._reader
 
-    def headers(self, refs: Sequence[InstanceRef]) -> dict[uuid.UUID, CachedHeader | str]:
-        """Each instance's header, or the kind of failure that kept it from being read (``object_missing``, …)."""
-        with self._engine.connect() as conn:
+    def headers(self, refs: Sequence[InstanceRef], conn: Connection | None = None) -> dict[uuid.UUID, CachedHeader | str]:
+        """Each instance's header, or the kind of failure that kept it from being read (``object_missing``, …).
+
+        ``conn``: a connection the caller holds (a request's), for the lookup of the kept ones; headers read
+        now are kept in a transaction of their own."""
+        if conn is not None:
             found: dict[uuid.UUID, CachedHeader | str] = dict(headers_catalog.cached(conn, [r.id for r in refs]))
+        else:
+            with self._engine.connect() as own:
+                found = dict(headers_catalog.cached(own, [r.id for r in refs]))
         missing = [r for r in refs if r.id not in found]
         if missing:
             found.update(self._read(missing))

@@ -101,14 +101,14 @@ class WadoController(Controller):
     @route("read", STUDY + "/metadata", "study", "study_uid")
     @recorded_in_thread
     def study_metadata(self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid) -> Response[bytes]:
-        return self._metadata(request, services, instance_refs(conn, study_uid))
+        return self._metadata(request, services, conn, instance_refs(conn, study_uid))
 
     @route("read", SERIES + "/metadata", "series", "series_uid")
     @recorded_in_thread
     def series_metadata(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection, study_uid: StudyUid, series_uid: SeriesUid
     ) -> Response[bytes]:
-        return self._metadata(request, services, instance_refs(conn, study_uid, series_uid))
+        return self._metadata(request, services, conn, instance_refs(conn, study_uid, series_uid))
 
     @route("read", INSTANCE + "/metadata", "instance", "sop_uid")
     @recorded_in_thread
@@ -116,11 +116,12 @@ class WadoController(Controller):
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid,
     ) -> Response[bytes]:
-        return self._metadata(request, services, instance_refs(conn, study_uid, series_uid, sop_uid), single=True)
+        return self._metadata(request, services, conn, instance_refs(conn, study_uid, series_uid, sop_uid), single=True)
 
-    def _metadata(self, request: Request[Any, Any, Any], services: Services, refs: list[InstanceRef], *, single: bool = False) -> Response[bytes]:
+    def _metadata(self, request: Request[Any, Any, Any], services: Services, conn: Connection, refs: list[InstanceRef], *, single: bool = False) -> Response[bytes]:
         media_type = choose(request.headers.get("accept"), (DICOM_JSON, "application/json"))
-        headers = services.headers.headers(refs)
+        headers = services.headers.headers(refs, conn)
+        end_reads(conn)
         base = base_url(request, services.trusted_proxies)
         answer: list[str] = []
         shown, failed = [], []
@@ -147,7 +148,7 @@ class WadoController(Controller):
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, frames: FrameList,
     ) -> Response[bytes]:
         [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
-        header = self._header(services, ref)
+        header = self._header(services, ref, conn)
         numbers = _frame_numbers(frames, len(header.frames))
         choice = choose_frames(request.headers.get("accept"), header.transfer_syntax_uid, can_decode=can_decode(header))
         try:
@@ -171,7 +172,7 @@ class WadoController(Controller):
     ) -> Response[bytes]:
         choose_part(request.headers.get("accept"), "application/octet-stream")
         [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
-        header = self._header(services, ref)
+        header = self._header(services, ref, conn)
         if key not in header.bulk:
             raise NotFoundError("no such bulk data in this instance")
         offset, length = header.bulk[key]
@@ -235,8 +236,11 @@ class WadoController(Controller):
         _disclose(request, [ref])
         return Response(content=image, media_type=media_type)
 
-    def _header(self, services: Services, ref: InstanceRef, *, again: bool = False) -> CachedHeader:
-        found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref])[ref.id]
+    def _header(self, services: Services, ref: InstanceRef, conn: Connection | None = None, *, again: bool = False) -> CachedHeader:
+        """The instance's header (``conn``: the request's, for the lookup; no transaction is left open on it after)."""
+        found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref], conn)[ref.id]
+        if conn is not None:
+            end_reads(conn)
         if isinstance(found, str):
             raise _unavailable(found)
         return found
