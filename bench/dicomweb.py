@@ -163,15 +163,19 @@ def start_ours(work: Path, db_url: str, s3: BenchS3, port: int, workers: int) ->
                   f'access_key_id_env = "{cfg.access_key_id_env}"', f'secret_access_key_env = "{cfg.secret_access_key_env}"', 'addressing_style = "path"', ""]
     config = work / "api.toml"
     config.write_text("\n".join(lines))
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "api"], env={**ENV, **s3.environ, "IMAGING_SYNC_CONFIG": str(config)},
-                            stdout=subprocess.DEVNULL, stderr=open(work / "api.log", "wb"))
+    log = open(work / "api.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "api"], env={**ENV, **s3.environ, "IMAGING_SYNC_CONFIG": str(config)}, stdout=log, stderr=log)
     wait_port(port)
     engine = create_engine(db_url)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     with engine.connect() as conn:
-        while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one() < workers * POOL_SIZE:
+        while (opened := conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )).scalar_one()) < workers * POOL_SIZE:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"our server's workers did not open their pools: {(work / 'api.log').read_text()[-2000:]}")
+                proc.terminate()  # the caller does not know it yet: stop it here (uvicorn stops its workers)
+                proc.wait(timeout=30)
+                raise RuntimeError(f"{opened} of our server's {workers * POOL_SIZE} pooled connections open; its log: {(work / 'api.log').read_text()[-2000:]}")
             time.sleep(0.2)
     engine.dispose()
     wait_tree_idle(proc.pid)
@@ -503,7 +507,8 @@ def report(
         print(f"  repeated series metadata: Orthanc÷ours {ratio:.2f} (≥ 2.00): {'met' if ratio >= 2 else 'NOT met'}")
         print(f"  frame throughput: ours÷Orthanc {ours_rate / other_rate:.2f} (≥ 1.00): {'met' if ours_rate >= other_rate else 'NOT met'}")
     if "orthanc" in names:
-        print("\nAnswers compared: " + ("identical where both give a value" if not problems and not frames.wrong else ""))
+        differ = [p for p in problems if not p.startswith("note:")] + frames.wrong
+        print("\nAnswers compared: " + ("the same studies, instances and frame bytes; values identical where both give one" if not differ else "DIFFERENCES"))
     elif problems or frames.wrong:
         print("\nAnswers checked:")
     for p in problems + frames.wrong[:10]:
