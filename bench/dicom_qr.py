@@ -668,12 +668,7 @@ def bench(n_instances: int, repeat: int, moves: int, image_size: int, *, s3_kind
             moved_result, cpu, gets = run_moves(targets, [s.uid for s in moved], received, meter, s3.server.requests)
             report_moves(moved_result, cpu, names, pg, s3, gets)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(orthanc_storage, ignore_errors=True)
 
@@ -681,20 +676,31 @@ def bench(n_instances: int, repeat: int, moves: int, image_size: int, *, s3_kind
 # -- the namespace, the header, the output file -------------------------------------------------------
 
 
-def in_netns(argv: list[str]) -> int:
-    """Run this script again inside the loopback-only namespace NETNS (made here, and deleted after, unless it existed)."""
+def in_netns(argv: list[str], *, netns: str = NETNS, marker: str = NETNS_VAR, script: str = __file__) -> int:
+    """Run ``script`` again inside the loopback-only namespace ``netns`` (made here, and deleted after, unless it existed),
+    with ``marker`` set in its environment so that it knows it is inside. bench/dicomweb.py runs itself through this too."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         sys.exit("a network namespace needs root and iproute2's ip: run as root, or pass --no-netns")
     existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
-    created = NETNS not in existing
+    created = netns not in existing
     if created:
-        subprocess.run(["ip", "netns", "add", NETNS], check=True)
+        subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
-        subprocess.run(["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"], check=True)
-        return subprocess.call(["ip", "netns", "exec", NETNS, sys.executable, str(Path(__file__).resolve()), *argv], env={**os.environ, NETNS_VAR: NETNS})
+        subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+        return subprocess.call(["ip", "netns", "exec", netns, sys.executable, str(Path(script).resolve()), *argv], env={**os.environ, marker: netns})
     finally:
         if created:
-            subprocess.run(["ip", "netns", "delete", NETNS], check=False)
+            subprocess.run(["ip", "netns", "delete", netns], check=False)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the started servers, newest first; kill one that has not gone in 20 s."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 class Tee:

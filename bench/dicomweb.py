@@ -597,29 +597,9 @@ def bench(args: argparse.Namespace) -> None:
                     client.close()
             report(qido, first, repeated, frames, names, args.series_size, problems + meta_problems, idle)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        qr.stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(orthanc_storage, ignore_errors=True)
-
-
-def in_netns(argv: list[str]) -> int:
-    """Run this script again inside the loopback-only namespace NETNS (made here and deleted after, unless it existed)."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        sys.exit("a network namespace needs root and iproute2's ip: run as root, or pass --no-netns")
-    created = NETNS not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
-    if created:
-        subprocess.run(["ip", "netns", "add", NETNS], check=True)
-    try:
-        subprocess.run(["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"], check=True)
-        return subprocess.call(["ip", "netns", "exec", NETNS, sys.executable, str(Path(__file__).resolve()), *argv], env={**os.environ, NETNS_VAR: NETNS})
-    finally:
-        if created:
-            subprocess.run(["ip", "netns", "delete", NETNS], check=False)
 
 
 def main() -> None:
@@ -641,7 +621,7 @@ def main() -> None:
     if not args.no_orthanc and not (Path(qr.ORTHANC).exists() and Path(PLUGIN).exists()):
         sys.exit("needs Orthanc and its DICOMweb plugin (apt-get install orthanc orthanc-dicomweb), or --no-orthanc")
     if not args.no_netns and NETNS_VAR not in os.environ:
-        sys.exit(in_netns(sys.argv[1:]))
+        sys.exit(qr.in_netns(sys.argv[1:], netns=NETNS, marker=NETNS_VAR, script=__file__))
     if NETNS_VAR in os.environ:
         qr.PG_ADMIN = qr.PG_SOCKET_URL  # 127.0.0.1:5432 is the root namespace's
     if args.out:
