@@ -93,6 +93,34 @@ def _unavailable(kind: str) -> Exception:
     return StorageError(f"the file could not be read ({kind})")
 
 
+def kept_header(services: Services, ref: InstanceRef, conn: Connection | None = None, *, again: bool = False) -> CachedHeader:
+    """The instance's header (``conn``: the request's, for the lookup; no transaction is left open on it after);
+    ``again``: its object changed, read it anew. 404 or 503 when its file cannot be read."""
+    found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref], conn)[ref.id]
+    if conn is not None:
+        end_reads(conn)
+    if isinstance(found, str):
+        raise _unavailable(found)
+    return found
+
+
+def rendered_response(
+    request: Request[Any, Any, Any], services: Services, ref: InstanceRef, number: int, params: dict[str, str], accept: str | None, *, thumbnail: bool = False
+) -> Response[bytes]:
+    """Frame ``number`` of ``ref`` rendered (:mod:`api.dicomweb.rendered`) with ``params`` (viewport, window, quality), in
+    the image type ``accept`` allows; shared by WADO-RS's rendered resources and WADO-URI's image types."""
+    header = kept_header(services, ref)
+    _frame_numbers(str(number), len(header.frames))
+    try:
+        frame = read_frame(services.files.reader, header, number)
+    except ObjectChangedError:
+        header = kept_header(services, ref, again=True)
+        frame = read_frame(services.files.reader, header, number)
+    image, media_type = render(header, frame, params, accept, thumbnail=thumbnail)
+    _disclose(request, [ref])
+    return Response(content=image, media_type=media_type)
+
+
 class WadoController(Controller):
     """Retrieve transactions of PS3.18 Table 10.4.1-1 that the index's files can answer."""
 
@@ -148,13 +176,13 @@ class WadoController(Controller):
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, frames: FrameList,
     ) -> Response[bytes]:
         [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
-        header = self._header(services, ref, conn)
+        header = kept_header(services, ref, conn)
         numbers = _frame_numbers(frames, len(header.frames))
         choice = choose_frames(request.headers.get("accept"), header.transfer_syntax_uid, can_decode=can_decode(header))
         try:
             data = [read_frame(services.files.reader, header, n) for n in numbers]
         except ObjectChangedError:  # replaced at the partner since the header was read: read it again, once
-            header = self._header(services, ref, again=True)
+            header = kept_header(services, ref, again=True)
             numbers = _frame_numbers(frames, len(header.frames))
             data = [read_frame(services.files.reader, header, n) for n in numbers]
         if choice.decode:
@@ -172,7 +200,7 @@ class WadoController(Controller):
     ) -> Response[bytes]:
         choose_part(request.headers.get("accept"), "application/octet-stream")
         [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
-        header = self._header(services, ref, conn)
+        header = kept_header(services, ref, conn)
         if key not in header.bulk:
             raise NotFoundError("no such bulk data in this instance")
         offset, length = header.bulk[key]
@@ -224,26 +252,8 @@ class WadoController(Controller):
         return self._rendered(request, services, first[len(first) // 2], 1, thumbnail=True)
 
     def _rendered(self, request: Request[Any, Any, Any], services: Services, ref: InstanceRef, number: int, *, thumbnail: bool = False) -> Response[bytes]:
-        params = _rendering_params(request)
-        header = self._header(services, ref)
-        _frame_numbers(str(number), len(header.frames))
-        try:
-            frame = read_frame(services.files.reader, header, number)
-        except ObjectChangedError:
-            header = self._header(services, ref, again=True)
-            frame = read_frame(services.files.reader, header, number)
-        image, media_type = render(header, frame, params, request.headers.get("accept"), thumbnail=thumbnail)
-        _disclose(request, [ref])
-        return Response(content=image, media_type=media_type)
+        return rendered_response(request, services, ref, number, _rendering_params(request), request.headers.get("accept"), thumbnail=thumbnail)
 
-    def _header(self, services: Services, ref: InstanceRef, conn: Connection | None = None, *, again: bool = False) -> CachedHeader:
-        """The instance's header (``conn``: the request's, for the lookup; no transaction is left open on it after)."""
-        found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref], conn)[ref.id]
-        if conn is not None:
-            end_reads(conn)
-        if isinstance(found, str):
-            raise _unavailable(found)
-        return found
 
     @route("read", STUDY, "study", "study_uid")
     @recorded_in_thread
@@ -373,4 +383,4 @@ def _close_opened(future: Future[Any]) -> None:
         future.result().value.close()
 
 
-__all__ = ["WadoController", "instance_refs", "instance_url", "stream_instances"]
+__all__ = ["WadoController", "instance_refs", "instance_url", "kept_header", "rendered_response", "stream_instances"]

@@ -302,8 +302,10 @@ def test_wado_uri_redirects_to_the_partners_bucket_when_configured(archive: Arch
         ({"objectUID": None}, 400, "objectUID"),
         ({"objectUID": "1.2.x"}, 400, "SOPInstanceUID"),
         ({"frobnicate": "1"}, 400, "frobnicate"),
-        ({"transferSyntax": RLELossless}, 400, "transferSyntax"),
-        ({"contentType": "image/jpeg"}, 406, None),
+        ({"transferSyntax": RLELossless, "contentType": "application/dicom"}, 400, "transferSyntax"),
+        ({"contentType": "image/gif"}, 406, None),
+        ({"contentType": "image/png", "windowCenter": "40"}, 400, "windowWidth"),
+        ({"contentType": "image/png", "frameNumber": "0"}, 400, "frameNumber"),
         ({"objectUID": "1.2.3.999"}, 404, None),
     ],
 )
@@ -420,3 +422,22 @@ def test_bulk_data_keys_become_urls_without_touching_a_value_that_looks_like_one
     assert done["00081030"] == attributes["00081030"]
     assert done["00091001"]["BulkDataURI"] == "https://x/i/bulkdata/1234"
     assert done["00400275"]["Value"][0]["00091002"]["BulkDataURI"] == "https://x/i/bulkdata/5678"
+
+
+def test_wado_uri_renders_an_image_by_default_and_as_asked(archive: Archive) -> None:
+    """PS3.18 9.1.2.1.1: without contentType an image object comes as image/jpeg."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    file = archive.files["native"]
+    default = archive.get("/dicomweb/wado", **wado_uri(file))
+    assert default.status_code == 200 and default.headers["content-type"] == "image/jpeg"
+    assert Image.open(BytesIO(default.content)).size == (32, 32)
+    small = archive.get("/dicomweb/wado", **wado_uri(file, contentType="image/png", rows="16", columns="16", windowCenter="2000", windowWidth="1000"))
+    shown = np.asarray(Image.open(BytesIO(small.content)))
+    assert small.headers["content-type"] == "image/png" and shown.shape == (16, 16)
+    second = archive.get("/dicomweb/wado", **wado_uri(archive.files["multiframe"], contentType="image/png", frameNumber="2"))
+    first = archive.get("/dicomweb/wado", **wado_uri(archive.files["multiframe"], contentType="image/png"))
+    assert second.status_code == first.status_code == 200 and second.content != first.content
