@@ -103,10 +103,6 @@ class HeaderCache:
         self._reader = reader
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="header-read")
 
-    @property
-    def reader(self) -> HeaderReader:
-        return self._reader
-
     def headers(self, refs: Sequence[InstanceRef], conn: Connection | None = None) -> dict[uuid.UUID, CachedHeader | str]:
         """Each instance's header, or the kind of failure that kept it from being read (``object_missing``, …).
 

@@ -1,4 +1,4 @@
-"""Running a QIDO-RS search: the core's statement for the level, one page of it, its counts, as DICOM JSON.
+"""Running a QIDO-RS search: the core's statement for the level (its counts are facts columns), one page of it, as DICOM JSON.
 
 Paging (``offset``, ``limit``) is by the match's own id, a UUIDv7 that
 never changes, so pages neither repeat nor skip a match while the index
@@ -55,17 +55,13 @@ def run(conn: Connection, query: QidoQuery, *, base_url: str, max_results: int) 
     rows = conn.execute(stmt).all()
     page = Page(more=len(rows) > limit)
     rows = rows[:limit]
-    wanted = {f.keyword for f in query.fields if f.key is not None and f.key.match == "computed"}
-    computed = search.aggregates(conn, query.level, [row[0] for row in rows], wanted) if wanted and rows else {}
     first = search.FIRST_KEY_COLUMN[query.level]
     column_of = {key.keyword: first + i for i, key in enumerate(k for k in keys if search.is_stored(k))}
     for row in rows:
         values: dict[str, Any] = {}
         for f in query.fields:
-            if f.keyword in column_of:
+            if f.keyword in column_of:  # counts and ModalitiesInStudy too: facts columns (no computed key at these levels)
                 values[f.keyword] = row[column_of[f.keyword]]
-            elif f.keyword in wanted:
-                values[f.keyword] = computed.get(f.keyword, {}).get(row[0], search.computed_default(f.keyword))
         page.matches.append(_json(query, values, base_url))
         page.subject_ids.append(row[1])
         page.study_ids.append(row[2])
