@@ -5,7 +5,7 @@ region through the S3 API and yields a :class:`BenchS3`: its buckets, a ``Storag
 environment variables that config names, ``put`` for fixtures, the server's pid and its request counts.
 
 ``moto``: the project's embedded S3 (``storage.embedded.EmbeddedS3``: moto's WSGI app in
-werkzeug's threaded server, behind the presigned-URL gate), started here by running this file as a script in a
+waitress, behind the presigned-URL gate), started here by running this file as a script in a
 child process. ``s3rver``: the npm package of that name (:class:`S3rverProcess`, installed beside this file).
 To add another server (MinIO, ...), write a class with the methods of
 :class:`S3Server` (``start`` returns the endpoint URL; ``credentials`` the access key pair a bucket must use if
@@ -227,19 +227,22 @@ def _serve_moto() -> None:
     """Child process: EmbeddedS3 on a free port; print its URL; answer ``count`` on stdin with request counts; stop at EOF."""
     import threading
 
-    import storage.embedded
     from storage.embedded import EmbeddedS3
+    from storage.presigned_gate import WsgiApp
 
     counts: dict[str, int] = {}
     lock = threading.Lock()
 
-    def log_request(handler: Any, code: int | str = "-", size: int | str = "-") -> None:  # werkzeug calls it once per response
-        with lock:
-            counts[handler.command] = counts.get(handler.command, 0) + 1
+    def counting(app: WsgiApp) -> WsgiApp:
+        def counted(environ: dict[str, Any], start_response: Any) -> Any:
+            with lock:
+                counts[environ["REQUEST_METHOD"]] = counts.get(environ["REQUEST_METHOD"], 0) + 1
+            return app(environ, start_response)
 
-    setattr(storage.embedded.request_handler_class(), "log_request", log_request)  # noqa: B010  # count the requests instead of logging them
+        return counted
+
     secrets = json.loads(os.environ.get("BENCH_S3_SECRETS", "{}")) or None
-    with EmbeddedS3(secrets=secrets) as server:
+    with EmbeddedS3(secrets=secrets, middleware=counting) as server:
         print(server.endpoint_url, flush=True)
         for line in sys.stdin:
             if line.strip() == "count":

@@ -2,7 +2,7 @@
 
 The base install is what production runs: the API, the DICOM node, the
 workers, beat and the CLI against PostgreSQL or SQLite and a real S3. The
-``demo`` extra adds the embedded S3 (moto's server, on werkzeug) and numpy,
+``demo`` extra adds the embedded S3 (moto's S3, served by waitress) and numpy,
 which pydicom needs to write the demo's pixel data. Without it a production
 image carries none of those packages; a process that is asked for them
 anyway (``[storage] embedded = true``, ``imaging-sync demo``) stops at once
@@ -23,7 +23,7 @@ from imaging_sync.errors import ConfigError
 
 # extra -> the top-level modules our code imports from it (each one a requirement of that extra)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "demo": ("moto", "werkzeug", "numpy"),
+    "demo": ("moto", "waitress", "numpy"),
     "render": ("numpy", "PIL"),
 }
 

@@ -63,7 +63,7 @@ class TextFormatter(logging.Formatter):
 
 # Libraries whose INFO lines are noise on an operator's console ("Context impl SQLiteImpl.",
 # every S3 request): WARNING and above only, unless verbose.
-QUIET_LIBRARIES = ("alembic", "botocore", "boto3", "s3transfer", "urllib3", "werkzeug", "moto")
+QUIET_LIBRARIES = ("alembic", "botocore", "boto3", "s3transfer", "urllib3", "waitress", "werkzeug", "moto")
 
 
 def configure_logging(config: LoggingConfig, *, verbose: bool = False) -> None:

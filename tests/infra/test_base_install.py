@@ -40,7 +40,7 @@ OURS = ("imaging_sync", "storage", "api", "dicom", "jobs", "app", "devtools")
 # Never in production: the demo extra's packages and what they bring, the test and build tools, and
 # the packages the lock leaves out on purpose (pyproject.toml, [tool.uv]).
 NEVER_IN_PRODUCTION = {
-    "moto", "werkzeug", "flask", "numpy", "docker", "cfn-lint", "sympy",
+    "moto", "waitress", "werkzeug", "flask", "numpy", "docker", "cfn-lint", "sympy",
     "pytest", "schemathesis", "playwright", "ruff", "mypy", "uv", "cyclonedx-bom", "pyinstrument",
     "pip", "setuptools", "polyfactory", "faker", "rich", "rich-click", "pygments",
     "watchfiles", "websockets", "python-dotenv", "swagger-ui-py",

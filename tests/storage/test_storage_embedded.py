@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from datetime import UTC, datetime, timedelta
 
+import boto3
 import httpx
 import pytest
 
@@ -13,6 +14,7 @@ from devtools.storage import embedded_storage
 from imaging_sync.config import BucketConfig, StorageConfig
 from imaging_sync.errors import StorageError
 from storage import EmbeddedS3, ObjectReader, Presigner
+from storage.embedded import signed_for
 
 
 def refuses_connections(port: int) -> bool:
@@ -95,3 +97,28 @@ def test_without_secrets_any_key_is_accepted_but_expiry_still_applies() -> None:
         assert httpx.get(url.replace(bucket.access_key_id, "AKIANOBODY")).status_code == 200
         past = Presigner(s3.registry(), clock=lambda: datetime.now(UTC) - timedelta(minutes=10))
         assert httpx.get(past.presign_get(bucket.name, "k.dcm", expires_in=60).url).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("environ", "service"),
+    [
+        ({"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AKID/20261204/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=ab"}, "s3"),
+        ({"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AKID/20261204/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=ab"}, "sts"),
+        ({"QUERY_STRING": "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKID%2F20261204%2Feu-west-1%2Fs3%2Faws4_request&X-Amz-Signature=ab"}, "s3"),
+        ({"QUERY_STRING": "X-Amz-Credential=AKID/20261204/eu-west-1/STS/aws4_request"}, "sts"),
+        ({"QUERY_STRING": "list-type=2"}, None),
+        ({}, None),
+    ],
+)
+def test_the_service_a_request_is_signed_for_is_read_from_its_credential_scope(environ: dict[str, str], service: str | None) -> None:
+    assert signed_for(environ) == service
+
+
+def test_one_connection_serves_an_s3_get_and_an_sts_call() -> None:
+    """S3 goes to moto's S3 application directly, STS through its dispatcher: both answer from the one endpoint."""
+    with EmbeddedS3(buckets={"routing-bucket": "eu-west-1"}) as server:
+        s3 = server.admin_client("eu-west-1")
+        s3.put_object(Bucket="routing-bucket", Key="k", Body=b"routed")
+        assert s3.get_object(Bucket="routing-bucket", Key="k")["Body"].read() == b"routed"
+        sts = boto3.client("sts", region_name="us-east-1", endpoint_url=server.endpoint_url, aws_access_key_id="x", aws_secret_access_key="y")
+        assert sts.get_caller_identity()["Account"].isdigit()
