@@ -61,12 +61,25 @@ _PREFETCH = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wado-open")
 
 
 def instance_refs(conn: Connection, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRef]:
-    for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop)):
-        if uid is not None and not is_valid_uid(uid):
-            raise ValidationError(name, "is not a UID")
+    _check_uids(study, series, sop)
     refs = catalog.instances_by_uids(conn, study, series, sop)
     end_reads(conn)  # no transaction held while the partners' buckets answer
     return refs
+
+
+def kept_instance(services: Services, conn: Connection, study: str, series: str, sop: str) -> tuple[InstanceRef, CachedHeader]:
+    """One instance and its header, in one statement when the header is kept (a viewer's frame requests), else read
+    now; 404 or 503 as :func:`kept_header`."""
+    _check_uids(study, series, sop)
+    ref, kept = catalog.instance_with_header(conn, study, series, sop)
+    end_reads(conn)
+    return ref, kept if kept is not None else kept_header(services, ref)
+
+
+def _check_uids(study: str, series: str | None, sop: str | None) -> None:
+    for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop)):
+        if uid is not None and not is_valid_uid(uid):
+            raise ValidationError(name, "is not a UID")
 
 
 def _disclose(request: Request[Any, Any, Any], refs: Sequence[InstanceRef]) -> None:
@@ -93,12 +106,10 @@ def _unavailable(kind: str) -> Exception:
     return StorageError(f"the file could not be read ({kind})")
 
 
-def kept_header(services: Services, ref: InstanceRef, conn: Connection | None = None, *, again: bool = False) -> CachedHeader:
-    """The instance's header (``conn``: the request's, for the lookup; no transaction is left open on it after);
-    ``again``: its object changed, read it anew. 404 or 503 when its file cannot be read."""
-    found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref], conn)[ref.id]
-    if conn is not None:
-        end_reads(conn)
+def kept_header(services: Services, ref: InstanceRef, *, again: bool = False) -> CachedHeader:
+    """The instance's header, kept or read now (the lookup on a connection of the cache's own); ``again``: its
+    object changed, read it anew. 404 or 503 when its file cannot be read."""
+    found: CachedHeader | str = services.headers.read_again(ref) if again else services.headers.headers([ref])[ref.id]
     if isinstance(found, str):
         raise _unavailable(found)
     return found
@@ -175,8 +186,7 @@ class WadoController(Controller):
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], conn: RequestConnection,
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, frames: FrameList,
     ) -> Response[bytes]:
-        [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
-        header = kept_header(services, ref, conn)
+        ref, header = kept_instance(services, conn, study_uid, series_uid, sop_uid)
         numbers = _frame_numbers(frames, len(header.frames))
         choice = choose_frames(request.headers.get("accept"), header.transfer_syntax_uid, can_decode=can_decode(header))
         try:
@@ -199,8 +209,7 @@ class WadoController(Controller):
         study_uid: StudyUid, series_uid: SeriesUid, sop_uid: SopUid, key: BulkKey,
     ) -> Response[bytes]:
         choose_part(request.headers.get("accept"), "application/octet-stream")
-        [ref] = instance_refs(conn, study_uid, series_uid, sop_uid)
-        header = kept_header(services, ref, conn)
+        ref, header = kept_instance(services, conn, study_uid, series_uid, sop_uid)
         if key not in header.bulk:
             raise NotFoundError("no such bulk data in this instance")
         offset, length = header.bulk[key]
@@ -383,4 +392,4 @@ def _close_opened(future: Future[Any]) -> None:
         future.result().value.close()
 
 
-__all__ = ["WadoController", "instance_refs", "instance_url", "kept_header", "rendered_response", "stream_instances"]
+__all__ = ["WadoController", "instance_refs", "instance_url", "kept_header", "kept_instance", "rendered_response", "stream_instances"]

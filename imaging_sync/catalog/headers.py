@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select
 
 from imaging_sync.copies import Location
 from imaging_sync.db.models import Instance, InstanceHeader, InstanceLocation, Series, Study, Subject, table_of, utcnow
@@ -76,15 +76,25 @@ def instances_by_uids(conn: Connection, study_uid: str, series_uid: str | None =
     NotFoundError naming what the UIDs do not find: the study, the series in
     it, or the instance in it.
     """
-    conditions = [_study.c.study_instance_uid == study_uid]
-    if series_uid is not None:
-        conditions.append(_series.c.series_instance_uid == series_uid)
-    if sop_uid is not None:
-        conditions.append(_instance.c.sop_instance_uid == sop_uid)
-    found = _refs(conn, conditions)
+    stmt = _BY_UIDS[(series_uid is not None, sop_uid is not None)]
+    found = _refs(conn.execute(stmt, {"study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid}).all())
     if not found:
         raise NotFoundError(_missing(conn, study_uid, series_uid, sop_uid))
     return found
+
+
+def instance_with_header(conn: Connection, study_uid: str, series_uid: str, sop_uid: str) -> tuple[InstanceRef, CachedHeader | None]:
+    """One live instance by its three UIDs and its kept header (None: not read yet, or its read failed), in one statement.
+
+    A viewer asks for a frame or a bulk data value of one instance per request, hundreds per
+    series scrolled: this is the index's whole share of such a request. NotFoundError as
+    :func:`instances_by_uids`.
+    """
+    rows = conn.execute(_WITH_HEADER, {"study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid}).all()
+    if not rows:
+        raise NotFoundError(_missing(conn, study_uid, series_uid, sop_uid))
+    [ref] = _refs(rows)
+    return ref, _kept(rows[0][len(_REF_COLUMNS):])
 
 
 def unread(conn: Connection, partner: str, *, limit: int, retry_failed: bool = False, after: uuid.UUID | None = None) -> list[InstanceRef]:
@@ -98,35 +108,69 @@ def unread(conn: Connection, partner: str, *, limit: int, retry_failed: bool = F
     if after is not None:
         conditions.append(_instance.c.id > after)
     ids = select(_instance.c.id).where(*conditions, _instance.c.deleted_at.is_(None)).order_by(_instance.c.id).limit(limit)
-    return _refs(conn, [_instance.c.id.in_(ids.scalar_subquery())], by_id=True)
+    return _refs(conn.execute(_ref_select().where(_instance.c.id.in_(ids.scalar_subquery())).order_by(_instance.c.id)).all())
 
 
-def _refs(conn: Connection, conditions: list[Any], *, by_id: bool = False) -> list[InstanceRef]:
-    stmt = (
-        select(
-            _instance.c.id, _study.c.id, _subject.c.id, _study.c.study_instance_uid, _series.c.series_instance_uid, _instance.c.sop_instance_uid,
-            _instance.c.sop_class_uid, _instance.c.instance_number, _location.c.partner, _location.c.bucket, _location.c.key,
-        )
-        .select_from(
-            _instance.join(_series, _series.c.id == _instance.c.series_id)
-            .join(_study, _study.c.id == _series.c.study_id)
-            .join(_subject, _subject.c.id == _study.c.subject_id)
-            .outerjoin(_location, _location.c.instance_id == _instance.c.id)
-        )
-        .where(*conditions, _study.c.deleted_at.is_(None), _subject.c.deleted_at.is_(None), _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
+_REF_COLUMNS = (
+    _instance.c.id, _study.c.id, _subject.c.id, _study.c.study_instance_uid, _series.c.series_instance_uid, _instance.c.sop_instance_uid,
+    _instance.c.sop_class_uid, _instance.c.instance_number, _location.c.partner, _location.c.bucket, _location.c.key,
+)
+_HEADER_COLUMNS = (
+    _header.c.instance_id, _header.c.partner, _header.c.bucket, _header.c.key, _header.c.etag, _header.c.size_bytes,
+    _header.c.transfer_syntax_uid, _header.c.attributes, _header.c.bulk, _header.c.frames,
+)
+
+
+def _ref_select(*more: Any) -> Select[Any]:
+    """Instances with their study, subject and copies, all live; ``more`` columns from ``instance_header`` (joined then)."""
+    joined = (
+        _instance.join(_series, _series.c.id == _instance.c.series_id)
+        .join(_study, _study.c.id == _series.c.study_id)
+        .join(_subject, _subject.c.id == _study.c.subject_id)
+        .outerjoin(_location, _location.c.instance_id == _instance.c.id)
     )
-    if by_id:
-        stmt = stmt.order_by(_instance.c.id)
-    else:
-        stmt = stmt.order_by(_series.c.series_number.asc().nulls_last(), _series.c.id, _instance.c.instance_number.asc().nulls_last(), _instance.c.id)
+    if more:
+        joined = joined.outerjoin(_header, (_header.c.instance_id == _instance.c.id) & _header.c.failure.is_(None))
+    return (
+        select(*_REF_COLUMNS, *more)
+        .select_from(joined)
+        .where(_study.c.deleted_at.is_(None), _subject.c.deleted_at.is_(None), _series.c.deleted_at.is_(None), _instance.c.deleted_at.is_(None))
+    )
+
+
+def _by_uids(series: bool, sop: bool, *more: Any) -> Select[Any]:
+    stmt = _ref_select(*more).where(_study.c.study_instance_uid == bindparam("study_uid"))
+    if series:
+        stmt = stmt.where(_series.c.series_instance_uid == bindparam("series_uid"))
+    if sop:
+        stmt = stmt.where(_instance.c.sop_instance_uid == bindparam("sop_uid"))
+    return stmt.order_by(_series.c.series_number.asc().nulls_last(), _series.c.id, _instance.c.instance_number.asc().nulls_last(), _instance.c.id)
+
+
+# Built once: a statement object built per request costs SQLAlchemy its construction and its cache key
+# (a tenth of a frame request's CPU, by py-spy); these keep both.
+_BY_UIDS = {(series, sop): _by_uids(series, sop) for series in (False, True) for sop in (False, True)}
+_WITH_HEADER = _by_uids(True, True, *_HEADER_COLUMNS)
+_CACHED = select(*_HEADER_COLUMNS).where(_header.c.instance_id.in_(bindparam("ids", expanding=True)), _header.c.failure.is_(None))
+
+
+def _refs(rows: Sequence[Any]) -> list[InstanceRef]:
     found: dict[uuid.UUID, InstanceRef] = {}
-    for iid, study_id, subject_id, st_uid, se_uid, sop, sop_class, number, partner, bucket, key in conn.execute(stmt).all():
+    for iid, study_id, subject_id, st_uid, se_uid, sop, sop_class, number, partner, bucket, key, *_ in rows:
         ref = found.get(iid)
         if ref is None:
             ref = found[iid] = InstanceRef(iid, study_id, subject_id, st_uid, se_uid, sop, sop_class, number)
         if partner is not None:
             ref.locations.append(Location(partner, bucket, key))
     return list(found.values())
+
+
+def _kept(row: Sequence[Any]) -> CachedHeader | None:
+    """A header row (the columns of ``_HEADER_COLUMNS``) as kept; None for the outer join's empty one."""
+    instance_id, partner, bucket, key, etag, size, transfer_syntax, attributes, bulk, frames = row
+    if instance_id is None:
+        return None
+    return CachedHeader(instance_id, Location(partner, bucket, key), etag, size, transfer_syntax, attributes, bulk or {}, frames or [])
 
 
 @dataclass(frozen=True)
@@ -176,13 +220,11 @@ def cached(conn: Connection, instance_ids: list[uuid.UUID]) -> dict[uuid.UUID, C
     """The headers kept for these instances (failures left out: they are read again)."""
     if not instance_ids:
         return {}
-    stmt = select(_header).where(_header.c.instance_id.in_(instance_ids), _header.c.failure.is_(None))
     out = {}
-    for row in conn.execute(stmt).mappings():
-        out[row["instance_id"]] = CachedHeader(
-            row["instance_id"], Location(row["partner"], row["bucket"], row["key"]), row["etag"], row["size_bytes"],
-            row["transfer_syntax_uid"], row["attributes"], row["bulk"] or {}, row["frames"] or [],
-        )
+    for row in conn.execute(_CACHED, {"ids": instance_ids}).all():
+        kept = _kept(row)
+        if kept is not None:
+            out[kept.instance_id] = kept
     return out
 
 
@@ -219,4 +261,4 @@ def forget(conn: Connection, instance_id: uuid.UUID) -> None:
     conn.execute(delete(_header).where(_header.c.instance_id == instance_id))
 
 
-__all__ = ["CachedHeader", "InstanceRef", "PartnerHeaders", "cached", "forget", "forget_copies", "instances_by_uids", "progress", "record_failure", "store", "unread"]
+__all__ = ["CachedHeader", "InstanceRef", "PartnerHeaders", "cached", "forget", "forget_copies", "instance_with_header", "instances_by_uids", "progress", "record_failure", "store", "unread"]
