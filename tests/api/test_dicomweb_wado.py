@@ -234,6 +234,23 @@ def test_a_missing_object_is_a_404_for_its_instance_and_the_rest_of_the_study_st
     assert "1 of 5 instances left out" in response.headers["warning"]
 
 
+def test_a_frame_without_a_kept_header_reads_it_first_and_a_failed_read_is_tried_again(archive: Archive) -> None:
+    """No header kept: the frame request reads it (ranged GETs of the header), then the frame; a header whose read
+    failed (the object was gone) is read again once the object is back."""
+    file = archive.files["multiframe"]
+    archive.s3.admin_client(archive.bucket).delete_object(Bucket=archive.bucket, Key=file.key)
+    assert archive.get(f"{file.url}/frames/2").status_code == 404  # the failure is recorded
+    archive.s3.put(archive.bucket, file.key, file.data)
+    archive.front.seen.clear()
+    response = archive.get(f"{file.url}/frames/2", accept='multipart/related; type="application/octet-stream"')
+    assert response.status_code == 200, response.text
+    assert parts(response)[0][1] == file.frames[1]
+    assert len(archive.front.gets(file.key)) == 2  # the header's first read, then the frame
+    archive.front.seen.clear()
+    assert parts(archive.get(f"{file.url}/frames/3", accept='multipart/related; type="application/octet-stream"'))[0][1] == file.frames[2]
+    assert len(archive.front.gets(file.key)) == 1  # kept now: the frame alone
+
+
 def test_unknown_uids_are_404s_and_bad_ones_400s(archive: Archive) -> None:
     file = archive.files["native"]
     assert archive.get("/dicomweb/studies/1.2.3.999/metadata").status_code == 404
