@@ -31,6 +31,13 @@ header on a urllib3 pool 438 / 886 µs, on botocore's urllib3 transport
   throttling and request timeouts, with jittered exponential backoff. Only
   before the body: once chunks have gone to the caller, a failure is final.
 
+Ranged reads wanted whole (:meth:`ObjectFetcher.read`: a DICOMweb frame, a
+header, a bulk data value) take the same signing, endpoint, retries and error
+mapping, but another transport, :mod:`storage.http1`: small answers read into
+memory, where urllib3's per-response machinery was half of the fetching CPU
+per GET. :meth:`ObjectFetcher.open` (streamed, whole objects and ranges alike)
+stays on urllib3.
+
 Integrity while streaming (the caller writes a spool file and discards it on
 any error): a body ending before its ``Content-Length`` raises; then, at the
 end, the cheapest check the response allows: S3's CRC32 checksum
@@ -71,6 +78,7 @@ from botocore.httpsession import URLLib3Session
 
 from imaging_sync.errors import ObjectChangedError, ObjectCorruptError, StorageError, ValidationError
 from storage.boto_errors import error_for_code, storage_error, where
+from storage.http1 import Http1Pool, TransportError
 from storage.presign import check_key
 from storage.registry import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS, MAX_POOL_CONNECTIONS, READ_TIMEOUT_SECONDS, BucketRegistry
 from storage.sigv4 import sign_get_headers
@@ -131,6 +139,7 @@ class ObjectFetcher:
         self._clock = clock
         self._lock = threading.Lock()
         self._transports: dict[tuple[str, str | None], URLLib3Session] = {}
+        self._small: dict[tuple[str, str | None], Http1Pool] = {}
 
     def open(self, bucket: str, key: str, *, byte_range: tuple[int, int] | None = None, if_match: str | None = None) -> FetchedObject:
         """Send the GET and return once the headers are in: a missing object raises ``ObjectNotFoundError`` here.
@@ -145,23 +154,13 @@ class ObjectFetcher:
         past the end is a ValidationError. ``if_match``: the ETag the object must
         still have, else ``ObjectChangedError`` (offsets learnt from it are stale).
         """
-        if byte_range is not None and not 0 <= byte_range[0] < byte_range[1]:
-            raise ValidationError("range", f"needs 0 <= start < end, got {byte_range}")
-        extra = dict(_CHECKSUM_HEADERS) if byte_range is None else {"range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
-        if if_match is not None:
-            extra["if-match"] = f'"{if_match}"'
-
-        self._registry.bucket_config(bucket)
-        check_key(key)
-        endpoint = self._registry.endpoint(bucket)
-        parts = urlsplit(endpoint.base_url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        transport = self._transport(origin, self._registry.ca_bundle(bucket))
+        extra = self._conditions(byte_range, if_match)
+        if byte_range is None:
+            extra.update(_CHECKSUM_HEADERS)
+        origin, ca_bundle = self._origin(bucket, key)
+        transport = self._transport(origin, ca_bundle)
         for attempt in range(1, self._attempts + 1):
-            credentials = self._registry.credentials(bucket)  # per attempt: a refresh between attempts is used
-            path, headers = sign_get_headers(
-                self._registry.signing_scope(bucket, credentials), signed_at=self._clock(), key=key, headers=extra
-            )
+            path, headers = self._signed(bucket, key, extra)
             try:
                 response = transport.send(AWSPreparedRequest("GET", origin + path, headers, None, True)).raw
             except (BotoConnectionError, HTTPClientError) as exc:
@@ -173,16 +172,80 @@ class ObjectFetcher:
                 raise storage_error(exc, action="open", bucket=bucket, key=key) from exc
             if response.status == 200 or (response.status == 206 and byte_range is not None):
                 return _opened(response, bucket, key, ranged=response.status == 206)
-            code = _error_code(response)
-            if response.status == 412 or code == "PreconditionFailed":
-                raise ObjectChangedError(f"open {where(bucket, key)}: the object has changed since it was read (ETag)")
-            if response.status == 416 or code == "InvalidRange":
-                raise ValidationError("range", f"start={byte_range[0] if byte_range else 0} is past the end of {where(bucket, key)}")
-            if (response.status in RETRY_STATUSES or code in RETRY_CODES) and attempt < self._attempts:
-                self._wait(attempt, bucket, code)
-                continue
-            raise error_for_code(code, action="open", bucket=bucket, key=key)
+            self._not_the_object(response.status, _error_code(response), bucket, key, byte_range, attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def read(self, bucket: str, key: str, byte_range: tuple[int, int], *, if_match: str | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` exclusive of the object, in memory, as :meth:`open` with a range read whole, but
+        on the small-answer transport (:mod:`storage.http1`): a viewer's frame is one of these per request."""
+        extra = self._conditions(byte_range, if_match)
+        origin, ca_bundle = self._origin(bucket, key)
+        pool = self._small_transport(origin, ca_bundle)
+        wanted = byte_range[1] - byte_range[0]
+        for attempt in range(1, self._attempts + 1):
+            path, headers = self._signed(bucket, key, extra)
+            try:
+                answer = pool.get(path, headers, max_body=wanted + ERROR_BODY_LIMIT)
+            except TransportError as exc:
+                if attempt < self._attempts:
+                    self._wait(attempt, bucket, exc.reason)
+                    continue
+                raise StorageError(f"open {where(bucket, key)}: storage endpoint unreachable or connection lost ({exc.reason})") from exc
+            if answer.status == 206:
+                if not _CONTENT_RANGE_TOTAL.search(answer.headers.get("content-range", "")) or len(answer.body) > wanted:
+                    raise StorageError(f"open {where(bucket, key)}: a range answered without a usable Content-Range")
+                return answer.body
+            if answer.status == 200:  # a server that ignores Range sends the whole object (if it fit in max_body)
+                return answer.body[byte_range[0] : byte_range[1]]
+            found = _ERROR_CODE.search(answer.body)
+            self._not_the_object(answer.status, found.group(1).decode() if found else str(answer.status), bucket, key, byte_range, attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    @staticmethod
+    def _conditions(byte_range: tuple[int, int] | None, if_match: str | None) -> dict[str, str]:
+        extra: dict[str, str] = {}
+        if byte_range is not None:
+            if not 0 <= byte_range[0] < byte_range[1]:
+                raise ValidationError("range", f"needs 0 <= start < end, got {byte_range}")
+            extra["range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+        if if_match is not None:
+            extra["if-match"] = f'"{if_match}"'
+        return extra
+
+    def _origin(self, bucket: str, key: str) -> tuple[str, str | None]:
+        """The bucket checked against the registry and the key against our rules; its endpoint's origin and CA bundle."""
+        self._registry.bucket_config(bucket)
+        check_key(key)
+        parts = urlsplit(self._registry.endpoint(bucket).base_url)
+        return f"{parts.scheme}://{parts.netloc}", self._registry.ca_bundle(bucket)
+
+    def _signed(self, bucket: str, key: str, extra: dict[str, str]) -> tuple[str, dict[str, str]]:
+        credentials = self._registry.credentials(bucket)  # per attempt: a refresh between attempts is used
+        return sign_get_headers(self._registry.signing_scope(bucket, credentials), signed_at=self._clock(), key=key, headers=extra)
+
+    def _not_the_object(self, status: int, code: str, bucket: str, key: str, byte_range: tuple[int, int] | None, attempt: int) -> None:
+        """An answer that is not the object: return to try again (after the backoff), else raise what it means."""
+        if status == 412 or code == "PreconditionFailed":
+            raise ObjectChangedError(f"open {where(bucket, key)}: the object has changed since it was read (ETag)")
+        if status == 416 or code == "InvalidRange":
+            raise ValidationError("range", f"start={byte_range[0] if byte_range else 0} is past the end of {where(bucket, key)}")
+        if (status in RETRY_STATUSES or code in RETRY_CODES) and attempt < self._attempts:
+            self._wait(attempt, bucket, code)
+            return
+        raise error_for_code(code, action="open", bucket=bucket, key=key)
+
+    def _small_transport(self, origin: str, ca_bundle: str | None) -> Http1Pool:
+        found = self._small.get((origin, ca_bundle))
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._small.get((origin, ca_bundle))
+            if found is None:
+                found = self._small[(origin, ca_bundle)] = Http1Pool(
+                    origin, ca_bundle=ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or True,
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS, max_idle=MAX_POOL_CONNECTIONS,
+                )
+        return found
 
     def _transport(self, origin: str, ca_bundle: str | None) -> URLLib3Session:
         """The endpoint's transport (its connection pool), built on first use."""

@@ -128,18 +128,23 @@ class ObjectReader:
         stale). Through the same cheap path as whole objects (one frame of a
         DICOMweb viewer is one of these).
         """
-        if isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int):
-            raise ValidationError("range", "start and end must be integers")
-        if start < 0 or end <= start:
-            raise ValidationError("range", f"needs 0 <= start < end, got start={start}, end={end}")
+        _check_range(start, end)
         fetched = self._fetcher.open(bucket, key, byte_range=(start, end), if_match=if_match)
         info = ObjectInfo(size=fetched.total_size, etag=fetched.etag, content_type=fetched.content_type)
         return ObjectStream(fetched.body, info, chunk_size=self._chunk_size, bucket=bucket, key=key)
 
     def read_range(self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None) -> bytes:
-        """Bytes ``start`` to ``end`` (exclusive) at once: :meth:`open_range` read whole (a header, a frame)."""
-        with self.open_range(bucket, key, start, end, if_match=if_match) as stream:
-            return b"".join(stream)
+        """Bytes ``start`` to ``end`` (exclusive) at once (a header, a frame): as :meth:`open_range` read whole, on
+        the fetcher's transport for small answers (``ObjectFetcher.read``)."""
+        _check_range(start, end)
+        return self._fetcher.read(bucket, key, (start, end), if_match=if_match)
+
+
+def _check_range(start: int, end: int) -> None:
+    if isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int):
+        raise ValidationError("range", "start and end must be integers")
+    if start < 0 or end <= start:
+        raise ValidationError("range", f"needs 0 <= start < end, got start={start}, end={end}")
 
 
 def _info(response: dict[str, Any]) -> ObjectInfo:

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +37,7 @@ from botocore.credentials import Credentials
 
 from devtools.storage import EmbeddedStorage, embedded_storage
 from imaging_sync.config import BucketConfig, StorageConfig
-from imaging_sync.errors import BucketNotAllowedError, ObjectCorruptError, ObjectNotFoundError, StorageError
+from imaging_sync.errors import BucketNotAllowedError, ObjectChangedError, ObjectCorruptError, ObjectNotFoundError, StorageError, ValidationError
 from storage import BucketRegistry, ObjectReader
 from storage.fetch import ObjectFetcher
 from storage.reader import DEFAULT_CHUNK_SIZE
@@ -432,3 +433,81 @@ def test_connections_are_kept_alive_and_one_left_early_is_closed_not_reused(fake
         next(iter(stream))  # one chunk of three, then leave
     assert read_all(fake_reader, BUCKET, "a.dcm")[0] == data
     assert fake.connections == 2, "the half-read connection was closed; the next GET opened a fresh one"
+
+
+# -- ranged reads read whole (ObjectFetcher.read, on storage.http1): a frame, a header ------------------------------
+
+
+def ranged(data: bytes, start: int, end: int, **more: str) -> Reply:
+    """S3's answer to ``Range: bytes=start-(end-1)``: 206, the slice, its Content-Range."""
+    return lambda h: h.send(206, data[start:end], object_headers(data, **{"Content-Range": f"bytes {start}-{end - 1}/{len(data)}", **more}))
+
+
+def test_a_range_is_one_signed_get_with_its_conditions_and_the_connection_is_kept(fake: FakeS3, fake_reader: ObjectReader) -> None:
+    data = os.urandom(200_000)
+    fake.replies["f.dcm"] = ranged(data, 1000, 66536)
+    for _ in range(5):
+        assert fake_reader.read_range(BUCKET, "f.dcm", 1000, 66536, if_match="abc") == data[1000:66536]
+    assert fake.connections == 1, "five ranged GETs, one connection"
+    headers = {name.lower(): value for name, value in fake.requests[0][1].items()}
+    assert headers["range"] == "bytes=1000-66535" and headers["if-match"] == '"abc"'
+    assert headers["x-amz-security-token"] == TOKEN and "if-match" in headers["authorization"]  # FakeS3 checked the signature
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error", "attempts"),
+    [
+        (404, "NoSuchKey", ObjectNotFoundError, 1),
+        (412, "PreconditionFailed", ObjectChangedError, 1),
+        (416, "InvalidRange", ValidationError, 1),
+        (403, "AccessDenied", StorageError, 1),
+        (503, "SlowDown", StorageError, 3),
+    ],
+)
+def test_a_range_answered_with_an_error_is_our_error_and_only_a_transient_one_is_retried(
+    fake: FakeS3, fake_reader: ObjectReader, status: int, code: str, error: type[Exception], attempts: int
+) -> None:
+    fake.replies["e.dcm"] = lambda h: h.send(status, error_document(code), {"Content-Type": "application/xml"})
+    with pytest.raises(error) as caught:
+        fake_reader.read_range(BUCKET, "e.dcm", 0, 10, if_match="abc")
+    assert type(caught.value) is error
+    assert len(fake.requests) == attempts
+
+
+def test_a_range_cut_short_or_reset_is_retried_and_then_read(fake: FakeS3, fake_reader: ObjectReader) -> None:
+    data = os.urandom(100_000)
+    answers: Iterator[Reply] = iter([
+        lambda h: h.send(206, data[:50_000], {"Content-Range": f"bytes 0-49999/{len(data)}"}, cut=20_000, reset=True),
+        lambda h: h.send(206, data[:50_000], {"Content-Range": f"bytes 0-49999/{len(data)}"}, cut=10),
+        ranged(data, 0, 50_000),
+    ])
+    fake.replies["flaky.dcm"] = lambda h: next(answers)(h)
+    assert fake_reader.read_range(BUCKET, "flaky.dcm", 0, 50_000) == data[:50_000]
+    assert len(fake.requests) == 3
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_error(fake: FakeS3, fake_reader: ObjectReader) -> None:
+    data = os.urandom(5000)
+
+    def answer_then_hang_up(h: FakeHandler) -> None:
+        ranged(data, 0, 100)(h)
+        h.close_connection = True  # closed after the answer, without saying so: the client keeps it as idle
+
+    fake.replies["idle.dcm"] = answer_then_hang_up
+    assert fake_reader.read_range(BUCKET, "idle.dcm", 0, 100) == data[:100]
+    time.sleep(0.05)  # the server's FIN arrives
+    assert fake_reader.read_range(BUCKET, "idle.dcm", 0, 100) == data[:100]
+    assert len(fake.requests) == 2 and fake.connections == 2
+
+
+def test_a_range_answered_with_more_than_asked_is_refused(fake: FakeS3, fake_reader: ObjectReader) -> None:
+    data = os.urandom(300_000)
+    fake.replies["big.dcm"] = lambda h: h.send(206, data, {"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"})
+    with pytest.raises(StorageError, match="larger than"):
+        fake_reader.read_range(BUCKET, "big.dcm", 0, 100)
+
+
+def test_a_range_answered_whole_by_a_server_that_ignores_range_is_sliced(fake: FakeS3, fake_reader: ObjectReader) -> None:
+    data = os.urandom(1000)
+    fake.replies["whole.dcm"] = lambda h: h.send(200, data, object_headers(data))
+    assert fake_reader.read_range(BUCKET, "whole.dcm", 10, 20) == data[10:20]
