@@ -12,9 +12,9 @@ neither it nor ``application/json`` is a 406). No match is ``200 []``
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
@@ -59,7 +59,7 @@ def _search(request: Request[Any, Any, Any], services: Services, conn: Connectio
     if query.ignored:
         warnings.append(f'299 {WARN_AGENT} "The following attributes are not supported for matching and were ignored: {", ".join(query.ignored)}"')
     headers = {"Warning": ", ".join(warnings)} if warnings else {}
-    body = json.dumps(page.matches, ensure_ascii=False, separators=(",", ":")).encode()
+    body = msgspec.json.encode(page.matches)  # UTF-8, compact: as json.dumps(ensure_ascii=False), several times faster
     return Response(content=body, media_type=media_type, headers=headers)
 
 

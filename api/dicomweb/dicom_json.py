@@ -15,6 +15,7 @@ from typing import Any
 
 NUMBER_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
 PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+_CONVERTED = NUMBER_VRS | {"PN"}  # VRs whose text values become something else in JSON
 
 
 # VRs whose text may hold several values separated by a backslash (PS3.5 6.4): the index keeps some so (ModalitiesInStudy).
@@ -23,6 +24,10 @@ MULTI_VALUE_TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "P
 
 def attribute(vr: str, value: Any) -> dict[str, Any]:
     """One attribute: its VR and, when it has one, its value(s)."""
+    if value is None or value == "":
+        return {"vr": vr}
+    if type(value) is str and vr not in _CONVERTED and "\\" not in value:  # most values of a search's answer: taken as they are
+        return {"vr": vr, "Value": [value]}
     if isinstance(value, str) and vr in MULTI_VALUE_TEXT and "\\" in value:
         value = value.split("\\")
     values = value if isinstance(value, (list, tuple)) else [value]

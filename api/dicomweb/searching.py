@@ -23,6 +23,7 @@ from imaging_sync.query import search
 from imaging_sync.query.names import patient_name_fuzzy
 
 RETRIEVE_URL, INSTANCE_AVAILABILITY = 0x00081190, 0x00080056
+_RETRIEVE_URL, _AVAILABILITY = "(RetrieveURL)", "(InstanceAvailability)"  # computed values; no keyword has parentheses
 _PATHS: dict[str, Callable[[dict[str, Any]], str]] = {
     "STUDY": lambda v: f"/studies/{v['StudyInstanceUID']}",
     "SERIES": lambda v: f"/studies/{v['StudyInstanceUID']}/series/{v['SeriesInstanceUID']}",
@@ -57,23 +58,27 @@ def run(conn: Connection, query: QidoQuery, *, base_url: str, max_results: int) 
     rows = rows[:limit]
     first = search.FIRST_KEY_COLUMN[query.level]
     column_of = {key.keyword: first + i for i, key in enumerate(k for k in keys if search.is_stored(k))}
+    # counts and ModalitiesInStudy too: facts columns (no computed key at these levels)
+    columns = [(f.keyword, column_of[f.keyword]) for f in query.fields if f.keyword in column_of]
+    layout = _layout(query)
+    path = _PATHS[query.level]
     for row in rows:
-        values: dict[str, Any] = {}
-        for f in query.fields:
-            if f.keyword in column_of:  # counts and ModalitiesInStudy too: facts columns (no computed key at these levels)
-                values[f.keyword] = row[column_of[f.keyword]]
-        page.matches.append(_json(query, values, base_url))
+        values = {keyword: row[column] for keyword, column in columns}
+        computed = {_RETRIEVE_URL: base_url + path(values), _AVAILABILITY: "ONLINE"}  # every file is read from its partner's bucket on request
+        page.matches.append({key: attribute(vr, computed[keyword] if keyword in computed else values.get(keyword)) for key, vr, keyword in layout})
         page.subject_ids.append(row[1])
         page.study_ids.append(row[2])
     return page
 
 
-def _json(query: QidoQuery, values: dict[str, Any], base_url: str) -> dict[str, Any]:
-    out = {tag_key(f.tag): attribute(f.vr, values.get(f.keyword)) for f in query.fields}
-    out[tag_key(RETRIEVE_URL)] = attribute("UR", base_url + _PATHS[query.level](values))
+def _layout(query: QidoQuery) -> list[tuple[str, str, str]]:
+    """The attributes of each match in tag order (F.2: the keys sorted), each ``(JSON key, VR, keyword)``: worked out
+    once per answer, not per match."""
+    slots = {tag_key(f.tag): (f.vr, f.keyword) for f in query.fields}
+    slots[tag_key(RETRIEVE_URL)] = ("UR", _RETRIEVE_URL)
     if query.level in ("STUDY", "IMAGE"):
-        out[tag_key(INSTANCE_AVAILABILITY)] = attribute("CS", "ONLINE")  # every file is read from its partner's bucket on request
-    return dict(sorted(out.items()))
+        slots[tag_key(INSTANCE_AVAILABILITY)] = ("CS", _AVAILABILITY)
+    return [(key, vr, keyword) for key, (vr, keyword) in sorted(slots.items())]
 
 
 __all__ = ["Page", "run"]

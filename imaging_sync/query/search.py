@@ -19,6 +19,7 @@ answers in its own terms (C001, a 400).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,13 +64,20 @@ def statement(
 ) -> Select[Any]:
     """The matches of ``matches`` (keyword → values) at ``level``: ``_id``, ``_subject``, ``_study`` (not at
     PATIENT level), then each stored key of ``returned`` labelled by its keyword. ``extra``: further conditions."""
+    conditions = key_conditions(matches, dialect, combined=combined_datetime)
+    return _returning(level, tuple(returned)).where(*conditions, *extra)
+
+
+@functools.lru_cache(maxsize=256)
+def _returning(level: Level, returned: tuple[Key, ...]) -> Select[Any]:
+    """The level's live rows with these columns, before any matching: built once per level and set of returned keys
+    (a search's answer most often asks for the defaults), not per request; a Select is immutable, ``where`` copies it."""
     source, live = joined(level)
     columns = [LEVEL_ID[level].label("_id"), subject.c.id.label("_subject")]
     if level != "PATIENT":
         columns.append(study.c.id.label("_study"))
     columns.extend(key.column.label(key.keyword) for key in returned if is_stored(key))
-    conditions = key_conditions(matches, dialect, combined=combined_datetime)
-    return select(*columns).select_from(source).where(*live, *conditions, *extra)
+    return select(*columns).select_from(source).where(*live)
 
 
 def aggregates(conn: Any, level: Level, ids: list[Any], wanted: set[str]) -> dict[str, dict[Any, Any]]:
