@@ -174,9 +174,11 @@ def start_ours(work: Path, db_url: str, s3: BenchS3, port: int, workers: int) ->
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )).scalar_one()) < workers * POOL_SIZE:
             if time.monotonic() > deadline or proc.poll() is not None:
+                tree = process_tree(proc.pid)(qr._proc_stats())  # which workers exist, and how much CPU each has had
                 proc.terminate()  # the caller does not know it yet: stop it here (uvicorn stops its workers)
                 proc.wait(timeout=30)
-                raise RuntimeError(f"{opened} of our server's {workers * POOL_SIZE} pooled connections open; its log: {(work / 'api.log').read_text()[-2000:]}")
+                raise RuntimeError(f"{opened} of our server's {workers * POOL_SIZE} pooled connections open; processes (pid: CPU s) {tree}; "
+                                   f"its log: {(work / 'api.log').read_text()[-2000:]}")
             time.sleep(0.2)
     engine.dispose()
     wait_tree_idle(proc.pid)

@@ -149,6 +149,8 @@ class EmbeddedS3:
         if self._middleware is not None:
             app = self._middleware(app)
         server = create_server(app, sockets=[listener], threads=THREADS, ident="imaging-sync embedded S3")
+        # "Task queue depth is N": every thread was busy for a moment, nothing lost; noise for a local store.
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self._server = server
         self._thread = threading.Thread(target=server.run, name="embedded-s3", daemon=True)
         self._thread.start()
