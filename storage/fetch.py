@@ -67,7 +67,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -84,6 +84,7 @@ from storage.registry import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS, MAX_POOL_CON
 from storage.sigv4 import sign_get_headers
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # botocore's standard retry mode: these statuses and codes are transient (botocore/retries/standard.py).
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -235,40 +236,43 @@ class ObjectFetcher:
         raise error_for_code(code, action="open", bucket=bucket, key=key)
 
     def _small_transport(self, origin: str, ca_bundle: str | None) -> Http1Pool:
-        found = self._small.get((origin, ca_bundle))
-        if found is not None:
-            return found
-        with self._lock:
-            found = self._small.get((origin, ca_bundle))
-            if found is None:
-                found = self._small[(origin, ca_bundle)] = Http1Pool(
-                    origin, ca_bundle=ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or True,
-                    connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS, max_idle=MAX_POOL_CONNECTIONS,
-                )
-        return found
+        """The endpoint's pool of small-answer connections (storage.http1), built on first use."""
+        return self._built(self._small, (origin, ca_bundle), lambda: Http1Pool(
+            origin, ca_bundle=_verify(ca_bundle), connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
+            max_idle=MAX_POOL_CONNECTIONS,
+        ))
 
     def _transport(self, origin: str, ca_bundle: str | None) -> URLLib3Session:
         """The endpoint's transport (its connection pool), built on first use."""
-        found = self._transports.get((origin, ca_bundle))
+        return self._built(self._transports, (origin, ca_bundle), lambda: URLLib3Session(
+            verify=_verify(ca_bundle),
+            timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
+            max_pool_connections=MAX_POOL_CONNECTIONS,
+            # botocore's clients' socket options (URLLib3Session alone would pass none, dropping urllib3's TCP_NODELAY).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        ))
+
+    def _built(self, cache: dict[tuple[str, str | None], _T], key: tuple[str, str | None], build: Callable[[], _T]) -> _T:
+        """``cache[key]``, built by ``build`` the first time any thread asks (once: under the lock, looked up again)."""
+        found = cache.get(key)
         if found is not None:
             return found
         with self._lock:
-            found = self._transports.get((origin, ca_bundle))
+            found = cache.get(key)
             if found is None:
-                found = self._transports[(origin, ca_bundle)] = URLLib3Session(
-                    # As botocore's create_client and EndpointCreator: the configured bundle, else REQUESTS_CA_BUNDLE, else its own.
-                    verify=ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or True,
-                    timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
-                    max_pool_connections=MAX_POOL_CONNECTIONS,
-                    # botocore's clients' socket options (URLLib3Session alone would pass none, dropping urllib3's TCP_NODELAY).
-                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                )
+                found = cache[key] = build()
         return found
 
     def _wait(self, attempt: int, bucket: str, reason: str) -> None:
         # botocore standard mode: a random share of base * 2^(attempt-1), at most 20 s. Bucket only: keys may carry patient data.
         log.info("GET from bucket %s failed (%s), attempt %d of %d; retrying", bucket, reason, attempt, self._attempts)
         time.sleep(random.random() * min(self._backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS))
+
+
+def _verify(ca_bundle: str | None) -> str | bool:
+    """What a transport verifies TLS with, as botocore's create_client and EndpointCreator decide: the bucket's
+    configured bundle, else REQUESTS_CA_BUNDLE, else True (botocore's own bundle)."""
+    return ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or True
 
 
 def _opened(response: Any, bucket: str, key: str, *, ranged: bool = False) -> FetchedObject:
