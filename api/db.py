@@ -89,7 +89,7 @@ def scope_connection(scope: Scope) -> Connection:
     return conn
 
 
-def provide_connection(request: ASGIConnection[Any, Any, Any, Any], services: Services) -> Connection:
+def provide_connection(request: ASGIConnection[Any, Any, Any, Any], services: NamedDependency[Services]) -> Connection:
     """Litestar dependency ``conn`` (resolved in the event loop): the request's connection, taken on first use.
 
     Litestar resolves a dependency in a thread hop of its own, before the
