@@ -11,8 +11,11 @@ reports the whole service.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar import Request
+from litestar.enums import ScopeType
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
@@ -21,7 +24,27 @@ from imaging_sync.metrics import DatabaseCollector
 _collector: DatabaseCollector | None = None
 _guard = threading.Lock()
 
+class _RouteLabels(PrometheusMiddleware):
+    """Litestar's middleware, labelling by route template without first building the request's URL.
+
+    With ``group_path`` Litestar still parses the whole URL from the scope on
+    every request and then throws its path away for the template: a tenth of
+    the middleware's time on a DICOMweb frame request (py-spy). The labels are
+    the same.
+    """
+
+    def _get_default_labels(self, request: Request[Any, Any, Any]) -> dict[str, str | int | float]:
+        scope = request.scope
+        return {
+            "method": scope["method"] if scope["type"] == ScopeType.HTTP else scope["type"],
+            "path": scope["path_template"],
+            "status_code": 200,
+            "app_name": self._config.app_name,
+        }
+
+
 PROMETHEUS = PrometheusConfig(
+    middleware_class=_RouteLabels,
     app_name="imaging_sync",
     prefix="imaging_sync_api",
     group_path=True,  # label by route template (/api/v1/studies/{study_id}), not by concrete path

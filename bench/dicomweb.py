@@ -168,13 +168,18 @@ def start_ours(work: Path, db_url: str, s3: BenchS3, port: int, workers: int) ->
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "api"], env={**ENV, **s3.environ, "IMAGING_SYNC_CONFIG": str(config)}, stdout=log, stderr=log)
     wait_port(port)
     engine = create_engine(db_url)
-    deadline = time.monotonic() + 180
+    started = time.monotonic()
+    deadline = started + 180
     with engine.connect() as conn:
         while (opened := conn.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )).scalar_one()) < workers * POOL_SIZE:
             if time.monotonic() > deadline or proc.poll() is not None:
                 tree = process_tree(proc.pid)(qr._proc_stats())  # which workers exist, and how much CPU each has had
+                spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+                for pid in tree if spy else ():  # where each process stands (py-spy, when installed)
+                    dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+                    print(f"-- py-spy dump of {pid} after {time.monotonic() - started:.0f} s:\n{dump.stdout}{dump.stderr}", file=sys.stderr)
                 proc.terminate()  # the caller does not know it yet: stop it here (uvicorn stops its workers)
                 proc.wait(timeout=30)
                 raise RuntimeError(f"{opened} of our server's {workers * POOL_SIZE} pooled connections open; processes (pid: CPU s) {tree}; "

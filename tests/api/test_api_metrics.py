@@ -24,6 +24,8 @@ def test_metrics_after_a_sync_and_some_requests(core: Core, s3: EmbeddedStorage,
             assert live.runner.sync("b").ok
             with TestClient(api_app(live, s3.registry())) as client:
                 assert client.get("/api/v1/studies", headers=keys.headers("viewer")).status_code == 200
+                unknown = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+                assert client.get(f"/api/v1/studies/{unknown}", headers=keys.headers("viewer")).status_code == 404
                 response = client.get("/metrics")
         finally:
             live.close()
@@ -36,3 +38,6 @@ def test_metrics_after_a_sync_and_some_requests(core: Core, s3: EmbeddedStorage,
     assert "imaging_sync_outbox_oldest_pending_age_seconds" in text
     assert "imaging_sync_dicom_operations_total" in text or "# TYPE imaging_sync_dicom_operations counter" in text
     assert "imaging_sync_api_request_duration_seconds" in text and "/api/v1/studies" in text
+    # Labelled by route template, never by the concrete path (one series per route, not per id).
+    assert 'method="GET",path="/api/v1/studies/{study_id}",status_code="404"' in text
+    assert unknown not in text
