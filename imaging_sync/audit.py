@@ -62,6 +62,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable, Insert
 
+from imaging_sync.db.direct import DirectStatement
 from imaging_sync.db.models import AuditCompletion, AuditDisclosure, AuditEntry, Instance, Series, Study, table_of, utcnow
 from imaging_sync.errors import AuditUnavailableError
 from imaging_sync.ids import new_id
@@ -366,6 +367,13 @@ def _disclosure_insert(dialect: str, shape: tuple[bool, ...], with_entry: bool) 
     return statement
 
 
+@functools.lru_cache(maxsize=16)
+def _entry_with_disclosures(shape: tuple[bool, ...]) -> DirectStatement:
+    """An entry and its first disclosures in one statement on PostgreSQL, run on the driver: every answer that shows
+    patient data writes one, a viewer's every frame among them (:mod:`imaging_sync.db.direct`)."""
+    return DirectStatement(_disclosure_insert("postgresql", shape, True))
+
+
 def _series_owners(ids: Any) -> tuple[Any, Any, Any]:
     """(study id, subject id, condition) of the series in ``ids``."""
     series, study = table_of(Series), table_of(Study)
@@ -383,7 +391,7 @@ def _write(conn: Connection, values: dict[str, Any], disclosed: _Disclosed) -> N
     dialect = conn.dialect.name
     if disclosed and dialect == "postgresql":
         params = {f"entry_{name}": value for name, value in values.items()}
-        conn.execute(_disclosure_insert(dialect, disclosed.shape, True), {**params, "audit_id": values["id"], **disclosed.params(dialect)})
+        _entry_with_disclosures(disclosed.shape).rows(conn, {**params, "audit_id": values["id"], **disclosed.params(dialect)})
         return
     conn.execute(_INSERT, values)
     if disclosed:

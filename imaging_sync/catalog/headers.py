@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select
 
 from imaging_sync.copies import Location
+from imaging_sync.db.direct import DirectStatement
 from imaging_sync.db.models import Instance, InstanceHeader, InstanceLocation, Series, Study, Subject, table_of, utcnow
 from imaging_sync.dicom_header import Header
 from imaging_sync.errors import NotFoundError
@@ -90,7 +91,7 @@ def instance_with_header(conn: Connection, study_uid: str, series_uid: str, sop_
     series scrolled: this is the index's whole share of such a request. NotFoundError as
     :func:`instances_by_uids`.
     """
-    rows = conn.execute(_WITH_HEADER, {"study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid}).all()
+    rows = _WITH_HEADER.rows(conn, {"study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid})
     if not rows:
         raise NotFoundError(_missing(conn, study_uid, series_uid, sop_uid))
     [ref] = _refs(rows)
@@ -150,7 +151,7 @@ def _by_uids(series: bool, sop: bool, *more: Any) -> Select[Any]:
 # Built once: a statement object built per request costs SQLAlchemy its construction and its cache key
 # (a tenth of a frame request's CPU, by py-spy); these keep both.
 _BY_UIDS = {(series, sop): _by_uids(series, sop) for series in (False, True) for sop in (False, True)}
-_WITH_HEADER = _by_uids(True, True, *_HEADER_COLUMNS)
+_WITH_HEADER = DirectStatement(_by_uids(True, True, *_HEADER_COLUMNS))  # a request per frame: run on the driver (imaging_sync.db.direct)
 _CACHED = select(*_HEADER_COLUMNS).where(_header.c.instance_id.in_(bindparam("ids", expanding=True)), _header.c.failure.is_(None))
 
 
