@@ -40,6 +40,7 @@ Row = Sequence[Any]
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
+    returns_rows: bool  # known from the statement: psycopg builds its whole column description to say so
     # Each parameter: its name given, its name in the SQL text, the value fixed in the statement (if any), its type's processor.
     binds: tuple[tuple[str, str, Any, Callable[[Any], Any] | None], ...]
 
@@ -68,7 +69,7 @@ class DirectStatement:
         dbapi = conn.dialect.loaded_dbapi
         try:
             cursor = driver.execute(compiled.sql, values)  # type: ignore[union-attr]
-            return cursor.fetchall() if cursor.description is not None else []
+            return cursor.fetchall() if compiled.returns_rows else []
         except dbapi.Error as error:
             lost = conn.dialect.is_disconnect(error, driver, None)
             if lost:
@@ -85,7 +86,8 @@ class DirectStatement:
                     name: (name, compiled.escaped_bind_names.get(name, name), param.effective_value, param.type.dialect_impl(dialect).bind_processor(dialect))
                     for param, name in compiled.bind_names.items()
                 }
-                self._compiled = _Compiled(compiled.string, tuple(binds.values()))
+                returns_rows = bool(getattr(self.statement, "is_select", False) or compiled.effective_returning)
+                self._compiled = _Compiled(compiled.string, returns_rows, tuple(binds.values()))
             return self._compiled
 
 

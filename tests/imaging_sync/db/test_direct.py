@@ -50,6 +50,13 @@ def test_rows_and_written_values_are_those_of_conn_execute(probe: Engine) -> Non
     assert all((r[3] if r[3].tzinfo else r[3].replace(tzinfo=dt.UTC)) == rows[0]["at"] for r in direct)  # SQLite keeps it naive
 
 
+def test_an_insert_returning_gives_its_rows(probe: Engine) -> None:
+    returning = DirectStatement(insert(_probe).values(id=bindparam("id"), name=bindparam("name")).returning(_probe.c.id, _probe.c.name))
+    row = _row("CHOI^RETURNED")
+    with probe.begin() as conn:
+        assert [tuple(r) for r in returning.rows(conn, row)] == [(row["id"], "CHOI^RETURNED")]
+
+
 def test_a_write_joins_the_connections_transaction_and_commits_or_rolls_back_with_it(probe: Engine) -> None:
     kept, dropped = _row("KEPT^ONE"), _row("DROPPED^ONE")
     with probe.connect() as conn:
