@@ -43,8 +43,6 @@ from litestar.di import NamedDependency
 from litestar.types import Scope
 from sqlalchemy import Connection, Engine
 
-from api.services import Services
-
 _KEY = "db_connection"
 
 # A handler's parameter for the request's connection (the ``conn`` dependency). To Litestar it is
@@ -89,7 +87,7 @@ def scope_connection(scope: Scope) -> Connection:
     return conn
 
 
-def provide_connection(request: ASGIConnection[Any, Any, Any, Any], services: NamedDependency[Services]) -> Connection:
+def provide_connection(request: ASGIConnection[Any, Any, Any, Any], services: NamedDependency[Any]) -> Connection:
     """Litestar dependency ``conn`` (resolved in the event loop): the request's connection, taken on first use.
 
     Litestar resolves a dependency in a thread hop of its own, before the
@@ -103,6 +101,8 @@ def provide_connection(request: ASGIConnection[Any, Any, Any, Any], services: Na
     concurrently, in an anyio task group of their own, which was a tenth of a
     frame request's event-loop time (py-spy) for two dictionary lookups.
     """
+    # Typed Any: the value is not used, and importing api.services here would close a loop (it imports the
+    # security and audit modules, which import this one).
     del services  # the engine is looked up where the connection is taken (scope_connection), in the handler's thread
     return _LazyConnection(request.scope)  # type: ignore[return-value]  # a Connection to every use the handlers make
 
