@@ -6,9 +6,9 @@ header by three UIDs, and the audit entry that must commit before the frame
 leaves. SQLAlchemy's path for running a statement (walking it to build its
 cache key, hashing that key to find the compiled form, an execution context,
 a result wrapper) was a third of the client's CPU for these two
-(the frame lookup, in process: 0.211 ms by ``conn.execute``, 0.245 by
-``exec_driver_sql``, 0.141 on psycopg directly; the audit entry 0.25 against
-0.19). The statement itself stays SQLAlchemy's: its text, its casts, the bind
+(in process on PostgreSQL, 3,000 calls: the frame lookup 0.211 ms by
+``conn.execute``, 0.245 by ``exec_driver_sql``, 0.142 here; the audit entry
+with two disclosures 0.230 against 0.162). The statement itself stays SQLAlchemy's: its text, its casts, the bind
 processors of its column types (JSON written by the engine's serializer) are
 exactly what ``conn.execute`` would send. Only the execution is skipped.
 
@@ -46,7 +46,10 @@ class _Compiled:
 
 
 class DirectStatement:
-    """``statement``, compiled on first use, run on the driver when the connection is PostgreSQL's."""
+    """``statement``, compiled on first use, run on the driver when the connection is PostgreSQL's.
+
+    Compiled once, for the first PostgreSQL dialect that runs it (every engine here is psycopg's).
+    """
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
