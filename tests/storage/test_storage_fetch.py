@@ -20,12 +20,9 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 import boto3.session
@@ -34,6 +31,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+from counting_http import CountingHandler, CountingServer
 
 from devtools.storage import EmbeddedStorage, embedded_storage
 from imaging_sync.config import BucketConfig, StorageConfig
@@ -188,35 +186,21 @@ BUCKET = "fake-s3-bucket"
 Reply = Callable[["FakeHandler"], None]
 
 
-class FakeS3(ThreadingHTTPServer):
+class FakeS3(CountingServer):
     """HTTP/1.1 keep-alive on 127.0.0.1; ``replies[key]`` answers GET /fake-s3-bucket/<key>."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), FakeHandler)
+        super().__init__(FakeHandler)
         self.replies: dict[str, Reply] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.connections = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # the connections we cut on purpose
 
-
-class FakeHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class FakeHandler(CountingHandler):
     server: FakeS3
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.connections += 1
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         key = unquote(self.path.removeprefix(f"/{BUCKET}/"))
@@ -495,7 +479,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_error(
 
     fake.replies["idle.dcm"] = answer_then_hang_up
     assert fake_reader.read_range(BUCKET, "idle.dcm", 0, 100) == data[:100]
-    time.sleep(0.05)  # the server's FIN arrives
+    fake.wait_closed(1)  # the server has hung up (its FIN sent) before the next GET takes the idle connection
     assert fake_reader.read_range(BUCKET, "idle.dcm", 0, 100) == data[:100]
     assert len(fake.requests) == 2 and fake.connections == 2
 

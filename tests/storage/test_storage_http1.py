@@ -8,11 +8,11 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from counting_http import CountingHandler, CountingServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,14 +23,11 @@ from storage.http1 import Http1Pool, TransportError
 Answer = Callable[["Handler"], None]
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class Server(CountingServer):
     def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.answer = answer
         self.tls = tls
-        self.connections = 0
         self.paths: list[str] = []
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -39,20 +36,9 @@ class Server(ThreadingHTTPServer):
             sock = self.tls.wrap_socket(sock, server_side=True)
         return sock, address
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # handshakes refused on purpose
 
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(CountingHandler):
     server: Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.connections += 1
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
