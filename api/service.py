@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
@@ -15,6 +16,19 @@ from litestar import Litestar
 from imaging_sync.config import ApiConfig
 
 START_TIMEOUT_SECONDS = 15.0
+
+
+def server_options(config: ApiConfig) -> dict[str, Any]:
+    """uvicorn's options that are our decisions, the same for ``serve api``'s workers and for the single process."""
+    return {
+        # Client addresses are decided by api.trusted_proxies alone, not by uvicorn's own X-Forwarded-For handling.
+        "proxy_headers": False,
+        "server_header": False,
+        # The audit log records every request; an access log would put patient ids and names (query strings) in plain logs.
+        "access_log": False,
+        "log_config": None,  # logging is configured by the process assembly
+        "timeout_keep_alive": config.keep_alive_seconds,
+    }
 
 
 class ApiService:
@@ -27,9 +41,7 @@ class ApiService:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        config = uvicorn.Config(
-            self.app, host=self.config.host, port=self.config.port, proxy_headers=False, server_header=False, access_log=False, log_config=None
-        )
+        config = uvicorn.Config(self.app, host=self.config.host, port=self.config.port, **server_options(self.config))
         server = uvicorn.Server(config)
         self._server = server
         self._thread = threading.Thread(target=server.run, name="api", daemon=True)

@@ -59,6 +59,8 @@ def serve_api(ctx: CliContext, host: str | None, port: int | None, workers: int 
     """
     import uvicorn
 
+    from api.service import server_options
+
     settings = ctx.settings  # a bad config fails here, naming the key (exit 2)
     with assembly.embedded_storage(settings) as (settings, _):
         core = assembly.open_core(settings, verbose=ctx.verbose)
@@ -76,12 +78,7 @@ def serve_api(ctx: CliContext, host: str | None, port: int | None, workers: int 
             host=host,
             port=port,
             workers=workers,
-            # Client addresses are decided by api.trusted_proxies alone, not by uvicorn's own X-Forwarded-For handling.
-            proxy_headers=False,
-            server_header=False,
-            # The audit log records every request; an access log would put patient ids and names (query strings) in plain logs.
-            access_log=False,
-            log_config=None,  # logging is configured by the process assembly, in each worker
+            **server_options(api),
         )
 
 

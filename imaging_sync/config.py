@@ -261,6 +261,13 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: Annotated[str, doc("Address to listen on (0.0.0.0: every interface).", example="0.0.0.0")] = "127.0.0.1"
     port: Annotated[int, doc("Port to listen on.", ge=0, le=65535)] = 8080
     workers: Annotated[int, doc("uvicorn worker processes (about two per core).", ge=1, le=64)] = 1
+    keep_alive_seconds: Annotated[
+        float,
+        doc("Seconds an idle HTTP connection stays open for the client's next request. Longer than the idle timeout of a load balancer or "
+            "proxy in front (60 s on AWS's): a server that closes an idle connection first may close it just as the proxy sends the next "
+            "request on it, which then fails (a 502). uvicorn's own default, 5 s, does that to busy clients too.",
+            ge=1, le=3600),
+    ] = 75.0
     default_page_size: Annotated[int, doc("Items per page when a client asks for no limit.", ge=1, le=1000)] = 50
     max_page_size: Annotated[int, doc("Most items per page; a larger limit gets pages of this size.", ge=1, le=1000)] = 200
     trusted_proxies: Annotated[list[str], doc("Client addresses are taken from X-Forwarded-For only when the peer is one of these (addresses or networks).", example=["10.0.0.10"])] = []

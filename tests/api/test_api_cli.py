@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -70,12 +71,34 @@ def test_apikeys_create_list_revoke_print_the_token_once_and_are_audited(config:
     finally:
         engine.dispose()
 
+KEEP_ALIVE = 6.0  # longer than uvicorn's own 5 s: a server that ignored api.keep_alive_seconds closes sooner
 
+
+def idle_connection_lifetime(port: int, *, limit: float = 20.0) -> float:
+    """Seconds from a request to the server's closing of its kept-alive connection, left idle once answered (at most ``limit``).
+
+    Counted from before the request was sent, so never less than the server's idle limit, which starts once it has answered.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        asked = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            body += sock.recv(65536)
+        assert sock.recv(1) == b"", "the server closes the idle connection, sending nothing more"
+        return time.monotonic() - asked
 
 
 @pytest.mark.slow
 def test_serve_api_runs_several_workers_from_the_app_factory(tmp_path: Path, sqlite_url: str) -> None:
     config = write_config(tmp_path / "imaging-sync.toml", sqlite_url)
+    with config.open("a", encoding="utf-8") as toml:
+        toml.write(f"\n[api]\nkeep_alive_seconds = {KEEP_ALIVE}\n")
     env = {**os.environ, "IMAGING_SYNC_CONFIG": str(config)}
     created = subprocess.run([sys.executable, "-m", "app", "apikeys", "create", "t", "--role", "viewer"], env=env, capture_output=True, text=True, check=True)
     token = created.stdout.strip()
@@ -94,24 +117,26 @@ def test_serve_api_runs_several_workers_from_the_app_factory(tmp_path: Path, sql
             time.sleep(0.1)
         assert httpx.get(f"{base}/api/v1/studies", headers={"Authorization": f"Bearer {token}"}).json() == {"items": [], "next_cursor": None}
         assert httpx.get(f"{base}/api/v1/studies").status_code == 401
+        assert KEEP_ALIVE <= idle_connection_lifetime(port) < 20, "api.keep_alive_seconds reaches the workers"
     finally:
         server.terminate()
         output = server.communicate(timeout=20)[0]
     assert "/api/v1/studies" not in output, "no access log: query strings carry patient data"
 
 
-def test_the_api_runs_as_a_service_of_the_single_process_mode(sqlite_url: str) -> None:
+def test_the_api_runs_as_a_service_of_the_single_process_mode_and_keeps_idle_connections_as_configured(sqlite_url: str) -> None:
     from api.service import ApiService
     from app.assembly import api_app, open_core
     from imaging_sync.config import ApiConfig, DatabaseConfig, Settings
     from storage import BucketRegistry
 
-    core = open_core(Settings(database=DatabaseConfig(url=sqlite_url), api=ApiConfig(port=0)), configure_logs=False)
+    core = open_core(Settings(database=DatabaseConfig(url=sqlite_url), api=ApiConfig(port=0, keep_alive_seconds=KEEP_ALIVE)), configure_logs=False)
     service = ApiService(api_app(core, BucketRegistry(core.settings.storage)), core.settings.api)
     try:
         service.start()
         assert httpx.get(f"http://127.0.0.1:{service.port}/ready").json()["status"] == "ready"
         assert str(service.port) in service.describe()
+        assert KEEP_ALIVE <= idle_connection_lifetime(service.port) < 20
     finally:
         service.stop()
         core.close()
