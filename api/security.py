@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -106,11 +106,13 @@ class PrincipalCache:
     time. The price: a key revoked or expiring is still accepted for up to
     ``ttl_seconds`` by a worker that verified it just before (0 turns the cache
     off). Keyed by the token's SHA-256, never the token; refusals are not cached.
+    ``clock`` gives seconds (monotonic); a test gives its own, to pass a TTL without waiting it out.
     """
 
-    def __init__(self, ttl_seconds: float = 5.0, max_entries: int = 10_000) -> None:
+    def __init__(self, ttl_seconds: float = 5.0, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
+        self.clock = clock
         self._entries: dict[bytes, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -118,7 +120,7 @@ class PrincipalCache:
         if self.ttl <= 0:
             return None
         found = self._entries.get(_digest(token))
-        if found is None or time.monotonic() - found[0] > self.ttl:
+        if found is None or self.clock() - found[0] > self.ttl:
             return None
         return found[1]
 
@@ -127,11 +129,11 @@ class PrincipalCache:
             return
         with self._lock:
             if len(self._entries) >= self.max_entries:
-                now = time.monotonic()
+                now = self.clock()
                 self._entries = {k: v for k, v in self._entries.items() if now - v[0] <= self.ttl}
                 if len(self._entries) >= self.max_entries:
                     self._entries.clear()
-            self._entries[_digest(token)] = (time.monotonic(), principal)
+            self._entries[_digest(token)] = (self.clock(), principal)
 
 
 def _digest(token: str) -> bytes:
